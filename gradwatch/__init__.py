@@ -1,0 +1,3 @@
+"""gradwatch: watch ML training from the outside."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,203 @@
+"""Command line: ``gradwatch watch / check / export / report / rules / demo``.
+
+One-shot commands exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (bad input,
+bad config, usage), the monitoring-plugin convention.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+from typing import TextIO
+
+from gradwatch import __version__
+from gradwatch.check import UNKNOWN
+from gradwatch.events.logdir import LogdirError, ProblemLog
+from gradwatch.yamlconf import ConfigError
+
+log = logging.getLogger("gradwatch")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # usage errors are UNKNOWN (3), not argparse's 2
+        self.print_usage(sys.stderr)
+        self.exit(UNKNOWN, f"{self.prog}: error: {message}\n")
+
+
+def _steps(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.replace(" ", "").split(",") if s]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected steps like 100,200,300, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="gradwatch", description="Watch ML training from the outside: rules on TensorBoard scalars."
+    )
+    p.add_argument("--version", action="version", version=f"gradwatch {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    p.add_argument("-q", "--quiet", action="store_true", help="log only errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    c = sub.add_parser("check", help="evaluate every existing point of a logdir against the rules")
+    c.add_argument("logdir")
+    c.add_argument(
+        "--rules", action="append", metavar="FILE|DIR", help="rule file, directory or glob (repeatable)"
+    )
+    c.add_argument("--json", action="store_true", help="machine-readable output")
+    c.set_defaults(func=cmd_check)
+
+    e = sub.add_parser("export", help="write every scalar point as JSON lines or CSV")
+    e.add_argument("logdir")
+    e.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    e.add_argument("--run", action="append", metavar="GLOB", help="only runs matching GLOB (repeatable)")
+    e.add_argument("--tag", action="append", metavar="GLOB", help="only tags matching GLOB (repeatable)")
+    e.add_argument("-o", "--output", metavar="FILE", help="write here instead of standard output")
+    e.set_defaults(func=cmd_export)
+
+    r = sub.add_parser("report", help="one tag across runs, side by side at chosen steps")
+    r.add_argument("logdir")
+    r.add_argument("--tag", required=True)
+    r.add_argument(
+        "--run", action="append", metavar="RUN", help="runs (globs) in order; the first is the baseline"
+    )
+    r.add_argument("--steps", type=_steps, metavar="S1,S2,...", help="steps to show (default: 10 spread out)")
+    fmt = r.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true")
+    fmt.add_argument("--csv", action="store_true")
+    r.set_defaults(func=cmd_report)
+
+    rules = sub.add_parser("rules", help="validate and unit-test rule files")
+    rsub = rules.add_subparsers(dest="rules_command", metavar="COMMAND", parser_class=_Parser, required=True)
+    rc = rsub.add_parser("check", help="validate rule files (like promtool check rules)")
+    rc.add_argument("files", nargs="*", metavar="FILE|DIR", help="default: the packaged rules")
+    rc.set_defaults(func=cmd_rules_check)
+    rt = rsub.add_parser("test", help="run rule unit tests (like promtool test rules)")
+    rt.add_argument("files", nargs="+", metavar="FILE")
+    rt.set_defaults(func=cmd_rules_test)
+
+    _add_daemon_commands(sub)
+    return p
+
+
+def _add_daemon_commands(sub) -> None:
+    try:
+        from gradwatch.daemon import add_arguments
+    except ImportError:
+        return
+    add_arguments(sub)
+
+
+@contextlib.contextmanager
+def _output(path: str | None) -> Iterator[TextIO]:
+    if not path or path == "-":
+        yield sys.stdout
+        return
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        yield f
+
+
+def _load_rules(paths: list[str] | None):
+    from gradwatch.rulefile import load_rules
+
+    return load_rules(paths)
+
+
+def cmd_check(args) -> int:
+    from gradwatch import check
+
+    rules = _load_rules(args.rules)
+    result = check.run_check(args.logdir, rules, ProblemLog())
+    (check.write_json if args.json else check.write_text)(result, sys.stdout)
+    return result.exit_code
+
+
+def cmd_export(args) -> int:
+    from gradwatch.export import export
+
+    problems = ProblemLog()
+    with _output(args.output) as out:
+        n = export(args.logdir, out, args.format, args.run, args.tag, problems)
+    log.info("exported %d points", n)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from gradwatch import report
+
+    rep = report.build_report(args.logdir, args.tag, args.run, args.steps, ProblemLog())
+    if not rep.runs:
+        print(f"gradwatch: no run in {args.logdir} has tag {args.tag!r}", file=sys.stderr)
+        return UNKNOWN
+    writer = report.write_json if args.json else report.write_csv if args.csv else report.write_text
+    writer(rep, sys.stdout)
+    return 0
+
+
+def cmd_rules_check(args) -> int:
+    from gradwatch.rulefile import default_rules_path, expand_rule_paths, load_rules
+
+    files = args.files or [default_rules_path()]
+    rules = load_rules(files)
+    for f in expand_rule_paths(files):
+        n = sum(1 for r in rules if r.source.rsplit(":", 1)[0] == f)
+        print(f"{f}: SUCCESS: {n} rules found")
+    return 0
+
+
+def cmd_rules_test(args) -> int:
+    from gradwatch.ruletest import run_tests
+
+    failed = 0
+    for path in args.files:
+        print(f"{path}:")
+        failed += run_tests(path, sys.stdout)
+    print("SUCCESS" if not failed else f"FAILED: {failed} tests failed")
+    return 1 if failed else 0
+
+
+def setup_logging(verbose: bool = False, quiet: bool = False, fmt: str = "text") -> None:
+    level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        from gradwatch.logjson import JsonFormatter
+
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("gradwatch: %(levelname)s: %(message)s"))
+    root = logging.getLogger("gradwatch")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return UNKNOWN
+    setup_logging(args.verbose, args.quiet, getattr(args, "log_format", "text"))
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return UNKNOWN
+    except LogdirError as e:
+        print(f"gradwatch: {e}", file=sys.stderr)
+        return UNKNOWN
+    except BrokenPipeError:
+        # `gradwatch export ... | head`: the reader went away, not an error
+        with contextlib.suppress(OSError):
+            sys.stdout = None  # type: ignore[assignment]
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Points -> rule decisions.
+
+The engine finds (once per series) the rules that match it and evaluates
+them on every point. It calls the sink only when a rule's severity is or was
+non-zero, so a healthy series costs two dict lookups per point and one call
+per matching rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from gradwatch.rules import Rule, Series, series_rules
+
+# sink(series, rule index, rank, previous rank, step, wall_time, value)
+Sink = Callable[[Series, int, int, int, int, float, float], None]
+
+
+class Engine:
+    def __init__(self, rules: list[Rule], sink: Sink) -> None:
+        self.rules = rules
+        self.sink = sink
+        # run -> tag -> Series, or None when no rule matches the series
+        self.runs: dict[str, dict[str, Series | None]] = {}
+
+    def series(self, run: str, tag: str) -> Series | None:
+        tags = self.runs.setdefault(run, {})
+        if tag not in tags:
+            matched = series_rules(self.rules, run, tag)
+            tags[tag] = Series(run, tag, matched) if matched else None
+        return tags[tag]
+
+    def observe(self, run: str, tag: str, step: int, wall_time: float, value: float) -> None:
+        tags = self.runs.get(run)
+        s = tags.get(tag, False) if tags is not None else False
+        if s is False:
+            s = self.series(run, tag)
+        if s is None:
+            return
+        ranks = s.ranks
+        states = s.states
+        for i, rule in enumerate(s.rules):
+            rank = rule.evaluate(states[i], step, wall_time, value)
+            previous = ranks[i]
+            if rank or previous:
+                ranks[i] = rank
+                self.sink(s, i, rank, previous, step, wall_time, value)
+
+    def all_series(self):
+        for tags in self.runs.values():
+            for s in tags.values():
+                if s is not None:
+                    yield s

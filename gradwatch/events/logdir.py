@@ -1,0 +1,146 @@
+"""Runs and event files under a logdir.
+
+A run is the directory, relative to the logdir, holding files whose basename
+contains ``tfevents`` (TensorBoard's rule; ``*.profile-empty`` files are never
+read); ``.`` is the logdir itself. A run may hold several event files (a
+restarted writer): all are read, in name order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from gradwatch.events.records import DEFAULT_MAX_RECORD_BYTES
+from gradwatch.events.scalars import EventFileReader
+
+log = logging.getLogger("gradwatch.events")
+
+# Where gradwatch writes its own TensorBoard alert flags; never read back.
+FLAGS_DIR = "_gradwatch"
+
+
+class LogdirError(Exception):
+    """The logdir itself cannot be used (missing, not a directory, unreadable)."""
+
+
+def is_event_file(name: str) -> bool:
+    return "tfevents" in name and not name.endswith(".profile-empty")
+
+
+def run_of(logdir: str, dirpath: str) -> str:
+    rel = os.path.relpath(dirpath, logdir)
+    return "." if rel == "." else rel.replace(os.sep, "/")
+
+
+@dataclass
+class ProblemLog:
+    """Counts problems by kind and logs each (kind, file, offset) once."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    _seen: set[tuple[str, str, int]] = field(default_factory=set)
+
+    def __call__(self, kind: str, path: str, offset: int, detail: str) -> None:
+        key = (kind, path, offset)
+        if key in self._seen:
+            return
+        if len(self._seen) > 100_000:
+            self._seen.clear()
+        self._seen.add(key)
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        where = f"{path}: offset {offset}" if offset >= 0 else path
+        log.warning("%s: %s: %s", where, kind.replace("_", " "), detail)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def scan(logdir: str, problems: ProblemLog) -> dict[str, list[str]]:
+    """{run: [event file paths in name order]} for the whole logdir."""
+    if not os.path.isdir(logdir):
+        raise LogdirError(f"{logdir}: {'not a directory' if os.path.exists(logdir) else 'no such directory'}")
+    if not os.access(logdir, os.R_OK | os.X_OK):
+        raise LogdirError(f"{logdir}: permission denied")
+
+    def on_error(err: OSError) -> None:
+        problems("unreadable_directory", err.filename or logdir, -1, err.strerror or str(err))
+
+    runs: dict[str, list[str]] = {}
+    for dirpath, dirnames, filenames in os.walk(logdir, onerror=on_error):
+        if dirpath == logdir and FLAGS_DIR in dirnames:
+            dirnames.remove(FLAGS_DIR)
+        dirnames.sort()
+        files = sorted(n for n in filenames if is_event_file(n))
+        if files:
+            runs[run_of(logdir, dirpath)] = [os.path.join(dirpath, n) for n in files]
+    return runs
+
+
+class LogdirReader:
+    """Keeps one tail reader per event file; resumes from saved offsets."""
+
+    def __init__(
+        self,
+        logdir: str,
+        offsets: dict[str, int] | None = None,
+        problems: ProblemLog | None = None,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    ) -> None:
+        self.logdir = logdir
+        self.problems = problems or ProblemLog()
+        self.readers: dict[str, tuple[str, EventFileReader]] = {}
+        self._offsets = dict(offsets or {})
+        self.max_record_bytes = max_record_bytes
+
+    def reader(self, run: str, path: str) -> EventFileReader:
+        entry = self.readers.get(path)
+        if entry is None:
+            r = EventFileReader(
+                path,
+                self._offsets.pop(path, 0),
+                on_problem=self.problems,
+                max_record_bytes=self.max_record_bytes,
+            )
+            entry = self.readers[path] = (run, r)
+        return entry[1]
+
+    def refresh(self) -> dict[str, list[str]]:
+        runs = scan(self.logdir, self.problems)
+        for run, paths in runs.items():
+            for p in paths:
+                self.reader(run, p)
+        return runs
+
+    def forget(self, path: str) -> None:
+        self.readers.pop(path, None)
+
+    def read_file(self, path: str, final: bool = False) -> Iterator[tuple[str, str, int, float, float]]:
+        run, reader = self.readers[path]
+        try:
+            for tag, step, wall_time, value in reader.read(final):
+                yield run, tag, step, wall_time, value
+        except FileNotFoundError:
+            self.problems("vanished_file", path, -1, "file disappeared while being read")
+            self.forget(path)
+        except OSError as e:
+            self.problems("unreadable_file", path, -1, e.strerror or str(e))
+
+    def read_all(self, final: bool = False) -> Iterator[tuple[str, str, int, float, float]]:
+        """Every new point of every known file, run by run, files in name order."""
+        for path in sorted(self.readers, key=lambda p: (self.readers[p][0], p)):
+            yield from self.read_file(path, final)
+
+    def offsets(self) -> dict[str, int]:
+        return {p: r.offset for p, (_, r) in self.readers.items()}
+
+
+def read_logdir(
+    logdir: str, problems: ProblemLog | None = None
+) -> Iterator[tuple[str, str, int, float, float]]:
+    """One-shot: every scalar point of a finished logdir as (run, tag, step, wall_time, value)."""
+    reader = LogdirReader(logdir, problems=problems)
+    reader.refresh()
+    yield from reader.read_all(final=True)
