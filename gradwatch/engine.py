@@ -8,6 +8,7 @@ per matching rule.
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Callable
 
 from gradwatch.rules import Rule, Series, series_rules
@@ -17,9 +18,12 @@ Sink = Callable[[Series, int, int, int, int, float, float], None]
 
 
 class Engine:
-    def __init__(self, rules: list[Rule], sink: Sink) -> None:
+    """``export_tags`` (globs) makes series tracked (for metrics) without a rule."""
+
+    def __init__(self, rules: list[Rule], sink: Sink, export_tags: list[str] | None = None) -> None:
         self.rules = rules
         self.sink = sink
+        self.export_tags = export_tags or []
         # run -> tag -> Series, or None when no rule matches the series
         self.runs: dict[str, dict[str, Series | None]] = {}
 
@@ -27,7 +31,8 @@ class Engine:
         tags = self.runs.setdefault(run, {})
         if tag not in tags:
             matched = series_rules(self.rules, run, tag)
-            tags[tag] = Series(run, tag, matched) if matched else None
+            tracked = matched or any(fnmatch.fnmatchcase(tag, g) for g in self.export_tags)
+            tags[tag] = Series(run, tag, matched) if tracked else None
         return tags[tag]
 
     def observe(self, run: str, tag: str, step: int, wall_time: float, value: float) -> None:
@@ -37,6 +42,9 @@ class Engine:
             s = self.series(run, tag)
         if s is None:
             return
+        s.step = step
+        s.wall_time = wall_time
+        s.value = value
         ranks = s.ranks
         states = s.states
         for i, rule in enumerate(s.rules):

@@ -278,7 +278,7 @@ class Rule:
 class Series:
     """One (run, tag) and the rules that match it, with their states."""
 
-    __slots__ = ("ranks", "rules", "run", "states", "tag")
+    __slots__ = ("ranks", "rules", "run", "states", "step", "tag", "value", "wall_time")
 
     def __init__(self, run: str, tag: str, rules: list[Rule]) -> None:
         self.run = run
@@ -287,6 +287,10 @@ class Series:
         self.states = [r.new_state() for r in rules]
         # effective severity rank per rule after the last point
         self.ranks = [0] * len(rules)
+        # the last point, read by the metrics exporter at scrape time
+        self.step = 0
+        self.wall_time = 0.0
+        self.value = math.nan
 
 
 def series_rules(rules: list[Rule], run: str, tag: str) -> list[Rule]:
