@@ -1,15 +1,22 @@
 """Alert lifecycle: inactive -> pending -> firing -> resolved.
 
-(Lifecycle logic follows; the event type below is what every notifier,
-the outbox, the stop-file writer and the metrics see.)
+One alert per (rule, run, tag). ``AlertEvent`` is what every notifier, the
+outbox, the stop-file writer and the metrics see; ``AlertBook`` is the
+lifecycle (pending for ``for``, firing, escalation and de-escalation,
+``keep_firing_for`` against flapping, ``repeat_interval`` reminders, absence
+on a timer, resolution).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from gradwatch.rules import SEVERITY_OF_RANK, Rule, RuleState, Series
 
 # kinds of transition that reach people
 FIRING = "firing"
@@ -78,3 +85,281 @@ def _num(v: float) -> Any:
     if v in (float("inf"), float("-inf")):
         return "inf" if v > 0 else "-inf"
     return v
+
+
+# -- lifecycle -----------------------------------------------------------------
+
+PENDING = "pending"
+ACTIVE = "firing"
+
+
+class Alert:
+    """The lifecycle state of one (rule, run, tag)."""
+
+    __slots__ = (
+        "clear_points",
+        "clear_since",
+        "last_notified",
+        "rank",
+        "rule",
+        "run",
+        "seq",
+        "starts_at",
+        "state",
+        "step",
+        "tag",
+        "value",
+        "wall_time",
+    )
+
+    def __init__(self, rule: str, run: str, tag: str) -> None:
+        self.rule = rule
+        self.run = run
+        self.tag = tag
+        self.state = PENDING
+        self.rank = 0
+        self.starts_at = 0.0
+        self.last_notified = 0.0
+        self.seq = 0
+        self.clear_points = 0
+        self.clear_since: float | None = None
+        self.step = 0
+        self.value = math.nan
+        self.wall_time = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__slots__}
+        d["value"] = _num(self.value)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Alert:
+        a = cls(d["rule"], d["run"], d["tag"])
+        for k in cls.__slots__:
+            if k in d:
+                setattr(a, k, d[k])
+        a.value = float(a.value)
+        return a
+
+
+class AlertBook:
+    """Turns rule decisions into alert transitions (AlertEvents).
+
+    It is the engine's sink. ``live`` changes one thing: absence is then
+    decided by the clock (``tick``), so a point arriving resolves it instead
+    of being judged as a gap. During catch-up (``suppress``) transitions
+    update the states but emit nothing; ``catchup_summary()`` then reports
+    what is still firing, once.
+    """
+
+    def __init__(self, rules: list[Rule], clock=time.time, live: bool = True) -> None:
+        self.rules = {r.name: r for r in rules}
+        self.clock = clock
+        self.live = live
+        self.suppress = False
+        self.alerts: dict[str, Alert] = {}
+        self.events: list[AlertEvent] = []
+        # keys whose persisted state changed since the last ``take_changes``
+        self.changed: set[str] = set()
+        self.started_at = clock()
+
+    # -- engine sink ---------------------------------------------------------
+    def __call__(
+        self, s: Series, i: int, rank: int, previous: int, step: int, wall_time: float, value: float
+    ) -> None:
+        rule = s.rules[i]
+        state = s.states[i]
+        if rule.kind == "absent" and self.live:
+            rank = 0
+            raw = 0
+        else:
+            raw = state.raw
+        key = alert_key(rule.name, s.run, s.tag)
+        alert = self.alerts.get(key)
+        if rank:
+            if alert is None:
+                alert = self.alerts[key] = Alert(rule.name, s.run, s.tag)
+            self._point(alert, step, wall_time, value)
+            alert.clear_points = 0
+            alert.clear_since = None
+            if alert.state != ACTIVE:
+                alert.state = ACTIVE
+                alert.rank = rank
+                alert.starts_at = self.clock()
+                self._emit(rule, alert, FIRING, state)
+            elif rank != alert.rank:
+                kind = ESCALATED if rank > alert.rank else DEESCALATED
+                before = alert.rank
+                alert.rank = rank
+                self._emit(rule, alert, kind, state, previous=before)
+            self.changed.add(key)
+            return
+        if alert is None:
+            if raw:  # condition holds but `for` is not yet met
+                alert = self.alerts[key] = Alert(rule.name, s.run, s.tag)
+                self._point(alert, step, wall_time, value)
+                self.changed.add(key)
+            return
+        if alert.state == PENDING:
+            if not raw:
+                del self.alerts[key]
+            else:
+                self._point(alert, step, wall_time, value)
+            self.changed.add(key)
+            return
+        # firing, and this point is back to normal
+        self._point(alert, step, wall_time, value)
+        alert.clear_points += 1
+        if alert.clear_since is None:
+            alert.clear_since = self.clock()
+        if self._may_resolve(rule, alert, self.clock()):
+            self._resolve(rule, alert, state)
+        self.changed.add(key)
+
+    def _point(self, alert: Alert, step: int, wall_time: float, value: float) -> None:
+        alert.step = step
+        alert.wall_time = wall_time
+        alert.value = value
+
+    def _may_resolve(self, rule: Rule, alert: Alert, now: float) -> bool:
+        if alert.clear_points <= rule.keep_firing_for_points:
+            return False
+        if rule.keep_firing_for_seconds and alert.clear_since is not None:
+            return now - alert.clear_since >= rule.keep_firing_for_seconds
+        return True
+
+    def _resolve(self, rule: Rule, alert: Alert, state: RuleState | None) -> None:
+        self._emit(rule, alert, RESOLVED, state, ends_at=self.clock())
+        del self.alerts[alert_key(alert.rule, alert.run, alert.tag)]
+
+    # -- timers --------------------------------------------------------------
+    def tick(self, engine_series) -> None:
+        """Clock-driven transitions: keep_firing_for (seconds), repeats, absence."""
+        now = self.clock()
+        for key, alert in list(self.alerts.items()):
+            rule = self.rules.get(alert.rule)
+            if rule is None or alert.state != ACTIVE:
+                continue
+            if (
+                rule.kind != "absent"
+                and alert.clear_since is not None
+                and self._may_resolve(rule, alert, now)
+            ):
+                self._resolve(rule, alert, None)
+                self.changed.add(key)
+            elif rule.repeat_interval and now - alert.last_notified >= rule.repeat_interval:
+                self._emit(rule, alert, REPEAT, None)
+                self.changed.add(key)
+        if any(r.kind == "absent" for r in self.rules.values()):
+            self._absence(engine_series, now)
+
+    def _absence(self, engine_series, now: float) -> None:
+        for s in engine_series:
+            for i, rule in enumerate(s.rules):
+                if rule.kind != "absent" or not s.wall_time:
+                    continue
+                key = alert_key(rule.name, s.run, s.tag)
+                silent = now - s.wall_time
+                alert = self.alerts.get(key)
+                if silent > rule.absent_for:
+                    # a series that had already stopped before we started is history, not a stall
+                    if alert is None and s.wall_time >= self.started_at - rule.absent_for:
+                        alert = self.alerts[key] = Alert(rule.name, s.run, s.tag)
+                        self._point(alert, s.step, s.wall_time, s.value)
+                        alert.state = ACTIVE
+                        alert.rank = rule.levels[0][0]
+                        alert.starts_at = now
+                        self._emit(rule, alert, FIRING, s.states[i])
+                        self.changed.add(key)
+                elif alert is not None and alert.state == ACTIVE:
+                    self._resolve(rule, alert, s.states[i])
+                    self.changed.add(key)
+
+    # -- events --------------------------------------------------------------
+    def _emit(
+        self,
+        rule: Rule,
+        alert: Alert,
+        kind: str,
+        state: RuleState | None,
+        previous: int | None = None,
+        ends_at: float | None = None,
+    ) -> None:
+        now = self.clock()
+        alert.seq += 1
+        alert.last_notified = now
+        if self.suppress:
+            return
+        self.events.append(self.event(rule, alert, kind, state, previous, ends_at))
+
+    def event(
+        self,
+        rule: Rule,
+        alert: Alert,
+        kind: str,
+        state: RuleState | None,
+        previous: int | None = None,
+        ends_at: float | None = None,
+        catchup: bool = False,
+    ) -> AlertEvent:
+        fields = rule.fields(alert.run, alert.tag, alert.step, alert.value, alert.rank, state)
+        annotations = rule.render(fields)
+        if rule.description:
+            annotations.setdefault("description", rule.description)
+        severity = SEVERITY_OF_RANK.get(alert.rank, "warning")
+        labels = {
+            **rule.labels,
+            "alertname": rule.name,
+            "severity": severity,
+            "run": alert.run,
+            "tag": alert.tag,
+        }
+        threshold = rule.level_of(alert.rank) if rule.kind in ("thresholds", "growth") else None
+        if rule.kind == "absent":
+            threshold = rule.absent_for
+        return AlertEvent(
+            rule=rule.name,
+            run=alert.run,
+            tag=alert.tag,
+            kind=kind,
+            severity=severity,
+            previous=SEVERITY_OF_RANK.get(previous) if previous else None,
+            step=alert.step,
+            value=alert.value,
+            wall_time=alert.wall_time,
+            threshold=threshold,
+            starts_at=alert.starts_at,
+            ends_at=ends_at,
+            labels=labels,
+            annotations=annotations,
+            catchup=catchup,
+            seq=alert.seq,
+        )
+
+    def catchup_summary(self) -> list[AlertEvent]:
+        """One FIRING event per alert still firing at the end of catch-up."""
+        out = []
+        for alert in self.alerts.values():
+            rule = self.rules.get(alert.rule)
+            if rule is not None and alert.state == ACTIVE:
+                out.append(self.event(rule, alert, FIRING, None, catchup=True))
+        return out
+
+    def take_events(self) -> list[AlertEvent]:
+        events, self.events = self.events, []
+        return events
+
+    def take_changes(self) -> dict[str, dict[str, Any] | None]:
+        out = {k: (self.alerts[k].to_dict() if k in self.alerts else None) for k in self.changed}
+        self.changed = set()
+        return out
+
+    def restore(self, saved: dict[str, dict[str, Any]]) -> None:
+        for key, d in saved.items():
+            self.alerts[key] = Alert.from_dict(d)
+
+    def reload_rules(self, rules: list[Rule]) -> None:
+        self.rules = {r.name: r for r in rules}
+
+    def firing(self) -> list[Alert]:
+        return [a for a in self.alerts.values() if a.state == ACTIVE]

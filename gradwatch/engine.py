@@ -20,10 +20,18 @@ Sink = Callable[[Series, int, int, int, int, float, float], None]
 class Engine:
     """``export_tags`` (globs) makes series tracked (for metrics) without a rule."""
 
-    def __init__(self, rules: list[Rule], sink: Sink, export_tags: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        rules: list[Rule],
+        sink: Sink,
+        export_tags: list[str] | None = None,
+        on_new_series: Callable[[Series], None] | None = None,
+    ) -> None:
         self.rules = rules
         self.sink = sink
         self.export_tags = export_tags or []
+        # called once per new series (the daemon restores persisted rule states)
+        self.on_new_series = on_new_series
         # run -> tag -> Series, or None when no rule matches the series
         self.runs: dict[str, dict[str, Series | None]] = {}
 
@@ -32,7 +40,9 @@ class Engine:
         if tag not in tags:
             matched = series_rules(self.rules, run, tag)
             tracked = matched or any(fnmatch.fnmatchcase(tag, g) for g in self.export_tags)
-            tags[tag] = Series(run, tag, matched) if tracked else None
+            s = tags[tag] = Series(run, tag, matched) if tracked else None
+            if s is not None and self.on_new_series is not None:
+                self.on_new_series(s)
         return tags[tag]
 
     def observe(self, run: str, tag: str, step: int, wall_time: float, value: float) -> None:
@@ -50,12 +60,17 @@ class Engine:
         for i, rule in enumerate(s.rules):
             rank = rule.evaluate(states[i], step, wall_time, value)
             previous = ranks[i]
-            if rank or previous:
+            # raw: the condition holds but ``for`` is not met yet (pending)
+            if rank or previous or states[i].raw:
                 ranks[i] = rank
                 self.sink(s, i, rank, previous, step, wall_time, value)
 
+    def forget_run(self, run: str) -> None:
+        self.runs.pop(run, None)
+
     def all_series(self):
-        for tags in self.runs.values():
-            for s in tags.values():
+        # copies: the metrics thread iterates while the daemon thread adds series
+        for tags in list(self.runs.values()):
+            for s in list(tags.values()):
                 if s is not None:
                     yield s

@@ -1,0 +1,181 @@
+"""Actions beyond notifications: the stop-file and TensorBoard alert flags."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import tempfile
+import time
+from datetime import datetime, timezone
+
+from tensorboard.compat.proto import event_pb2, summary_pb2
+
+from gradwatch.alerts import ESCALATED, FIRING, RESOLVED, AlertEvent
+from gradwatch.events.logdir import FLAGS_DIR
+from gradwatch.events.records import frame
+from gradwatch.rules import RANK, SEVERITIES
+
+log = logging.getLogger("gradwatch.actions")
+
+DEFAULT_STOP_FILE = "{run_dir}/gradwatch-stop.json"
+MAX_MORE_REASONS = 20
+
+
+def rfc3339(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _json_value(v: float | None):
+    if v is None:
+        return None
+    if v != v:
+        return "NaN"
+    if v in (float("inf"), float("-inf")):
+        return "Infinity" if v > 0 else "-Infinity"
+    return v
+
+
+def stop_path(template: str, logdir: str, run: str) -> str:
+    run_dir = os.path.normpath(os.path.join(logdir, run))
+    safe_run = run.replace("/", "__") if run != "." else "_root"
+    return template.format(run_dir=run_dir, run=safe_run, logdir=logdir)
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".gradwatch-stop.", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class StopFileWriter:
+    """Writes the stop-file a trainer checks (gradwatch.trainer.should_stop).
+
+    The first reason is never overwritten: later alerts for the same run are
+    appended under ``more`` (bounded).
+    """
+
+    def __init__(
+        self, logdir: str, template: str = DEFAULT_STOP_FILE, default_severity: str | None = "critical"
+    ):
+        self.logdir = logdir
+        self.template = template
+        self.default_severity = default_severity
+        self.written = 0
+        self.errors = 0
+
+    def threshold(self, rule_stop: str | None) -> int | None:
+        sev = rule_stop or self.default_severity
+        return RANK[sev] if sev in SEVERITIES else None
+
+    def handle(self, event: AlertEvent, rule_stop: str | None) -> str | None:
+        """Write (or extend) the stop-file when ``event`` warrants it; returns the path written."""
+        if event.kind not in (FIRING, ESCALATED):
+            return None
+        level = self.threshold(rule_stop)
+        if level is None or RANK.get(event.severity, 0) < level:
+            return None
+        path = stop_path(self.template, self.logdir, event.run)
+        reason = {
+            "alert": event.rule,
+            "severity": event.severity,
+            "run": event.run,
+            "tag": event.tag,
+            "step": event.step,
+            "value": _json_value(event.value),
+            "threshold": _json_value(event.threshold),
+            "time": rfc3339(time.time()),
+            "message": " ".join(
+                v for k, v in event.annotations.items() if k in ("summary", "recommendation") and v
+            ),
+        }
+        try:
+            doc = self._existing(path)
+            if doc is None:
+                doc = dict(reason, more=[])
+            else:
+                same = (doc.get("alert"), doc.get("tag"), doc.get("severity"), doc.get("step"))
+                if same == (reason["alert"], reason["tag"], reason["severity"], reason["step"]):
+                    return path  # replay after a restart: already recorded
+                more = doc.setdefault("more", [])
+                if len(more) >= MAX_MORE_REASONS:
+                    return path
+                more.append(reason)
+            atomic_write(path, (json.dumps(doc, indent=2) + "\n").encode())
+        except OSError as e:
+            self.errors += 1
+            log.error("cannot write stop-file %s: %s", path, e.strerror or e)
+            return None
+        self.written += 1
+        log.warning("stop-file written: %s (%s %s on %s)", path, event.severity, event.rule, event.run)
+        return path
+
+    @staticmethod
+    def _existing(path: str) -> dict | None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                doc = json.load(f)
+            return doc if isinstance(doc, dict) else None
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return None  # a human's `touch`: replaced by a proper reason
+
+
+class FlagWriter:
+    """TensorBoard alert flags: ``alerts/<rule>/<severity>`` 0/1 scalars.
+
+    Written under ``<logdir>/_gradwatch/<run>/`` so they show next to the
+    series in TensorBoard; the reader never reads that directory.
+    """
+
+    def __init__(self, logdir: str) -> None:
+        self.logdir = logdir
+        self._files: dict[str, str] = {}
+        self.errors = 0
+
+    def _path(self, run: str) -> str:
+        path = self._files.get(run)
+        if path is None:
+            directory = os.path.join(self.logdir, FLAGS_DIR, run)
+            os.makedirs(directory, exist_ok=True)
+            name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.gradwatch"
+            path = self._files[run] = os.path.join(directory, name)
+            with open(path, "ab") as f:
+                ev = event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")
+                f.write(frame(ev.SerializeToString()))
+        return path
+
+    def handle(self, event: AlertEvent) -> None:
+        active = "" if event.kind == RESOLVED else event.severity
+        values = [
+            summary_pb2.Summary.Value(
+                tag=f"alerts/{event.rule}/{sev}", simple_value=1.0 if sev == active else 0.0
+            )
+            for sev in ("warning", "critical")
+        ]
+        ev = event_pb2.Event(
+            wall_time=event.wall_time or time.time(),
+            step=event.step,
+            summary=summary_pb2.Summary(value=values),
+        )
+        try:
+            with open(self._path(event.run), "ab") as f:
+                f.write(frame(ev.SerializeToString()))
+        except OSError as e:
+            self.errors += 1
+            if self.errors == 1:
+                log.error("cannot write TensorBoard alert flags under %s: %s", self.logdir, e.strerror or e)

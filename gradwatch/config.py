@@ -1,0 +1,138 @@
+"""The daemon's configuration file (``gradwatch.yaml``) and its defaults.
+
+Command-line flags override the file. Relative paths in the file (rules,
+state_dir) are relative to the file, as Prometheus does for rule_files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+
+from gradwatch.actions import DEFAULT_STOP_FILE
+from gradwatch.rules import SEVERITIES
+from gradwatch.yamlconf import ConfigError, Problem, Section, load_yaml_file
+
+DEFAULT_LISTEN = "127.0.0.1:9723"
+DEFAULT_RESCAN = 30.0
+DEFAULT_FORGET_AFTER = 300.0
+
+
+@dataclass
+class Config:
+    logdir: str | None = None
+    rules: list[str] | None = None  # None: the packaged default rules
+    state_dir: str | None = None
+    poll: float | None = None  # seconds; None: inotify, polling only as fallback
+    rescan_interval: float = DEFAULT_RESCAN
+    listen: str | None = DEFAULT_LISTEN  # None/"" disables the HTTP endpoint
+    log_format: str = "text"
+    stop_file: str = DEFAULT_STOP_FILE
+    stop_severity: str | None = "critical"  # rules without `stop:` use this; None: never
+    tensorboard_flags: bool = False
+    forget_after: float = DEFAULT_FORGET_AFTER
+    export_tags: list[str] = field(default_factory=list)
+    catchup_notify: bool = True  # after first catch-up, notify what is still firing (once)
+    outbox_max_age: float = 86400.0
+    notifiers: list[Section] = field(default_factory=list)
+    source: str | None = None
+
+    def resolved_state_dir(self) -> str:
+        if self.state_dir:
+            return self.state_dir
+        base = os.environ.get("STATE_DIRECTORY") or os.path.join(
+            os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "gradwatch"
+        )
+        # one state per logdir, so several instances never share offsets
+        key = hashlib.sha256(os.path.abspath(self.logdir or ".").encode()).hexdigest()[:12]
+        return os.path.join(base.split(":")[0], key)
+
+
+def parse_listen(text: str) -> tuple[str, int] | None:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        return None
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def load_config(path: str) -> Config:
+    problems: list[Problem] = []
+    data = load_yaml_file(path)
+    top = Section(data, path, "", problems, line=1)
+    base = os.path.dirname(os.path.abspath(path))
+
+    def rel(p: str) -> str:
+        return p if os.path.isabs(p) else os.path.join(base, p)
+
+    cfg = Config(source=path)
+    logdir = top.string("logdir")
+    cfg.logdir = rel(logdir) if logdir else None
+    rules = top.strings("rules")
+    cfg.rules = [rel(r) for r in rules] if rules else None
+    state_dir = top.string("state_dir")
+    cfg.state_dir = rel(state_dir) if state_dir else None
+    cfg.poll = top.duration("poll")
+    if cfg.poll is not None and cfg.poll <= 0:
+        top.error("poll", "expected a positive interval")
+    cfg.rescan_interval = top.duration("rescan_interval", DEFAULT_RESCAN)
+    cfg.forget_after = top.duration("forget_after", DEFAULT_FORGET_AFTER)
+    cfg.log_format = top.choice("log_format", ("text", "json"), "text")
+    listen = top.raw("listen", DEFAULT_LISTEN)
+    if listen in (None, False, ""):
+        cfg.listen = None
+    elif not isinstance(listen, str) or parse_listen(listen) is None:
+        top.error("listen", f"expected HOST:PORT like 127.0.0.1:9723, got {listen!r}")
+    else:
+        cfg.listen = listen
+    cfg.tensorboard_flags = top.boolean("tensorboard_flags", False)
+    cfg.catchup_notify = top.boolean("catchup_notify", True)
+
+    stop = top.section("stop_file")
+    cfg.stop_file = stop.string("path", DEFAULT_STOP_FILE)
+    sev = stop.choice("severity", (*SEVERITIES, "never"), "critical")
+    cfg.stop_severity = None if sev == "never" else sev
+    if cfg.stop_file:
+        try:
+            cfg.stop_file.format(run_dir="r", run="r", logdir="l")
+        except (KeyError, IndexError, ValueError) as e:
+            stop.error("path", f"bad template (fields: {{run_dir}}, {{run}}, {{logdir}}): {e}")
+    stop.finish()
+
+    metrics = top.section("metrics")
+    cfg.export_tags = metrics.strings("export_tags", [])
+    metrics.finish()
+
+    outbox = top.section("outbox")
+    cfg.outbox_max_age = outbox.duration("max_age", 86400.0)
+    outbox.finish()
+
+    cfg.notifiers = list(top.sections("notifiers"))
+    top.finish()
+    # notifier sections are validated where they are built; do it now for start-up errors
+    build_notifiers(cfg, problems)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def build_notifiers(cfg: Config, problems: list[Problem] | None = None) -> list:
+    """Notifier objects from the config's sections (problems collected, not raised)."""
+    if not cfg.notifiers:
+        return []
+    try:
+        from gradwatch.notify.base import build_notifiers as build
+    except ImportError:
+        if problems is not None:
+            problems.append(
+                Problem(cfg.source or "", 0, "notifiers", "notifiers are not available in this build")
+            )
+        return []
+    own = problems if problems is not None else []
+    for sec in cfg.notifiers:
+        sec.problems = own
+    try:
+        return build(cfg.notifiers)
+    except ConfigError as e:
+        own.extend(e.problems)
+        return []

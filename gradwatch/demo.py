@@ -1,0 +1,118 @@
+"""``gradwatch demo``: watch the founding incident happen again, in seconds.
+
+Writes three simulated runs into a temporary logdir while the real daemon
+watches it: the seed's exploding TD3 run (actor CNN gradient norm 5,191 ->
+130,486 -> 826,256 -> 2,860,755 -> 7,475,702 over steps 100..500), a run with
+a brief spike that recovers (warning, then resolved), and a healthy run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+
+from tensorboard.compat.proto import event_pb2, summary_pb2
+
+from gradwatch.config import Config
+from gradwatch.events.records import frame
+
+SEED_STEPS = [100, 200, 300, 400, 500]
+SEED_ACTOR_CNN = [5191.0, 130486.0, 826256.0, 2860755.0, 7475702.0]
+
+
+class DemoWriter:
+    """A minimal TensorBoard event writer (simple_value scalars), as any trainer would write."""
+
+    def __init__(self, run_dir: str) -> None:
+        os.makedirs(run_dir, exist_ok=True)
+        name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}.0"
+        self.path = os.path.join(run_dir, name)
+        self._f = open(self.path, "ab")  # noqa: SIM115 - kept open like a real writer
+        self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def _write(self, ev: event_pb2.Event) -> None:
+        self._f.write(frame(ev.SerializeToString()))
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        summary = summary_pb2.Summary(
+            value=[summary_pb2.Summary.Value(tag=t, simple_value=v) for t, v in values.items()]
+        )
+        self._write(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _series(step_index: int) -> dict[str, dict[str, float]]:
+    i = step_index
+    return {
+        "td3-lr3e-3-exploding": {
+            "gradients/actor_cnn_norm": SEED_ACTOR_CNN[i],
+            "gradients/actor_mlp_norm": [310.0, 2900.0, 14800.0, 61000.0, 240000.0][i],
+            "gradients/critic_cnn_norm": [820.0, 1900.0, 7400.0, 31000.0, 98000.0][i],
+            "gradients/critic_mlp_norm": [95.0, 410.0, 2200.0, 9100.0, 40500.0][i],
+            "q_values/mean": [12.0, 410.0, 35000.0, 1.9e6, 1.1e7][i],
+        },
+        "td3-lr3e-4-spike": {
+            "gradients/actor_cnn_norm": [420.0, 12800.0, 640.0, 380.0, 350.0][i],
+            "gradients/critic_mlp_norm": [88.0, 95.0, 90.0, 84.0, 80.0][i],
+        },
+        "td3-lr1e-4-healthy": {
+            "gradients/actor_cnn_norm": [130.0, 118.0, 109.0, 101.0, 97.0][i],
+            "gradients/critic_mlp_norm": [40.0, 38.0, 35.0, 33.0, 31.0][i],
+        },
+    }
+
+
+def run_demo(keep: str | None = None, speed: float = 1.0, out=None) -> int:
+    from gradwatch.daemon import Daemon
+
+    out = out or sys.stdout
+    logdir = keep or tempfile.mkdtemp(prefix="gradwatch-demo-")
+    state_dir = tempfile.mkdtemp(prefix="gradwatch-demo-state-")
+    pause = 0.6 / max(speed, 0.01)
+    out.write(f"gradwatch demo: watching {logdir}\n")
+    out.write("Three TD3 runs log gradient norms every 100 steps; gradwatch watches from the outside.\n\n")
+    out.flush()
+    cfg = Config(logdir=logdir, state_dir=state_dir, listen=None)
+    daemon = Daemon(cfg, out=out)
+    thread = threading.Thread(target=daemon.run, name="gradwatch-daemon", daemon=True)
+    thread.start()
+    daemon.ready.wait(30)
+    writers = {run: DemoWriter(os.path.join(logdir, run)) for run in _series(0)}
+    stop_file = os.path.join(logdir, "td3-lr3e-3-exploding", "gradwatch-stop.json")
+    try:
+        for i, step in enumerate(SEED_STEPS):
+            out.write(f"--- step {step} ---\n")
+            out.flush()
+            for run, values in _series(i).items():
+                if run.endswith("exploding") and os.path.exists(stop_file):
+                    continue  # the trainer saw the stop-file and stopped
+                writers[run].scalars(step, values)
+            time.sleep(pause)
+    finally:
+        for w in writers.values():
+            w.close()
+        time.sleep(pause)
+        daemon.stop()
+        thread.join(10)
+    if os.path.exists(stop_file):
+        with open(stop_file, encoding="utf-8") as f:
+            reason = json.load(f)
+        out.write(f"\nStop-file written for the exploding run: {stop_file}\n")
+        out.write(json.dumps({k: reason[k] for k in ("alert", "severity", "tag", "step", "value")}, indent=2))
+        out.write("\nA trainer calling gradwatch.trainer.should_stop(path) stops at its next step.\n")
+    if not keep:
+        shutil.rmtree(logdir, ignore_errors=True)
+    shutil.rmtree(state_dir, ignore_errors=True)
+    out.write(
+        "\nNext: gradwatch watch YOUR_LOGDIR   (rules: gradwatch rules check; docs: docs/quickstart.md)\n"
+    )
+    return 0

@@ -1,0 +1,102 @@
+"""Console notifier: what the seed trainer printed, from the outside.
+
+On a terminal: a short coloured block per transition. Under systemd or a
+pipe: one line per transition (journald keeps lines). With ``json``: one JSON
+object per line for log pipelines.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import TextIO
+
+from gradwatch.actions import rfc3339
+from gradwatch.alerts import DEESCALATED, ESCALATED, FIRING, REPEAT, RESOLVED, AlertEvent
+from gradwatch.rules import human
+
+_COLOURS = {"critical": "\033[1;31m", "warning": "\033[1;33m", "info": "\033[1;36m", "resolved": "\033[1;32m"}
+_RESET = "\033[0m"
+_VERB = {
+    FIRING: "FIRING",
+    ESCALATED: "ESCALATED",
+    DEESCALATED: "DE-ESCALATED",
+    RESOLVED: "RESOLVED",
+    REPEAT: "STILL FIRING",
+}
+
+
+def _value(v: float | None) -> str:
+    return "n/a" if v is None else human(v)
+
+
+class ConsoleNotifier:
+    name = "console"
+
+    def __init__(self, out: TextIO | None = None, fmt: str = "auto", colour: bool | None = None) -> None:
+        self.out = out or sys.stdout
+        isatty = getattr(self.out, "isatty", lambda: False)()
+        self.fmt = ("block" if isatty else "line") if fmt in ("auto", "text") else fmt
+        self.colour = isatty if colour is None else colour
+
+    def accepts(self, event: AlertEvent) -> bool:
+        return True
+
+    def send(self, events: list[AlertEvent]) -> None:
+        write = {"json": self._json, "block": self._block}.get(self.fmt, self._line)
+        for e in events:
+            write(e)
+        self.out.flush()
+
+    def _headline(self, e: AlertEvent) -> str:
+        verb = _VERB.get(e.kind, e.kind.upper())
+        sev = e.severity.upper()
+        if e.kind in (ESCALATED, DEESCALATED) and e.previous:
+            sev = f"{e.previous.upper()} -> {sev}"
+        return f"{verb} {sev}"
+
+    def _line(self, e: AlertEvent) -> None:
+        parts = [
+            rfc3339(time.time()),
+            self._headline(e),
+            e.rule,
+            f"run={e.run}",
+            f"tag={e.tag}",
+            f"step={e.step}",
+            f"value={_value(e.value)}",
+            f"threshold={_value(e.threshold)}",
+        ]
+        if e.catchup:
+            parts.append("(active at start-up)")
+        text = " ".join(p for p in parts if p)
+        summary = e.annotations.get("summary")
+        if summary:
+            text += f" | {summary}"
+        rec = e.annotations.get("recommendation")
+        if rec and e.kind != RESOLVED:
+            text += f" | {rec}"
+        self.out.write(text.replace("\n", " ") + "\n")
+
+    def _block(self, e: AlertEvent) -> None:
+        key = "resolved" if e.kind == RESOLVED else e.severity
+        colour, reset = (_COLOURS.get(key, ""), _RESET) if self.colour else ("", "")
+        head = f"{colour}{self._headline(e)}{reset}  {e.rule}"
+        if e.catchup:
+            head += "  (active at start-up)"
+        lines = [
+            head,
+            f"  run {e.run}   tag {e.tag}",
+            f"  step {e.step}   value {_value(e.value)}   threshold {_value(e.threshold)}",
+        ]
+        if e.annotations.get("summary"):
+            lines.append(f"  {e.annotations['summary']}")
+        if e.annotations.get("recommendation") and e.kind != RESOLVED:
+            lines.append(f"  -> {e.annotations['recommendation']}")
+        self.out.write("\n".join(lines) + "\n\n")
+
+    def _json(self, e: AlertEvent) -> None:
+        doc = json.loads(e.to_json())
+        doc["status"] = e.status
+        doc["time"] = rfc3339(e.ends_at or e.starts_at or 0)
+        self.out.write(json.dumps(doc, sort_keys=True) + "\n")
