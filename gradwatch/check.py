@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -17,6 +18,7 @@ from gradwatch.events.logdir import LogdirReader, ProblemLog
 from gradwatch.rules import RANK, SEVERITY_OF_RANK, Rule, Series, human
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
+_INDENT = " " * 14
 STATUS = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
 
 
@@ -28,60 +30,8 @@ def exit_code_of(rank: int) -> int:
     return OK
 
 
-@dataclass
-class Finding:
-    """What one rule saw on one series."""
-
-    rule: Rule
-    run: str
-    tag: str
-    first: dict[str, tuple[int, float]] = field(default_factory=dict)
-    worst: int = 0
-    points_alerting: int = 0
-    final: int = 0
-
-    def to_json(self, stats: SeriesStats) -> dict[str, Any]:
-        return {
-            "rule": self.rule.name,
-            "kind": self.rule.kind,
-            "run": self.run,
-            "tag": self.tag,
-            "severity": SEVERITY_OF_RANK[self.worst],
-            "first": {sev: {"step": s, "value": json_number(v)} for sev, (s, v) in self.first.items()},
-            "points_alerting": self.points_alerting,
-            "points": stats.count,
-            "max": {"step": stats.max_step, "value": json_number(stats.max)},
-            "min": {"step": stats.min_step, "value": json_number(stats.min)},
-            "active_at_end": SEVERITY_OF_RANK.get(self.final),
-            "labels": self.rule.labels,
-        }
-
-
-class SeriesStats:
-    __slots__ = ("count", "max", "max_step", "min", "min_step", "nonfinite")
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.nonfinite = 0
-        self.max = -math.inf
-        self.min = math.inf
-        self.max_step: int | None = None
-        self.min_step: int | None = None
-
-    def add(self, step: int, value: float) -> None:
-        self.count += 1
-        if value != value:
-            self.nonfinite += 1
-            return
-        if value in (math.inf, -math.inf):
-            self.nonfinite += 1
-        if value > self.max:
-            self.max, self.max_step = value, step
-        if value < self.min:
-            self.min, self.min_step = value, step
-
-
-def json_number(v: float) -> float | str | None:
+def json_number(v: float | None) -> float | str | None:
+    """JSON has no NaN/Inf: they become the strings "NaN", "Infinity", "-Infinity"."""
     if v is None:
         return None
     if v != v:
@@ -91,15 +41,111 @@ def json_number(v: float) -> float | str | None:
     return v
 
 
+class SeriesStats:
+    """Count, finite extremes and non-finite points of one checked series."""
+
+    __slots__ = ("count", "first_nonfinite", "last_step", "max", "max_step", "min", "min_step", "nonfinite")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.nonfinite = 0
+        self.first_nonfinite: tuple[int, float] | None = None
+        self.max = -math.inf
+        self.min = math.inf
+        self.max_step: int | None = None
+        self.min_step: int | None = None
+        self.last_step: int | None = None
+
+    def add(self, step: int, value: float) -> None:
+        self.count += 1
+        self.last_step = step
+        if not math.isfinite(value):
+            self.nonfinite += 1
+            if self.first_nonfinite is None:
+                self.first_nonfinite = (step, value)
+            return
+        if value > self.max:
+            self.max, self.max_step = value, step
+        if value < self.min:
+            self.min, self.min_step = value, step
+
+    def extreme(self, which: str) -> dict[str, Any] | None:
+        """{"step", "value"} of the finite max or min; None when no value was finite."""
+        step = self.max_step if which == "max" else self.min_step
+        if step is None:
+            return None
+        return {"step": step, "value": self.max if which == "max" else self.min}
+
+
+@dataclass
+class Finding:
+    """What one rule saw on one series."""
+
+    rule: Rule
+    run: str
+    tag: str
+    # severity -> (step, value, growth ratio or None) of the first point at that severity or worse
+    first: dict[str, tuple[int, float, float | None]] = field(default_factory=dict)
+    worst: int = 0
+    # rank -> points at that rank; "points at warning or worse" sums the ranks >= warning
+    at_rank: dict[int, int] = field(default_factory=dict)
+    final: int = 0
+    # annotations rendered at the first point of the worst severity
+    annotations: dict[str, str] = field(default_factory=dict)
+
+    def points_at(self, rank: int) -> int:
+        return sum(n for r, n in self.at_rank.items() if r >= rank)
+
+    @property
+    def points_alerting(self) -> int:
+        return sum(self.at_rank.values())
+
+    def to_json(self, stats: SeriesStats) -> dict[str, Any]:
+        return {
+            "rule": self.rule.name,
+            "kind": self.rule.kind,
+            "run": self.run,
+            "tag": self.tag,
+            "severity": SEVERITY_OF_RANK[self.worst],
+            "first": {sev: _json_first(*first) for sev, first in self.first.items()},
+            "points_at": {
+                sev: self.points_at(rank) for rank, sev, _ in self.rule.levels if sev in self.first
+            },
+            "points_alerting": self.points_alerting,
+            "points": stats.count,
+            "nonfinite": stats.nonfinite,
+            "max": _json_extreme(stats.extreme("max")),
+            "min": _json_extreme(stats.extreme("min")),
+            "last_step": stats.last_step,
+            "active_at_end": SEVERITY_OF_RANK.get(self.final),
+            "labels": self.rule.labels,
+            "annotations": self.annotations,
+        }
+
+
+def _json_first(step: int, value: float, ratio: float | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"step": step, "value": json_number(value)}
+    if ratio is not None:
+        out["ratio"] = json_number(ratio)
+    return out
+
+
+def _json_extreme(d: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if d is None else {"step": d["step"], "value": json_number(d["value"])}
+
+
 @dataclass
 class CheckResult:
     logdir: str
     rules: list[Rule]
     findings: dict[tuple[str, str, str], Finding]
+    # only the series some rule matched
     stats: dict[tuple[str, str], SeriesStats]
     runs: list[str]
     points: int
     problems: dict[str, int]
+    # every tag seen, matched or not, to explain "nothing matched"
+    tags_seen: set[str] = field(default_factory=set)
 
     @property
     def worst(self) -> int:
@@ -111,11 +157,19 @@ class CheckResult:
             return UNKNOWN
         return exit_code_of(self.worst)
 
+    def alerted(self) -> list[Finding]:
+        return sorted(
+            (f for f in self.findings.values() if f.worst),
+            key=lambda f: (f.run, f.tag, -f.worst, f.rule.name),
+        )
+
 
 def run_check(logdir: str, rules: list[Rule], problems: ProblemLog | None = None) -> CheckResult:
     findings: dict[tuple[str, str, str], Finding] = {}
 
     def sink(s: Series, i: int, rank: int, previous: int, step: int, wall_time: float, value: float) -> None:
+        if not rank and not previous:
+            return  # pending (``for`` not met yet): not an alert
         rule = s.rules[i]
         key = (rule.name, s.run, s.tag)
         f = findings.get(key)
@@ -124,12 +178,15 @@ def run_check(logdir: str, rules: list[Rule], problems: ProblemLog | None = None
         f.final = rank
         if not rank:
             return
-        f.points_alerting += 1
-        if rank > f.worst:
-            f.worst = rank
+        f.at_rank[rank] = f.at_rank.get(rank, 0) + 1
+        state = s.states[i]
+        ratio = state.ratio if rule.kind == "growth" else None
         for r, sev, _ in rule.levels:
             if r <= rank and sev not in f.first:
-                f.first[sev] = (step, value)
+                f.first[sev] = (step, value, ratio)
+        if rank > f.worst:
+            f.worst = rank
+            f.annotations = rule.render(rule.fields(s.run, s.tag, step, value, rank, state))
 
     problems = problems or ProblemLog()
     engine = Engine(rules, sink)
@@ -137,16 +194,32 @@ def run_check(logdir: str, rules: list[Rule], problems: ProblemLog | None = None
     runs = sorted(reader.refresh())
     stats: dict[tuple[str, str], SeriesStats] = {}
     observe = engine.observe
+    engine_runs = engine.runs
     points = 0
     for run, tag, step, wall_time, value in reader.read_all(final=True):
         points += 1
         observe(run, tag, step, wall_time, value)
-        if engine.runs[run][tag] is not None:
+        if engine_runs[run][tag] is not None:
             st = stats.get((run, tag))
             if st is None:
                 st = stats[(run, tag)] = SeriesStats()
             st.add(step, value)
-    return CheckResult(logdir, rules, findings, stats, runs, points, dict(problems.counts))
+    tags_seen = {tag for tags in engine_runs.values() for tag in tags}
+    return CheckResult(logdir, rules, findings, stats, runs, points, dict(problems.counts), tags_seen)
+
+
+def describe_rule(rule: Rule) -> str:
+    """One line saying what the rule looks for, e.g. ``above 10,000 (warning), 50,000 (critical)``."""
+    levels = sorted(rule.levels)
+    if rule.kind == "thresholds":
+        what = {"above": "above", "below": "below", "absolute": "|value| above"}[rule.direction]
+        return what + " " + ", ".join(f"{human(level)} ({sev})" for _, sev, level in levels)
+    if rule.kind == "growth":
+        grew = ", ".join(f"x{human(level)} ({sev})" for _, sev, level in levels)
+        return f"grew {grew} within {rule.within_steps} steps"
+    if rule.kind == "absent":
+        return f"no point for more than {human(rule.absent_for)} s ({levels[0][1]})"
+    return f"NaN or ±Inf ({levels[0][1]})"
 
 
 def write_text(result: CheckResult, out: TextIO) -> None:
@@ -155,49 +228,76 @@ def write_text(result: CheckResult, out: TextIO) -> None:
         f"gradwatch check {result.logdir}: {len(result.rules)} rules, {len(result.runs)} runs, "
         f"{n_series} matching series, {result.points:,} points read\n"
     )
-    alerted = sorted(
-        (f for f in result.findings.values() if f.worst),
-        key=lambda f: (-f.worst, f.run, f.tag, f.rule.name),
-    )
+    alerted = result.alerted()
+    run = tag = None
     for f in alerted:
         st = result.stats[(f.run, f.tag)]
-        out.write(f"\n{SEVERITY_OF_RANK[f.worst].upper():9} {f.rule.name}  run={f.run}  tag={f.tag}\n")
-        for _, sev, level in f.rule.levels:
-            if sev in f.first:
-                step, value = f.first[sev]
-                what = _level_text(f.rule, level)
-                out.write(f"          {sev:8} first at step {step}: {human(value)}{what}\n")
-        peak = f"max {human(st.max)} at step {st.max_step}" if st.max_step is not None else "no finite value"
-        out.write(
-            f"          {peak}; "
-            f"{f.points_alerting:,} of {st.count:,} points alerting; "
-            f"{'still ' + SEVERITY_OF_RANK[f.final] if f.final else 'back to normal'} at the last point\n"
+        if f.run != run:
+            run, tag = f.run, None
+            out.write(f"\nrun {f.run}\n")
+        if f.tag != tag:
+            tag = f.tag
+            out.write(f"  {f.tag}: {_series_text(st)}\n")
+        rule = f.rule
+        out.write(f"    {SEVERITY_OF_RANK[f.worst].upper():9} {rule.name}: {describe_rule(rule)}\n")
+        present = [(rank, sev) for rank, sev, _ in sorted(rule.levels) if sev in f.first]
+        for _, sev in present:
+            step, value, ratio = f.first[sev]
+            extra = f" (x{human(ratio)})" if ratio is not None else ""
+            out.write(f"{_INDENT}{sev:8} first at step {step}: {human(value)}{extra}\n")
+        counts = ", ".join(
+            f"{f.points_at(rank):,}"
+            + (f" of {st.count:,} points" if i == 0 else "")
+            + f" at {sev}"
+            + (" or worse" if i < len(present) - 1 else "")
+            for i, (rank, sev) in enumerate(present)
         )
+        end = f"still {SEVERITY_OF_RANK[f.final]}" if f.final else "back to normal"
+        out.write(f"{_INDENT}{counts}; {end} at the last point (step {st.last_step})\n")
+        recommendation = f.annotations.get("recommendation")
+        if recommendation:
+            out.write(
+                textwrap.fill(
+                    recommendation,
+                    width=110,
+                    initial_indent=_INDENT + "-> ",
+                    subsequent_indent=_INDENT + "   ",
+                    break_on_hyphens=False,
+                )
+                + "\n"
+            )
     code = result.exit_code
     crit = sum(1 for f in alerted if f.worst >= RANK["critical"])
     warn = sum(1 for f in alerted if RANK["warning"] <= f.worst < RANK["critical"])
+    info = sum(1 for f in alerted if f.worst < RANK["warning"])
     if not result.runs:
-        summary = "no event files found"
+        summary = "no event files found (a run is a directory holding files named *tfevents*)"
+    elif not result.points:
+        summary = "the event files hold no scalar points"
     elif not result.stats:
-        summary = "no series matched the rules: nothing was checked"
+        seen = sorted(result.tags_seen)
+        shown = ", ".join(seen[:10]) + (f" and {len(seen) - 10} more" if len(seen) > 10 else "")
+        summary = f"no series matched the rules, nothing was checked (tags seen: {shown})"
     elif not alerted:
         summary = f"all {n_series} matching series stayed within the rules"
     else:
-        summary = f"{crit} critical, {warn} warning findings in {n_series} matching series"
+        series = len({(f.run, f.tag) for f in alerted})
+        parts = [f"{crit} critical", f"{warn} warning"] + ([f"{info} info"] if info else [])
+        summary = f"{', '.join(parts)} findings on {series} of {n_series} matching series"
     problems = sum(result.problems.values())
     if problems:
         summary += f"; {problems} problems in event files (see log)"
     out.write(f"\n{STATUS[code]}: {summary}\n")
 
 
-def _level_text(rule: Rule, level: float) -> str:
-    if rule.kind == "thresholds":
-        return f" ({'below' if rule.below else 'above'} {human(level)})"
-    if rule.kind == "growth":
-        return f" (grew x{human(level)} or more within {rule.within_steps} steps)"
-    if rule.kind == "absent":
-        return f" (after a gap of more than {human(rule.absent_for)} s)"
-    return ""
+def _series_text(st: SeriesStats) -> str:
+    peak = st.extreme("max")
+    parts = [f"{st.count:,} points"]
+    parts.append(f"max {human(peak['value'])} at step {peak['step']}" if peak else "no finite value")
+    if st.nonfinite:
+        step, value = st.first_nonfinite or (0, math.nan)
+        parts.append(f"{st.nonfinite:,} non-finite (first {human(value)} at step {step})")
+    return ", ".join(parts)
 
 
 def write_json(result: CheckResult, out: TextIO) -> None:
@@ -210,12 +310,15 @@ def write_json(result: CheckResult, out: TextIO) -> None:
         "runs": result.runs,
         "series": len(result.stats),
         "points": result.points,
-        "findings": [
-            f.to_json(result.stats[(f.run, f.tag)])
-            for f in sorted(result.findings.values(), key=lambda f: (-f.worst, f.run, f.tag, f.rule.name))
-            if f.worst
-        ],
+        "findings": [f.to_json(result.stats[(f.run, f.tag)]) for f in result.alerted()],
         "problems": result.problems,
     }
+    json.dump(doc, out, indent=2)
+    out.write("\n")
+
+
+def write_error_json(logdir: str, message: str, out: TextIO) -> None:
+    """``--json`` output when the check could not run (bad rules, bad logdir): UNKNOWN."""
+    doc = {"status": STATUS[UNKNOWN], "exit_code": UNKNOWN, "logdir": logdir, "errors": message.splitlines()}
     json.dump(doc, out, indent=2)
     out.write("\n")

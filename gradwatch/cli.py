@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import logging
 import sys
 from collections.abc import Iterator
@@ -97,8 +98,16 @@ def _output(path: str | None) -> Iterator[TextIO]:
     if not path or path == "-":
         yield sys.stdout
         return
-    with open(path, "w", encoding="utf-8", newline="") as f:
+    try:
+        f = open(path, "w", encoding="utf-8", newline="")  # noqa: SIM115 (errors reported, not raised)
+    except OSError as e:
+        raise UsageError(f"cannot write {path}: {e.strerror or e}") from None
+    with f:
         yield f
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for: printed as one line, exit 3."""
 
 
 def _load_rules(paths: list[str] | None):
@@ -110,8 +119,13 @@ def _load_rules(paths: list[str] | None):
 def cmd_check(args) -> int:
     from gradwatch import check
 
-    rules = _load_rules(args.rules)
-    result = check.run_check(args.logdir, rules, ProblemLog())
+    try:
+        rules = _load_rules(args.rules)
+        result = check.run_check(args.logdir, rules, ProblemLog())
+    except (ConfigError, LogdirError) as e:
+        if args.json:
+            check.write_error_json(args.logdir, str(e), sys.stdout)
+        raise
     (check.write_json if args.json else check.write_text)(result, sys.stdout)
     return result.exit_code
 
@@ -122,6 +136,10 @@ def cmd_export(args) -> int:
     problems = ProblemLog()
     with _output(args.output) as out:
         n = export(args.logdir, out, args.format, args.run, args.tag, problems)
+    if not n:
+        what = "matching --run/--tag " if args.run or args.tag else ""
+        print(f"gradwatch: no {what}scalar points in {args.logdir}", file=sys.stderr)
+        return UNKNOWN
     log.info("exported %d points", n)
     return 0
 
@@ -130,32 +148,70 @@ def cmd_report(args) -> int:
     from gradwatch import report
 
     rep = report.build_report(args.logdir, args.tag, args.run, args.steps, ProblemLog())
+    if rep.unmatched:
+        have = ", ".join(rep.runs_with_tag) or "none"
+        wanted = ", ".join(map(repr, rep.unmatched))
+        raise UsageError(f"no run matching {wanted} has tag {args.tag!r} (runs with it: {have})")
     if not rep.runs:
-        print(f"gradwatch: no run in {args.logdir} has tag {args.tag!r}", file=sys.stderr)
-        return UNKNOWN
+        close = difflib.get_close_matches(args.tag, sorted(rep.tags_seen), n=5, cutoff=0.4)
+        hint = f"; similar tags: {', '.join(close)}" if close else ""
+        raise UsageError(f"no run in {args.logdir} has tag {args.tag!r}{hint}")
     writer = report.write_json if args.json else report.write_csv if args.csv else report.write_text
     writer(rep, sys.stdout)
     return 0
 
 
 def cmd_rules_check(args) -> int:
-    from gradwatch.rulefile import default_rules_path, expand_rule_paths, load_rules
+    """Like ``promtool check rules``: per file "SUCCESS: N rules found" or FAILED and the problems."""
+    from gradwatch.rulefile import default_rules_path, duplicate_names, expand_rule_paths, load_rule_file
+    from gradwatch.yamlconf import Problem
 
-    files = args.files or [default_rules_path()]
-    rules = load_rules(files)
-    for f in expand_rule_paths(files):
-        n = sum(1 for r in rules if r.source.rsplit(":", 1)[0] == f)
-        print(f"{f}: SUCCESS: {n} rules found")
-    return 0
+    problems: list[Problem] = []
+    files = expand_rule_paths(args.files or [default_rules_path()], problems)
+    failed = bool(problems)
+    for p in problems:
+        print(p, file=sys.stderr)
+    rules = []
+    for path in files:
+        print(f"Checking {path}")
+        found: list[Problem] = []
+        file_rules = load_rule_file(path, found)
+        if found:
+            failed = True
+            print("  FAILED:", file=sys.stderr)
+            for p in found:
+                print(p, file=sys.stderr)
+        else:
+            print(f"  SUCCESS: {len(file_rules)} rules found")
+        print()
+        rules.extend(file_rules)
+    duplicates = duplicate_names(rules)
+    if duplicates:
+        failed = True
+        print("FAILED: rule names must be unique across files:", file=sys.stderr)
+        for p in duplicates:
+            print(p, file=sys.stderr)
+    return UNKNOWN if failed else 0
 
 
 def cmd_rules_test(args) -> int:
+    """Like ``promtool test rules``: 0 all passed, 1 a test failed, 3 a test file is unusable."""
     from gradwatch.ruletest import run_tests
 
-    failed = 0
+    failed = broken = 0
     for path in args.files:
-        print(f"{path}:")
-        failed += run_tests(path, sys.stdout)
+        print(f"Unit testing: {path}")
+        try:
+            failed += run_tests(path, sys.stdout)
+        except ConfigError as e:
+            broken += 1
+            print("  FAILED:", file=sys.stderr)
+            print(e, file=sys.stderr)
+        print()
+    if broken:
+        also = f", {failed} tests failed" if failed else ""
+        print(f"FAILED: {broken} test files could not be run{also}")
+        return UNKNOWN
     print("SUCCESS" if not failed else f"FAILED: {failed} tests failed")
     return 1 if failed else 0
 
@@ -177,7 +233,10 @@ def setup_logging(verbose: bool = False, quiet: bool = False, fmt: str = "text")
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version (0) and usage errors (3) return like any command
+        return e.code if isinstance(e.code, int) else UNKNOWN
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return UNKNOWN
@@ -187,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return UNKNOWN
-    except LogdirError as e:
+    except (LogdirError, UsageError) as e:
         print(f"gradwatch: {e}", file=sys.stderr)
         return UNKNOWN
     except BrokenPipeError:

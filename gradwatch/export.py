@@ -1,4 +1,11 @@
-"""``gradwatch export``: every scalar point of a logdir as JSON lines or CSV."""
+"""``gradwatch export``: every scalar point of a logdir as JSON lines or CSV.
+
+Fields: run, tag, step, wall_time, value, one point per line, runs in name
+order and each run's points in file order. JSON has no NaN/Inf, so JSON lines
+carry them as the strings "NaN", "Infinity" and "-Infinity" (``float()``
+reads all three); CSV writes NaN, inf and -inf, which both ``float()`` and
+pandas.read_csv read as numbers. docs/commands.md has the pandas recipes.
+"""
 
 from __future__ import annotations
 
@@ -49,18 +56,19 @@ def export(
             continue
         n += 1
         if fmt == "csv":
-            writer.writerow((run, tag, step, repr(wall_time), _csv_value(value)))
+            writer.writerow((run, tag, step, csv_value(wall_time), csv_value(value)))
             continue
         r = encoded.get(run) or encoded.setdefault(run, json.dumps(run, ensure_ascii=False))
         t = encoded.get(tag) or encoded.setdefault(tag, json.dumps(tag, ensure_ascii=False))
         out.write(
-            f'{{"run": {r}, "tag": {t}, "step": {step}, "wall_time": {wall_time!r}, '
+            f'{{"run": {r}, "tag": {t}, "step": {step}, "wall_time": {_json_value(wall_time)}, '
             f'"value": {_json_value(value)}}}\n'
         )
     return n
 
 
-def _csv_value(v: float) -> str:
+def csv_value(v: float) -> str:
+    """A float for CSV: repr (exact round trip), or NaN, inf, -inf."""
     # pandas.read_csv parses these three spellings as NaN / ±inf
     if v != v:
         return "NaN"

@@ -9,11 +9,13 @@ from __future__ import annotations
 import csv
 import fnmatch
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import TextIO
 
 from gradwatch.check import json_number
 from gradwatch.events.logdir import ProblemLog, read_logdir
+from gradwatch.export import csv_value
 from gradwatch.rules import human
 
 DEFAULT_ROWS = 10
@@ -26,6 +28,12 @@ class Report:
     steps: list[int]
     # run -> step -> value (the last value written at that step)
     values: dict[str, dict[int, float]]
+    # --run globs that matched no run having the tag
+    unmatched: list[str] = field(default_factory=list)
+    # the other tags seen, to suggest one when the tag is missing
+    tags_seen: set[str] = field(default_factory=set)
+    # every run having the tag, selected or not
+    runs_with_tag: list[str] = field(default_factory=list)
 
     def value(self, run: str, step: int) -> float | None:
         return self.values[run].get(step)
@@ -46,19 +54,26 @@ def build_report(
     problems: ProblemLog | None = None,
 ) -> Report:
     values: dict[str, dict[int, float]] = {}
+    tags_seen: set[str] = set()
     for run, t, step, _, value in read_logdir(logdir, problems):
         if t != tag:
-            continue
-        if runs and not any(fnmatch.fnmatchcase(run, g) for g in runs):
+            tags_seen.add(t)
             continue
         values.setdefault(run, {})[step] = value
+    unmatched: list[str] = []
     if runs:
         # keep the order the user gave: the first run is the baseline
-        order = []
+        order: list[str] = []
         for g in runs:
-            order.extend(r for r in sorted(values) if fnmatch.fnmatchcase(r, g) and r not in order)
+            found = [r for r in sorted(values) if fnmatch.fnmatchcase(r, g)]
+            if not found:
+                unmatched.append(g)
+            order.extend(r for r in found if r not in order)
     else:
         order = sorted(values)
+    # every run with the tag, for the error message when a --run matches none of them
+    with_tag = sorted(values)
+    values = {r: values[r] for r in order}
     if steps is None:
         every = sorted(set().union(*(v.keys() for v in values.values()))) if values else []
         if len(every) > DEFAULT_ROWS:
@@ -66,7 +81,7 @@ def build_report(
             k = len(every) - 1
             every = sorted({every[round(i * k / (DEFAULT_ROWS - 1))] for i in range(DEFAULT_ROWS)})
         steps = every
-    return Report(tag, order, steps, values)
+    return Report(tag, order, steps, values, unmatched, tags_seen, with_tag)
 
 
 def _cell(v: float | None) -> str:
@@ -76,8 +91,8 @@ def _cell(v: float | None) -> str:
 def _ratio_cell(v: float | None) -> str:
     if v is None:
         return "-"
-    if v != v:
-        return "NaN"
+    if not math.isfinite(v):
+        return human(v)
     return f"x{v:,.0f}" if abs(v) >= 100 else f"x{v:.3g}"
 
 
@@ -109,8 +124,8 @@ def write_csv(report: Report, out: TextIO) -> None:
         w.writerow(
             [
                 step,
-                *("" if v is None else repr(v) for v in vals),
-                *("" if v is None else repr(v) for v in ratios),
+                *("" if v is None else csv_value(v) for v in vals),
+                *("" if v is None else csv_value(v) for v in ratios),
             ]
         )
 

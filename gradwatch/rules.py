@@ -2,8 +2,10 @@
 
 A rule has one condition kind:
 
-* ``thresholds``: severity levels on the value (above, or below for metrics
-  that collapse); finite values only — NaN/Inf is the ``nonfinite`` kind's job;
+* ``thresholds``: severity levels on the value (above, below for metrics
+  that collapse, or absolute for values that diverge either way); finite
+  values only — NaN/±Inf is the ``nonfinite`` kind's job, and a non-finite
+  point leaves a thresholds rule where it was;
 * ``nonfinite``: NaN or ±Inf;
 * ``growth``: the value grew by a factor within a window of steps (levels are
   factors), the exponential blow-up that precedes any threshold;
@@ -11,8 +13,8 @@ A rule has one condition kind:
   by the daemon, as gaps in wall time by one-shot commands).
 
 ``for: N`` needs N consecutive points at a severity before it counts.
-Evaluation is per point and per (rule, series) state object; nothing is
-allocated on the no-alert path.
+Evaluation is per point and per (rule, series) state object; the no-alert
+path allocates no container and touches no dict.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import fnmatch
 import math
 import re
 import string
+import sys
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,27 +34,37 @@ RANK = {name: i + 1 for i, name in enumerate(SEVERITIES)}
 SEVERITY_OF_RANK = {i + 1: name for i, name in enumerate(SEVERITIES)}
 
 KINDS = ("thresholds", "nonfinite", "growth", "absent")
+DIRECTIONS = ("above", "below", "absolute")
 
 _isfinite = math.isfinite
+
+# evaluation modes, decided once per rule so ``evaluate`` branches on an int
+_ABOVE, _BELOW, _ABSOLUTE, _NONFINITE, _GROWTH, _ABSENT = range(6)
 
 
 class Num(float):
     """A float that formats for humans when no format spec is given.
 
     ``{value}`` renders 826256.0 as ``826,256`` and 1.5e-05 as ``1.5e-05``;
-    ``{value:.2f}`` still works as for any float.
+    ``{value:.2f}`` still works as for any float. NaN and ±Inf render as
+    ``NaN``, ``+Inf`` and ``-Inf`` with or without a spec (Python's own
+    ``nan``/``inf`` read like typos in an alert).
     """
 
     def __format__(self, spec: str) -> str:
-        if spec:
-            return float.__format__(self, spec)
-        return human(self)
+        if not spec:
+            return human(self)
+        out = format(float(self), spec)  # errors name "float", not this class
+        if _isfinite(self):
+            return out
+        return out.replace("nan", "NaN").replace("inf", "Inf")
 
     def __str__(self) -> str:
         return human(self)
 
 
 def human(x: float) -> str:
+    """826256.0 -> ``826,256``; 0.5 -> ``0.5``; 1.5e-05 -> ``1.5e-05``; NaN -> ``NaN``."""
     if x != x:
         return "NaN"
     if x in (math.inf, -math.inf):
@@ -96,7 +109,11 @@ class Template:
     def __init__(self, text: str) -> None:
         self.text = text
         self.fields: set[str] = set()
-        for _, name, _, _ in string.Formatter().parse(text):
+        try:
+            parsed = list(string.Formatter().parse(text))
+        except ValueError as e:  # "{value" or "}" alone
+            raise ValueError(f"bad template: {e} (write {{{{ and }}}} for literal braces)") from None
+        for _, name, _, _ in parsed:
             if name is None:
                 continue
             base = re.split(r"[.\[]", name, maxsplit=1)[0]
@@ -106,37 +123,59 @@ class Template:
                 raise ValueError(f"unknown field {{{base}}} (fields: {', '.join(TEMPLATE_FIELDS)})")
             if base != "labels" and name != base:
                 raise ValueError(f"field {{{name}}}: only {{labels[name]}} may index")
+            self.fields.add(base)
+
+    def check(self, fields: dict[str, Any]) -> None:
+        """Render once; raises ValueError naming what is wrong (bad format spec, missing label)."""
+        try:
+            self.text.format_map(fields)
+        except KeyError as e:
+            raise ValueError(f"no label {e} in this rule's labels") from None
+        except (ValueError, TypeError, IndexError, AttributeError) as e:
+            raise ValueError(f"cannot render: {e}") from None
 
     def render(self, fields: dict[str, Any]) -> str:
         try:
             return self.text.format_map(fields)
-        except (KeyError, ValueError, TypeError, IndexError) as e:
+        except (KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
             return f"{self.text} (template error: {e})"
 
 
 @dataclass
 class Match:
+    """Which series a rule watches: run and tag globs (whole name) or regexes (searched)."""
+
     runs: list[str] = field(default_factory=lambda: ["*"])
     tags: list[str] = field(default_factory=lambda: ["*"])
     run_regex: re.Pattern | None = None
     tag_regex: re.Pattern | None = None
     exclude_tags: list[str] = field(default_factory=list)
+    exclude_runs: list[str] = field(default_factory=list)
 
     def matches(self, run: str, tag: str) -> bool:
-        if not any(fnmatch.fnmatchcase(run, g) for g in self.runs):
-            return False
-        if self.run_regex is not None and not self.run_regex.search(run):
+        if self.run_regex is not None:
+            if not self.run_regex.search(run):
+                return False
+        elif not any(fnmatch.fnmatchcase(run, g) for g in self.runs):
             return False
         if self.tag_regex is not None:
             if not self.tag_regex.search(tag):
                 return False
         elif not any(fnmatch.fnmatchcase(tag, g) for g in self.tags):
             return False
+        if any(fnmatch.fnmatchcase(run, g) for g in self.exclude_runs):
+            return False
         return not any(fnmatch.fnmatchcase(tag, g) for g in self.exclude_tags)
 
 
 class RuleState:
-    """What one rule remembers about one series."""
+    """What one rule remembers about one series.
+
+    ``raw`` is the severity rank of the last finite point before ``for``;
+    ``streaks[i]`` counts consecutive points at or above ``levels[i]``
+    (saturating at ``for``); ``window`` holds (step, value) pairs of a growth
+    rule, increasing in both; ``ratio`` is the last growth ratio computed.
+    """
 
     __slots__ = ("last_step", "last_wall", "ratio", "raw", "streaks", "window")
 
@@ -145,7 +184,7 @@ class RuleState:
         self.window: deque | None = None
         self.last_wall: float | None = None
         self.last_step: int | None = None
-        self.raw = 0  # severity rank of the last point before ``for``
+        self.raw = 0
         self.ratio = 0.0
 
 
@@ -163,11 +202,43 @@ class Rule:
     keep_firing_for_points: int = 0
     keep_firing_for_seconds: float = 0.0
     repeat_interval: float | None = None
+    # a severity, "never", or None (the daemon's default stop severity)
     stop: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, Template] = field(default_factory=dict)
     description: str = ""
     source: str = ""
+    # thresholds: compare |value| with the levels
+    absolute: bool = False
+    # growth: only values above this can alert (tiny values at start-up grow by large factors)
+    min_value: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.levels = sorted(self.levels, reverse=True)
+        if self.kind == "thresholds":
+            self._mode = _ABSOLUTE if self.absolute else _BELOW if self.below else _ABOVE
+        else:
+            self._mode = {"nonfinite": _NONFINITE, "growth": _GROWTH, "absent": _ABSENT}[self.kind]
+        self._ranks = tuple(r for r, _, _ in self.levels)
+        self._indexed = tuple(enumerate(self._ranks))
+        self._top = self._ranks[0] if self._ranks else 0
+        # finite values in [_lo, _hi] put the series at rank 0; an empty range disables the shortcut
+        big = sys.float_info.max
+        lo, hi = math.inf, -math.inf
+        values = [level for _, _, level in self.levels]
+        if self._mode == _ABOVE and values:
+            lo, hi = -big, min(values)
+        elif self._mode == _BELOW and values:
+            lo, hi = max(values), big
+        elif self._mode == _ABSOLUTE and values:
+            lo, hi = -min(values), min(values)
+        elif self._mode == _NONFINITE:
+            lo, hi = -big, big
+        self._lo, self._hi = lo, hi
+
+    @property
+    def direction(self) -> str:
+        return "absolute" if self.absolute else "below" if self.below else "above"
 
     def new_state(self) -> RuleState:
         state = RuleState(len(self.levels))
@@ -183,73 +254,101 @@ class Rule:
 
     def evaluate(self, state: RuleState, step: int, wall_time: float, value: float) -> int:
         """Severity rank this point puts the series at, after ``for``."""
+        if self._lo <= value <= self._hi and not state.raw:
+            # the common case: a finite value in the quiet range after a quiet point
+            # (raw 0 means every streak is already 0)
+            return 0
+        mode = self._mode
         raw = 0
-        kind = self.kind
-        if kind == "thresholds":
-            if _isfinite(value):
-                if self.below:
-                    for rank, _, level in self.levels:
-                        if value < level:
-                            raw = rank
-                            break
-                else:
-                    for rank, _, level in self.levels:
-                        if value > level:
-                            raw = rank
-                            break
-        elif kind == "nonfinite":
+        if mode <= _ABSOLUTE:
             if not _isfinite(value):
-                raw = self.levels[0][0]
-        elif kind == "growth":
-            raw = self._growth(state, step, value)
+                # not evidence either way: the nonfinite kind alerts on it, this rule holds
+                return self._held(state)
+            if mode == _ABOVE:
+                for rank, _, level in self.levels:
+                    if value > level:
+                        raw = rank
+                        break
+            elif mode == _BELOW:
+                for rank, _, level in self.levels:
+                    if value < level:
+                        raw = rank
+                        break
+            else:
+                magnitude = -value if value < 0 else value
+                for rank, _, level in self.levels:
+                    if magnitude > level:
+                        raw = rank
+                        break
+        elif mode == _NONFINITE:
+            if not _isfinite(value):
+                raw = self._top
+        elif mode == _GROWTH:
+            if not _isfinite(value):
+                return self._held(state)
+            window = state.window
+            if window is None:
+                window = state.window = deque()
+            last = state.last_step
+            if last is not None and step < last:
+                window.clear()  # steps went back: a restarted run, not growth
+            state.last_step = step
+            horizon = step - self.within_steps
+            while window and window[0][0] < horizon:
+                window.popleft()
+            if window:
+                # the window is kept increasing in value: its head is the minimum
+                ratio = value / window[0][1]
+                state.ratio = ratio
+                if value > self.min_value:
+                    for rank, _, factor in self.levels:
+                        if ratio >= factor:
+                            raw = rank
+                            break
+            if value > 0:
+                while window and window[-1][1] >= value:
+                    window.pop()
+                window.append((step, value))
         else:  # absent: a gap in wall time between consecutive points
             last = state.last_wall
             if last is not None and wall_time - last > self.absent_for:
-                raw = self.levels[0][0]
+                raw = self._top
             state.last_wall = wall_time
         state.raw = raw
-        if self.for_points <= 1:
+        n = self.for_points
+        if n <= 1:
             return raw
-        # ``for``: each level needs N consecutive points at or above it.
+        # ``for``: each level needs n consecutive points at or above it; the
+        # counters saturate at n so they stay small ints (no allocation).
         best = 0
         streaks = state.streaks
-        for i, (rank, _, _) in enumerate(self.levels):
+        for i, rank in self._indexed:
             if raw >= rank:
-                streaks[i] += 1
-                if not best and streaks[i] >= self.for_points:
+                c = streaks[i]
+                if c < n:
+                    c += 1
+                    streaks[i] = c
+                if not best and c >= n:
                     best = rank
             else:
                 streaks[i] = 0
         return best
 
-    def _growth(self, state: RuleState, step: int, value: float) -> int:
-        window = state.window
-        assert window is not None
-        if state.last_step is not None and step < state.last_step:
-            window.clear()  # steps went back: a restarted run, not growth
-        state.last_step = step
-        horizon = step - self.within_steps
-        while window and window[0][0] < horizon:
-            window.popleft()
-        raw = 0
-        if window and _isfinite(value):
-            # the window is kept increasing in value: its head is the minimum
-            base = window[0][1]
-            ratio = value / base
-            state.ratio = ratio
-            for rank, _, factor in self.levels:
-                if ratio >= factor:
-                    raw = rank
-                    break
-        if value > 0 and _isfinite(value):
-            while window and window[-1][1] >= value:
-                window.pop()
-            window.append((step, value))
-        return raw
+    def _held(self, state: RuleState) -> int:
+        """The rank after the last finite point (from ``raw`` and the streaks)."""
+        n = self.for_points
+        if n <= 1:
+            return state.raw
+        streaks = state.streaks
+        for i, rank in self._indexed:
+            if streaks[i] >= n:
+                return rank
+        return 0
 
     def fields(
         self, run: str, tag: str, step: int, value: float, rank: int, state: RuleState | None = None
     ) -> dict[str, Any]:
+        """Template fields for one alert; see docs/rules.md for what each holds."""
         level = self.level_of(rank)
         threshold: Any = NOT_APPLICABLE
         if self.kind in ("thresholds", "growth") and level is not None:
@@ -267,7 +366,7 @@ class Rule:
             "labels": self.labels,
             "ratio": Num(state.ratio) if state is not None and self.kind == "growth" else NOT_APPLICABLE,
             "for": self.for_points,
-            "direction": "below" if self.below else "above",
+            "direction": self.direction,
             "within": self.within_steps,
         }
 

@@ -2,8 +2,11 @@
 
 A test file names rule files and lists tests; each test writes input series
 as step/value lists and the alerts it expects (rule, run, tag, severity and
-the step at which that severity began). Every transition to a severity is
-an alert; a test passes when the expected and the actual alerts are the same.
+the step at which that severity began). Every change of a rule's severity on
+a series is an alert, including the change back to ``ok``; a test passes
+when the expected and the actual alerts are the same. Tests see the rules'
+decisions point by point: the daemon's keep_firing_for and repeat_interval
+are not applied. The format is described in docs/rules.md.
 """
 
 from __future__ import annotations
@@ -18,20 +21,34 @@ from gradwatch.rulefile import load_rules
 from gradwatch.rules import SEVERITIES, SEVERITY_OF_RANK, Series
 from gradwatch.yamlconf import ConfigError, Problem, Section, load_yaml_file
 
+# the severity of a transition back to normal (the rule stopped alerting)
+OK = "ok"
 _SPECIAL = {"nan": math.nan, "inf": math.inf, "+inf": math.inf, "-inf": -math.inf}
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Alert:
+    """A transition to a severity; ``step`` None (expected only) matches any step."""
+
     rule: str
     run: str
     tag: str
     severity: str
     step: int | None
+    # expected: the annotations to compare (a subset); actual: all of them, rendered
+    annotations: tuple[tuple[str, str], ...] = ()
 
     def __str__(self) -> str:
         at = f" at step {self.step}" if self.step is not None else ""
         return f"{self.severity} {self.rule} run={self.run} tag={self.tag}{at}"
+
+    def same(self, actual: Alert) -> bool:
+        return (self.rule, self.run, self.tag, self.severity) == (
+            actual.rule,
+            actual.run,
+            actual.tag,
+            actual.severity,
+        ) and (self.step is None or self.step == actual.step)
 
 
 @dataclass
@@ -121,12 +138,13 @@ def _parse_expect(sec: Section) -> Alert | None:
     rule = sec.string("rule", required=True)
     run = sec.string("run", default=".")
     tag = sec.string("tag", required=True)
-    severity = sec.choice("severity", SEVERITIES, required=True)
+    severity = sec.choice("severity", (*SEVERITIES, OK), required=True)
     step = sec.integer("step", minimum=-(2**63))
+    annotations = sec.mapping("annotations")
     sec.finish()
     if len(sec.problems) > before:
         return None
-    return Alert(rule, run, tag, severity, step)
+    return Alert(rule, run, tag, severity, step, tuple(sorted(annotations.items())))
 
 
 def load_tests(path: str) -> tuple[list[str], list[Case]]:
@@ -136,6 +154,8 @@ def load_tests(path: str) -> tuple[list[str], list[Case]]:
     files = top.strings("rule_files")
     rule_files = [f if os.path.isabs(f) else os.path.join(base, f) for f in files] if files else []
     cases = []
+    if isinstance(top.data.get("tests"), list) and not top.data["tests"]:
+        top.error("tests", "is empty: a test file needs at least one test")
     for sec in top.sections("tests", required=True):
         name = sec.string("name", default=f"test at line {sec.line}")
         series = [s for ss in sec.sections("series", required=True) if (s := _parse_series(ss))]
@@ -152,8 +172,11 @@ def run_case(rules, case: Case) -> list[Alert]:
     actual: list[Alert] = []
 
     def sink(s: Series, i: int, rank: int, previous: int, step: int, wall_time: float, value: float) -> None:
-        if rank and rank != previous:
-            actual.append(Alert(s.rules[i].name, s.run, s.tag, SEVERITY_OF_RANK[rank], step))
+        if rank != previous:
+            rule = s.rules[i]
+            rendered = rule.render(rule.fields(s.run, s.tag, step, value, rank, s.states[i]))
+            severity = SEVERITY_OF_RANK.get(rank, OK)
+            actual.append(Alert(rule.name, s.run, s.tag, severity, step, tuple(sorted(rendered.items()))))
 
     engine = Engine(rules, sink)
     # interleave the series by wall time, as a trainer would write them
@@ -167,41 +190,57 @@ def run_case(rules, case: Case) -> list[Alert]:
     return actual
 
 
-def compare(expected: list[Alert], actual: list[Alert]) -> tuple[list[Alert], list[Alert]]:
-    """(missing, unexpected); an expected alert without a step matches any step."""
+def compare(expected: list[Alert], actual: list[Alert]) -> tuple[list[Alert], list[Alert], list[str]]:
+    """(missing, unexpected, annotation mismatches); an expected alert without a step matches any step."""
     left = list(actual)
-    missing = []
-    for e in expected:
-        match = next(
-            (
-                a
-                for a in left
-                if (a.rule, a.run, a.tag, a.severity) == (e.rule, e.run, e.tag, e.severity)
-                and (e.step is None or a.step == e.step)
-            ),
-            None,
-        )
+    missing: list[Alert] = []
+    mismatches: list[str] = []
+    # expectations that name a step first, so a step-less one cannot take their alert
+    for e in sorted(expected, key=lambda e: e.step is None):
+        match = next((a for a in left if e.same(a)), None)
         if match is None:
             missing.append(e)
-        else:
-            left.remove(match)
-    return missing, left
+            continue
+        left.remove(match)
+        got = dict(match.annotations)
+        for key, want in e.annotations:
+            if got.get(key) != want:
+                mismatches.append(
+                    f"{match}: annotation {key}:\n"
+                    f"              expected: {want!r}\n"
+                    f"              got:      {got.get(key)!r}"
+                )
+    return missing, left, mismatches
 
 
 def run_tests(path: str, out: TextIO) -> int:
     """Run one test file; returns the number of failed tests (raises ConfigError)."""
     rule_files, cases = load_tests(path)
     rules = load_rules(rule_files or None)
+    known = {r.name for r in rules}
     failed = 0
     for case in cases:
-        missing, unexpected = compare(case.expected, run_case(rules, case))
-        if not missing and not unexpected:
+        actual = run_case(rules, case)
+        missing, unexpected, mismatches = compare(case.expected, actual)
+        unknown = sorted({e.rule for e in case.expected} - known)
+        if not (missing or unexpected or mismatches or unknown):
             out.write(f"  PASS  {case.name}\n")
             continue
         failed += 1
         out.write(f"  FAIL  {case.name} ({path}:{case.line})\n")
+        for name in unknown:
+            out.write(
+                f"          ! no rule named {name!r} in the rule files (rules: {', '.join(sorted(known))})\n"
+            )
         for a in missing:
             out.write(f"          - expected, did not fire: {a}\n")
         for a in unexpected:
             out.write(f"          + fired, not expected:    {a}\n")
+        for m in mismatches:
+            out.write(f"          ~ {m}\n")
+        out.write("          all alerts that fired, in order:\n")
+        for a in actual or []:
+            out.write(f"            {a}\n")
+        if not actual:
+            out.write("            (none)\n")
     return failed

@@ -8,6 +8,7 @@ file are reported together instead of one per edit-run cycle.
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
@@ -148,7 +149,9 @@ class Section:
         self.line = getattr(data, "line", line)
         if data is None:
             data = {}
-        if not isinstance(data, dict):
+        # False when the YAML held something else than a mapping (already reported)
+        self.valid = isinstance(data, dict)
+        if not self.valid:
             self.error("", f"expected a mapping, got {describe(data)}")
             data = {}
         self.data: dict = data
@@ -171,6 +174,10 @@ class Section:
     # -- access --------------------------------------------------------------
     def has(self, key: str) -> bool:
         return key in self.data
+
+    def allow(self, *keys: str) -> None:
+        """Mark keys as known without reading them (read elsewhere, or exclusive alternatives)."""
+        self._used.update(keys)
 
     def raw(self, key: str, default: Any = None) -> Any:
         self._used.add(key)
@@ -278,8 +285,10 @@ class Section:
     def finish(self) -> None:
         for key in self.data:
             if key not in self._used:
+                close = difflib.get_close_matches(str(key), self._used, n=1, cutoff=0.7)
+                hint = f"did you mean '{close[0]}'? " if close else ""
                 known = ", ".join(sorted(self._used)) or "none"
-                self.error(str(key), f"unknown key (known keys here: {known})")
+                self.error(str(key), f"unknown key ({hint}known keys here: {known})")
 
 
 def to_number(value: Any) -> float | None:
