@@ -1,0 +1,441 @@
+"""What every notification channel shares: filtering, config, HTTP delivery, errors.
+
+A channel (:class:`Notifier`) decides which :class:`~gradwatch.alerts.AlertEvent`
+it wants (``accepts``) and delivers one group of them (``send``). It does not
+retry, wait or persist: the outbox does that, so a channel stays a small
+translation from events to one HTTP request, and errors say whether trying
+again can help (:class:`DeliveryError`).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import fnmatch
+import importlib
+import inspect
+import logging
+import math
+import re
+import string
+import time
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from typing import Any, ClassVar
+from urllib.parse import quote
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from gradwatch.alerts import DEESCALATED, REPEAT, RESOLVED, AlertEvent
+from gradwatch.rules import RANK, SEVERITIES, human
+from gradwatch.secrets import Secret, scrub, url_problem
+from gradwatch.yamlconf import Section
+
+log = logging.getLogger("gradwatch.notify")
+
+TYPES = ("slack", "webhook", "alertmanager", "console")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")
+DEFAULT_TIMEOUT = 10.0
+USER_AGENT = "gradwatch"
+
+
+class DeliveryError(Exception):
+    """A send that did not deliver.
+
+    ``retry_after``: the receiver said when to come back (HTTP 429/503
+    Retry-After), in seconds. ``permanent``: trying the same request again
+    cannot succeed (bad URL, revoked webhook, payload rejected).
+    The message never holds a secret.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+        self.permanent = permanent
+
+
+class Notifier:
+    """One configured channel. Subclasses set ``type`` and implement ``send``."""
+
+    type: ClassVar[str] = "?"
+    # the default grouping window: alerts of one run that fire within it go out together
+    default_group_wait: ClassVar[float] = 2.0
+    # minimum seconds between two requests to this channel (Slack: 1 message/s per webhook)
+    min_interval: ClassVar[float] = 0.0
+    # whether the daemon should hand currently firing alerts to refresh() (Alertmanager)
+    wants_refresh: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        min_severity: str = "info",
+        rules: list[str] | None = None,
+        runs: list[str] | None = None,
+        tags: list[str] | None = None,
+        send_resolved: bool = True,
+        group_wait: float | None = None,
+        repeat_interval: float | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_age: float | None = None,
+    ) -> None:
+        if min_severity not in RANK:
+            raise ValueError(f"min_severity must be one of {', '.join(SEVERITIES)}")
+        self.name = name
+        self.min_severity = min_severity
+        self.min_rank = RANK[min_severity]
+        self.rules = rules or ["*"]
+        self.runs = runs or ["*"]
+        self.tags = tags or ["*"]
+        self.send_resolved = send_resolved
+        self.group_wait = self.default_group_wait if group_wait is None else group_wait
+        self.repeat_interval = repeat_interval
+        self.timeout = timeout
+        # None: the outbox's default (the config's outbox.max_age)
+        self.max_age = max_age
+
+    # -- filtering -------------------------------------------------------------
+    def accepts(self, event: AlertEvent) -> bool:
+        """Whether this channel wants ``event``: matchers, severity, resolved notices."""
+        if not (
+            _glob(event.rule, self.rules) and _glob(event.run, self.runs) and _glob(event.tag, self.tags)
+        ):
+            return False
+        if event.kind == RESOLVED:
+            return self.send_resolved and self.rank_of(event.severity) >= self.min_rank
+        if event.kind == DEESCALATED:
+            # dropping below this channel's level ends the alert *for this channel*:
+            # it was told about the higher severity, so it hears that it went down
+            return max(self.rank_of(event.severity), self.rank_of(event.previous)) >= self.min_rank
+        return self.rank_of(event.severity) >= self.min_rank
+
+    @staticmethod
+    def rank_of(severity: str | None) -> int:
+        return RANK.get(severity or "", 0)
+
+    def below_min(self, event: AlertEvent) -> bool:
+        """A de-escalation under this channel's min_severity: for it, the alert is over."""
+        return event.kind == DEESCALATED and self.rank_of(event.severity) < self.min_rank
+
+    def is_repeat(self, event: AlertEvent) -> bool:
+        return event.kind == REPEAT
+
+    # -- delivery --------------------------------------------------------------
+    def send(self, events: list[AlertEvent]) -> None:
+        """Deliver one group (one run, one window); raise DeliveryError if not delivered."""
+        raise NotImplementedError
+
+    def refresh(self, events: list[AlertEvent], now: float) -> None:
+        """Re-announce currently firing alerts (channels with ``wants_refresh``)."""
+
+    def refresh_due(self, now: float) -> bool:
+        return False
+
+    def close(self) -> None:
+        """Release connections; the notifier is not used afterwards."""
+
+    def describe(self) -> str:
+        """One line for logs and ``gradwatch check``: never a secret."""
+        bits = [f"min_severity {self.min_severity}"]
+        for what, globs in (("rules", self.rules), ("runs", self.runs), ("tags", self.tags)):
+            if globs != ["*"]:
+                bits.append(f"{what} {','.join(globs)}")
+        if not self.send_resolved:
+            bits.append("no resolved notices")
+        target = self.target()
+        return f"{self.type} '{self.name}'{' -> ' + target if target else ''} ({'; '.join(bits)})"
+
+    def target(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} {self.target()}>"
+
+    # -- config ----------------------------------------------------------------
+    @classmethod
+    def from_section(cls, sec: Section, common: dict[str, Any]) -> Notifier | None:
+        """Build from a config item; ``common`` holds the keys every channel has.
+
+        Subclasses read their own keys from ``sec`` (which reports problems)
+        and return None when a required one is missing or bad.
+        """
+        return cls(**common)
+
+
+def _glob(value: str, globs: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(value, g) for g in globs)
+
+
+# -- helpers for channels ------------------------------------------------------
+
+
+def rfc3339(t: float) -> str:
+    """Epoch seconds as RFC 3339 UTC with milliseconds (what Alertmanager accepts)."""
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def latest_per_alert(events: Iterable[AlertEvent]) -> list[AlertEvent]:
+    """The last event of each alert, in order of first appearance (state, not history)."""
+    out: dict[str, AlertEvent] = {}
+    for e in events:
+        out[e.key] = e
+    return list(out.values())
+
+
+def format_value(v: float | None) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float) and not math.isfinite(v):
+        return "NaN" if v != v else ("+Inf" if v > 0 else "-Inf")
+    return human(float(v))
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def make_session() -> requests.Session:
+    """A Session without automatic retries.
+
+    The outbox retries, with backoff, persistence and Retry-After; a POST
+    that urllib3 retried on its own could reach the receiver twice.
+    """
+    s = requests.Session()
+    adapter = HTTPAdapter(max_retries=Retry(total=0, read=False, redirect=0, raise_on_status=False))
+    s.mount("http://", adapter)
+    s.mount("https://", adapter)
+    s.headers["User-Agent"] = USER_AGENT
+    return s
+
+
+RETRYABLE_4XX = (408, 425, 429)
+
+
+def post(
+    session: requests.Session,
+    url: Secret,
+    *,
+    data: bytes,
+    headers: dict[str, str],
+    timeout: float,
+    secrets: list[Secret | None],
+    permanent_codes: tuple[int, ...] | None = None,
+) -> requests.Response:
+    """POST and turn every failure into a DeliveryError whose text holds no secret.
+
+    5xx, 408/425/429 and network errors are retryable; other 4xx are
+    permanent unless ``permanent_codes`` narrows them down.
+    """
+    where = str(url)
+    try:
+        r = session.post(url.reveal(), data=data, headers=headers, timeout=timeout, allow_redirects=False)
+    except requests.Timeout as e:
+        phase = "connecting" if isinstance(e, requests.ConnectTimeout) else "waiting for an answer"
+        raise DeliveryError(f"POST {where}: timed out after {timeout:g} s {phase}") from None
+    except requests.RequestException as e:
+        raise DeliveryError(f"POST {where}: {network_reason(e, [url, *secrets])}") from None
+    if 200 <= r.status_code < 300:
+        return r
+    body = scrub((r.text or "").strip()[:200], [url, *secrets])
+    msg = f"POST {where}: HTTP {r.status_code}{' ' + body if body else ''}"
+    retry_after = parse_retry_after(r.headers.get("Retry-After"))
+    code = r.status_code
+    if 300 <= code < 400:
+        raise DeliveryError(msg + " (redirects are not followed; fix the URL)", permanent=True)
+    if code >= 500 or code in RETRYABLE_4XX:
+        raise DeliveryError(msg, retry_after=retry_after)
+    if permanent_codes is not None and code not in permanent_codes:
+        raise DeliveryError(msg, retry_after=retry_after)
+    raise DeliveryError(msg, permanent=True)
+
+
+def network_reason(e: BaseException, secrets: list[Secret | None]) -> str:
+    """A short cause ("[Errno 111] Connection refused") from requests' nested exceptions."""
+    text = str(e)
+    m = re.search(r"\[Errno -?\d+\][^'\")]*", text)
+    if m:
+        return m.group(0).strip()
+    for pattern in ("Name or service not known", "Temporary failure in name resolution", "Connection reset"):
+        if pattern in text:
+            return pattern
+    if "RemoteDisconnected" in text or "Connection aborted" in text:
+        return "the receiver closed the connection without answering"
+    if isinstance(e, requests.exceptions.SSLError):
+        return "TLS error: " + scrub(text, secrets)[:200]
+    return f"{type(e).__name__}: {scrub(text, secrets)[:200]}"
+
+
+# -- building from config --------------------------------------------------------
+
+
+def _class_for(kind: str) -> type[Notifier] | None:
+    if kind == "console":
+        try:
+            module = importlib.import_module("gradwatch.notify.console")
+        except ImportError:
+            return None
+        cls = getattr(module, "ConsoleNotifier", None)
+        if cls is None or (isinstance(cls, type) and issubclass(cls, Notifier)):
+            return cls
+        return _console_adapter(cls)
+    module_name, class_name = _CLASSES[kind]
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+_CLASSES = {
+    "slack": ("gradwatch.notify.slack", "SlackNotifier"),
+    "webhook": ("gradwatch.notify.webhook", "WebhookNotifier"),
+    "alertmanager": ("gradwatch.notify.alertmanager", "AlertmanagerNotifier"),
+}
+
+
+def _console_adapter(console_cls: Any) -> type[Notifier]:
+    """A Notifier around a console writer that is not one (filters and grouping from here)."""
+    params = inspect.signature(console_cls).parameters
+
+    class Console(Notifier):
+        type = "console"
+        default_group_wait = 0.0
+
+        def __init__(self, name: str, inner: Any, **common: Any) -> None:
+            super().__init__(name, **common)
+            self.inner = inner
+
+        @classmethod
+        def from_section(cls, sec: Section, common: dict[str, Any]) -> Notifier | None:
+            kwargs: dict[str, Any] = {}
+            if "fmt" in params:
+                kwargs["fmt"] = sec.choice("format", ("auto", "line", "block", "json"), default="auto")
+            if "colour" in params:
+                kwargs["colour"] = sec.boolean("colour")
+            return cls(inner=console_cls(**kwargs), **common)
+
+        def send(self, events: list[AlertEvent]) -> None:
+            self.inner.send(events)
+
+        def target(self) -> str:
+            return "stdout"
+
+    return Console
+
+
+def read_common(sec: Section, default_group_wait: float) -> dict[str, Any] | None:
+    """The keys every channel has; None when the name is unusable."""
+    name = sec.string("name", required=True)
+    if name is not None and not _NAME.match(name):
+        sec.error("name", "use letters, digits, '_', '.', ':' and '-' only (it becomes a metric label)")
+        name = None
+    min_severity = sec.choice("min_severity", SEVERITIES, default="info")
+    match = sec.section("match")
+    rules = match.strings("rules")
+    runs = match.strings("runs")
+    tags = match.strings("tags")
+    match.finish()
+    send_resolved = sec.boolean("send_resolved", default=True)
+    group_wait = sec.duration("group_wait", default=default_group_wait)
+    repeat_interval = sec.duration("repeat_interval")
+    timeout = sec.duration("timeout", default=DEFAULT_TIMEOUT)
+    if timeout is not None and timeout <= 0:
+        sec.error("timeout", "must be more than 0")
+        timeout = DEFAULT_TIMEOUT
+    max_age = sec.duration("max_age")
+    if max_age is not None and max_age <= 0:
+        sec.error("max_age", "must be more than 0")
+        max_age = None
+    if group_wait is not None and group_wait > 3600:
+        sec.error("group_wait", "at most 1h: it delays every notification of the channel")
+    if name is None:
+        return None
+    return {
+        "name": name,
+        "min_severity": min_severity,
+        "rules": rules,
+        "runs": runs,
+        "tags": tags,
+        "send_resolved": send_resolved,
+        "group_wait": group_wait,
+        "repeat_interval": repeat_interval,
+        "timeout": timeout,
+        "max_age": max_age,
+    }
+
+
+def build_notifiers(sections: list[Section]) -> list[Notifier]:
+    """Notifiers from the items of the config's ``notifiers:`` list.
+
+    Problems (unknown keys, bad values, unset ``${ENV}``, duplicate names) go
+    to each Section's problem list; the caller raises ConfigError when any.
+    Items with problems are left out of the result.
+    """
+    out: list[Notifier] = []
+    seen: dict[str, int] = {}
+    for sec in sections:
+        before = len(sec.problems)
+        kind = sec.choice("type", TYPES, required=True)
+        cls = _class_for(kind) if kind else None
+        if kind == "console" and cls is None:
+            sec.error("type", "the console notifier is not available in this build")
+        common = read_common(sec, cls.default_group_wait if cls else Notifier.default_group_wait)
+        notifier = cls.from_section(sec, common) if cls is not None and common is not None else None
+        sec.finish()
+        if common is not None:
+            name = common["name"]
+            if name in seen:
+                sec.error("name", f"channel name '{name}' is already used on line {seen[name]}")
+                continue
+            seen[name] = sec.line_of("name")
+        if notifier is not None and len(sec.problems) == before:
+            out.append(notifier)
+        elif notifier is not None:
+            notifier.close()
+    return out
+
+
+# -- links -----------------------------------------------------------------------
+
+LINK_FIELDS = ("run", "tag", "rule")
+
+
+def link_template(sec: Section, key: str = "generator_url") -> str | None:
+    """A URL template such as ``http://tb:6006/#scalars&runSelectionState={run}``, checked."""
+    text = sec.string(key)
+    if text is None:
+        return None
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
+    except ValueError as e:
+        sec.error(key, f"bad template: {e}")
+        return None
+    bad = [f for f in fields if f not in LINK_FIELDS]
+    if bad:
+        sec.error(key, f"unknown field {{{bad[0]}}} (fields: {', '.join(LINK_FIELDS)})")
+        return None
+    problem = url_problem(text.format(run="r", tag="t", rule="x"))
+    if problem:
+        sec.error(key, problem)
+        return None
+    return text
+
+
+def render_link(template: str | None, event: AlertEvent) -> str:
+    if not template:
+        return ""
+    return template.format(run=quote(event.run, safe=""), tag=quote(event.tag, safe=""), rule=event.rule)

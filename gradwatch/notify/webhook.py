@@ -1,0 +1,185 @@
+"""Generic webhook: Alertmanager's webhook JSON (version "4"), optionally signed.
+
+Receivers written for Alertmanager (alert bridges, chat relays, ticket
+creators) take gradwatch's notifications unchanged. A group is one run, so
+``groupLabels`` is ``{"run": ...}``.
+
+Signature (``hmac_secret``): the headers ``X-Gradwatch-Timestamp: <unix
+seconds>`` and ``X-Gradwatch-Signature: sha256=<hex>``, where hex is
+HMAC-SHA256(secret, timestamp + "." + body). See docs/notifications.md for
+how to verify it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from typing import Any
+
+from gradwatch.alerts import AlertEvent
+from gradwatch.notify.base import (
+    Notifier,
+    format_value,
+    latest_per_alert,
+    link_template,
+    make_session,
+    post,
+    render_link,
+    rfc3339,
+)
+from gradwatch.secrets import Secret, get_headers, get_secret
+from gradwatch.yamlconf import Section
+
+ZERO_TIME = "0001-01-01T00:00:00Z"  # what Alertmanager sends as endsAt of a firing alert
+TIMESTAMP_HEADER = "X-Gradwatch-Timestamp"
+SIGNATURE_HEADER = "X-Gradwatch-Signature"
+_RESERVED = {"content-type", "content-length", "host", TIMESTAMP_HEADER.lower(), SIGNATURE_HEADER.lower()}
+
+
+def sign(secret: bytes, timestamp: str, body: bytes) -> str:
+    """The signature header value for ``body`` sent at ``timestamp``."""
+    mac = hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+def verify(secret: bytes, timestamp: str, body: bytes, signature: str, max_skew: float = 300.0) -> bool:
+    """What a receiver does: constant-time compare, and reject old timestamps (replays)."""
+    try:
+        skew = abs(time.time() - int(timestamp))
+    except ValueError:
+        return False
+    return skew <= max_skew and hmac.compare_digest(sign(secret, timestamp, body), signature)
+
+
+def alert_payload(e: AlertEvent, status: str, generator_url: str, now: float) -> dict[str, Any]:
+    """One entry of ``alerts`` in Alertmanager's webhook and v2 API shapes."""
+    annotations = dict(e.annotations)
+    annotations.setdefault("value", format_value(e.value))
+    annotations.setdefault("step", str(e.step))
+    if e.threshold is not None:
+        annotations.setdefault("threshold", format_value(e.threshold))
+    return {
+        "status": status,
+        "labels": dict(e.labels),
+        "annotations": annotations,
+        "startsAt": rfc3339(e.starts_at),
+        "endsAt": rfc3339(e.ends_at or now) if status == "resolved" else ZERO_TIME,
+        "generatorURL": generator_url,
+        "fingerprint": e.fingerprint,
+    }
+
+
+def _common(maps: list[dict[str, str]]) -> dict[str, str]:
+    if not maps:
+        return {}
+    out = dict(maps[0])
+    for m in maps[1:]:
+        out = {k: v for k, v in out.items() if m.get(k) == v}
+    return out
+
+
+class WebhookNotifier(Notifier):
+    type = "webhook"
+    default_group_wait = 2.0
+
+    def __init__(
+        self,
+        name: str,
+        url: Secret,
+        *,
+        headers: dict[str, Secret] | None = None,
+        bearer_token: Secret | None = None,
+        hmac_secret: Secret | None = None,
+        max_alerts: int = 0,
+        generator_url: str | None = None,
+        external_url: str = "",
+        **common: Any,
+    ) -> None:
+        super().__init__(name, **common)
+        self.url = url
+        self.headers = headers or {}
+        self.bearer_token = bearer_token
+        self.hmac_secret = hmac_secret
+        self.max_alerts = max_alerts
+        self.generator_url = generator_url
+        self.external_url = external_url
+        self._session = make_session()
+
+    @classmethod
+    def from_section(cls, sec: Section, common: dict[str, Any]) -> Notifier | None:
+        url = get_secret(sec, "url", required=True, url=True)
+        headers = get_headers(sec)
+        for h in headers:
+            if h.lower() in _RESERVED or (h.lower() == "authorization" and sec.has("bearer_token")):
+                sec.error("headers", f"{h}: gradwatch sets this header itself")
+        bearer = get_secret(sec, "bearer_token")
+        secret = get_secret(sec, "hmac_secret")
+        max_alerts = sec.integer("max_alerts", default=0)
+        generator_url = link_template(sec)
+        external_url = sec.string("external_url", default="")
+        if url is None:
+            return None
+        return cls(
+            url=url,
+            headers=headers,
+            bearer_token=bearer,
+            hmac_secret=secret,
+            max_alerts=max_alerts or 0,
+            generator_url=generator_url,
+            external_url=external_url or "",
+            **common,
+        )
+
+    def target(self) -> str:
+        return str(self.url)
+
+    def close(self) -> None:
+        self._session.close()
+
+    def payload(self, events: list[AlertEvent], now: float | None = None) -> dict[str, Any]:
+        now = time.time() if now is None else now
+        latest = latest_per_alert(events)
+        alerts = []
+        for e in latest:
+            status = "resolved" if e.status == "resolved" or self.below_min(e) else "firing"
+            alerts.append(alert_payload(e, status, render_link(self.generator_url, e), now))
+        truncated = 0
+        if self.max_alerts and len(alerts) > self.max_alerts:
+            truncated = len(alerts) - self.max_alerts
+            alerts = alerts[: self.max_alerts]
+        run = latest[0].run if latest else ""
+        return {
+            "receiver": self.name,
+            "status": "firing" if any(a["status"] == "firing" for a in alerts) else "resolved",
+            "alerts": alerts,
+            "groupLabels": {"run": run},
+            "commonLabels": _common([a["labels"] for a in alerts]),
+            "commonAnnotations": _common([a["annotations"] for a in alerts]),
+            "externalURL": self.external_url,
+            "version": "4",
+            "groupKey": "{}:{run=" + json.dumps(run) + "}",
+            "truncatedAlerts": truncated,
+        }
+
+    def send(self, events: list[AlertEvent]) -> None:
+        if not events:
+            return
+        body = json.dumps(self.payload(events), ensure_ascii=False, allow_nan=False).encode()
+        headers = {k: v.reveal() for k, v in self.headers.items()}
+        headers["Content-Type"] = "application/json"
+        if self.bearer_token is not None:
+            headers["Authorization"] = "Bearer " + self.bearer_token.reveal()
+        if self.hmac_secret is not None:
+            ts = str(int(time.time()))
+            headers[TIMESTAMP_HEADER] = ts
+            headers[SIGNATURE_HEADER] = sign(self.hmac_secret.reveal().encode(), ts, body)
+        post(
+            self._session,
+            self.url,
+            data=body,
+            headers=headers,
+            timeout=self.timeout,
+            secrets=[self.bearer_token, self.hmac_secret, *self.headers.values()],
+        )

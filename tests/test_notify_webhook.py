@@ -1,0 +1,160 @@
+"""Generic webhook: Alertmanager's v4 JSON, bearer token, custom headers, HMAC signature, timeouts."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import sqlite3
+import time
+
+import pytest
+from receivers import Receiver, Response, make_event
+
+from gradwatch.notify.base import DeliveryError
+from gradwatch.notify.outbox import Outbox
+from gradwatch.notify.webhook import WebhookNotifier, verify
+from gradwatch.secrets import Secret, secret_url
+
+# the keys of the request Alertmanager 0.25 sent to a webhook (docs: ECOSYSTEM.md 1c)
+AM_TOP_KEYS = {
+    "receiver",
+    "status",
+    "alerts",
+    "groupLabels",
+    "commonLabels",
+    "commonAnnotations",
+    "externalURL",
+    "version",
+    "groupKey",
+    "truncatedAlerts",
+}
+AM_ALERT_KEYS = {"status", "labels", "annotations", "startsAt", "endsAt", "generatorURL", "fingerprint"}
+RFC3339 = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$"
+
+
+@pytest.fixture
+def hook():
+    with Receiver() as r:
+        yield r
+
+
+def test_v4_payload_shape_and_values(hook):
+    n = WebhookNotifier(
+        "ops-hook",
+        secret_url(hook.url()),
+        generator_url="http://tb.example:6006/?run={run}",
+        external_url="http://gradwatch.example:9108",
+    )
+    start = time.time() - 60
+    events = [
+        make_event(tag="grad/a", starts_at=start, labels={"team": "rl"}),
+        make_event(tag="grad/b", starts_at=start, labels={"team": "rl"}, kind="resolved", seq=4),
+    ]
+    n.send(events)
+    body = hook.wait_for(1)[0].json
+    assert set(body) == AM_TOP_KEYS
+    assert body["version"] == "4" and body["receiver"] == "ops-hook" and body["status"] == "firing"
+    assert body["groupLabels"] == {"run": "exp1"} and body["groupKey"] == '{}:{run="exp1"}'
+    assert body["commonLabels"] == {
+        "alertname": "GradientExplosion",
+        "severity": "critical",
+        "run": "exp1",
+        "team": "rl",
+    }
+    assert body["externalURL"] == "http://gradwatch.example:9108" and body["truncatedAlerts"] == 0
+    a, b = body["alerts"]
+    assert set(a) == AM_ALERT_KEYS and set(b) == AM_ALERT_KEYS
+    assert a["status"] == "firing" and a["endsAt"] == "0001-01-01T00:00:00Z"
+    assert b["status"] == "resolved"
+    assert re.match(RFC3339, a["startsAt"]) and re.match(RFC3339, b["endsAt"])
+    assert a["labels"]["tag"] == "grad/a" and a["annotations"]["value"] == "826,256"
+    assert a["annotations"]["summary"].startswith("grad/a") and a["annotations"]["threshold"] == "50,000"
+    assert a["generatorURL"] == "http://tb.example:6006/?run=exp1"
+    assert a["fingerprint"] == events[0].fingerprint and a["fingerprint"] != b["fingerprint"]
+    n.close()
+
+
+def test_latest_state_per_alert_and_max_alerts(hook):
+    n = WebhookNotifier("h", secret_url(hook.url()), max_alerts=2)
+    events = [make_event(tag=f"t{i}", seq=1) for i in range(5)]
+    events.append(make_event(tag="t0", kind="resolved", seq=2))  # same alert: only its latest state
+    payload = n.payload(events)
+    assert [a["labels"]["tag"] for a in payload["alerts"]] == ["t0", "t1"]
+    assert payload["alerts"][0]["status"] == "resolved" and payload["truncatedAlerts"] == 3
+    assert payload["status"] == "firing"
+    n.close()
+
+
+def test_bearer_custom_headers_and_hmac_signature(hook):
+    secret = "hmac-key-123"
+    n = WebhookNotifier(
+        "h",
+        secret_url(hook.url()),
+        headers={"X-Team": Secret("rl")},
+        bearer_token=Secret("tok-abc"),
+        hmac_secret=Secret(secret),
+    )
+    n.send([make_event()])
+    req = hook.wait_for(1)[0]
+    assert req.header("Authorization") == "Bearer tok-abc" and req.header("X-Team") == "rl"
+    ts, sig = req.header("X-Gradwatch-Timestamp"), req.header("X-Gradwatch-Signature")
+    # verify as a receiver would, independently of gradwatch's helper
+    expected = hmac.new(secret.encode(), ts.encode() + b"." + req.body, hashlib.sha256).hexdigest()
+    assert sig == "sha256=" + expected
+    assert abs(int(ts) - time.time()) < 300
+    assert verify(secret.encode(), ts, req.body, sig)
+    assert not verify(b"wrong", ts, req.body, sig)
+    assert not verify(secret.encode(), ts, req.body + b" ", sig)  # body tampered
+    assert not verify(secret.encode(), str(int(ts) - 3600), req.body, sig)  # replayed later
+    n.close()
+
+
+def test_error_classes(hook):
+    n = WebhookNotifier("h", secret_url(hook.url("/hook/tok-s3cret")), timeout=5)
+    hook.script(
+        Response(401, "no"),
+        Response(500, "x"),
+        Response(503, "later", {"Retry-After": "7"}),
+        Response(302, "", {"Location": "http://elsewhere/"}),
+    )
+    with pytest.raises(DeliveryError) as e1:
+        n.send([make_event()])
+    with pytest.raises(DeliveryError) as e2:
+        n.send([make_event()])
+    with pytest.raises(DeliveryError) as e3:
+        n.send([make_event()])
+    with pytest.raises(DeliveryError) as e4:
+        n.send([make_event()])
+    assert e1.value.permanent and "HTTP 401 no" in e1.value.message
+    assert not e2.value.permanent and e2.value.retry_after is None
+    assert not e3.value.permanent and e3.value.retry_after == 7
+    assert e4.value.permanent and "redirects are not followed" in e4.value.message
+    for e in (e1, e2, e3, e4):
+        assert "s3cret" not in e.value.message
+    n.close()
+
+
+def test_receiver_that_times_out_is_retried_and_does_not_block_others(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    with Receiver() as slow, Receiver() as fast:
+        slow.script(Response(hang=True))
+        n_slow = WebhookNotifier("slow", secret_url(slow.url()), timeout=1, group_wait=0)
+        n_fast = WebhookNotifier("fast", secret_url(fast.url()), group_wait=0)
+        db = str(tmp_path / "state.db")
+        box = Outbox(db, [n_slow, n_fast], poll_interval=0.05, backoff_base=0.05)
+        conn = sqlite3.connect(db)
+        box.enqueue(conn, [make_event(run="r1")])
+        conn.commit()
+        box.start()
+        slow.wait_for(1)  # the slow receiver holds its request
+        box.enqueue(conn, [make_event(run="r2")])
+        conn.commit()
+        box.wake()
+        fast.wait_for(2)  # the fast channel delivered both while the slow one waits
+        slow.wait_for(2, timeout=10)  # the retry after the timeout gets 200
+        assert box.wait_idle(10) and box.stop(5)
+        assert box.stats()["slow"]["sent"] == 2 and box.stats()["slow"]["failed"] == 1
+        assert "timed out after 1 s waiting for an answer" in caplog.text
+        conn.close()

@@ -1,0 +1,387 @@
+"""The durable outbox: transactions, grouping, order, backoff, age limit, restarts and kill -9."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from receivers import Receiver, Response, free_port, make_event, wait_until
+
+from gradwatch.notify.base import Notifier
+from gradwatch.notify.outbox import TABLE, Outbox
+from gradwatch.notify.webhook import WebhookNotifier
+from gradwatch.secrets import secret_url
+
+
+def hook_notifier(url: str, name: str = "hook", **kw) -> WebhookNotifier:
+    kw.setdefault("group_wait", 0.0)
+    kw.setdefault("timeout", 2.0)
+    return WebhookNotifier(name, secret_url(url), **kw)
+
+
+def fast_outbox(db: str, notifiers: list[Notifier], **kw) -> Outbox:
+    kw.setdefault("poll_interval", 0.05)
+    kw.setdefault("backoff_base", 0.05)
+    kw.setdefault("backoff_max", 0.2)
+    return Outbox(db, notifiers, **kw)
+
+
+def tags_per_request(receiver: Receiver) -> list[list[tuple[str, str, str]]]:
+    return [
+        [(a["labels"]["run"], a["labels"]["tag"], a["status"]) for a in r.json["alerts"]]
+        for r in receiver.requests
+    ]
+
+
+def states(db: str) -> list[tuple[str, str]]:
+    with sqlite3.connect(db) as c:
+        return c.execute(f"SELECT channel, state FROM {TABLE} ORDER BY id").fetchall()
+
+
+@pytest.fixture
+def db(tmp_path):
+    return str(tmp_path / "state.db")
+
+
+@pytest.fixture
+def hook():
+    with Receiver() as r:
+        yield r
+
+
+def test_enqueue_joins_the_callers_transaction(db, hook):
+    box = fast_outbox(db, [hook_notifier(hook.url())])
+    conn = sqlite3.connect(db)
+    box.start()
+    assert box.enqueue(conn, [make_event(run="rolled-back")]) == 1
+    conn.rollback()  # the batch failed: its notification must vanish with it
+    box.enqueue(conn, [make_event(run="committed")])
+    conn.commit()
+    box.wake()
+    hook.wait_for(1)
+    assert box.wait_idle(5) and box.stop(5)
+    assert tags_per_request(hook) == [[("committed", "gradients/actor_cnn_norm", "firing")]]
+    conn.close()
+
+
+def test_filters_apply_at_enqueue(db):
+    crit = hook_notifier("http://127.0.0.1:9/x", "crit", min_severity="critical", send_resolved=False)
+    runs = hook_notifier("http://127.0.0.1:9/x", "runs", runs=["exp*"], tags=["grad*"], rules=["Grad*"])
+    slow = hook_notifier("http://127.0.0.1:9/x", "slow-repeat", repeat_interval=3600)
+    box = Outbox(db, [crit, runs, slow])
+    conn = sqlite3.connect(db)
+    t = time.time()
+    box.enqueue(conn, [make_event(severity="warning")], now=t)  # runs, slow-repeat
+    box.enqueue(conn, [make_event(run="other")], now=t)  # crit, slow-repeat
+    box.enqueue(conn, [make_event(kind="resolved", seq=2)], now=t)  # runs, slow-repeat
+    box.enqueue(conn, [make_event(kind="repeat", seq=2)], now=t + 60)  # crit, runs; not slow-repeat
+    box.enqueue(conn, [make_event(kind="repeat", tag="grad/new", seq=2)], now=t + 60)  # new alert: all
+    conn.commit()
+    got = [c for c, _ in states(db)]
+    assert got == [
+        "runs",
+        "slow-repeat",
+        "crit",
+        "slow-repeat",
+        "runs",
+        "slow-repeat",
+        "crit",
+        "runs",
+        "crit",
+        "runs",
+        "slow-repeat",
+    ]
+    assert box.stats()["crit"]["queued"] == 0  # counts come from the dispatcher, not started here
+    conn.close()
+
+
+def test_groups_by_run_within_the_window_and_keeps_order(db, hook):
+    box = fast_outbox(db, [hook_notifier(hook.url(), group_wait=0.5)])
+    conn = sqlite3.connect(db)
+    t0 = time.time() - 10  # windows already over: grouping is decided by the enqueue times
+    box.enqueue(conn, [make_event(run="A", tag="a1")], now=t0)
+    box.enqueue(conn, [make_event(run="B", tag="b1")], now=t0 + 0.1)
+    box.enqueue(conn, [make_event(run="A", tag="a2")], now=t0 + 0.4)
+    box.enqueue(conn, [make_event(run="A", tag="a3")], now=t0 + 2)  # after A's window
+    box.enqueue(conn, [make_event(run="A", tag="a4")], now=t0 + 2.1)
+    conn.commit()
+    box.start()
+    hook.wait_for(3)
+    assert box.wait_idle(5) and box.stop(5)
+    assert [[tag for _, tag, _ in req] for req in tags_per_request(hook)] == [
+        ["a1", "a2"],
+        ["b1"],
+        ["a3", "a4"],
+    ]
+    conn.close()
+
+
+def test_waits_for_the_group_window_before_sending(db, hook):
+    box = fast_outbox(db, [hook_notifier(hook.url(), group_wait=0.5)])
+    conn = sqlite3.connect(db)
+    box.start()
+    t0 = time.time()
+    box.enqueue(conn, [make_event(tag="first")], now=t0)
+    conn.commit()
+    box.wake()
+    box.enqueue(conn, [make_event(tag="second")], now=t0 + 0.2)  # still inside the window
+    conn.commit()
+    box.wake()
+    hook.wait_for(1)
+    sent_at = time.time()
+    assert sent_at >= t0 + 0.5
+    assert box.wait_idle(5) and box.stop(5)
+    assert [[tag for _, tag, _ in req] for req in tags_per_request(hook)] == [["first", "second"]]
+    conn.close()
+
+
+def test_order_per_alert_survives_failures(db, hook):
+    hook.script(Response(500, "down"), Response(502, "down"))
+    box = fast_outbox(db, [hook_notifier(hook.url())])
+    conn = sqlite3.connect(db)
+    t0 = time.time() - 10
+    box.enqueue(conn, [make_event(seq=1)], now=t0)
+    box.enqueue(conn, [make_event(kind="resolved", seq=2)], now=t0 + 5)
+    box.enqueue(conn, [make_event(seq=3)], now=t0 + 9)
+    conn.commit()
+    box.start()
+    hook.wait_for(5)
+    assert box.wait_idle(5) and box.stop(5)
+    delivered = [req[0][2] for req in tags_per_request(hook)[2:]]
+    assert delivered == ["firing", "resolved", "firing"]
+    assert box.stats()["hook"] == {"sent": 3, "failed": 2, "dropped": 0, "queued": 0}
+    conn.close()
+
+
+def test_dead_channel_does_not_hold_up_a_live_one(db, hook):
+    dead = hook_notifier(f"http://127.0.0.1:{free_port()}/x", "dead")
+    live = hook_notifier(hook.url(), "live")
+    box = fast_outbox(db, [dead, live])
+    conn = sqlite3.connect(db)
+    box.start()
+    for i in range(3):
+        box.enqueue(conn, [make_event(run=f"r{i}")])
+        conn.commit()
+        box.wake()
+    hook.wait_for(3)
+    wait_until(lambda: box.stats()["live"]["sent"] == 3, what="all three on the live channel")
+    stats = box.stats()
+    assert stats["dead"]["sent"] == 0 and stats["dead"]["failed"] >= 1 and stats["dead"]["queued"] == 3
+    assert box.stop(5)
+    conn.close()
+
+
+def test_too_old_notifications_are_dropped_counted_and_logged_once(db, caplog):
+    n = hook_notifier(f"http://127.0.0.1:{free_port()}/x", max_age=60)
+    box = fast_outbox(db, [n])
+    conn = sqlite3.connect(db)
+    box.enqueue(conn, [make_event(run="a"), make_event(run="b")], now=time.time() - 120)
+    box.enqueue(conn, [make_event(run="c")], now=time.time() - 90)
+    conn.commit()
+    box.start()
+    assert box.wait_idle(5) and box.stop(5)
+    assert box.stats()["hook"] == {"sent": 0, "failed": 0, "dropped": 3, "queued": 0}
+    assert [s for _, s in states(db)] == ["dropped"] * 3
+    assert caplog.text.count("dropping notifications older than 60 s") == 1
+    conn.close()
+
+
+def test_restart_resumes_pending_and_does_not_resend_delivered(db):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/hook"
+    box = fast_outbox(db, [hook_notifier(url)])
+    conn = sqlite3.connect(db)
+    box.enqueue(conn, [make_event(run="outage")])
+    conn.commit()
+    box.start()
+    wait_until(lambda: box.stats()["hook"]["failed"] >= 1, what="a failed attempt")
+    assert box.stop(5)
+    with Receiver(port=port) as hook:
+        box2 = fast_outbox(db, [hook_notifier(url)])
+        box2.start()
+        hook.wait_for(1)
+        assert box2.wait_idle(5) and box2.stop(5)
+        box3 = fast_outbox(db, [hook_notifier(url)])  # and once more: nothing left to send
+        box3.start()
+        assert box3.wait_idle(5) and box3.stop(5)
+        assert hook.count() == 1 and box3.stats()["hook"]["sent"] == 0
+    conn.close()
+
+
+CHILD = r"""
+import sys, time
+from gradwatch.notify.outbox import Outbox
+from gradwatch.notify.webhook import WebhookNotifier
+from gradwatch.secrets import secret_url
+db, url = sys.argv[1], sys.argv[2]
+n = WebhookNotifier("hook", secret_url(url), group_wait=0, timeout=2)
+Outbox(db, [n], poll_interval=0.05, backoff_base=0.05, backoff_max=0.2).start()
+print("started", flush=True)
+time.sleep(120)
+"""
+
+
+def run_child(db: str, url: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", CHILD, db, url], stdout=subprocess.PIPE, text=True)
+
+
+def kill9(p: subprocess.Popen) -> None:
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait(10)
+    p.stdout.close()
+    assert p.returncode == -signal.SIGKILL
+
+
+def attempts(db: str) -> int:
+    with sqlite3.connect(db) as c:
+        return c.execute(f"SELECT COALESCE(SUM(attempts), 0) FROM {TABLE}").fetchone()[0]
+
+
+@pytest.mark.slow
+def test_kill_9_during_an_outage_then_delivered_once_after_restart(db):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/hook"
+    Outbox(db, [hook_notifier(url)])  # creates the table, as the daemon's start-up does
+    conn = sqlite3.connect(db)
+    Outbox(db, [hook_notifier(url)]).enqueue(conn, [make_event(run="killed")])
+    conn.commit()
+    child = run_child(db, url)
+    try:
+        assert child.stdout.readline().strip() == "started"
+        wait_until(lambda: attempts(db) >= 2, what="the child failing to deliver")
+    finally:
+        kill9(child)
+    with Receiver(port=port) as hook:
+        box = fast_outbox(db, [hook_notifier(url)])
+        box.start()
+        hook.wait_for(1)
+        assert box.wait_idle(5) and box.stop(5)
+        assert hook.count() == 1 and states(db) == [("hook", "sent")]
+    conn.close()
+
+
+@pytest.mark.slow
+def test_kill_9_after_delivery_does_not_send_twice(db):
+    with Receiver() as hook:
+        url = hook.url()
+        Outbox(db, [hook_notifier(url)])
+        conn = sqlite3.connect(db)
+        Outbox(db, [hook_notifier(url)]).enqueue(conn, [make_event(run="done")])
+        conn.commit()
+        child = run_child(db, url)
+        try:
+            hook.wait_for(1)
+            wait_until(lambda: states(db) == [("hook", "sent")], what="the row marked sent")
+        finally:
+            kill9(child)
+        box = fast_outbox(db, [hook_notifier(url)])
+        box.start()
+        assert box.wait_idle(5) and box.stop(5)
+        assert hook.count() == 1 and box.stats()["hook"]["sent"] == 0
+        conn.close()
+
+
+def test_a_writer_holding_the_database_delays_the_mark_but_never_duplicates(db, hook):
+    box = fast_outbox(db, [hook_notifier(hook.url())])
+    conn = sqlite3.connect(db)
+    box.enqueue(conn, [make_event()])
+    conn.commit()
+    blocker = sqlite3.connect(db, check_same_thread=False)
+    blocker.execute("BEGIN IMMEDIATE")  # the daemon in the middle of a long batch
+    box.start()
+    hook.wait_for(1)  # reading works under WAL; the mark waits for the lock
+    threading.Timer(0.5, blocker.commit).start()
+    wait_until(lambda: states(db) == [("hook", "sent")], what="the mark after the lock is released")
+    assert box.wait_idle(5) and box.stop(5)
+    assert hook.count() == 1
+    blocker.close()
+    conn.close()
+
+
+def test_stop_sends_what_waits_in_a_group_window(db, hook):
+    box = fast_outbox(db, [hook_notifier(hook.url(), group_wait=3600)])
+    conn = sqlite3.connect(db)
+    box.enqueue(conn, [make_event()])
+    conn.commit()
+    box.start()
+    assert box.stop(5)
+    assert hook.count() == 1 and states(db) == [("hook", "sent")]
+    conn.close()
+
+
+def test_stop_gives_up_on_a_dead_receiver_and_keeps_the_rows(db):
+    box = fast_outbox(db, [hook_notifier(f"http://127.0.0.1:{free_port()}/x")], backoff_base=30)
+    conn = sqlite3.connect(db)
+    box.enqueue(conn, [make_event()])
+    conn.commit()
+    box.start()
+    wait_until(lambda: box.stats()["hook"]["failed"] == 1, what="the first failure")
+    t = time.monotonic()
+    assert box.stop(2)
+    assert time.monotonic() - t < 2  # in backoff beyond the deadline: no point waiting
+    assert states(db) == [("hook", "pending")]
+    conn.close()
+
+
+def test_rows_of_a_removed_channel_are_dropped_at_start_and_done_rows_pruned(db, hook, caplog):
+    conn = sqlite3.connect(db)
+    old = Outbox(db, [hook_notifier(hook.url(), "old"), hook_notifier(hook.url(), "kept")])
+    old.enqueue(conn, [make_event()])
+    conn.commit()
+    Outbox(db, [hook_notifier(hook.url(), "kept")])
+    assert states(db) == [("old", "dropped"), ("kept", "pending")]
+    assert "dropped 1 queued notification(s) for channel 'old'" in caplog.text
+    box = fast_outbox(db, [hook_notifier(hook.url(), "kept")])
+    box.start()
+    hook.wait_for(1)
+    assert box.wait_idle(5) and box.stop(5)
+    box = fast_outbox(db, [hook_notifier(hook.url(), "kept")], keep_done=0)
+    box.start()
+    assert box.wait_idle(5) and box.stop(5)
+    assert states(db) == [("old", "dropped")]  # each channel prunes its own rows
+    conn.close()
+
+
+def test_a_bug_in_a_notifier_is_retried_not_fatal(db, caplog):
+    class Broken(Notifier):
+        type = "broken"
+        calls = 0
+
+        def send(self, events):
+            Broken.calls += 1
+            if Broken.calls == 1:
+                raise RuntimeError("oops")
+
+    box = fast_outbox(db, [Broken("b", group_wait=0)])
+    conn = sqlite3.connect(db)
+    box.enqueue(conn, [make_event()])
+    conn.commit()
+    box.start()
+    wait_until(lambda: box.stats()["b"]["sent"] == 1, what="the retry to succeed")
+    assert box.stop(5)
+    assert "unexpected error while sending" in caplog.text
+    conn.close()
+
+
+def test_duplicate_channel_names_are_refused(db):
+    with pytest.raises(ValueError, match="unique"):
+        Outbox(db, [hook_notifier("http://x/"), hook_notifier("http://y/")])
+
+
+def test_queued_counts_pending_rows(db, caplog):
+    caplog.set_level(logging.WARNING)
+    box = fast_outbox(db, [hook_notifier(f"http://127.0.0.1:{free_port()}/x")], backoff_base=30)
+    conn = sqlite3.connect(db)
+    box.enqueue(conn, [make_event(run=f"r{i}") for i in range(7)])
+    conn.commit()
+    box.start()
+    wait_until(lambda: box.stats()["hook"]["queued"] == 7, what="queued = 7")
+    assert box.stop(1)
+    conn.close()
