@@ -1,0 +1,655 @@
+"""Prometheus exporter and the daemon's HTTP endpoints.
+
+API (what the daemon calls)
+---------------------------
+State that lives elsewhere is read at scrape time through callables, so the
+per-point path does no metric work and nothing can drift out of sync::
+
+    metrics = Metrics(
+        series=lambda: engine.all_series(),          # Series objects (run, tag, step, wall_time, value)
+        alerts=lambda: ((a.rule, a.run, a.tag, SEVERITY_OF_RANK[a.rank]) for a in book.firing()),
+        problems=lambda: problem_log.counts,         # {kind: count}
+        outbox_stats=outbox.stats,                   # {channel: {sent, failed, queued, dropped}}
+        rules=lambda: rules,                         # the loaded Rule objects
+        watch=lambda: (n_runs, n_files),             # runs and event files followed
+        counts=lambda: {"points": n_points},         # monotonic totals kept elsewhere (records, points)
+    )
+    metrics = Metrics(daemon)          # the same, from a gradwatch.daemon.Daemon's attributes
+    metrics.serve("127.0.0.1", 9723)   # background thread; port 0 = any free port; OSError if taken
+    metrics.port                       # the bound port
+    metrics.records_read(n, points=m)  # once per read pass, not per record (without ``counts``)
+    metrics.transition(event)          # each AlertEvent after it is committed
+    metrics.set_ready(True)            # first catch-up done: /-/ready turns 200
+    metrics.config_reloaded(ok)        # after each SIGHUP
+    metrics.stop()                     # stops the HTTP server
+
+Every source is optional; without one, the matching push method keeps the
+state: ``transition`` (and ``set_alert`` / ``clear_alerts``) the alert gauge,
+``observe_problem(kind)`` the problem counts, ``set_rules`` and ``set_watch``
+their gauges, ``records_read`` the totals. A source that raises
+``RuntimeError`` (a dict changed size while the daemon thread updated it) is
+read again, then the previous scrape's copy is served; any other exception
+is logged once and only that source's metrics are left out.
+
+Every method is thread-safe and cheap. Exported families are listed in
+:data:`FAMILIES`; docs/operating.md says what each means and which values
+are healthy.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    make_wsgi_app,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gradwatch import __version__
+from gradwatch.alerts import DEESCALATED, ESCALATED, FIRING, REPEAT, RESOLVED, AlertEvent
+from gradwatch.events import records
+from gradwatch.rules import RANK, SEVERITY_OF_RANK, Rule, Series
+
+log = logging.getLogger("gradwatch.metrics")
+
+# Problem kinds the reader reports (records.py and logdir.py); pre-set to 0 so
+# that increase() sees the first one.
+PROBLEM_KINDS = (
+    records.CORRUPT,
+    records.TRUNCATED,
+    records.ZERO_PADDING,
+    records.SHRUNK,
+    records.UNDECODABLE,
+    "unreadable_directory",
+    "unreadable_file",
+    "vanished_file",
+)
+TRANSITION_KINDS = (FIRING, ESCALATED, DEESCALATED, RESOLVED, REPEAT)
+OUTBOX_FIELDS = ("sent", "failed", "queued", "dropped")
+
+DEFAULT_MAX_SERIES = 10_000
+# A scrape copies the daemon's dicts while its thread may add to them; the
+# copy is retried this often, then the last good copy is served.
+_SNAPSHOT_ATTEMPTS = 5
+
+SeriesSource = Callable[[], Iterable[Series]]
+AlertsSource = Callable[[], Iterable[tuple[str, str, str, str]]]  # (rule, run, tag, severity)
+CountsSource = Callable[[], Mapping[str, int]]
+RulesSource = Callable[[], Iterable[Rule]]
+WatchSource = Callable[[], tuple[int, int]]  # (runs, event files)
+StatsSource = Callable[[], Mapping[str, Mapping[str, int]]]
+
+# name (as scraped) -> (type, labels, help). The single source of truth for
+# the collector's help texts, the docs and the tests.
+FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "gradwatch_build_info": (
+        "gauge",
+        ("version", "python_version"),
+        "Always 1; labels say which gradwatch runs.",
+    ),
+    "gradwatch_ready": ("gauge", (), "1 once the first catch-up on existing event files is done, else 0."),
+    "gradwatch_rules": ("gauge", (), "Rules loaded."),
+    "gradwatch_runs": ("gauge", (), "Runs (directories holding event files) under the logdir."),
+    "gradwatch_event_files": ("gauge", (), "Event files being followed."),
+    "gradwatch_series_tracked": (
+        "gauge",
+        (),
+        "Series (run, tag) kept in memory: rule-matched tags plus metrics.export_tags.",
+    ),
+    "gradwatch_scalar_value": (
+        "gauge",
+        ("run", "tag"),
+        "Latest value of a tracked scalar series, as logged by the trainer.",
+    ),
+    "gradwatch_scalar_step": (
+        "gauge",
+        ("run", "tag"),
+        "Training step of the latest point of a tracked series.",
+    ),
+    "gradwatch_run_last_event_timestamp_seconds": (
+        "gauge",
+        ("run",),
+        "Wall time (Unix seconds, from the event) of the newest point of any tracked series of a run.",
+    ),
+    "gradwatch_alert": (
+        "gauge",
+        ("rule", "run", "tag", "severity"),
+        "1 while a gradwatch rule fires for a series, at its current severity (like Prometheus' ALERTS).",
+    ),
+    "gradwatch_alert_transitions_total": (
+        "counter",
+        ("rule", "severity", "kind"),
+        "Alert transitions: firing, escalated, deescalated, resolved, repeat.",
+    ),
+    "gradwatch_records_read_total": ("counter", (), "TFRecords read and checksum-verified."),
+    "gradwatch_points_read_total": ("counter", (), "Scalar points decoded from event files."),
+    "gradwatch_read_problems_total": (
+        "counter",
+        ("kind",),
+        "Problems met while reading (corrupt or truncated records, unreadable or vanished files, ...).",
+    ),
+    "gradwatch_notifications_sent_total": ("counter", ("channel",), "Notifications delivered per channel."),
+    "gradwatch_notifications_failed_total": (
+        "counter",
+        ("channel",),
+        "Failed delivery attempts per channel (retried until they succeed or are dropped).",
+    ),
+    "gradwatch_notifications_dropped_total": (
+        "counter",
+        ("channel",),
+        "Notifications given up on per channel (permanent error or older than the outbox max age).",
+    ),
+    "gradwatch_notifications_queued": (
+        "gauge",
+        ("channel",),
+        "Notifications waiting in the outbox per channel.",
+    ),
+    "gradwatch_config_last_reload_successful": (
+        "gauge",
+        (),
+        "1 if the last configuration (re)load succeeded.",
+    ),
+    "gradwatch_config_last_reload_success_timestamp_seconds": (
+        "gauge",
+        (),
+        "Unix time of the last successful configuration (re)load.",
+    ),
+}
+
+
+def _family(name: str) -> Metric:
+    kind, labels, help_text = FAMILIES[name]
+    if kind == "counter":
+        return CounterMetricFamily(name.removesuffix("_total"), help_text, labels=labels)
+    return GaugeMetricFamily(name, help_text, labels=labels)
+
+
+def _possible_transitions(rule: Rule) -> Iterator[tuple[str, str, str]]:
+    """(rule, severity, kind) combinations a rule can produce; the severity is the new one."""
+    ranks = sorted(rank for rank, _, _ in rule.levels)
+    for rank, severity, _ in rule.levels:
+        for kind in TRANSITION_KINDS:
+            if kind == ESCALATED and rank == ranks[0]:
+                continue  # nothing lower to escalate from
+            if kind == DEESCALATED and rank == ranks[-1]:
+                continue
+            yield (rule.name, severity, kind)
+
+
+def _series_copy(series: Iterable[Series]) -> list[tuple[str, str, int, float, float]]:
+    return [(s.run, s.tag, s.step, s.wall_time, s.value) for s in series]
+
+
+def _alerts_copy(alerts: Iterable[tuple[str, str, str, str]]) -> dict[tuple[str, str, str], str]:
+    # one severity per alert: the highest if a source repeats one
+    out: dict[tuple[str, str, str], str] = {}
+    for rule, run, tag, severity in alerts:
+        key = (str(rule), str(run), str(tag))
+        if RANK.get(severity, 0) >= RANK.get(out.get(key, ""), 0):
+            out[key] = str(severity)
+    return out
+
+
+def _counts_copy(counts: Mapping[str, int]) -> dict[str, int]:
+    return {str(k): int(v) for k, v in dict(counts).items()}
+
+
+def _outbox_copy(stats: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
+    return {str(ch): {f: int(st.get(f, 0)) for f in OUTBOX_FIELDS} for ch, st in dict(stats).items()}
+
+
+def _pair(value: tuple[int, int]) -> tuple[int, int]:
+    a, b = value
+    return int(a), int(b)
+
+
+def _daemon_sources(daemon: Any) -> tuple[Callable[[], Any], ...]:
+    """Sources reading a gradwatch.daemon.Daemon at scrape time (attributes looked up each time,
+    so an engine or outbox replaced on reload is followed)."""
+
+    def outbox_stats() -> Mapping[str, Mapping[str, int]]:
+        outbox = getattr(daemon, "outbox", None)
+        return outbox.stats() if outbox is not None else {}
+
+    def watch() -> tuple[int, int]:
+        readers = dict(daemon.reader.readers)  # path -> (run, reader)
+        return len({run for run, _ in readers.values()}), len(readers)
+
+    return (
+        lambda: daemon.engine.all_series(),
+        outbox_stats,
+        lambda: (
+            (a.rule, a.run, a.tag, SEVERITY_OF_RANK.get(a.rank, "warning")) for a in daemon.book.firing()
+        ),
+        lambda: daemon.problems.counts,
+        lambda: daemon.rules,
+        watch,
+        lambda: {"points": daemon.points},
+    )
+
+
+class Metrics:
+    """State the daemon pushes (rare events) plus sources read at scrape time."""
+
+    def __init__(
+        self,
+        series: SeriesSource | None = None,
+        outbox_stats: StatsSource | None = None,
+        *,
+        alerts: AlertsSource | None = None,
+        problems: CountsSource | None = None,
+        rules: RulesSource | None = None,
+        watch: WatchSource | None = None,
+        counts: CountsSource | None = None,  # {"records": n, "points": m}, totals since start
+        max_series: int = DEFAULT_MAX_SERIES,
+        registry: CollectorRegistry | None = None,
+        process_metrics: bool = True,
+    ) -> None:
+        if series is not None and not callable(series) and hasattr(series, "engine"):
+            series, outbox_stats, alerts, problems, rules, watch, counts = _daemon_sources(series)
+        for name, source in (
+            ("series", series),
+            ("outbox_stats", outbox_stats),
+            ("alerts", alerts),
+            ("problems", problems),
+            ("rules", rules),
+            ("watch", watch),
+            ("counts", counts),
+        ):
+            if source is not None and not callable(source):
+                raise TypeError(f"Metrics({name}=...) must be a callable read at scrape time, got {source!r}")
+        self.series_source = series
+        self.outbox_stats = outbox_stats
+        self.alerts_source = alerts
+        self.problems_source = problems
+        self.rules_source = rules
+        self.watch_source = watch
+        self.counts_source = counts
+        self.max_series = max_series
+        self.server: MetricsServer | None = None
+        self._lock = threading.Lock()
+        self._records = 0
+        self._points = 0
+        self._problems: dict[str, int] = {}
+        self._transitions: dict[tuple[str, str, str], int] = {}
+        self._alerts: dict[tuple[str, str, str], str] = {}
+        self._rules = 0
+        self._runs = 0
+        self._files = 0
+        self._ready = False
+        self._reload_ok = True
+        self._reload_time = time.time()
+        self._last: dict[str, Any] = {}  # source name -> its last good copy
+        self._warned_over_limit = False
+        self._failed_sources: set[str] = set()
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(self))
+        if process_metrics:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
+
+    # -- HTTP -----------------------------------------------------------------
+
+    def serve(self, host: str = "127.0.0.1", port: int = 9723) -> MetricsServer:
+        """Start serving /metrics, /-/healthy and /-/ready; raises OSError when the address is taken."""
+        server = MetricsServer(self, host, port)
+        server.start()
+        self.server = server
+        return server
+
+    @property
+    def port(self) -> int:
+        if self.server is None:
+            raise RuntimeError("Metrics.port is known only after serve()")
+        return self.server.port
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    # -- pushed by the daemon -------------------------------------------------
+
+    def set_rules(self, rules: Iterable[Rule]) -> None:
+        """Count the rules and pre-set their transition counters to 0 (so increase() sees the first)."""
+        rules = list(rules)
+        with self._lock:
+            self._rules = len(rules)
+            for rule in rules:
+                for key in _possible_transitions(rule):
+                    self._transitions.setdefault(key, 0)
+
+    def records_read(self, n: int, points: int = 0) -> None:
+        with self._lock:
+            self._records += n
+            self._points += points
+
+    def observe_problem(self, kind: str) -> None:
+        """Count a read problem (used when no ``problems`` source is given)."""
+        with self._lock:
+            self._problems[kind] = self._problems.get(kind, 0) + 1
+
+    def transition(self, event: AlertEvent) -> None:
+        """Count a committed transition; without an ``alerts`` source also track the alert's state."""
+        key = (event.rule, event.severity, event.kind)
+        with self._lock:
+            self._transitions[key] = self._transitions.get(key, 0) + 1
+        if self.alerts_source is None:
+            self.set_alert(
+                event.rule, event.run, event.tag, None if event.kind == RESOLVED else event.severity
+            )
+
+    def set_alert(self, rule: str, run: str, tag: str, severity: str | None) -> None:
+        """The alert's current severity; ``None`` (resolved) removes its series, as Prometheus does."""
+        with self._lock:
+            if severity:
+                self._alerts[(rule, run, tag)] = severity
+            else:
+                self._alerts.pop((rule, run, tag), None)
+
+    def clear_alerts(self) -> None:
+        """Forget every pushed alert (e.g. before restoring the set from the state DB)."""
+        with self._lock:
+            self._alerts.clear()
+
+    def set_watch(self, runs: int, files: int) -> None:
+        with self._lock:
+            self._runs, self._files = runs, files
+
+    def set_ready(self, ready: bool = True) -> None:
+        self._ready = bool(ready)
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    def config_reloaded(self, ok: bool) -> None:
+        with self._lock:
+            self._reload_ok = bool(ok)
+            if ok:
+                self._reload_time = time.time()
+
+    # -- read at scrape time ----------------------------------------------------
+
+    def _read(self, name: str, source: Callable[[], Any] | None, convert: Callable[[Any], Any]) -> Any:
+        """``convert(source())``, retried while the daemon thread changes the dict under it."""
+        if source is None:
+            return None
+        for _ in range(_SNAPSHOT_ATTEMPTS):
+            try:
+                copy = convert(source())
+            except RuntimeError:
+                continue  # "dictionary changed size during iteration": copy again
+            except Exception:
+                if name not in self._failed_sources:  # once: it would fail on every scrape
+                    self._failed_sources.add(name)
+                    log.error("metrics: reading %s failed; its metrics are left out", name, exc_info=True)
+                return None
+            self._last[name] = copy
+            return copy
+        log.debug("metrics: %s changed during %d copies; serving the last copy", name, _SNAPSHOT_ATTEMPTS)
+        return self._last.get(name)
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            records_total, points_total = self._records, self._points
+            pushed_problems = dict(self._problems)
+            transitions = dict(self._transitions)
+            pushed_alerts = dict(self._alerts)
+            n_rules, runs, files = self._rules, self._runs, self._files
+            reload_ok, reload_time = self._reload_ok, self._reload_time
+        snap = self._read("series", self.series_source, _series_copy) or []
+        alerts = (
+            pushed_alerts
+            if self.alerts_source is None
+            else self._read("alerts", self.alerts_source, _alerts_copy) or {}
+        )
+        problems = dict.fromkeys(PROBLEM_KINDS, 0)
+        if self.problems_source is None:
+            problems.update(pushed_problems)
+        else:
+            problems.update(self._read("problems", self.problems_source, _counts_copy) or {})
+        outbox = self._read("outbox_stats", self.outbox_stats, _outbox_copy) or {}
+        if self.rules_source is not None:
+            rules = self._read("rules", self.rules_source, list)
+            if rules is not None:
+                n_rules = len(rules)
+                for key in (k for r in rules for k in _possible_transitions(r)):
+                    transitions.setdefault(key, 0)
+        if self.watch_source is not None:
+            runs, files = self._read("watch", self.watch_source, _pair) or (0, 0)
+        if self.counts_source is not None:
+            totals = self._read("counts", self.counts_source, _counts_copy) or {}
+            records_total = totals.get("records", records_total)
+            points_total = totals.get("points", points_total)
+
+        info = _family("gradwatch_build_info")
+        info.add_metric([__version__, platform.python_version()], 1)
+        yield info
+        for name, value in (
+            ("gradwatch_ready", float(self._ready)),
+            ("gradwatch_rules", n_rules),
+            ("gradwatch_runs", runs),
+            ("gradwatch_event_files", files),
+            ("gradwatch_series_tracked", len(snap)),
+            ("gradwatch_config_last_reload_successful", float(reload_ok)),
+            ("gradwatch_config_last_reload_success_timestamp_seconds", reload_time),
+        ):
+            fam = _family(name)
+            fam.add_metric([], value)
+            yield fam
+
+        yield from self._series_families(snap)
+
+        fam = _family("gradwatch_alert")
+        for (rule, run, tag), severity in sorted(alerts.items()):
+            fam.add_metric([rule, run, tag, severity], 1)
+        yield fam
+        fam = _family("gradwatch_alert_transitions_total")
+        for labels, n in sorted(transitions.items()):
+            fam.add_metric(list(labels), n)
+        yield fam
+
+        for name, value in (
+            ("gradwatch_records_read_total", records_total),
+            ("gradwatch_points_read_total", points_total),
+        ):
+            fam = _family(name)
+            fam.add_metric([], value)
+            yield fam
+        fam = _family("gradwatch_read_problems_total")
+        for kind, n in sorted(problems.items()):
+            fam.add_metric([kind], n)
+        yield fam
+
+        for field in OUTBOX_FIELDS:
+            name = f"gradwatch_notifications_{field}" + ("" if field == "queued" else "_total")
+            fam = _family(name)
+            for channel, stats in sorted(outbox.items()):
+                fam.add_metric([channel], stats[field])
+            yield fam
+
+    def _series_families(self, snap: list[tuple[str, str, int, float, float]]) -> Iterator[Metric]:
+        value = _family("gradwatch_scalar_value")
+        step = _family("gradwatch_scalar_step")
+        last: dict[str, float] = {}
+        exported = 0
+        for run, tag, s_step, wall_time, s_value in snap:
+            if not wall_time and math.isnan(s_value):
+                continue  # tracked but no point yet
+            if wall_time > last.get(run, -math.inf):
+                last[run] = wall_time
+            if exported >= self.max_series:
+                continue
+            exported += 1
+            value.add_metric([run, tag], s_value)
+            step.add_metric([run, tag], s_step)
+        if len(snap) > self.max_series and not self._warned_over_limit:
+            self._warned_over_limit = True
+            log.warning(
+                "metrics: %d series tracked, exporting the first %d; narrow metrics.export_tags",
+                len(snap),
+                self.max_series,
+            )
+        yield value
+        yield step
+        fam = _family("gradwatch_run_last_event_timestamp_seconds")
+        for run, t in sorted(last.items()):
+            fam.add_metric([run], t)
+        yield fam
+
+
+class _Collector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        return self._metrics.collect()
+
+
+# -- HTTP ---------------------------------------------------------------------
+
+
+class _Server(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind calls socket.getfqdn(), a reverse DNS lookup
+        # that can hang for seconds on a box without DNS; the name is unused.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
+        self.setup_environ()
+
+    def handle_error(self, request, client_address) -> None:
+        log.debug("metrics: error serving %s", client_address, exc_info=True)
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _Handler(WSGIRequestHandler):
+    def log_message(self, format: str, *args) -> None:
+        log.debug("metrics: %s %s", self.address_string(), format % args)
+
+
+_INDEX = b"""<html><head><title>gradwatch</title></head><body>
+<h1>gradwatch</h1>
+<ul><li><a href="/metrics">/metrics</a></li><li><a href="/-/healthy">/-/healthy</a></li>
+<li><a href="/-/ready">/-/ready</a></li></ul></body></html>
+"""
+
+
+def make_app(metrics: Metrics) -> Callable:
+    """WSGI app: ``/metrics``, ``/-/healthy``, ``/-/ready`` and an index page."""
+    metrics_app = make_wsgi_app(metrics.registry)
+
+    def app(environ, start_response):
+        path = environ.get("PATH_INFO") or "/"
+        method = environ.get("REQUEST_METHOD", "GET")
+        if path == "/metrics":
+            return metrics_app(environ, start_response)
+        if path == "/-/healthy":
+            status, body = "200 OK", b"gradwatch is healthy.\n"
+        elif path == "/-/ready":
+            if metrics.ready:
+                status, body = "200 OK", b"gradwatch is ready.\n"
+            else:
+                status, body = (
+                    "503 Service Unavailable",
+                    b"gradwatch is catching up on existing event files.\n",
+                )
+        elif path == "/":
+            start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
+            return [_INDEX]
+        else:
+            status, body = "404 Not Found", b"not found; try /metrics, /-/healthy or /-/ready\n"
+        if method not in ("GET", "HEAD"):
+            status, body = "405 Method Not Allowed", b"use GET\n"
+        headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+        if status.startswith("405"):
+            headers.append(("Allow", "GET, HEAD"))
+        start_response(status, headers)
+        return [b"" if method == "HEAD" else body]
+
+    return app
+
+
+class MetricsServer:
+    """Serves :func:`make_app` on a background thread."""
+
+    def __init__(self, metrics: Metrics, host: str = "127.0.0.1", port: int = 9723) -> None:
+        self.metrics = metrics
+        self.host = host
+        self.requested_port = port
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Bind and serve; raises OSError (e.g. address in use) with the address in the message."""
+        cls = _Server6 if ":" in self.host else _Server
+        try:
+            server = cls((self.host, self.requested_port), _Handler)
+        except OSError as e:
+            raise OSError(e.errno, f"cannot listen on {self.address_text()}: {e.strerror or e}") from None
+        server.set_app(make_app(self.metrics))
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="gradwatch-http", daemon=True
+        )
+        self._thread.start()
+        log.info("serving /metrics, /-/healthy and /-/ready on %s", self.address_text())
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("MetricsServer.port is known only after start()")
+        return self._server.server_address[1]
+
+    def address_text(self) -> str:
+        port = self.port if self._server is not None else self.requested_port
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{port}"
+
+    @property
+    def url(self) -> str:
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
+
+    def stop(self, timeout: float = 5.0) -> None:
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout)
+        self._server = self._thread = None
+
+    def __enter__(self) -> MetricsServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+__all__ = ["FAMILIES", "PROBLEM_KINDS", "Metrics", "MetricsServer", "make_app"]
