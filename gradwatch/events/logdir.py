@@ -120,8 +120,7 @@ class LogdirReader:
     def read_file(self, path: str, final: bool = False) -> Iterator[tuple[str, str, int, float, float]]:
         run, reader = self.readers[path]
         try:
-            for tag, step, wall_time, value in reader.read(final):
-                yield run, tag, step, wall_time, value
+            yield from reader.read_run(run, final)
         except FileNotFoundError:
             self.problems("vanished_file", path, -1, "file disappeared while being read")
             self.forget(path)

@@ -5,15 +5,36 @@ uint32 masked_crc32c(payload)``, little endian. The tail reader resumes at a
 byte offset, yields each complete and verified payload, waits on a partial
 record at EOF (the writer may still be writing it), and resynchronises past
 corruption instead of stopping the way TensorBoard's own loader does.
+
+What it does with each kind of damage (each reported once, with its offset):
+
+* bad length CRC, length over ``max_record_bytes``, bad payload CRC:
+  ``corrupt_record``; the scan for the next record with both CRCs valid
+  starts one byte further on;
+* a record whose length runs past EOF: awaited, unless complete records
+  follow it (then its length was corrupt); at the end of a finished file
+  (``final``) a ``truncated_record``;
+* zero bytes to EOF (a preallocated tail): awaited; ``zero_padding`` when
+  final;
+* the file shorter than the offset, or the bytes last read changed (replaced
+  or rewritten, not appended to): ``file_shrunk`` / ``file_replaced``, read
+  again from the start. An rsync'd copy with the same bytes and more is
+  simply read on.
+
+Memory is bounded by the file: no read is ever sized by a length field
+beyond what the file holds.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
+import stat
 import struct
 from collections.abc import Callable, Iterator
-from typing import ClassVar
+from typing import BinaryIO, ClassVar
 
 import google_crc32c
 
@@ -30,15 +51,23 @@ _LENGTH = struct.Struct("<Q")
 _CRC = struct.Struct("<I")
 _unpack_crc = _CRC.unpack_from
 _crc32c = google_crc32c.value
+_ZERO4 = b"\0" * 4
+_ZERO12 = b"\0" * 12
+_NONZERO = re.compile(rb"[^\x00]")
 
 # Problem kinds reported through ``on_problem`` (and counted in metrics).
 CORRUPT = "corrupt_record"
 TRUNCATED = "truncated_record"
 ZERO_PADDING = "zero_padding"
 SHRUNK = "file_shrunk"
+REPLACED = "file_replaced"
 UNDECODABLE = "undecodable_record"
 
 ProblemHandler = Callable[[str, str, int, str], None]
+
+
+class NotRegularFile(OSError):
+    """An event-file name that is a FIFO, socket or device: never opened for reading."""
 
 
 def masked_crc32c(data: bytes) -> int:
@@ -56,6 +85,44 @@ def _log_problem(kind: str, path: str, offset: int, detail: str) -> None:
     log.warning("%s: offset %d: %s: %s", path, offset, kind.replace("_", " "), detail)
 
 
+# Batches at least this long are checked with numpy: one C call per record
+# (the CRC) instead of a dozen bytecodes (CRC, unpack, mask, compare).
+NUMPY_MIN_BATCH = 32
+
+
+def _verified_py(buf: bytes, first: int, batch: list[bytes]) -> int:
+    pos = first
+    for i, payload in enumerate(batch):
+        stop = pos + HEADER_BYTES + len(payload)
+        if _unpack_crc(buf, stop)[0] != masked_crc32c(payload):
+            return i
+        pos = stop + FOOTER_BYTES
+    return len(batch)
+
+
+def _verified_numpy(buf: bytes, first: int, batch: list[bytes]) -> int:
+    import numpy as np  # tensorboard's own dependency; imported when a batch is long enough
+
+    k = len(batch)
+    crcs = np.fromiter(map(_crc32c, batch), np.uint32, count=k)
+    masked = ((crcs >> 15) | (crcs << 17)) + np.uint32(0xA282EAD8)  # uint32: wraps like & 0xFFFFFFFF
+    footers = np.fromiter(map(len, batch), np.int64, count=k)
+    footers += HEADER_BYTES + FOOTER_BYTES
+    np.cumsum(footers, out=footers)
+    footers += first - FOOTER_BYTES
+    stored = np.frombuffer(buf, np.uint8)[footers[:, None] + np.arange(4)].view("<u4").ravel()
+    bad = np.flatnonzero(masked != stored)
+    return int(bad[0]) if bad.size else k
+
+
+def _verified(buf: bytes, first: int, batch: list[bytes]) -> int:
+    """How many of ``batch`` (records framed back to back in ``buf`` from
+    ``first``) have a valid payload checksum, before the first that does not."""
+    if len(batch) < NUMPY_MIN_BATCH:
+        return _verified_py(buf, first, batch)
+    return _verified_numpy(buf, first, batch)
+
+
 class RecordTail:
     """Reads the verified records of one file, from ``offset`` on.
 
@@ -66,10 +133,11 @@ class RecordTail:
     once, with file and offset, through ``on_problem``.
     """
 
-    # Header bytes -> length, shared by every reader: scalar files repeat a
-    # handful of record lengths, so most headers are verified by one lookup
-    # instead of a CRC call. A wrong header can never be in the map.
-    _known_headers: ClassVar[dict[bytes, int]] = {}
+    # max_record_bytes -> {header bytes -> length}, shared by every reader:
+    # scalar files repeat a handful of record lengths, so most headers are
+    # verified by one lookup instead of a CRC call. A wrong header can never be
+    # in the map, nor one whose length is over the reader's limit.
+    _header_caches: ClassVar[dict[int, dict[bytes, int]]] = {}
 
     def __init__(
         self,
@@ -88,14 +156,17 @@ class RecordTail:
         # While resynchronising, ``offset`` is the scan position and the
         # corruption that started the scan has already been reported.
         self.resyncing = False
-        self._pending_tail: str | None = None
+        self._known = self._header_caches.setdefault(max_record_bytes, {})
+        # (file offset, 4 bytes read there): if those bytes change, the file
+        # was rewritten under us, not merely appended to.
+        self._seen: tuple[int, bytes] | None = None
 
     def report_problem(self, kind: str, offset: int, detail: str) -> None:
         self.problems[kind] = self.problems.get(kind, 0) + 1
         self.on_problem(kind, self.path, offset, detail)
 
     def _header_length(self, header: bytes) -> int | None:
-        length = self._known_headers.get(header)
+        length = self._known.get(header)
         if length is not None:
             return length
         if _unpack_crc(header, 8)[0] != masked_crc32c(header[:8]):
@@ -103,9 +174,9 @@ class RecordTail:
         length = _LENGTH.unpack_from(header)[0]
         if length > self.max_record_bytes:
             return None
-        if len(self._known_headers) > 65536:
-            self._known_headers.clear()
-        self._known_headers[header] = length
+        if len(self._known) > 65536:
+            self._known.clear()
+        self._known[header] = length
         return length
 
     def read(self, final: bool = False) -> Iterator[bytes]:
@@ -116,149 +187,232 @@ class RecordTail:
         Raises OSError when the file cannot be opened; the caller decides
         whether that is "gone" or "retry later".
         """
-        with open(self.path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size < self.offset:
-                self.report_problem(
-                    SHRUNK, self.offset, f"file is now {size} bytes; reading it again from the start"
-                )
-                self.offset = 0
-                self.resyncing = False
-            f.seek(self.offset)
-            yield from self._records(f, final)
+        for start, batch in self.read_batches(final):
+            end = start
+            for payload in batch:
+                end += len(payload) + 16
+                self.offset = end
+                yield payload
 
-    def _records(self, f, final: bool) -> Iterator[bytes]:
-        # The hot loop keeps everything in locals. ``offset`` is exact after
-        # every yield (just past the payload yielded); ``records`` is written
-        # back when the generator ends or is closed.
-        known = self._known_headers
-        crc32c = _crc32c
-        unpack_crc = _unpack_crc
-        base = self.offset
+    def read_batches(self, final: bool = False) -> Iterator[tuple[int, list[bytes]]]:
+        """Like ``read()``, a list of payloads at a time: ``(offset of the first, payloads)``.
+
+        After each yield ``offset`` is just past the last payload of the
+        batch; a consumer that stops part-way sets ``offset`` itself (each
+        record is ``len(payload) + 16`` bytes).
+        """
+        # O_NONBLOCK: opening a FIFO that happens to be named like an event
+        # file must not block the reader until some writer shows up.
+        fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb", buffering=0) as f:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise NotRegularFile(errno.EINVAL, "not a regular file", self.path)
+            self._check_rewritten(fd, st.st_size)
+            f.seek(self.offset)
+            yield from self._batches(f, final)
+
+    def _check_rewritten(self, fd: int, size: int) -> None:
+        if size < self.offset:
+            self._restart(SHRUNK, f"file is now {size} bytes; reading it again from the start")
+        elif self._seen is not None and os.pread(fd, 4, self._seen[0]) != self._seen[1]:
+            # Same size or larger but other bytes where our last record ended:
+            # replaced or rewritten, not appended to (an rsync'd copy keeps them).
+            self._restart(REPLACED, "bytes already read have changed; reading it again from the start")
+
+    def _restart(self, kind: str, detail: str) -> None:
+        self.report_problem(kind, self.offset, detail)
+        self.offset = 0
+        self.resyncing = False
+        self._seen = None
+
+    def _batches(self, f: BinaryIO, final: bool) -> Iterator[tuple[int, list[bytes]]]:
+        # The hot loop keeps everything in locals; ``offset`` is exact at every
+        # yield and at every return, never set by a ``finally`` (a consumer
+        # that stops part-way through a batch has set it itself).
+        known = self._known
+        verified = _verified
+        base = self.offset  # file offset of buf[0]
         buf = f.read(CHUNK_BYTES)
         pos = 0
-        count = 0
-        eof = True  # False only while a yield is outstanding
-        try:
-            while True:
-                if self.resyncing:
-                    buf, base, pos, resumed = self._resync(f, buf, base, pos)
-                    if not resumed:
+        while True:
+            if self.resyncing:
+                pos, status = self._scan(buf, pos)
+                if status is not _FOUND:
+                    need = 1
+                    if status is _PARTIAL:  # all of that record at once, not a chunk at a time
+                        need = pos + 16 + self._header_length(buf[pos : pos + 12]) - len(buf)
+                    more = self._read_more(f, base + len(buf), need)
+                    if more:
+                        buf = buf[pos:] + more
+                        base += pos
+                        pos = 0
+                    elif status is _PARTIAL and (final or self._valid_record_follows(buf, pos)):
+                        pos += 1  # that record can never complete: not a record
+                    else:
+                        # Scan again from here later; a finished file's rest is skipped.
+                        self.offset = base + (len(buf) if final else pos)
                         return
-                n = len(buf)
-                # 12 = header bytes, 4 = footer bytes (literals: this loop is hot)
-                while n - pos >= 12:
-                    length = known.get(buf[pos : pos + 12])
-                    if length is None:
-                        length = self._header_length(buf[pos : pos + 12])
-                        if length is None:
-                            break
-                    start = pos + 12
-                    stop = start + length
-                    if stop + 4 > n:
-                        break
-                    payload = buf[start:stop]
-                    crc = crc32c(payload)
-                    if (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF != unpack_crc(buf, stop)[0]:
-                        break
-                    pos = stop + 4
-                    count += 1
-                    self.offset = base + pos
-                    eof = False
-                    yield payload
-                    eof = True
-                # Out of the fast loop: need more bytes, or a bad record.
-                if n - pos >= HEADER_BYTES:
-                    header = buf[pos : pos + HEADER_BYTES]
-                    length = self._header_length(header)
-                    if length is None:
-                        if self._zero_tail(buf, pos, f):
-                            return
-                        self._start_resync(base + pos, "bad length checksum or impossible length")
-                        pos += 1
-                        continue
-                    end = pos + HEADER_BYTES + length + FOOTER_BYTES
-                    if end <= n:
-                        self._start_resync(base + pos, f"bad payload checksum ({length}-byte record)")
-                        pos += 1
-                        continue
-                    want = end - n
-                else:
-                    want = 0
-                more = f.read(max(CHUNK_BYTES, want))
-                if not more:
-                    return
+                    continue
+                self.resyncing = False
+            n = len(buf)
+            first = pos
+            batch: list[bytes] = []
+            append = batch.append
+            # 12 = header bytes, 16 = header + footer (literals: this loop is hot)
+            while n - pos >= 16:
+                length = known.get(buf[pos : pos + 12])
+                if length is None:
+                    break
+                stop = pos + 12 + length
+                if stop + 4 > n:
+                    break
+                append(buf[pos + 12 : stop])
+                pos = stop + 4
+            if batch:
+                good = verified(buf, first, batch)
+                if good < len(batch):
+                    # the slow path below finds the bad checksum again and reports it
+                    del batch[good:]
+                    pos = first + sum(map(len, batch)) + 16 * good
+            if batch:
+                self.offset = base + pos
+                self.records += len(batch)
+                self._seen = (base + pos - 4, buf[pos - 4 : pos])
+                yield base + first, batch
+            # Out of the fast loop: a header not seen before, a bad record, or
+            # the end of what has been read.
+            if n - pos >= HEADER_BYTES:
+                length = self._header_length(buf[pos : pos + HEADER_BYTES])
+                if length is None:
+                    eof = self._zeros_to_eof(f, buf, base, pos)
+                    if eof is not None:
+                        if final:
+                            self.report_problem(
+                                ZERO_PADDING, base + pos, f"{eof - base - pos} zero bytes at end of file"
+                            )
+                        self.offset = eof if final else base + pos
+                        return
+                    self._start_resync(base + pos, "bad length checksum or impossible length")
+                    pos += 1
+                    continue
+                stop = pos + HEADER_BYTES + length
+                if stop + FOOTER_BYTES <= n:
+                    if _unpack_crc(buf, stop)[0] == masked_crc32c(buf[pos + HEADER_BYTES : stop]):
+                        continue  # a new record length, now known: the fast loop takes it
+                    self._start_resync(base + pos, f"bad payload checksum ({length}-byte record)")
+                    pos += 1
+                    continue
+                need = stop + FOOTER_BYTES - n
+            else:
+                need = HEADER_BYTES - (n - pos)
+            more = self._read_more(f, base + n, need)
+            if more:
                 buf = buf[pos:] + more
                 base += pos
                 pos = 0
-        finally:
-            self.offset = base + pos
-            self.records += count
-            if eof:
-                self._at_eof(base, buf, pos, final)
-
-    def _resync(self, f, buf: bytes, base: int, pos: int) -> tuple[bytes, int, int, bool]:
-        """Scan for the next valid record; (buf, base, pos, found)."""
-        while True:
-            found = self._scan(buf, pos)
-            if found is not None and not self._scan_needs_more(buf, found):
-                self.resyncing = False
-                return buf, base, found, True
-            pos = found if found is not None else max(pos, len(buf) - HEADER_BYTES + 1)
-            more = f.read(CHUNK_BYTES)
-            if not more:
-                return buf, base, pos, False
-            buf = buf[pos:] + more
-            base += pos
-            pos = 0
-
-    def _at_eof(self, base: int, buf: bytes, pos: int, final: bool) -> None:
-        leftover = len(buf) - pos
-        if self.resyncing:
-            if final:
-                # Nothing valid follows: the rest of the file is skipped.
-                self.offset = base + len(buf)
+                continue
+            # At EOF, with all that is left of the file in ``buf``.
+            if n - pos >= HEADER_BYTES and self._valid_record_follows(
+                buf, pos, None if final else CHUNK_BYTES
+            ):
+                # Complete records after one that claims to run past the end
+                # of the file: its length was corrupt, the file was not cut.
+                self._start_resync(base + pos, f"{length}-byte record runs past the end of the file")
+                pos += 1
+                continue
+            self._at_eof(buf, base, pos, final)
             return
-        if leftover and final:
-            kind = ZERO_PADDING if not buf[pos:].strip(b"\0") else TRUNCATED
-            self.report_problem(
-                kind, base + pos, f"{leftover} bytes at end of file do not form a complete record"
-            )
-            self.offset = base + len(buf)
 
-    def _zero_tail(self, buf: bytes, pos: int, f) -> bool:
-        """True when everything from ``pos`` to EOF is zero bytes.
+    def _valid_record_follows(self, buf: bytes, pos: int, within: int | None = CHUNK_BYTES) -> bool:
+        """Whether a complete, valid record starts after ``pos`` (within ``within`` bytes).
+
+        A record header whose record cannot complete is trusted only until
+        then: a writer never writes a record after an unfinished one.
+        """
+        return self._scan(buf, pos + 1, None if within is None else pos + 1 + within)[1] is _FOUND
+
+    def _read_more(self, f: BinaryIO, file_pos: int, need: int) -> bytes:
+        """The bytes after ``file_pos``, at least ``need`` when the file holds them.
+
+        Never asks for more than the file holds, so a corrupt length cannot
+        make it allocate more than the file's size.
+        """
+        avail = os.fstat(f.fileno()).st_size - file_pos
+        if avail <= 0:
+            return b""
+        return f.read(min(avail, max(CHUNK_BYTES, need)))
+
+    def _at_eof(self, buf: bytes, base: int, pos: int, final: bool) -> None:
+        """What is left from ``pos`` is not a complete record: awaited, or reported when final."""
+        leftover = len(buf) - pos
+        if not final or not leftover:
+            self.offset = base + pos
+            return
+        kind = ZERO_PADDING if not buf[pos:].strip(b"\0") else TRUNCATED
+        self.report_problem(
+            kind, base + pos, f"{leftover} bytes at end of file do not form a complete record"
+        )
+        self.offset = base + len(buf)
+
+    def _zeros_to_eof(self, f: BinaryIO, buf: bytes, base: int, pos: int) -> int | None:
+        """The offset of EOF when everything from ``pos`` to there is zero bytes, else None.
 
         Some filesystems extend a file before its data lands; a zero tail is
         awaited rather than reported while the file may still be written.
         """
-        if buf[pos:].strip(b"\0"):
-            return False
-        here = f.tell()
-        rest = f.read(CHUNK_BYTES)
-        f.seek(here)
-        return not rest.strip(b"\0") and len(rest) < CHUNK_BYTES
+        if _NONZERO.search(buf, pos):
+            return None
+        fd = f.fileno()
+        at = base + len(buf)
+        while chunk := os.pread(fd, CHUNK_BYTES, at):
+            if _NONZERO.search(chunk):
+                return None
+            at += len(chunk)
+        return at
 
     def _start_resync(self, offset: int, detail: str) -> None:
         self.report_problem(CORRUPT, offset, detail + "; skipping to the next valid record")
         self.resyncing = True
 
-    def _scan(self, buf: bytes, pos: int) -> int | None:
-        """First position >= pos whose header verifies, or None."""
+    def _scan(self, buf: bytes, pos: int, end: int | None = None) -> tuple[int, object]:
+        """Find the next record from ``pos`` (starting before ``end``): (where, _FOUND | _PARTIAL | _NONE).
+
+        _FOUND: a complete record with both checksums valid starts there;
+        _PARTIAL: a valid header whose record does not fit in ``buf``;
+        _NONE: nothing before the last 11 bytes, where the scan goes on later.
+        """
         header_length = self._header_length
         last = len(buf) - HEADER_BYTES
+        if end is not None:
+            last = min(last, end - 1)
+        # Under 4 GiB a valid length has four zero high bytes: jump from one
+        # such spot to the next instead of testing every byte.
+        sparse = self.max_record_bytes < 1 << 32
         while pos <= last:
+            if sparse:
+                at = buf.find(_ZERO4, pos + 4)
+                if at < 0 or at - 4 > last:
+                    break
+                pos = at - 4
+                if buf[pos : pos + 12] == _ZERO12:
+                    # 12 zero bytes are never a header; skip the zero run.
+                    m = _NONZERO.search(buf, pos + 12)
+                    if m is None:
+                        break
+                    pos = m.start() - 11
+                    continue
             length = header_length(buf[pos : pos + HEADER_BYTES])
             if length is not None:
-                end = pos + HEADER_BYTES + length + FOOTER_BYTES
-                if end > len(buf):
-                    return pos  # can't confirm yet: wait for more bytes here
-                payload = buf[pos + HEADER_BYTES : end - FOOTER_BYTES]
-                if _unpack_crc(buf, end - FOOTER_BYTES)[0] == masked_crc32c(payload):
-                    return pos
+                stop = pos + HEADER_BYTES + length
+                if stop + FOOTER_BYTES > len(buf):
+                    return pos, _PARTIAL
+                if _unpack_crc(buf, stop)[0] == masked_crc32c(buf[pos + HEADER_BYTES : stop]):
+                    return pos, _FOUND
             pos += 1
-        return None
+        return max(pos, len(buf) - HEADER_BYTES + 1), _NONE
 
-    def _scan_needs_more(self, buf: bytes, pos: int) -> bool:
-        length = self._header_length(buf[pos : pos + HEADER_BYTES])
-        return length is None or pos + HEADER_BYTES + length + FOOTER_BYTES > len(buf)
+
+_FOUND = "found"
+_PARTIAL = "partial"
+_NONE = "none"

@@ -77,8 +77,9 @@ def tensor_scalar(tensor) -> float | None:
         return float(raw)
     values = getattr(tensor, field)
     if not values:
-        # proto3 omits zeros: an empty 0-d tensor of a numeric type is 0.
-        return 0.0
+        # No value at all (a repeated field keeps its zeros, so no writer's
+        # 0.0 looks like this): nothing to read, as for TensorBoard.
+        return None
     raw = values[0]
     if tensor.dtype == types_pb2.DT_HALF:
         return _HALF.unpack(_H.pack(raw & 0xFFFF))[0]
@@ -96,10 +97,23 @@ _F64_ = struct.Struct("<d")
 _unpack_f64 = _F64_.unpack_from
 # Most templates a decoder keeps; beyond it new shapes take the slow path.
 MAX_TEMPLATES = 4096
+# The summary starts at 11..20: after wall_time (9 bytes), the step's tag
+# byte and a varint of 1..10 bytes.
+_SUMMARY_STARTS = range(11, 21)
+_readers: dict[str, object] = {}
+
+
+def _wall_time_and_value(value_at: int, code: str):
+    """``unpack_from(payload)`` -> (wall_time, value) for a value at ``value_at``."""
+    fmt = f"<xd{value_at - 9}x{code}"
+    reader = _readers.get(fmt)
+    if reader is None:
+        reader = _readers[fmt] = struct.Struct(fmt).unpack_from
+    return reader
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    """Decode a varint at ``pos`` as a signed int64; returns (value, next pos)."""
+    """Decode a varint at ``pos`` as protobuf decodes an int64; returns (value, next pos)."""
     result = shift = 0
     while True:
         b = data[pos]
@@ -110,9 +124,26 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
         if shift > 63:
             raise IndexError("varint too long")
+    # a 10th byte may carry bits past 64: protobuf drops them
+    result &= 0xFFFFFFFFFFFFFFFF
     if result >= 1 << 63:
         result -= 1 << 64
     return result, pos
+
+
+def _encode_varint(value: int) -> bytes:
+    value &= 0xFFFFFFFFFFFFFFFF
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+# A template: what follows the value (None when nothing), the tag, and per
+# summary start one unpack_from giving (wall_time, value).
+Template = tuple[bytes | None, str, list]
 
 
 class ScalarDecoder:
@@ -122,37 +153,38 @@ class ScalarDecoder:
     of one tag is byte-for-byte the same from one step to the next except
     for wall_time, step and the value, so after the slow path has decoded a
     single-scalar event it learns a *template*: the summary bytes before and
-    after the value. The fast path then decodes an event with one slice, two
-    dict lookups and three struct unpacks. A template is only kept after a
-    substituted value has been checked to decode through the protos exactly
-    as the template predicts, so the fast path can never disagree with them.
+    after the value. The fast path then decodes an event with a few byte
+    tests, one slice, two dict lookups and one struct unpack. A template is
+    only kept after an event with another wall_time, step and value built
+    from it has decoded through the protos exactly as the template predicts,
+    so the fast path can never disagree with them.
     """
 
-    __slots__ = ("_event", "_template_count", "_templates", "_tensor_tags")
+    __slots__ = ("_event", "_more_templates", "_template_count", "_templates", "_tensor_tags")
 
     def __init__(self) -> None:
         # tag -> True (scalar plugin or none) / False (another plugin)
         self._tensor_tags: dict[str, bool] = {}
         self._event = _Event()
-        # summary length -> (value offset, {bytes before value -> (bytes after, tag, unpack)})
-        self._templates: dict[int, tuple[int, dict[bytes, tuple[bytes, str, object]]]] = {}
+        # summary length -> (value offset in the summary, {summary bytes before the value -> Template})
+        self._templates: dict[int, tuple[int, dict[bytes, Template]]] = {}
+        # templates whose summary length is taken by one with another value
+        # offset: summary length -> [(value offset, heads)], tried on a miss
+        self._more_templates: dict[int, list[tuple[int, dict[bytes, Template]]]] = {}
         self._template_count = 0
 
     def decode(self, payload: bytes) -> list[tuple[str, int, float, float]]:
         """Points in one record; raises NotAnEvent for undecodable payloads."""
         try:
             if payload[0] == 9 and payload[9] == 16:
-                b = payload[10]
-                if b < 128:
-                    step, s = b, 11
-                else:
-                    step, s = _varint(payload, 10)
+                step, s = _varint(payload, 10)
                 entry = self._templates.get(len(payload) - s)
                 if entry is not None:
-                    voff, heads = entry
-                    hit = heads.get(payload[s : s + voff])
-                    if hit is not None and payload.endswith(hit[0]):
-                        return [(hit[1], step, _unpack_f64(payload, 1)[0], hit[2](payload, s + voff)[0])]
+                    for voff, heads in (entry, *self._more_templates.get(len(payload) - s, ())):
+                        hit = heads.get(payload[s : s + voff])
+                        if hit is not None and (hit[0] is None or payload.endswith(hit[0])):
+                            wall_time, value = hit[2][s](payload)
+                            return [(hit[1], step, wall_time, value)]
         except IndexError:
             pass
         points = self._parse(payload)
@@ -179,13 +211,24 @@ class ScalarDecoder:
                 tag = v.tag
                 scalar = self._tensor_tags.get(tag)
                 if scalar is None or v.HasField("metadata"):
+                    was = scalar
                     scalar = v.metadata.plugin_data.plugin_name in ("", "scalars")
                     self._tensor_tags[tag] = scalar
+                    if was and not scalar:
+                        self._forget_templates(tag)
                 if scalar:
                     value = tensor_scalar(v.tensor)
                     if value is not None:
                         out.append((tag, step, wall_time, value))
         return out
+
+    def _forget_templates(self, tag: str) -> None:
+        """A tag taken over by another plugin: its metadata-less tensors are no longer scalars."""
+        everything = [*self._templates.values(), *(e for more in self._more_templates.values() for e in more)]
+        for _, heads in everything:
+            for head in [h for h, hit in heads.items() if hit[1] == tag]:
+                del heads[head]
+                self._template_count -= 1
 
     def _learn(self, payload: bytes, point: tuple[str, int, float, float]) -> None:
         tag, step, wall_time, value = point
@@ -194,11 +237,13 @@ class ScalarDecoder:
         try:
             if not (payload[0] == 9 and payload[9] == 16):
                 return
+            if _unpack_f64(payload, 1)[0] != wall_time or _varint(payload, 10)[0] != step:
+                return  # a later field overrides them: not the layout the fast path reads
             _, s = _varint(payload, 10)
         except IndexError:
             return
         summary = payload[s:]
-        for unpacker in (_F32_, _F64_):
+        for unpacker, code in ((_F32_, "f"), (_F64_, "d")):
             try:
                 encoded = unpacker.pack(value)
             except OverflowError:
@@ -209,16 +254,43 @@ class ScalarDecoder:
                 continue
             voff = summary.find(encoded)
             head, tail = summary[:voff], summary[voff + unpacker.size :]
-            probe = 1.25 if value != 1.25 else 2.5
+            # The template must decode another wall_time, step and value
+            # exactly as the fast path will, or it is not kept.
+            probe = (
+                tag,
+                12345 if step != 12345 else 54321,
+                12345.5 if wall_time != 12345.5 else 54321.5,
+                1.25 if value != 1.25 else 2.5,
+            )
+            probe_payload = b"".join(
+                (
+                    b"\x09",
+                    _F64_.pack(probe[2]),
+                    b"\x10",
+                    _encode_varint(probe[1]),
+                    head,
+                    unpacker.pack(probe[3]),
+                    tail,
+                )
+            )
             try:
-                check = self._parse(payload[:s] + head + unpacker.pack(probe) + tail)
+                check = self._parse(probe_payload)
             except NotAnEvent:
                 return
-            if check != [(tag, step, wall_time, probe)]:
+            if check != [probe]:
                 continue
             entry = self._templates.setdefault(len(summary), (voff, {}))
-            if entry[0] == voff and head not in entry[1]:
-                entry[1][head] = (tail, tag, unpacker.unpack_from)
+            if entry[0] != voff:
+                more = self._more_templates.setdefault(len(summary), [])
+                entry = next((e for e in more if e[0] == voff), None)
+                if entry is None:
+                    entry = (voff, {})
+                    more.append(entry)
+            if head not in entry[1]:
+                readers = [None] * _SUMMARY_STARTS[0] + [
+                    _wall_time_and_value(s + voff, code) for s in _SUMMARY_STARTS
+                ]
+                entry[1][head] = (tail or None, tag, readers)
                 self._template_count += 1
             return
 
@@ -227,6 +299,8 @@ class EventFileReader:
     """Tail-reads one event file and yields its new scalar points.
 
     ``offset`` (what to persist) and problem counters live on ``tail``.
+    ``offset`` is exact at every yield: just past the record of the point
+    yielded (at its start while more points of the same record follow).
     """
 
     __slots__ = ("decoder", "tail", "undecodable")
@@ -245,46 +319,61 @@ class EventFileReader:
         return self.tail.offset
 
     def read(self, final: bool = False) -> Iterator[tuple[str, int, float, float]]:
+        """Each new point as (tag, step, wall_time, value)."""
+        return self._read(final, None)
+
+    def read_run(self, run: str, final: bool = False) -> Iterator[tuple[str, str, int, float, float]]:
+        """Each new point as (run, tag, step, wall_time, value): what a logdir reader yields."""
+        return self._read(final, run)
+
+    def _read(self, final: bool, run: str | None) -> Iterator[tuple]:
         decoder = self.decoder
         templates = decoder._templates
-        unpack_f64 = _unpack_f64
         tail = self.tail
         # The template fast path of ScalarDecoder.decode, inlined: this loop
         # is where the daemon and the one-shot commands spend their time.
-        for p in tail.read(final):
-            try:
-                if p[0] == 9 and p[9] == 16:
-                    # steps below 2**21 (one to three varint bytes) inline
-                    b = p[10]
-                    if b < 128:
-                        step, s = b, 11
-                    else:
-                        b2 = p[11]
-                        if b2 < 128:
-                            step, s = (b & 127) | (b2 << 7), 12
+        for end, batch in tail.read_batches(final):
+            for p in batch:
+                end += len(p) + 16
+                try:
+                    if p[0] == 9 and p[9] == 16:
+                        # steps below 2**21 (one to three varint bytes) inline
+                        b = p[10]
+                        if b < 128:
+                            step, s = b, 11
                         else:
-                            b3 = p[12]
-                            if b3 < 128:
-                                step, s = (b & 127) | ((b2 & 127) << 7) | (b3 << 14), 13
+                            b2 = p[11]
+                            if b2 < 128:
+                                step, s = (b & 127) | (b2 << 7), 12
                             else:
-                                step, s = _varint(p, 10)
-                    entry = templates.get(len(p) - s)
-                    if entry is not None:
-                        voff = entry[0]
-                        hit = entry[1].get(p[s : s + voff])
-                        if hit is not None and p.endswith(hit[0]):
-                            yield (hit[1], step, unpack_f64(p, 1)[0], hit[2](p, s + voff)[0])
-                            continue
-            except IndexError:
-                pass
-            try:
-                points = decoder.decode(p)
-            except NotAnEvent as e:
-                self.undecodable += 1
-                tail.report_problem(
-                    UNDECODABLE,
-                    tail.offset - len(p) - 16,
-                    f"valid checksums but not an Event ({e}); skipped",
-                )
-                continue
-            yield from points
+                                b3 = p[12]
+                                if b3 < 128:
+                                    step, s = (b & 127) | ((b2 & 127) << 7) | (b3 << 14), 13
+                                else:
+                                    step, s = _varint(p, 10)
+                        entry = templates.get(len(p) - s)
+                        if entry is not None:
+                            hit = entry[1].get(p[s : s + entry[0]])
+                            if hit is not None and (hit[0] is None or p.endswith(hit[0])):
+                                wall_time, value = hit[2][s](p)
+                                tail.offset = end
+                                if run is None:
+                                    yield (hit[1], step, wall_time, value)
+                                else:
+                                    yield (run, hit[1], step, wall_time, value)
+                                continue
+                except IndexError:
+                    pass
+                try:
+                    points = decoder.decode(p)
+                except NotAnEvent as e:
+                    self.undecodable += 1
+                    tail.report_problem(
+                        UNDECODABLE, end - len(p) - 16, f"valid checksums but not an Event ({e}); skipped"
+                    )
+                    continue
+                last = len(points) - 1
+                for i, point in enumerate(points):
+                    tail.offset = end if i == last else end - len(p) - 16
+                    yield point if run is None else (run, *point)
+            tail.offset = end
