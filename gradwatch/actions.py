@@ -61,6 +61,10 @@ def atomic_write(path: str, data: bytes) -> None:
         raise
 
 
+def _same(a: dict, b: dict) -> bool:
+    return all(a.get(k) == b.get(k) for k in ("alert", "run", "tag", "severity", "step"))
+
+
 class StopFileWriter:
     """Writes the stop-file a trainer checks (gradwatch.trainer.should_stop).
 
@@ -107,10 +111,11 @@ class StopFileWriter:
             if doc is None:
                 doc = dict(reason, more=[])
             else:
-                same = (doc.get("alert"), doc.get("tag"), doc.get("severity"), doc.get("step"))
-                if same == (reason["alert"], reason["tag"], reason["severity"], reason["step"]):
-                    return path  # replay after a restart: already recorded
-                more = doc.setdefault("more", [])
+                more = doc.get("more")
+                if not isinstance(more, list):
+                    more = doc["more"] = []
+                if any(_same(r, reason) for r in [doc, *more] if isinstance(r, dict)):
+                    return path  # replayed after a restart: already recorded
                 if len(more) >= MAX_MORE_REASONS:
                     return path
                 more.append(reason)
@@ -159,13 +164,14 @@ class FlagWriter:
                 f.write(frame(ev.SerializeToString()))
         return path
 
-    def handle(self, event: AlertEvent) -> None:
+    def handle(self, event: AlertEvent, severities: tuple[str, ...] = ("warning", "critical")) -> None:
+        """One 0/1 flag per severity of the rule (``severities``): 1 for the active one."""
         active = "" if event.kind == RESOLVED else event.severity
         values = [
             summary_pb2.Summary.Value(
                 tag=f"alerts/{event.rule}/{sev}", simple_value=1.0 if sev == active else 0.0
             )
-            for sev in ("warning", "critical")
+            for sev in severities
         ]
         ev = event_pb2.Event(
             wall_time=event.wall_time or time.time(),

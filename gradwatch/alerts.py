@@ -91,6 +91,8 @@ def _num(v: float) -> Any:
 
 PENDING = "pending"
 ACTIVE = "firing"
+# Series.ranks value of a rule whose alert is pending (no severity yet)
+PENDING_RANK = -1
 
 
 class Alert:
@@ -101,6 +103,7 @@ class Alert:
         "clear_since",
         "last_notified",
         "rank",
+        "ratio",
         "rule",
         "run",
         "seq",
@@ -126,10 +129,12 @@ class Alert:
         self.step = 0
         self.value = math.nan
         self.wall_time = 0.0
+        self.ratio = 0.0  # growth rules: the ratio at the last point, for timer and summary events
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__slots__}
         d["value"] = _num(self.value)
+        d["ratio"] = _num(self.ratio)
         return d
 
     @classmethod
@@ -139,6 +144,7 @@ class Alert:
             if k in d:
                 setattr(a, k, d[k])
         a.value = float(a.value)
+        a.ratio = float(a.ratio)
         return a
 
 
@@ -176,10 +182,31 @@ class AlertBook:
             raw = state.raw
         key = alert_key(rule.name, s.run, s.tag)
         alert = self.alerts.get(key)
+        self._decide(s, i, rule, state, key, alert, rank, raw, step, wall_time, value)
+        # The engine calls the sink while ``ranks[i]`` is non-zero: keep it at the alert's
+        # severity while the alert fires, so points during keep_firing_for still arrive here,
+        # and at PENDING_RANK while pending, so the point that breaks a ``for`` streak does.
+        alert = self.alerts.get(key)
+        s.ranks[i] = 0 if alert is None else alert.rank if alert.state == ACTIVE else PENDING_RANK
+
+    def _decide(
+        self,
+        s: Series,
+        i: int,
+        rule: Rule,
+        state: RuleState,
+        key: str,
+        alert: Alert | None,
+        rank: int,
+        raw: int,
+        step: int,
+        wall_time: float,
+        value: float,
+    ) -> None:
         if rank:
             if alert is None:
                 alert = self.alerts[key] = Alert(rule.name, s.run, s.tag)
-            self._point(alert, step, wall_time, value)
+            self._point(alert, step, wall_time, value, state)
             alert.clear_points = 0
             alert.clear_since = None
             if alert.state != ACTIVE:
@@ -208,7 +235,7 @@ class AlertBook:
             self.changed.add(key)
             return
         # firing, and this point is back to normal
-        self._point(alert, step, wall_time, value)
+        self._point(alert, step, wall_time, value, state)
         alert.clear_points += 1
         if alert.clear_since is None:
             alert.clear_since = self.clock()
@@ -216,10 +243,14 @@ class AlertBook:
             self._resolve(rule, alert, state)
         self.changed.add(key)
 
-    def _point(self, alert: Alert, step: int, wall_time: float, value: float) -> None:
+    def _point(
+        self, alert: Alert, step: int, wall_time: float, value: float, state: RuleState | None = None
+    ) -> None:
         alert.step = step
         alert.wall_time = wall_time
         alert.value = value
+        if state is not None:
+            alert.ratio = state.ratio
 
     def _may_resolve(self, rule: Rule, alert: Alert, now: float) -> bool:
         if alert.clear_points <= rule.keep_firing_for_points:
@@ -269,9 +300,12 @@ class AlertBook:
                         alert.state = ACTIVE
                         alert.rank = rule.levels[0][0]
                         alert.starts_at = now
+                        # so the next point reaches the sink and resolves it
+                        s.ranks[i] = alert.rank
                         self._emit(rule, alert, FIRING, s.states[i])
                         self.changed.add(key)
                 elif alert is not None and alert.state == ACTIVE:
+                    s.ranks[i] = 0
                     self._resolve(rule, alert, s.states[i])
                     self.changed.add(key)
 
@@ -302,6 +336,10 @@ class AlertBook:
         ends_at: float | None = None,
         catchup: bool = False,
     ) -> AlertEvent:
+        if state is None and rule.kind == "growth":
+            # timer and summary events: the ratio the alert saw at its last point
+            state = RuleState(len(rule.levels))
+            state.ratio = alert.ratio
         fields = rule.fields(alert.run, alert.tag, alert.step, alert.value, alert.rank, state)
         annotations = rule.render(fields)
         if rule.description:
@@ -358,8 +396,29 @@ class AlertBook:
         for key, d in saved.items():
             self.alerts[key] = Alert.from_dict(d)
 
-    def reload_rules(self, rules: list[Rule]) -> None:
-        self.rules = {r.name: r for r in rules}
+    def reload_rules(self, rules: list[Rule]) -> list[str]:
+        """New rules; alerts of rules that are gone resolve (notified). Returns those rule names."""
+        old, self.rules = self.rules, {r.name: r for r in rules}
+        gone = []
+        for key, alert in list(self.alerts.items()):
+            if alert.rule in self.rules:
+                continue
+            gone.append(alert.rule)
+            rule = old.get(alert.rule)
+            if rule is not None and alert.state == ACTIVE:
+                self._resolve(rule, alert, None)
+            else:
+                del self.alerts[key]
+            self.changed.add(key)
+        return sorted(set(gone))
+
+    def drop_run(self, run: str) -> int:
+        """Forget a run's alerts without notifying (the run directory is gone)."""
+        keys = [k for k, a in self.alerts.items() if a.run == run]
+        for key in keys:
+            del self.alerts[key]
+            self.changed.add(key)
+        return len(keys)
 
     def firing(self) -> list[Alert]:
         return [a for a in self.alerts.values() if a.state == ACTIVE]

@@ -4,76 +4,145 @@ One thread reads and evaluates (this loop); the watcher, the HTTP endpoint
 and each notification channel have their own. Every batch commits file
 offsets, rule states, alert states and queued notifications in one SQLite
 transaction, so a restart (also after kill -9) neither repeats nor misses a
-notification.
+notification. Commits happen between files, never inside one: the offset of a
+record holding several values is only exact once all of them are observed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import signal
+import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 from gradwatch.actions import FlagWriter, StopFileWriter
-from gradwatch.alerts import AlertBook, AlertEvent
+from gradwatch.alerts import ACTIVE, AlertBook, AlertEvent, alert_key
 from gradwatch.config import Config, build_notifiers, load_config, parse_listen
 from gradwatch.engine import Engine
 from gradwatch.events.logdir import LogdirError, LogdirReader, ProblemLog, scan
 from gradwatch.notify.console import ConsoleNotifier
 from gradwatch.rulefile import load_rules
-from gradwatch.rules import Rule, Series
-from gradwatch.state import StateDB, restore_series
-from gradwatch.watcher import ALL, RESCAN, Watcher
-from gradwatch.yamlconf import ConfigError
+from gradwatch.rules import SEVERITIES, Rule, Series
+from gradwatch.state import StateDB, StateError, restore_series, rule_signature
+from gradwatch.watcher import POLL, RESCAN, Watcher, dir_snapshot
+from gradwatch.yamlconf import ConfigError, Problem
 
 log = logging.getLogger("gradwatch")
 
-# points between two commits while catching up on a large history
+# points between two looks at the stop flag and the systemd watchdog while reading one big file
 BATCH_POINTS = 50_000
 TICK_SECONDS = 1.0
+# most seconds between two commits when no alert changes (offsets and series states only)
+COMMIT_EVERY = 1.0
+# inotify delivers within a millisecond; a change older than this that it never reported was missed
+MISSED_AFTER = 2.0
+# an inotify observer that dies again this soon after a restart is given up for polling
+WATCHER_RESTART_WINDOW = 60.0
 
 
 class Daemon:
-    def __init__(self, config: Config, out: TextIO | None = None, clock=time.time) -> None:
+    """``config_loader`` re-creates the configuration on SIGHUP (file plus command-line flags)."""
+
+    def __init__(
+        self,
+        config: Config,
+        out: TextIO | None = None,
+        clock: Callable[[], float] = time.time,
+        config_loader: Callable[[], Config] | None = None,
+    ) -> None:
         if not config.logdir:
-            raise ConfigError([])
+            raise ConfigError(
+                [
+                    Problem(
+                        config.source or "gradwatch watch",
+                        0,
+                        "logdir",
+                        "no logdir to watch: give one on the command line or as `logdir:` in the config file",
+                    )
+                ]
+            )
         self.config = config
-        self.logdir = config.logdir
+        self.logdir = os.path.abspath(config.logdir)
         self.clock = clock
+        self._loader = config_loader
         self.rules: list[Rule] = load_rules(config.rules)
         self.problems = ProblemLog()
-        self.state = StateDB(config.resolved_state_dir())
+        try:
+            self.state = StateDB(config.resolved_state_dir())
+        except StateError as e:
+            raise ConfigError([Problem("gradwatch watch", 0, "state_dir", str(e))]) from None
+        try:
+            self._setup(out)
+        except BaseException:
+            self.state.close()
+            raise
+
+    def _setup(self, out: TextIO | None) -> None:
+        config = self.config
         self.first_start = self.state.meta("catchup_done") is None
-        self.book = AlertBook(self.rules, clock=clock, live=True)
+        self.book = AlertBook(self.rules, clock=self.clock, live=True)
         self.book.restore(self.state.alerts())
+        saved_files = self.state.files()
+        self._saved_files: dict[str, str] | None = {p: run for p, (run, _) in saved_files.items()}
         self._saved_series = self.state.series()
+        # series with an absence rule: the only ones the 1 s tick has to look at
+        self._absent: dict[tuple[str, str], Series] = {}
+        self._known_runs: set[str] = set(self._saved_files.values())
         self.engine = Engine(self.rules, self.book, config.export_tags, on_new_series=self._new_series)
-        self.reader = LogdirReader(self.logdir, self.state.offsets(), self.problems)
+        self.reader = LogdirReader(self.logdir, {p: o for p, (_, o) in saved_files.items()}, self.problems)
+        # series of earlier runs come back at once, so a stall or a resolution needs no new point first
+        for run, tag in list(self._saved_series):
+            self.engine.series(run, tag)
+        self._saved_series = {}
         self.console = ConsoleNotifier(out, fmt="json" if config.log_format == "json" else "auto")
         self.stopper = StopFileWriter(self.logdir, config.stop_file, config.stop_severity)
         self.flags = FlagWriter(self.logdir) if config.tensorboard_flags else None
         self.watcher = Watcher(self.logdir, config.poll)
         self.notifiers = build_notifiers(config)
-        self.outbox = self._make_outbox()
+        self.outbox = self._make_outbox(self.notifiers)
         self.metrics = self._make_metrics()
         self.ready = threading.Event()
         self._stop = threading.Event()
         self._reload = threading.Event()
+        self._closed = False
+        self._watching = False
         self._dirty_runs: set[str] = set()
         self._dirty_files: set[str] = set()
-        self._missing_since: dict[str, float] = {}
+        self._forgotten_files: set[str] = set()
+        self._forgotten_runs: set[str] = set()
+        # path -> (size, mtime_ns) seen just before the last read: polls read only what changed
+        self._seen: dict[str, tuple[int, int]] = {}
+        self._unreadable: set[str] = set()
+        self._unreadable_dirs: set[str] = set()
+        self._missing: dict[str, float] = {}  # run -> monotonic time it was first missed
+        self._logdir_missing_since: float | None = None
+        self._dirs: dict[str, int] = {}  # polling: directory -> mtime_ns
+        self._want_rescan = False
+        # a file whose reading a stop interrupted: nothing since the last commit may be committed
+        self._abandoned: str | None = None
         self._last_rescan = 0.0
+        self._drained_at = time.time()
+        self._watcher_restarted = -WATCHER_RESTART_WINDOW
+        self._console_failed = False
+        self._db_error: str | None = None
+        self._last_ping = time.monotonic()
+        self._committed_at = 0.0
+        self._watchdog_every: float | None = None
         self.points = 0
         self.transitions = 0
 
     # -- optional parts ------------------------------------------------------
-    def _make_outbox(self):
-        if not self.notifiers:
+    def _make_outbox(self, notifiers: list):
+        if not notifiers:
             return None
         from gradwatch.notify.outbox import Outbox
 
-        return Outbox(self.state.path, self.notifiers, max_age=self.config.outbox_max_age)
+        return Outbox(self.state.path, notifiers, max_age=self.config.outbox_max_age)
 
     def _make_metrics(self):
         if not self.config.listen:
@@ -89,169 +158,412 @@ class Daemon:
     def _new_series(self, s: Series) -> None:
         saved = self._saved_series.pop((s.run, s.tag), None)
         if saved is not None:
-            restore_series(s, saved)
-        # an alert firing from before (restart, reload) must be able to resolve
+            try:
+                restore_series(s, saved)
+            except (ValueError, KeyError, TypeError) as e:
+                log.warning("saved state of %s %s is unreadable (%s); starting it afresh", s.run, s.tag, e)
         for i, rule in enumerate(s.rules):
-            alert = self.book.alerts.get(f"{rule.name}\x1f{s.run}\x1f{s.tag}")
-            if alert is not None and alert.state == "firing" and rule.kind != "absent":
+            # an alert firing from before (restart, reload) must be able to resolve
+            alert = self.book.alerts.get(alert_key(rule.name, s.run, s.tag))
+            if alert is not None and alert.state == ACTIVE:
                 s.ranks[i] = alert.rank
+            if rule.kind == "absent":
+                self._absent[(s.run, s.tag)] = s
+        self._known_runs.add(s.run)
 
     # -- reading -------------------------------------------------------------
-    def read_file(self, path: str) -> int:
-        if path not in self.reader.readers:
+    def read_file(self, path: str, st: os.stat_result | None = None) -> int:
+        """Read what is new in one known event file; returns the number of points."""
+        entry = self.reader.readers.get(path)
+        if entry is None or self._abandoned is not None:
             return 0
-        run = self.reader.readers[path][0]
-        n = 0
+        run, reader = entry
+        if st is None:
+            try:
+                st = os.stat(path)
+            except OSError as e:
+                self._read_error(path, e)
+                return 0
+        # recorded before reading: bytes appended while we read show up as a change next time
+        self._seen[path] = (st.st_size, st.st_mtime_ns)
         observe = self.engine.observe
-        for run_, tag, step, wall_time, value in self.reader.read_file(path):
-            observe(run_, tag, step, wall_time, value)
-            n += 1
-            if n % BATCH_POINTS == 0:
-                self._dirty_runs.add(run)
-                self._dirty_files.add(path)
-                self.checkpoint()
+        n = 0
+        check_at = BATCH_POINTS
+        points = reader.read()
+        try:
+            for tag, step, wall_time, value in points:
+                observe(run, tag, step, wall_time, value)
+                n += 1
+                if n == check_at:
+                    # a long catch-up still answers systemd's watchdog and SIGTERM
+                    check_at += BATCH_POINTS
+                    self._ping()
+                    if self._stop.is_set():
+                        self._abandoned = path
+                        break
+        except OSError as e:
+            self._read_error(path, e)
+        except Exception:
+            if path not in self._unreadable:
+                log.exception("%s: offset %d: cannot read this file; will retry", path, reader.offset)
+            self._unreadable.add(path)
+            self._seen.pop(path, None)
+        else:
+            if path in self._unreadable:
+                self._unreadable.discard(path)
+                log.info("%s: readable again", path)
+        finally:
+            points.close()
         if n:
             self._dirty_runs.add(run)
+            self.points += n
         self._dirty_files.add(path)
-        self.points += n
         return n
 
-    def rescan(self) -> None:
-        self._last_rescan = time.monotonic()
-        try:
-            runs = scan(self.logdir, self.problems)
-        except LogdirError as e:
-            if not self._missing_since.get("\0logdir"):
-                log.warning("%s; waiting for it", e)
-                self._missing_since["\0logdir"] = self.clock()
+    def _read_error(self, path: str, e: OSError) -> None:
+        self._seen.pop(path, None)  # so the next poll or safety check tries again
+        if isinstance(e, (FileNotFoundError, NotADirectoryError)):
+            self._want_rescan = True  # the rescan tells a deleted file from a deleted run
             return
-        self._missing_since.pop("\0logdir", None)
-        known = set()
+        self._unreadable.add(path)
+        self.problems("unreadable_file", path, -1, f"{e.strerror or e}; will retry")
+
+    def rescan(self, periodic: bool = False) -> None:
+        """Find new and vanished runs and files; read the new files."""
+        self._last_rescan = time.monotonic()
+        self._want_rescan = False
+        unreadable: set[str] = set()
+
+        def problems(kind: str, path: str, offset: int, detail: str) -> None:
+            if kind == "unreadable_directory":
+                unreadable.add(path)
+            self.problems(kind, path, offset, detail)
+
+        try:
+            runs = scan(self.logdir, problems)  # type: ignore[arg-type]
+        except LogdirError as e:
+            self._logdir_gone(str(e))
+            return
+        if self._logdir_missing_since is not None:
+            self._logdir_back()
+        fixed = self._unreadable_dirs - unreadable
+        self._unreadable_dirs = unreadable
+        if fixed:
+            log.info("readable again: %s", ", ".join(sorted(fixed)))
+            if self.watcher.mode == "inotify" and self.ready.is_set():
+                # inotify could not watch them while they were locked
+                log.info("re-adding inotify watches")
+                self._restart_watcher()
+        readers = self.reader.readers
+        found: set[str] = set()
+        new: list[str] = []
         for run, paths in runs.items():
             for p in paths:
-                known.add(p)
-                if p not in self.reader.readers:
+                found.add(p)
+                if p not in readers:
                     self.reader.reader(run, p)
-                    self.read_file(p)
-        self._forget_vanished(runs, known)
+                    self._known_runs.add(run)
+                    new.append(p)
+        if self._saved_files is not None:
+            # offsets saved for files deleted while we were not running
+            self._forgotten_files.update(
+                p for p, run in self._saved_files.items() if p not in found and run in runs
+            )
+            self._saved_files = None
+        log.debug("rescanned %s: %d runs, %d new event files", self.logdir, len(runs), len(new))
+        self._update_missing(runs, found)
+        if periodic and new and self.watcher.mode == "inotify" and self.ready.is_set():
+            self._check_missed_new(new)
+        if self.watcher.mode == "poll":
+            self._dirs = dir_snapshot(self.logdir)
+        for p in new:
+            if self._stop.is_set():
+                break  # catching up when told to stop: the rest is read next time
+            self.read_file(p)
+            self._ping()
+            # between files offsets are exact: a long catch-up keeps its progress
+            self.checkpoint(lazy=True)
 
-    def _forget_vanished(self, runs: dict[str, list[str]], known: set[str]) -> None:
-        now = self.clock()
-        gone_files = [p for p in self.reader.readers if p not in known]
-        for p in gone_files:
-            run = self.reader.readers[p][0]
-            if run not in runs:
-                self._missing_since.setdefault(run, now)
-            else:
-                self.reader.forget(p)
-                self.state.forget_files([p])
-        for run in list(self._missing_since):
-            if run.startswith("\0") or run in runs:
-                self._missing_since.pop(run, None) if run in runs else None
+    def _check_missed_new(self, new: list[str]) -> None:
+        limit = self._drained_at - MISSED_AFTER
+        for p in new:
+            try:
+                ctime = os.stat(p).st_ctime
+            except OSError:
                 continue
-            if now - self._missing_since[run] >= self.config.forget_after:
+            if self.watcher.started_at < ctime < limit:
+                self._inotify_missed(f"it never reported the new file {p}")
+                return
+
+    def _inotify_missed(self, what: str) -> None:
+        self.watcher.fall_back(f"{what}; out of inotify watches, or a network filesystem")
+        self._dirs = dir_snapshot(self.logdir)
+
+    def check_files(self, periodic: bool = False) -> None:
+        """Read every known file that changed since we last read it (polling, safety net)."""
+        missed = 0
+        limit = self._drained_at - MISSED_AFTER
+        for path, (run, _) in list(self.reader.readers.items()):
+            if run in self._missing:
+                continue
+            try:
+                st = os.stat(path)
+            except OSError as e:
+                self._read_error(path, e)
+                continue
+            if (st.st_size, st.st_mtime_ns) != self._seen.get(path):
+                if periodic and path not in self._unreadable and st.st_mtime < limit and path in self._seen:
+                    missed += 1
+                self.read_file(path, st)
+        if missed and self.watcher.mode == "inotify":
+            self._inotify_missed(f"it did not report changes to {missed} event file(s)")
+
+    def _dirs_changed(self) -> bool:
+        for d, mtime in self._dirs.items():
+            try:
+                if os.stat(d).st_mtime_ns != mtime:
+                    return True
+            except OSError:
+                return True
+        return not self._dirs
+
+    def _update_missing(self, runs: dict[str, list[str]], found: set[str]) -> None:
+        for p, (run, _) in list(self.reader.readers.items()):
+            if p not in found and run in runs:
+                # one event file of a run that is still there: nothing to wait for
+                self._forget_file(p)
+        now = time.monotonic()
+        for run in self._known_runs:
+            if run in runs:
+                if self._missing.pop(run, None) is not None:
+                    log.info("run %s is back", run)
+            elif run not in self._missing and not self._run_unreadable(run):
+                self._missing[run] = now
+                log.info(
+                    "run %s has no event files any more; forgetting it in %gs unless it comes back",
+                    run,
+                    self.config.forget_after,
+                )
+        for run in [r for r in self._missing if self._run_unreadable(r)]:
+            del self._missing[run]
+        self._expire_missing(now)
+
+    def _run_unreadable(self, run: str) -> bool:
+        """The run directory exists but cannot be listed: keep its state, retry later."""
+        path = self.logdir if run == "." else os.path.join(self.logdir, run)
+        try:
+            os.stat(path)
+        except PermissionError:
+            return True
+        except OSError:
+            return False
+        return not os.access(path, os.R_OK | os.X_OK)
+
+    def _expire_missing(self, now: float) -> None:
+        for run, since in list(self._missing.items()):
+            if now - since >= self.config.forget_after:
                 self._forget_run(run)
 
-    def _forget_run(self, run: str) -> None:
-        log.info("run %s disappeared %.0f s ago; forgetting it", run, self.config.forget_after)
-        self._missing_since.pop(run, None)
-        for p in [p for p, (r, _) in self.reader.readers.items() if r == run]:
-            self.reader.forget(p)
-        self.engine.forget_run(run)
-        for key in [k for k, a in self.book.alerts.items() if a.run == run]:
-            del self.book.alerts[key]
-            self.book.changed.add(key)
-        self.state.begin()
-        self.state.forget_run(run)
-        self.state.save_alerts(self.book.take_changes())
-        self.state.commit()
+    def _forget_file(self, path: str) -> None:
+        self.reader.forget(path)
+        self._seen.pop(path, None)
+        self._unreadable.discard(path)
+        self._dirty_files.discard(path)
+        self._forgotten_files.add(path)
 
-    def read_changed(self, changed: set[str]) -> None:
-        if RESCAN in changed or time.monotonic() - self._last_rescan >= self.config.rescan_interval:
-            self.rescan()
-        if ALL in changed:
-            for path in list(self.reader.readers):
-                self.read_file(path)
+    def _forget_run(self, run: str) -> None:
+        self._missing.pop(run, None)
+        self._known_runs.discard(run)
+        for p in [p for p, (r, _) in self.reader.readers.items() if r == run]:
+            self._forget_file(p)
+        self.engine.forget_run(run)
+        self._absent = {k: s for k, s in self._absent.items() if k[0] != run}
+        self._dirty_runs.discard(run)
+        dropped = self.book.drop_run(run)
+        # committed with the next checkpoint, together with the alert states
+        self._forgotten_runs.add(run)
+        log.info(
+            "run %s disappeared %gs ago; forgot it%s",
+            run,
+            self.config.forget_after,
+            f" and its {dropped} alert(s)" if dropped else "",
+        )
+
+    def _logdir_gone(self, reason: str) -> None:
+        if self._logdir_missing_since is not None:
             return
+        self._logdir_missing_since = time.monotonic()
+        log.warning("%s; waiting for it to come back", reason)
+        self.watcher.stop()
+        # every run is now missing; they are forgotten after forget_after unless the logdir returns
+        self._update_missing({}, set())
+
+    def _logdir_back(self) -> None:
+        log.info("%s is back; watching it again", self.logdir)
+        self._logdir_missing_since = None
+        self._restart_watcher()
+
+    def _restart_watcher(self) -> None:
+        self.watcher.stop()
+        poll = self.config.poll or (self.watcher.poll if self.watcher.mode == "poll" else None)
+        self.watcher = Watcher(self.logdir, poll)
+        self.watcher.start()
+        if self.watcher.mode == "poll":
+            self._dirs = dir_snapshot(self.logdir)
+
+    def _handle(self, changed: set[str]) -> None:
+        readers = self.reader.readers
+        rescan = RESCAN in changed or self._want_rescan or self._logdir_missing_since is not None
+        if POLL in changed and self._logdir_missing_since is None:
+            self.check_files()
+            rescan = rescan or self._dirs_changed()
         for path in changed:
-            if path in (RESCAN, ALL):
-                continue
-            if path not in self.reader.readers:
-                self.rescan()
-            self.read_file(path)
+            if path in readers:
+                self.read_file(path)
+            elif path not in (RESCAN, POLL):
+                rescan = True  # a file we do not know yet
+        if rescan:
+            self.rescan()
+        elif time.monotonic() - self._last_rescan >= self.config.rescan_interval:
+            self.rescan(periodic=True)
+            if self._logdir_missing_since is None:
+                self.check_files(periodic=True)
 
     # -- committing and acting ----------------------------------------------
-    def checkpoint(self) -> None:
+    def checkpoint(self, meta: dict[str, str] | None = None, lazy: bool = False) -> bool:
+        """Commit offsets, series and alert states and queued notifications; then act on the events.
+
+        ``lazy``: without alert events, commit at most every COMMIT_EVERY seconds (a busy writer
+        must not cost a commit per flush; points not committed are read again after a crash,
+        and they hold no transition: a transition is always committed at once).
+        Returns False when the state DB refused (the work is kept and committed next time).
+        """
+        if self._abandoned is not None:
+            return False
+        if lazy and not self.book.events and time.monotonic() - self._committed_at < COMMIT_EVERY:
+            return True
         events = self.book.take_events()
         changes = self.book.take_changes()
-        if not (events or changes or self._dirty_files or self._dirty_runs):
-            return
+        if not (
+            events
+            or changes
+            or meta
+            or self._dirty_files
+            or self._dirty_runs
+            or self._forgotten_files
+            or self._forgotten_runs
+        ):
+            return True
         for e in events:
             self._stop_file(e)
-        rows = [
-            (p, self.reader.readers[p][0], self.reader.readers[p][1].offset)
-            for p in self._dirty_files
-            if p in self.reader.readers
-        ]
+        # rendered now so that only one write separates the commit from the console line
+        text = self._render(events)
+        readers = self.reader.readers
+        rows = []
+        for p in self._dirty_files:
+            entry = readers.get(p)
+            if entry is not None:
+                rows.append((p, entry[0], entry[1].offset))
         series = [
             s for run in self._dirty_runs for s in self.engine.runs.get(run, {}).values() if s is not None
         ]
-        self.state.begin()
+        state = self.state
         try:
-            self.state.save_offsets(rows)
-            self.state.save_series(series)
-            self.state.save_alerts(changes)
+            state.begin()
+            state.forget_files(list(self._forgotten_files))
+            for run in self._forgotten_runs:
+                state.forget_run(run)
+            state.save_offsets(rows)
+            state.save_series(series)
+            state.save_alerts(changes)
+            for key, value in (meta or {}).items():
+                state.set_meta(key, value)
             if self.outbox is not None and events:
-                self.outbox.enqueue(self.state.conn, events)
-            self.state.commit()
+                self.outbox.enqueue(state.conn, events)
+            state.commit()
+        except sqlite3.Error as e:
+            self._rollback()
+            # keep everything for the next attempt; the stop-file writer skips what it already wrote
+            self.book.events[:0] = events
+            self.book.changed.update(changes)
+            if str(e) != self._db_error:
+                self._db_error = str(e)
+                log.error("cannot save state to %s: %s; retrying", state.path, e)
+            return False
         except BaseException:
-            self.state.rollback()
+            self._rollback()
             raise
+        self._committed_at = time.monotonic()
+        if self._db_error is not None:
+            self._db_error = None
+            log.info("state saved to %s again", state.path)
         self._dirty_files.clear()
         self._dirty_runs.clear()
+        self._forgotten_files.clear()
+        self._forgotten_runs.clear()
         if events:
-            self._after_commit(events)
+            self._after_commit(events, text)
+        return True
+
+    def _rollback(self) -> None:
+        try:
+            self.state.rollback()
+        except sqlite3.Error as e:
+            log.debug("rollback: %s", e)
 
     def _stop_file(self, e: AlertEvent) -> None:
         rule = self.book.rules.get(e.rule)
         self.stopper.handle(e, rule.stop if rule is not None else None)
 
-    def _after_commit(self, events: list[AlertEvent]) -> None:
+    def _severities(self, rule_name: str) -> tuple[str, ...]:
+        rule = self.book.rules.get(rule_name)
+        if rule is None:
+            return ("warning", "critical")
+        mine = {sev for _, sev, _ in rule.levels}
+        return tuple(s for s in SEVERITIES if s in mine)
+
+    def _render(self, events: list[AlertEvent]) -> str:
+        try:
+            return self.console.render(events)
+        except Exception:  # a bug in a template must not lose the commit
+            log.exception("cannot render alerts for the console")
+            return ""
+
+    def _after_commit(self, events: list[AlertEvent], text: str) -> None:
+        try:
+            self.console.write(text)
+        except (OSError, ValueError) as e:  # stdout closed or a broken pipe: keep watching
+            if not self._console_failed:
+                self._console_failed = True
+                log.error("cannot print alerts on the console: %s", e)
         self.transitions += len(events)
-        self.console.send(events)
         for e in events:
             if self.flags is not None:
-                self.flags.handle(e)
+                self.flags.handle(e, self._severities(e.rule))
             if self.metrics is not None:
                 self.metrics.transition(e)
         if self.outbox is not None:
             self.outbox.wake()
 
     # -- lifecycle -----------------------------------------------------------
-    def catch_up(self) -> None:
-        """Read everything written so far; notify only what is still firing at the end."""
+    def catch_up(self) -> bool:
+        """Read everything written so far; on a first start notify only what is still firing at the end.
+
+        Returns False when stopped before the end (the next start goes on from the saved offsets).
+        """
         t0 = time.monotonic()
-        while not self._stop.is_set():
-            try:
-                scan(self.logdir, self.problems)
-                break
-            except LogdirError as e:
-                if not self._missing_since.get("\0logdir"):
-                    log.warning("%s; waiting for it to appear", e)
-                    self._missing_since["\0logdir"] = self.clock()
-                self._stop.wait(TICK_SECONDS)
-        self._missing_since.pop("\0logdir", None)
-        if self._stop.is_set():
-            return
         self.book.suppress = self.first_start
-        self.rescan()
-        for path in list(self.reader.readers):
-            self.read_file(path)
-        self.book.suppress = False
+        try:
+            self.rescan()
+        finally:
+            self.book.suppress = False
+        if self._stop.is_set():
+            self.checkpoint()
+            return False
         summary = self.book.catchup_summary() if self.first_start and self.config.catchup_notify else []
         self.book.events.extend(summary)
-        self.state.set_meta("catchup_done", "1")
-        self.checkpoint()
+        self.checkpoint(meta={"catchup_done": "1"})
+        self.first_start = False
         log.info(
             "caught up on %s: %d runs, %d files, %d points in %.2fs; %d alerts firing",
             self.logdir,
@@ -261,6 +573,7 @@ class Daemon:
             time.monotonic() - t0,
             len(self.book.firing()),
         )
+        return True
 
     def start_services(self) -> None:
         if self.metrics is not None:
@@ -271,44 +584,107 @@ class Daemon:
 
     def run(self) -> None:
         """Catch up, then follow the logdir until ``stop()``."""
-        self.start_services()
-        self.catch_up()
-        self.watcher.start()
+        self._watchdog_every = _sd_watchdog_interval()
+        try:
+            self.start_services()
+            if self._wait_for_logdir():
+                # watching starts before the catch-up, so nothing written meanwhile is missed
+                self.watcher.start()
+                self._watching = True
+                if self.watcher.mode == "poll":
+                    self._dirs = dir_snapshot(self.logdir)
+                if self.catch_up():
+                    self._loop()
+        finally:
+            self.shutdown()
+
+    def _wait_for_logdir(self) -> bool:
+        told = False
+        while not self._stop.is_set():
+            problem = _logdir_problem(self.logdir)
+            if problem is None:
+                return True
+            if not told:
+                told = True
+                log.warning("%s: %s; waiting for it", self.logdir, problem)
+                # up and doing its job: systemd must not time the start out
+                _sd_notify(f"READY=1\nSTATUS=waiting for {self.logdir} ({problem})")
+            self.watcher.wait(min(TICK_SECONDS, self._watchdog_every or TICK_SECONDS))
+            self._ping()
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
+        return False
+
+    def _loop(self) -> None:
         self.ready.set()
         if self.metrics is not None:
             self.metrics.set_ready(True)
         _sd_notify(f"READY=1\nSTATUS=watching {len(self.reader.readers)} event files in {self.logdir}")
         log.info("watching %s (%s)", self.logdir, self.watcher.mode)
-        watchdog_every = _sd_watchdog_interval()
-        last_ping = last_tick = time.monotonic()
+        last_tick = time.monotonic()
         while not self._stop.is_set():
-            changed = self.watcher.wait(TICK_SECONDS)
+            now = time.monotonic()
+            timeout = min(TICK_SECONDS, self._last_rescan + self.config.rescan_interval - now)
+            if self._watchdog_every:
+                timeout = min(timeout, self._last_ping + self._watchdog_every - now)
+            changed = self.watcher.wait(max(0.01, timeout))
+            self._drained_at = time.time()
             if self._stop.is_set():
                 break
             if self._reload.is_set():
                 self._reload.clear()
                 self.reload()
-            self.read_changed(changed)
             now = time.monotonic()
-            if now - last_tick >= TICK_SECONDS:
-                last_tick = now
-                self.book.tick(self.engine.all_series())
-                if self.outbox is not None and hasattr(self.outbox, "resend_firing"):
-                    self.outbox.resend_firing(self.book)
-            self.checkpoint()
-            if watchdog_every and now - last_ping >= watchdog_every:
-                _sd_notify("WATCHDOG=1")
-                last_ping = now
-            if not self.watcher.alive:
-                log.warning("file watcher stopped; restarting it")
-                self.watcher.stop()
-                self.watcher = Watcher(self.logdir, self.config.poll)
-                self.watcher.start()
-        self.shutdown()
+            try:
+                self._handle(changed)
+                if now - last_tick >= TICK_SECONDS:
+                    last_tick = now
+                    self._tick(now)
+            except Exception:
+                # a bug must not stop the watch; what was read is not read again
+                log.exception("internal error while watching %s; going on", self.logdir)
+            self.checkpoint(lazy=True)
+            self._ping()
+            if not self.watcher.alive and self._logdir_missing_since is None:
+                self._watcher_died()
+
+    def _tick(self, now: float) -> None:
+        self.book.tick(self._absent.values())
+        if self._missing:
+            self._expire_missing(now)
+        if self.outbox is not None and hasattr(self.outbox, "resend_firing"):
+            self.outbox.resend_firing(self.book)
+
+    def _ping(self) -> None:
+        if self._watchdog_every and time.monotonic() - self._last_ping >= self._watchdog_every:
+            _sd_notify("WATCHDOG=1")
+            self._last_ping = time.monotonic()
+
+    def _watcher_died(self) -> None:
+        now = time.monotonic()
+        if now - self._watcher_restarted < WATCHER_RESTART_WINDOW:
+            self.watcher.fall_back("the inotify observer stopped twice within a minute")
+            self._dirs = dir_snapshot(self.logdir)
+        else:
+            log.warning("file watcher stopped; restarting it")
+            self._watcher_restarted = now
+            self._restart_watcher()
+        # whatever happened while nobody watched
+        self.rescan()
+        self.check_files()
 
     def shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         _sd_notify("STOPPING=1")
         self.watcher.stop()
+        if self._abandoned is not None:
+            log.info(
+                "stopped while reading %s; what was read since the last commit is read again next time",
+                self._abandoned,
+            )
         try:
             self.checkpoint()
         finally:
@@ -317,7 +693,7 @@ class Daemon:
             if self.metrics is not None:
                 self.metrics.stop()
             self.state.close()
-        log.info("stopped")
+            log.info("stopped")
 
     def stop(self) -> None:
         self._stop.set()
@@ -327,29 +703,100 @@ class Daemon:
         self._reload.set()
         self.watcher.wake()
 
-    def reload(self) -> None:
+    # -- reload --------------------------------------------------------------
+    def _load_config(self) -> Config:
+        if self._loader is not None:
+            return self._loader()
+        if self.config.source:
+            config = load_config(self.config.source)
+            config.logdir = config.logdir or self.config.logdir
+            return config
+        return dataclasses.replace(self.config)
+
+    def reload(self) -> bool:
         """SIGHUP: new rules and config; an invalid one is reported and the old one kept."""
+        log.info("reloading the configuration")
         try:
-            config = load_config(self.config.source) if self.config.source else self.config
-            if self._cli_rules is not None:
-                config.rules = self._cli_rules
+            config = self._load_config()
             rules = load_rules(config.rules)
-        except ConfigError as e:
+        except (ConfigError, LogdirError) as e:
             log.error("reload failed, keeping the running configuration:\n%s", e)
-            return
+            return False
+        except OSError as e:
+            log.error("reload failed, keeping the running configuration: %s", e)
+            return False
+        self._apply(config, rules)
+        return True
+
+    def _apply(self, config: Config, rules: list[Rule]) -> None:
+        old = self.config
+        fixed = {
+            "logdir": (os.path.abspath(old.logdir or ""), os.path.abspath(config.logdir or old.logdir or "")),
+            "state_dir": (old.resolved_state_dir(), config.resolved_state_dir()),
+            "listen": (old.listen, config.listen),
+            "log_format": (old.log_format, config.log_format),
+        }
+        for name, (before, after) in fixed.items():
+            if before != after:
+                log.warning("%s changed to %r: takes effect after a restart", name, after)
+            setattr(config, name, getattr(old, name))
+        self.config = config
+        for name in self.book.reload_rules(rules):
+            log.info("rule %s is gone after the reload; its alerts are resolved", name)
         self.rules = rules
-        self.engine.rules = rules
-        self.book.reload_rules(rules)
-        # series re-match the new rules; firing alerts keep their state
-        self._saved_series = {}
-        self.engine.runs = {}
-        for key in [k for k, a in self.book.alerts.items() if a.rule not in self.book.rules]:
-            log.info("rule %s is gone after reload; dropping its alert", self.book.alerts[key].rule)
-            del self.book.alerts[key]
-            self.book.changed.add(key)
+        self._rematch(rules)
+        self.engine.export_tags = config.export_tags
+        self.stopper = StopFileWriter(self.logdir, config.stop_file, config.stop_severity)
+        if config.tensorboard_flags and self.flags is None:
+            self.flags = FlagWriter(self.logdir)
+        elif not config.tensorboard_flags:
+            self.flags = None
+        if config.poll != old.poll:
+            if self._watching and self._logdir_missing_since is None:
+                self._restart_watcher()
+                log.info("now watching %s (%s)", self.logdir, self.watcher.mode)
+            elif not self._watching:
+                self.watcher = Watcher(self.logdir, config.poll)
+        if [dict(s.data) for s in config.notifiers] != [dict(s.data) for s in old.notifiers]:
+            self._replace_outbox(build_notifiers(config))
         log.info("reloaded: %d rules", len(rules))
 
-    _cli_rules: list[str] | None = None
+    def _rematch(self, rules: list[Rule]) -> None:
+        """Series match the new rules; a rule that did not change keeps its state (streaks, windows)."""
+        old_runs = self.engine.runs
+        self.engine.rules = rules
+        self.engine.runs = {}
+        self._absent = {}
+        for run, tags in old_runs.items():
+            for tag, old in tags.items():
+                s = self.engine.series(run, tag)
+                if s is None or old is None:
+                    continue
+                s.step, s.wall_time, s.value = old.step, old.wall_time, old.value
+                before = {r.name: j for j, r in enumerate(old.rules)}
+                for i, rule in enumerate(s.rules):
+                    j = before.get(rule.name)
+                    if j is not None and rule_signature(old.rules[j]) == rule_signature(rule):
+                        s.states[i] = old.states[j]
+                        s.ranks[i] = old.ranks[j]
+            self._dirty_runs.add(run)
+
+    def _replace_outbox(self, notifiers: list) -> None:
+        if self.outbox is not None:
+            self.outbox.stop(timeout=2)
+        self.notifiers = notifiers
+        self.outbox = self._make_outbox(notifiers)
+        if self.outbox is not None:
+            self.outbox.start()
+        log.info("notifiers: %s", ", ".join(n.name for n in notifiers) or "console only")
+
+
+def _logdir_problem(logdir: str) -> str | None:
+    if not os.path.isdir(logdir):
+        return "not a directory" if os.path.exists(logdir) else "no such directory"
+    if not os.access(logdir, os.R_OK | os.X_OK):
+        return "permission denied"
+    return None
 
 
 def _sd_notify(message: str) -> None:
@@ -404,6 +851,7 @@ def add_arguments(sub) -> None:
 
 
 def config_from_args(args) -> Config:
+    """The config file (if any) with the command-line flags on top; also what SIGHUP re-reads."""
     cfg = load_config(args.config) if args.config else Config()
     if args.logdir:
         cfg.logdir = args.logdir
@@ -416,10 +864,16 @@ def config_from_args(args) -> Config:
         if cfg.listen and parse_listen(cfg.listen) is None:
             raise ConfigError([_usage(f"--listen: expected HOST:PORT, got {args.listen!r}")])
     if args.poll is not None:
-        if args.poll <= 0:
+        if not args.poll > 0:
             raise ConfigError([_usage("--poll: expected a positive number of seconds")])
         cfg.poll = args.poll
     if args.stop_file:
+        try:
+            args.stop_file.format(run_dir="r", run="r", logdir="l")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ConfigError(
+                [_usage(f"--stop-file: bad template (fields: {{run_dir}}, {{run}}, {{logdir}}): {e}")]
+            ) from None
         cfg.stop_file = args.stop_file
     if args.stop_severity:
         cfg.stop_severity = None if args.stop_severity == "never" else args.stop_severity
@@ -432,9 +886,7 @@ def config_from_args(args) -> Config:
     return cfg
 
 
-def _usage(message: str):
-    from gradwatch.yamlconf import Problem
-
+def _usage(message: str) -> Problem:
     return Problem("gradwatch watch", 0, "", message)
 
 
@@ -443,8 +895,7 @@ def cmd_watch(args) -> int:
 
     cfg = config_from_args(args)
     setup_logging(args.verbose, args.quiet, cfg.log_format)
-    daemon = Daemon(cfg)
-    daemon._cli_rules = args.rules
+    daemon = Daemon(cfg, config_loader=lambda: config_from_args(args))
     install_signals(daemon)
     daemon.run()
     return 0
@@ -453,8 +904,14 @@ def cmd_watch(args) -> int:
 def install_signals(daemon: Daemon) -> None:
     if threading.current_thread() is not threading.main_thread():
         return
-    signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
-    signal.signal(signal.SIGINT, lambda *_: daemon.stop())
+
+    def stop(signum, frame) -> None:
+        daemon.stop()
+        # a second Ctrl-C interrupts a shutdown that hangs
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())
 
@@ -463,9 +920,10 @@ def cmd_config_check(args) -> int:
     cfg = load_config(args.file)
     rules = load_rules(cfg.rules)
     notifiers = build_notifiers(cfg)
+    names = ", ".join(getattr(n, "name", "?") for n in notifiers) or "console only"
     print(
         f"{args.file}: SUCCESS: logdir {cfg.logdir or '(from the command line)'}, {len(rules)} rules, "
-        f"{len(notifiers)} notifiers ({', '.join(getattr(n, 'name', '?') for n in notifiers) or 'console only'})"
+        f"{len(notifiers)} notifiers ({names})"
     )
     return 0
 

@@ -71,11 +71,23 @@ def _series(step_index: int) -> dict[str, dict[str, float]]:
     }
 
 
+def _wait_read(daemon, paths: list[str], timeout: float) -> None:
+    """Until the daemon has read every byte written (however fast the demo ran)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        readers = daemon.reader.readers
+        if all(p in readers and readers[p][1].offset >= os.path.getsize(p) for p in paths):
+            time.sleep(0.05)  # and acted on it: the loop commits right after reading
+            return
+        time.sleep(0.02)
+
+
 def run_demo(keep: str | None = None, speed: float = 1.0, out=None) -> int:
     from gradwatch.daemon import Daemon
 
     out = out or sys.stdout
     logdir = keep or tempfile.mkdtemp(prefix="gradwatch-demo-")
+    os.makedirs(logdir, exist_ok=True)
     state_dir = tempfile.mkdtemp(prefix="gradwatch-demo-state-")
     pause = 0.6 / max(speed, 0.01)
     out.write(f"gradwatch demo: watching {logdir}\n")
@@ -100,7 +112,7 @@ def run_demo(keep: str | None = None, speed: float = 1.0, out=None) -> int:
     finally:
         for w in writers.values():
             w.close()
-        time.sleep(pause)
+        _wait_read(daemon, [w.path for w in writers.values()], timeout=10)
         daemon.stop()
         thread.join(10)
     if os.path.exists(stop_file):

@@ -60,7 +60,9 @@ class Engine:
         for i, rule in enumerate(s.rules):
             rank = rule.evaluate(states[i], step, wall_time, value)
             previous = ranks[i]
-            # raw: the condition holds but ``for`` is not met yet (pending)
+            # raw: the condition holds but ``for`` is not met yet (pending). The sink keeps
+            # ranks[i] non-zero while its alert fires or is pending, so the point that clears
+            # it (or breaks the streak) reaches the sink too.
             if rank or previous or states[i].raw:
                 ranks[i] = rank
                 self.sink(s, i, rank, previous, step, wall_time, value)

@@ -8,13 +8,15 @@ committed and recomputes exactly the transitions it had not recorded.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import sqlite3
 from collections import deque
 from typing import Any
 
-from gradwatch.rules import RuleState, Series
+from gradwatch.rules import Rule, RuleState, Series
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, run TEXT NOT NULL, offset INTEGER NOT NULL);
@@ -25,6 +27,11 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 DB_NAME = "gradwatch.db"
+LOCK_NAME = "gradwatch.lock"
+
+
+class StateError(Exception):
+    """The state directory cannot be used (unwritable, locked by another daemon, not a database)."""
 
 
 def connect(path: str) -> sqlite3.Connection:
@@ -65,6 +72,30 @@ def load_rule_state(state: RuleState, d: dict[str, Any]) -> None:
     state.ratio = _unnum(d.get("ratio", 0.0))
 
 
+_signatures: dict[int, tuple[Rule, str]] = {}
+
+
+def rule_signature(rule: Rule) -> str:
+    """What a rule's evaluation state depends on; a state saved under another signature is stale."""
+    cached = _signatures.get(id(rule))
+    if cached is not None and cached[0] is rule:
+        return cached[1]
+    sig = repr(
+        (
+            rule.kind,
+            rule.levels,
+            rule.below,
+            rule.absolute,
+            rule.for_points,
+            rule.within_steps,
+            rule.absent_for,
+            rule.min_value,
+        )
+    )
+    _signatures[id(rule)] = (rule, sig)
+    return sig
+
+
 def dump_series(s: Series) -> str:
     return json.dumps(
         {
@@ -72,7 +103,7 @@ def dump_series(s: Series) -> str:
             "wall_time": s.wall_time,
             "value": _num(s.value),
             "rules": {
-                r.name: {"rank": s.ranks[i], "state": dump_rule_state(s.states[i])}
+                r.name: {"rank": s.ranks[i], "sig": rule_signature(r), "state": dump_rule_state(s.states[i])}
                 for i, r in enumerate(s.rules)
             },
         }
@@ -87,24 +118,68 @@ def restore_series(s: Series, text: str) -> None:
     s.value = _unnum(d.get("value", "nan"))
     saved = d.get("rules", {})
     for i, r in enumerate(s.rules):
-        if r.name in saved:
-            s.ranks[i] = int(saved[r.name]["rank"])
-            load_rule_state(s.states[i], saved[r.name]["state"])
+        got = saved.get(r.name)
+        if got is None or got.get("sig", rule_signature(r)) != rule_signature(r):
+            continue
+        s.ranks[i] = int(got["rank"])
+        load_rule_state(s.states[i], got["state"])
 
 
 class StateDB:
-    def __init__(self, state_dir: str) -> None:
-        os.makedirs(state_dir, exist_ok=True)
+    """One daemon's state; ``lock`` (the default) refuses a second daemon on the same directory."""
+
+    def __init__(self, state_dir: str, lock: bool = True) -> None:
+        self.dir = state_dir
         self.path = os.path.join(state_dir, DB_NAME)
-        self.conn = connect(self.path)
-        self.conn.executescript(SCHEMA)
+        self._lock_fd: int | None = None
+        try:
+            os.makedirs(state_dir, exist_ok=True)
+            if lock:
+                self._lock()
+            self.conn = connect(self.path)
+            self.conn.executescript(SCHEMA)
+        except sqlite3.Error as e:
+            self._unlock()
+            raise StateError(f"{self.path}: cannot use the state database: {e}") from None
+        except OSError as e:
+            self._unlock()
+            raise StateError(
+                f"{e.filename or state_dir}: cannot use the state directory: {e.strerror or e}"
+            ) from None
+
+    def _lock(self) -> None:
+        fd = os.open(os.path.join(self.dir, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise StateError(
+                f"{self.dir}: another gradwatch (pid {holder}) is using this state directory; "
+                "one daemon per state directory (give this one its own --state-dir)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)
+            self._lock_fd = None
 
     def close(self) -> None:
-        self.conn.close()
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.close()
+        self._unlock()
 
     # -- reads at start-up ---------------------------------------------------
     def offsets(self) -> dict[str, int]:
         return {p: o for p, o in self.conn.execute("SELECT path, offset FROM files")}
+
+    def files(self) -> dict[str, tuple[str, int]]:
+        """path -> (run, offset)."""
+        return {p: (r, o) for p, r, o in self.conn.execute("SELECT path, run, offset FROM files")}
 
     def alerts(self) -> dict[str, dict[str, Any]]:
         return {k: json.loads(d) for k, d in self.conn.execute("SELECT key, data FROM alerts")}
@@ -124,7 +199,8 @@ class StateDB:
         self.conn.execute("COMMIT")
 
     def rollback(self) -> None:
-        self.conn.execute("ROLLBACK")
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
 
     def set_meta(self, key: str, value: str) -> None:
         self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))

@@ -1,9 +1,10 @@
-"""Which paths may have changed: inotify through watchdog, or polling.
+"""Which paths may have changed: inotify through watchdog, or a polling timer.
 
 The watcher only says *where* to look; the daemon reads. inotify can drop
-events (queue overflow) and is not available on NFS, so polling is both a
-mode of its own (``--poll``) and the automatic fallback, and the daemon also
-rescans periodically as a safety net.
+events (queue overflow), runs out of watches, and sees nothing of writes made
+by another host on a network filesystem, so polling is both a mode of its own
+(``--poll``) and the automatic fallback, and the daemon also checks every
+known file at a slow periodic rescan as a safety net.
 """
 
 from __future__ import annotations
@@ -14,66 +15,117 @@ import queue
 import threading
 import time
 
-from gradwatch.events.logdir import is_event_file
+from gradwatch.events.logdir import FLAGS_DIR, is_event_file
 
 log = logging.getLogger("gradwatch.watch")
 
-RESCAN = "\0rescan"  # marker: directories changed, look for new runs/files
-ALL = "\0all"  # marker (polling): check every known file
+RESCAN = "\0rescan"  # marker: directories changed, look for new or vanished runs and files
+POLL = "\0poll"  # marker (polling): stat every known file and directory now
+DEFAULT_POLL = 1.0
+
+# Events we never need: our own reads open and close the files.
+_IGNORED = frozenset(("opened", "closed_no_write"))
 
 
 class Watcher:
+    """Change notifications for one logdir; ``wait`` returns paths and markers."""
+
     def __init__(self, logdir: str, poll: float | None = None) -> None:
         self.logdir = logdir
         self.poll = poll
         self.mode = "poll" if poll else "inotify"
+        self.started_at = 0.0
         self._queue: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._observer = None
         self._next_poll = 0.0
 
     def start(self) -> None:
         """Start watching; falls back to polling when inotify is unavailable."""
+        self.started_at = time.time()
         if self.mode == "inotify":
             try:
                 self._start_inotify()
                 return
             except (OSError, ImportError) as e:
-                self.mode = "poll"
-                self.poll = self.poll or 1.0
-                log.warning(
-                    "inotify unavailable for %s (%s); polling every %gs instead "
-                    "(raise fs.inotify.max_user_watches / max_user_instances to use inotify)",
-                    self.logdir,
-                    getattr(e, "strerror", None) or e,
-                    self.poll,
-                )
+                self.fall_back(getattr(e, "strerror", None) or str(e))
         self._next_poll = time.monotonic()
 
+    def fall_back(self, reason: str, poll: float | None = None) -> None:
+        """Switch to polling (inotify failed or missed changes)."""
+        self.stop()
+        self.mode = "poll"
+        self.poll = poll or self.poll or DEFAULT_POLL
+        self._next_poll = time.monotonic()
+        log.warning(
+            "inotify unavailable for %s (%s); polling every %gs instead "
+            "(raise fs.inotify.max_user_watches / max_user_instances, or use --poll on network filesystems)",
+            self.logdir,
+            reason,
+            self.poll,
+        )
+
     def _start_inotify(self) -> None:
-        from watchdog.events import FileSystemEventHandler
+        from watchdog.events import (
+            DirAttribEvent,
+            DirCreatedEvent,
+            DirDeletedEvent,
+            DirMovedEvent,
+            FileAttribEvent,
+            FileClosedEvent,
+            FileCreatedEvent,
+            FileDeletedEvent,
+            FileModifiedEvent,
+            FileMovedEvent,
+            FileSystemEventHandler,
+        )
         from watchdog.observers.inotify import InotifyObserver
 
         q = self._queue
+        logdir = self.logdir
+        # inotify reports paths under the real directory; the daemon knows them under ``logdir``
+        real = os.path.realpath(logdir)
+        flags = os.path.join(real, FLAGS_DIR) + os.sep
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event) -> None:  # called on watchdog's thread
                 kind = event.event_type
-                if kind in ("opened", "closed_no_write"):
-                    return
-                if event.is_directory:
-                    if kind != "modified":
-                        q.put(RESCAN)
+                if kind in _IGNORED:
                     return
                 path = event.dest_path if kind == "moved" else event.src_path
                 if isinstance(path, bytes):
                     path = os.fsdecode(path)
-                if is_event_file(os.path.basename(path)):
-                    q.put(path)
-                    if kind in ("created", "moved", "deleted"):
+                if path.startswith(flags):
+                    return  # our own TensorBoard alert flags
+                if event.is_directory:
+                    if kind != "modified":
                         q.put(RESCAN)
+                    return
+                if not is_event_file(os.path.basename(path)):
+                    return
+                if real != logdir and (path == real or path.startswith(real + os.sep)):
+                    path = logdir + path[len(real) :]
+                q.put(path)
+                if kind in ("created", "moved", "deleted"):
+                    q.put(RESCAN)
 
+        wanted = [
+            FileCreatedEvent,
+            FileModifiedEvent,
+            FileClosedEvent,
+            FileDeletedEvent,
+            FileMovedEvent,
+            FileAttribEvent,
+            DirCreatedEvent,
+            DirDeletedEvent,
+            DirMovedEvent,
+            DirAttribEvent,
+        ]
         observer = InotifyObserver()
-        observer.schedule(Handler(), self.logdir, recursive=True)
+        try:
+            # without open/close events our own reads do not wake watchdog's threads
+            observer.schedule(Handler(), real, recursive=True, event_filter=wanted)
+        except TypeError:  # watchdog < 4 has no event_filter
+            observer.schedule(Handler(), real, recursive=True)
         observer.daemon = True
         observer.start()
         self._observer = observer
@@ -88,13 +140,13 @@ class Watcher:
             delay = self._next_poll - time.monotonic()
             if delay > 0:
                 try:
-                    # woken early by ``wake`` or a signal
+                    # woken early by ``wake`` (signals, shutdown)
                     return self._drain({self._queue.get(timeout=min(delay, timeout))})
                 except queue.Empty:
                     if delay > timeout:
                         return set()
-            self._next_poll = time.monotonic() + (self.poll or 1.0)
-            return self._drain({ALL, RESCAN})
+            self._next_poll = time.monotonic() + (self.poll or DEFAULT_POLL)
+            return self._drain({POLL})
         out: set[str] = set()
         try:
             out.add(self._queue.get(timeout=timeout))
@@ -116,6 +168,26 @@ class Watcher:
     def stop(self) -> None:
         if self._observer is not None:
             observer, self._observer = self._observer, None
-            observer.stop()
-            if observer is not threading.current_thread():
-                observer.join(timeout=5)
+            try:
+                observer.stop()
+                if observer is not threading.current_thread() and observer.is_alive():
+                    observer.join(timeout=5)
+            except (OSError, RuntimeError) as e:  # a watch on a directory that is gone
+                log.debug("stopping the inotify observer: %s", e)
+
+
+def dir_snapshot(logdir: str) -> dict[str, int]:
+    """Every directory under ``logdir`` (not our flags) -> its mtime, for polling.
+
+    A new run or event file changes its parent directory's mtime, so a poll
+    stats these instead of listing every directory each time.
+    """
+    out: dict[str, int] = {}
+    for dirpath, dirnames, _ in os.walk(logdir):
+        if dirpath == logdir and FLAGS_DIR in dirnames:
+            dirnames.remove(FLAGS_DIR)
+        try:
+            out[dirpath] = os.stat(dirpath).st_mtime_ns
+        except OSError:
+            continue
+    return out

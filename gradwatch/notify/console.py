@@ -1,13 +1,15 @@
 """Console notifier: what the seed trainer printed, from the outside.
 
-On a terminal: a short coloured block per transition. Under systemd or a
-pipe: one line per transition (journald keeps lines). With ``json``: one JSON
-object per line for log pipelines.
+On a terminal: a short coloured block per transition (no colour with
+``NO_COLOR`` set or ``TERM=dumb``). Under systemd or a pipe: one line per
+transition (journald keeps lines). With ``json``: one JSON object per line
+for log pipelines.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import TextIO
@@ -36,18 +38,30 @@ class ConsoleNotifier:
 
     def __init__(self, out: TextIO | None = None, fmt: str = "auto", colour: bool | None = None) -> None:
         self.out = out or sys.stdout
-        isatty = getattr(self.out, "isatty", lambda: False)()
+        try:
+            isatty = bool(self.out.isatty())
+        except (AttributeError, ValueError, OSError):
+            isatty = False
         self.fmt = ("block" if isatty else "line") if fmt in ("auto", "text") else fmt
-        self.colour = isatty if colour is None else colour
+        if colour is None:
+            colour = isatty and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+        self.colour = colour
 
     def accepts(self, event: AlertEvent) -> bool:
         return True
 
     def send(self, events: list[AlertEvent]) -> None:
-        write = {"json": self._json, "block": self._block}.get(self.fmt, self._line)
-        for e in events:
-            write(e)
-        self.out.flush()
+        self.write(self.render(events))
+
+    def render(self, events: list[AlertEvent]) -> str:
+        """The text for ``events``; the daemon renders before committing and writes right after."""
+        render = {"json": self._json, "block": self._block}.get(self.fmt, self._line)
+        return "".join(render(e) for e in events)
+
+    def write(self, text: str) -> None:
+        if text:
+            self.out.write(text)
+            self.out.flush()
 
     def _headline(self, e: AlertEvent) -> str:
         verb = _VERB.get(e.kind, e.kind.upper())
@@ -56,7 +70,7 @@ class ConsoleNotifier:
             sev = f"{e.previous.upper()} -> {sev}"
         return f"{verb} {sev}"
 
-    def _line(self, e: AlertEvent) -> None:
+    def _line(self, e: AlertEvent) -> str:
         parts = [
             rfc3339(time.time()),
             self._headline(e),
@@ -76,9 +90,9 @@ class ConsoleNotifier:
         rec = e.annotations.get("recommendation")
         if rec and e.kind != RESOLVED:
             text += f" | {rec}"
-        self.out.write(text.replace("\n", " ") + "\n")
+        return text.replace("\n", " ") + "\n"
 
-    def _block(self, e: AlertEvent) -> None:
+    def _block(self, e: AlertEvent) -> str:
         key = "resolved" if e.kind == RESOLVED else e.severity
         colour, reset = (_COLOURS.get(key, ""), _RESET) if self.colour else ("", "")
         head = f"{colour}{self._headline(e)}{reset}  {e.rule}"
@@ -93,10 +107,10 @@ class ConsoleNotifier:
             lines.append(f"  {e.annotations['summary']}")
         if e.annotations.get("recommendation") and e.kind != RESOLVED:
             lines.append(f"  -> {e.annotations['recommendation']}")
-        self.out.write("\n".join(lines) + "\n\n")
+        return "\n".join(lines) + "\n\n"
 
-    def _json(self, e: AlertEvent) -> None:
+    def _json(self, e: AlertEvent) -> str:
         doc = json.loads(e.to_json())
         doc["status"] = e.status
         doc["time"] = rfc3339(e.ends_at or e.starts_at or 0)
-        self.out.write(json.dumps(doc, sort_keys=True) + "\n")
+        return json.dumps(doc, sort_keys=True) + "\n"

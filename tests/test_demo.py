@@ -1,0 +1,42 @@
+"""``gradwatch demo`` runs the real daemon on simulated runs and shows firing, resolved and the stop-file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from daemon_support import ROOT, parse_alert_lines
+
+
+def test_demo_runs_to_completion_and_shows_the_whole_story(tmp_path):
+    keep = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "gradwatch", "demo", "--speed", "50", "--keep", str(keep)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    alerts = {
+        (a["verb"], a["severity"], a["rule"], a["run"], a["step"]) for a in parse_alert_lines(proc.stdout)
+    }
+    assert ("FIRING", "CRITICAL", "gradient_explosion", "td3-lr3e-3-exploding", "200") in alerts
+    assert ("FIRING", "WARNING", "gradient_explosion", "td3-lr3e-4-spike", "200") in alerts
+    assert ("RESOLVED", "WARNING", "gradient_explosion", "td3-lr3e-4-spike", "300") in alerts
+    assert not [a for a in alerts if a[3] == "td3-lr1e-4-healthy"]
+    assert "Stop-file written for the exploding run" in proc.stdout
+    stop = json.loads((keep / "td3-lr3e-3-exploding" / "gradwatch-stop.json").read_text())
+    assert (stop["alert"], stop["severity"], stop["step"], stop["value"]) == (
+        "gradient_explosion",
+        "critical",
+        200,
+        130486.0,
+    )
+    # the simulated trainer obeyed the stop-file: nothing after the step that fired
+    from gradwatch.events.logdir import read_logdir
+
+    steps = {step for run, _, step, _, _ in read_logdir(str(keep)) if run == "td3-lr3e-3-exploding"}
+    assert max(steps) <= 300
