@@ -134,6 +134,7 @@ class Daemon:
         self._committed_at = 0.0
         self._watchdog_every: float | None = None
         self.points = 0
+        self.records = 0  # TFRecords verified, for gradwatch_records_read_total
         self.transitions = 0
 
     # -- optional parts ------------------------------------------------------
@@ -189,6 +190,7 @@ class Daemon:
         observe = self.engine.observe
         n = 0
         check_at = BATCH_POINTS
+        records_before = reader.tail.records
         points = reader.read()
         try:
             for tag, step, wall_time, value in points:
@@ -214,6 +216,7 @@ class Daemon:
                 log.info("%s: readable again", path)
         finally:
             points.close()
+            self.records += reader.tail.records - records_before
         if n:
             self._dirty_runs.add(run)
             self.points += n
@@ -715,6 +718,12 @@ class Daemon:
 
     def reload(self) -> bool:
         """SIGHUP: new rules and config; an invalid one is reported and the old one kept."""
+        ok = self._reload_config()
+        if self.metrics is not None:
+            self.metrics.config_reloaded(ok)
+        return ok
+
+    def _reload_config(self) -> bool:
         log.info("reloading the configuration")
         try:
             config = self._load_config()

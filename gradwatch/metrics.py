@@ -238,7 +238,7 @@ def _daemon_sources(daemon: Any) -> tuple[Callable[[], Any], ...]:
         lambda: daemon.problems.counts,
         lambda: daemon.rules,
         watch,
-        lambda: {"points": daemon.points},
+        lambda: {"points": daemon.points, "records": getattr(daemon, "records", 0)},
     )
 
 
