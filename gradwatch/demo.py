@@ -125,6 +125,6 @@ def run_demo(keep: str | None = None, speed: float = 1.0, out=None) -> int:
         shutil.rmtree(logdir, ignore_errors=True)
     shutil.rmtree(state_dir, ignore_errors=True)
     out.write(
-        "\nNext: gradwatch watch YOUR_LOGDIR   (rules: gradwatch rules check; docs: docs/quickstart.md)\n"
+        "\nNext: gradwatch watch YOUR_LOGDIR   (then: gradwatch check LOGDIR; docs: README.md, docs/commands.md)\n"
     )
     return 0
