@@ -413,9 +413,15 @@ class AlertBook:
         return sorted(set(gone))
 
     def drop_run(self, run: str) -> int:
-        """Forget a run's alerts without notifying (the run directory is gone)."""
+        """The run directory is gone: resolve its firing alerts (receivers must close them too)."""
         keys = [k for k, a in self.alerts.items() if a.run == run]
         for key in keys:
+            alert = self.alerts[key]
+            rule = self.rules.get(alert.rule)
+            if rule is not None and alert.state == ACTIVE:
+                self._emit(rule, alert, RESOLVED, None, ends_at=self.clock())
+                if not self.suppress:
+                    self.events[-1].annotations["resolution"] = "the run directory was deleted"
             del self.alerts[key]
             self.changed.add(key)
         return len(keys)

@@ -11,6 +11,7 @@ record holding several values is only exact once all of them are observed.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import signal
@@ -581,7 +582,10 @@ class Daemon:
     def start_services(self) -> None:
         if self.metrics is not None:
             host, port = parse_listen(self.config.listen or "")  # type: ignore[misc]
-            self.metrics.serve(host, port)
+            try:
+                self.metrics.serve(host, port)
+            except OSError as e:
+                raise ListenError(self.config.listen or "", e) from None
         if self.outbox is not None:
             self.outbox.start()
 
@@ -899,6 +903,24 @@ def _usage(message: str) -> Problem:
     return Problem("gradwatch watch", 0, "", message)
 
 
+class ListenError(Exception):
+    """The metrics/health endpoint cannot listen where it was told to."""
+
+    def __init__(self, listen: str, error: OSError) -> None:
+        self.in_use = error.errno == errno.EADDRINUSE
+        hint = (
+            "another process (another gradwatch?) listens there: give this one its own --listen "
+            "HOST:PORT, or --listen '' to turn the endpoint off"
+            if self.in_use
+            else "check the host part of --listen / listen:"
+        )
+        reason = error.strerror or str(error)
+        if "cannot listen" in reason:  # the exporter's own message already names the address
+            super().__init__(f"{reason}; {hint}")
+        else:
+            super().__init__(f"cannot listen on {listen}: {reason}; {hint}")
+
+
 def cmd_watch(args) -> int:
     from gradwatch.cli import setup_logging
 
@@ -906,7 +928,12 @@ def cmd_watch(args) -> int:
     setup_logging(args.verbose, args.quiet, cfg.log_format)
     daemon = Daemon(cfg, config_loader=lambda: config_from_args(args))
     install_signals(daemon)
-    daemon.run()
+    try:
+        daemon.run()
+    except ListenError as e:
+        log.error("%s", e)
+        # a port still held by a stopping instance is worth a restart; a wrong address is not
+        return 1 if e.in_use else 3
     return 0
 
 

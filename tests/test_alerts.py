@@ -265,3 +265,21 @@ def test_summary_and_timer_events_keep_the_growth_ratio_of_the_last_point():
     book.suppress = False
     (e,) = book.catchup_summary()
     assert e.annotations["summary"] == "x40.0 to 400"
+
+
+def test_a_deleted_run_resolves_its_firing_alerts_and_drops_pending_ones():
+    clock = Clock()
+    engine, book = make(rule("for: 2"), clock)
+    feed(engine, book, clock, [(1, 500), (2, 500)], run="gone")
+    feed(engine, book, clock, [(1, 500)], run="gone-too")  # pending: `for` not met yet
+    book.take_events()
+    assert sorted(a.state for a in book.alerts.values()) == ["firing", "pending"]
+    assert book.drop_run("gone-too") == 1
+    assert not book.take_events(), "a pending alert was never notified: nothing to resolve"
+    assert book.drop_run("gone") == 1
+    events = book.take_events()
+    assert [(e.kind, e.run, e.severity) for e in events] == [("resolved", "gone", "critical")]
+    assert events[0].annotations["resolution"] == "the run directory was deleted"
+    assert events[0].ends_at == clock()
+    assert not book.alerts
+    assert book.drop_run("gone") == 0 and not book.take_events()

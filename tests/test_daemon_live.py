@@ -196,11 +196,14 @@ def test_deleted_run_is_forgotten_after_the_grace_period(live):
     shutil.rmtree(run_dir)
     live.daemon.wait_err(r"run deleted has no event files any more")
     live.daemon.wait_err(r"run deleted disappeared 1s ago; forgot it and its 1 alert\(s\)")
+    # receivers are told: the forgotten run's alert is resolved, not left open forever
+    live.daemon.wait_alert(run="deleted", rule="gradient_explosion", verb="RESOLVED")
     # a new run under the same name starts afresh: its first alert is a new FIRING
     live.writer.write(run_dir, 7, {TAG: 20000.0})
     live.daemon.wait_alert(run="deleted", rule="gradient_explosion", severity="WARNING", step="7")
     assert [(a["verb"], a["step"]) for a in live.daemon.alerts() if a["run"] == "deleted"] == [
         ("FIRING", "100"),
+        ("RESOLVED", "100"),
         ("FIRING", "7"),
     ]
 

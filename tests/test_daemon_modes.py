@@ -110,3 +110,38 @@ def test_permission_errors_are_logged_once_retried_and_never_fatal(tmp_path, wri
         if d.proc.poll() is None:
             d.kill()
     shutil.rmtree(logdir)
+
+
+def test_a_listen_address_in_use_or_unusable_is_a_clear_error_not_a_traceback(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    (tmp_path / "logdir").mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for listen, code, words in (
+            (f"127.0.0.1:{port}", 1, "another process"),
+            ("nosuchhost.invalid:9999", 3, "check the host part"),
+        ):
+            p = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "gradwatch",
+                    "watch",
+                    str(tmp_path / "logdir"),
+                    "--state-dir",
+                    str(tmp_path / "state"),
+                    "--listen",
+                    listen,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert p.returncode == code, p.stderr
+            assert words in p.stderr and listen in p.stderr
+            assert "Traceback" not in p.stderr
