@@ -21,8 +21,8 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from gradwatch.actions import FlagWriter, StopFileWriter
-from gradwatch.alerts import ACTIVE, AlertBook, AlertEvent, alert_key
+from gradwatch.actions import FlagWriter, StopFileWriter, stop_path
+from gradwatch.alerts import ACTIVE, FIRING, AlertBook, AlertEvent, alert_key
 from gradwatch.config import Config, build_notifiers, load_config, parse_listen
 from gradwatch.engine import Engine
 from gradwatch.events.logdir import LogdirError, LogdirReader, ProblemLog, scan
@@ -460,6 +460,7 @@ class Daemon:
             return True
         for e in events:
             self._stop_file(e)
+        self._stop_files_still_wanted()
         # rendered now so that only one write separates the commit from the console line
         text = self._render(events)
         readers = self.reader.readers
@@ -518,6 +519,26 @@ class Daemon:
     def _stop_file(self, e: AlertEvent) -> None:
         rule = self.book.rules.get(e.rule)
         self.stopper.handle(e, rule.stop if rule is not None else None)
+
+    def _stop_files_still_wanted(self) -> None:
+        """Write the stop-file again for a run that logs on while its stopping alert still fires.
+
+        An operator deletes a stale stop-file and restarts the run; if the restarted run is still
+        diverging, no new transition happens (the alert never resolved), yet it must be stopped.
+        """
+        if not self._dirty_runs:
+            return
+        for alert in self.book.firing():
+            if alert.run not in self._dirty_runs or alert.clear_points:
+                continue  # no new point, or the last point was back to normal (keep_firing_for)
+            rule = self.book.rules.get(alert.rule)
+            if rule is None:
+                continue
+            level = self.stopper.threshold(rule.stop)
+            if level is None or alert.rank < level:
+                continue
+            if not os.path.exists(stop_path(self.stopper.template, self.logdir, alert.run)):
+                self.stopper.handle(self.book.event(rule, alert, FIRING, None), rule.stop)
 
     def _severities(self, rule_name: str) -> tuple[str, ...]:
         rule = self.book.rules.get(rule_name)
