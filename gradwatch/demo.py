@@ -124,7 +124,5 @@ def run_demo(keep: str | None = None, speed: float = 1.0, out=None) -> int:
     if not keep:
         shutil.rmtree(logdir, ignore_errors=True)
     shutil.rmtree(state_dir, ignore_errors=True)
-    out.write(
-        "\nNext: gradwatch watch YOUR_LOGDIR   (then: gradwatch check LOGDIR; docs: README.md, docs/commands.md)\n"
-    )
+    out.write("\nNext: gradwatch watch YOUR_LOGDIR   (one-shot: gradwatch check YOUR_LOGDIR)\n")
     return 0

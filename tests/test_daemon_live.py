@@ -14,7 +14,7 @@ import sqlite3
 import time
 
 import pytest
-from daemon_support import Daemon, Writer, event_files, kill_leftovers, wait_for, watch_args
+from daemon_support import Daemon, Writer, event_files, kill_leftovers, watch_args
 from tensorboard.compat.proto import event_pb2, summary_pb2
 
 from gradwatch.events.records import frame
@@ -128,9 +128,13 @@ def test_exploding_run_alerts_on_the_console_and_writes_the_stop_file(live):
 def test_tensorboard_alert_flags_are_readable_by_tensorboard(live):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run_dir = live.logdir / "td3-exploding"
-    wait_for(lambda: (run_dir / "gradwatch-stop.json").exists(), "the exploding run's stop-file")
-    flags = live.logdir / "_gradwatch" / "td3-exploding"
+    # its own run, so that the test does not depend on the order tests run in
+    run_dir = live.logdir / "flags"
+    for step, value in SEED[:2]:
+        live.writer.write(run_dir, step, {TAG: value})
+    live.daemon.wait_alert(run="flags", rule="gradient_explosion")
+    sync(live)
+    flags = live.logdir / "_gradwatch" / "flags"
     acc = EventAccumulator(str(flags))
     acc.Reload()
     critical = [(e.step, e.value) for e in acc.Scalars("alerts/gradient_explosion/critical")]
