@@ -200,6 +200,14 @@ class StopFile:
             os.remove(self.path)
         except FileNotFoundError:
             return False
+        except PermissionError as e:
+            # e.g. the systemd unit's stop directory is writable by gradwatch only
+            raise PermissionError(
+                e.errno,
+                f"cannot delete the stale stop-file {self.path} ({e.strerror}): the directory is "
+                "gradwatch's; delete it as its owner, or give the trainer write access "
+                "(docs/deployment.md, 'Clearing a stale stop-file')",
+            ) from None
         return True
 
     def _read(self, size: int) -> StopReason | None:

@@ -428,3 +428,38 @@ def test_log_grad_norms_writes_scalars_a_reader_finds(tmp_path):
         ("td3", "gradients/actor_mlp_norm", 100): pytest.approx(norms["actor_mlp"], rel=1e-6),
         ("td3", "train/critic_grad_norm", 100): pytest.approx(norms["actor_mlp"], rel=1e-6),
     }
+
+
+def test_clear_in_a_directory_the_trainer_cannot_write_says_why(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import require_binary
+
+    # root bypasses directory permissions: the child drops the capabilities that let it
+    setpriv = require_binary("setpriv")
+    stop_dir = tmp_path / "stop"
+    stop_dir.mkdir()
+    path = stop_dir / "gradwatch-stop.json"
+    path.write_text("{}")
+    stop_dir.chmod(0o555)
+    code = (
+        "import sys\n"
+        "from gradwatch.trainer import StopFile\n"
+        "try:\n"
+        f"    StopFile({str(path)!r}).clear()\n"
+        "except PermissionError as e:\n"
+        "    print(e); sys.exit(7)\n"
+    )
+    try:
+        p = subprocess.run(
+            [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--", sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        stop_dir.chmod(0o755)
+    assert p.returncode == 7, p.stderr
+    assert "stale stop-file" in p.stdout and "docs/deployment.md" in p.stdout
+    assert path.exists()
