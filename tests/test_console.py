@@ -130,3 +130,19 @@ def test_json_lines_for_log_pipelines():
     assert fired["time"] == "2023-11-14T22:13:20.000Z"
     assert (resolved["status"], resolved["time"]) == ("resolved", "2023-11-14T22:14:20.000Z")
     assert AlertEvent.from_json(json.dumps({k: v for k, v in fired.items() if k not in ("status", "time")}))
+
+
+def test_control_characters_in_names_cannot_forge_lines_or_colours():
+    hostile = "run\r\x1b[2Kfake\nFIRING CRITICAL x"
+    out = io.StringIO()
+    e = event(
+        run=hostile, tag="t\x1b[31m", annotations={"summary": f"{hostile} = 1", "recommendation": "a\nb"}
+    )
+    ConsoleNotifier(out).send([e])
+    text = out.getvalue()
+    assert text.count("\n") == 1 and "\r" not in text and "\x1b" not in text
+    assert "run=run\\x0d\\x1b[2Kfake\\x0aFIRING" in text
+    block = FakeTTY()
+    ConsoleNotifier(block, colour=False).send([e])
+    assert "\x1b" not in block.getvalue() and "\r" not in block.getvalue()
+    assert "run run\\x0d" in block.getvalue()

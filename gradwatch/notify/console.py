@@ -20,6 +20,16 @@ from gradwatch.rules import human
 
 _COLOURS = {"critical": "\033[1;31m", "warning": "\033[1;33m", "info": "\033[1;36m", "resolved": "\033[1;32m"}
 _RESET = "\033[0m"
+# Run and tag names come from the training job's files: a control character in them (ESC, CR,
+# newline) must not move the cursor, recolour or forge lines on the operator's terminal or in
+# journald. They are shown as \xNN escapes.
+_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]}
+
+
+def _clean(text: str) -> str:
+    return text.translate(_CONTROLS)
+
+
 _VERB = {
     FIRING: "FIRING",
     ESCALATED: "ESCALATED",
@@ -75,8 +85,8 @@ class ConsoleNotifier:
             rfc3339(time.time()),
             self._headline(e),
             e.rule,
-            f"run={e.run}",
-            f"tag={e.tag}",
+            f"run={_clean(e.run)}",
+            f"tag={_clean(e.tag)}",
             f"step={e.step}",
             f"value={_value(e.value)}",
             f"threshold={_value(e.threshold)}",
@@ -86,11 +96,11 @@ class ConsoleNotifier:
         text = " ".join(p for p in parts if p)
         summary = e.annotations.get("summary")
         if summary:
-            text += f" | {summary}"
+            text += f" | {_clean(summary)}"
         rec = e.annotations.get("recommendation")
         if rec and e.kind != RESOLVED:
-            text += f" | {rec}"
-        return text.replace("\n", " ") + "\n"
+            text += f" | {_clean(rec)}"
+        return text + "\n"
 
     def _block(self, e: AlertEvent) -> str:
         key = "resolved" if e.kind == RESOLVED else e.severity
@@ -100,13 +110,13 @@ class ConsoleNotifier:
             head += "  (active at start-up)"
         lines = [
             head,
-            f"  run {e.run}   tag {e.tag}",
+            f"  run {_clean(e.run)}   tag {_clean(e.tag)}",
             f"  step {e.step}   value {_value(e.value)}   threshold {_value(e.threshold)}",
         ]
         if e.annotations.get("summary"):
-            lines.append(f"  {e.annotations['summary']}")
+            lines.append(f"  {_clean(e.annotations['summary'])}")
         if e.annotations.get("recommendation") and e.kind != RESOLVED:
-            lines.append(f"  -> {e.annotations['recommendation']}")
+            lines.append(f"  -> {_clean(e.annotations['recommendation'])}")
         return "\n".join(lines) + "\n\n"
 
     def _json(self, e: AlertEvent) -> str:
