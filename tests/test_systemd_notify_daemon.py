@@ -43,29 +43,24 @@ def _messages(srv, until, deadline_s=20.0):
     return got
 
 
+def _watch(tmp_path, logdir, env) -> subprocess.Popen:
+    state = str(tmp_path / "state")
+    return subprocess.Popen(
+        [sys.executable, "-m", "gradwatch", "watch", str(logdir), "--listen", "", "--state-dir", state],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
 def test_ready_after_catch_up_then_watchdog_pings_then_stopping(tmp_path, notify_socket):
     srv, path = notify_socket
     logdir = tmp_path / "logdir"
     write_scalars("tensorboardX", str(logdir / "run1"), [("gradients/actor_cnn_norm", 100, 5191.0)])
     env = dict(os.environ, NOTIFY_SOCKET=path, WATCHDOG_USEC="400000", PYTHONUNBUFFERED="1")
     env.pop("WATCHDOG_PID", None)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gradwatch",
-            "watch",
-            str(logdir),
-            "--state-dir",
-            str(tmp_path / "state"),
-            "--listen",
-            "",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = _watch(tmp_path, logdir, env)
     try:
         got = _messages(srv, lambda m: sum(x == "WATCHDOG=1" for x in m) >= 2)
         ready = [m for m in got if m.startswith("READY=1")]
@@ -90,23 +85,7 @@ def test_without_notify_socket_nothing_is_sent_and_daemon_runs(tmp_path):
     logdir = tmp_path / "logdir"
     write_scalars("tensorboardX", str(logdir / "run1"), [("loss", 1, 0.5)])
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gradwatch",
-            "watch",
-            str(logdir),
-            "--state-dir",
-            str(tmp_path / "state"),
-            "--listen",
-            "",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = _watch(tmp_path, logdir, env)
     try:
         deadline = time.monotonic() + 20
         lines = []
