@@ -81,16 +81,16 @@ class StopFileWriter:
         self.written = 0
         self.errors = 0
 
-    def threshold(self, rule_stop: str | None) -> int | None:
+    def stops(self, rank: int, rule_stop: str | None) -> bool:
+        """Whether an alert at severity ``rank`` stops training (the rule's ``stop:``, else the default)."""
         sev = rule_stop or self.default_severity
-        return RANK[sev] if sev in SEVERITIES else None
+        return sev in SEVERITIES and rank >= RANK[sev]
 
     def handle(self, event: AlertEvent, rule_stop: str | None) -> str | None:
         """Write (or extend) the stop-file when ``event`` warrants it; returns the path written."""
         if event.kind not in (FIRING, ESCALATED):
             return None
-        level = self.threshold(rule_stop)
-        if level is None or RANK.get(event.severity, 0) < level:
+        if not self.stops(RANK.get(event.severity, 0), rule_stop):
             return None
         path = stop_path(self.template, self.logdir, event.run)
         reason = {

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
+from gradwatch import sdnotify
 from gradwatch.actions import FlagWriter, StopFileWriter, stop_path
 from gradwatch.alerts import ACTIVE, FIRING, AlertBook, AlertEvent, alert_key
 from gradwatch.config import Config, build_notifiers, load_config, parse_listen
@@ -534,8 +535,7 @@ class Daemon:
             rule = self.book.rules.get(alert.rule)
             if rule is None:
                 continue
-            level = self.stopper.threshold(rule.stop)
-            if level is None or alert.rank < level:
+            if not self.stopper.stops(alert.rank, rule.stop):
                 continue
             if not os.path.exists(stop_path(self.stopper.template, self.logdir, alert.run)):
                 self.stopper.handle(self.book.event(rule, alert, FIRING, None), rule.stop)
@@ -612,7 +612,7 @@ class Daemon:
 
     def run(self) -> None:
         """Catch up, then follow the logdir until ``stop()``."""
-        self._watchdog_every = _sd_watchdog_interval()
+        self._watchdog_every = sdnotify.watchdog_interval()
         try:
             self.start_services()
             if self._wait_for_logdir():
@@ -636,7 +636,7 @@ class Daemon:
                 told = True
                 log.warning("%s: %s; waiting for it", self.logdir, problem)
                 # up and doing its job: systemd must not time the start out
-                _sd_notify(f"READY=1\nSTATUS=waiting for {self.logdir} ({problem})")
+                sdnotify.ready(f"waiting for {self.logdir} ({problem})")
             self.watcher.wait(min(TICK_SECONDS, self._watchdog_every or TICK_SECONDS))
             self._ping()
             if self._reload.is_set():
@@ -648,7 +648,7 @@ class Daemon:
         self.ready.set()
         if self.metrics is not None:
             self.metrics.set_ready(True)
-        _sd_notify(f"READY=1\nSTATUS=watching {len(self.reader.readers)} event files in {self.logdir}")
+        sdnotify.ready(f"watching {len(self.reader.readers)} event files in {self.logdir}")
         log.info("watching %s (%s)", self.logdir, self.watcher.mode)
         last_tick = time.monotonic()
         while not self._stop.is_set():
@@ -686,7 +686,7 @@ class Daemon:
 
     def _ping(self) -> None:
         if self._watchdog_every and time.monotonic() - self._last_ping >= self._watchdog_every:
-            _sd_notify("WATCHDOG=1")
+            sdnotify.watchdog()
             self._last_ping = time.monotonic()
 
     def _watcher_died(self) -> None:
@@ -706,7 +706,7 @@ class Daemon:
         if self._closed:
             return
         self._closed = True
-        _sd_notify("STOPPING=1")
+        sdnotify.stopping()
         self.watcher.stop()
         if self._abandoned is not None:
             log.info(
@@ -831,22 +831,6 @@ def _logdir_problem(logdir: str) -> str | None:
     if not os.access(logdir, os.R_OK | os.X_OK):
         return "permission denied"
     return None
-
-
-def _sd_notify(message: str) -> None:
-    try:
-        from gradwatch import sdnotify
-    except ImportError:
-        return
-    sdnotify.notify(message)
-
-
-def _sd_watchdog_interval() -> float | None:
-    try:
-        from gradwatch import sdnotify
-    except ImportError:
-        return None
-    return sdnotify.watchdog_interval()
 
 
 # -- command line -----------------------------------------------------------------
