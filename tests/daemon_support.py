@@ -17,9 +17,10 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
+
+from receivers import wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
@@ -114,15 +115,8 @@ class Writer:
 
 
 def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 30.0, interval: float = 0.05) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail with ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = predicate()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    """receivers.wait_until with ``what`` first, as the daemon tests read best."""
+    return wait_until(predicate, timeout, interval, what)
 
 
 ALERT_LINE = re.compile(

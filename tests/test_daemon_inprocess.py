@@ -16,7 +16,7 @@ import shutil
 import threading
 
 import pytest
-from daemon_support import Writer, parse_alert_lines, wait_for
+from daemon_support import parse_alert_lines, wait_for
 from tensorboard.compat.proto import event_pb2, summary_pb2
 
 import gradwatch.daemon as daemon_module
@@ -26,13 +26,6 @@ from gradwatch.events.records import frame
 from gradwatch.yamlconf import ConfigError
 
 TAG = "gradients/actor_cnn_norm"
-
-
-@pytest.fixture(scope="module")
-def writer():
-    w = Writer()
-    yield w
-    w.stop()
 
 
 class Logs(logging.Handler):

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 from conftest import require_binary
-from daemon_support import Daemon, Writer, kill_leftovers, wait_for, watch_args
+from daemon_support import Daemon, kill_leftovers, wait_for, watch_args
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -20,13 +20,6 @@ def _no_daemon_left_behind():
 
 
 TAG = "gradients/actor_cnn_norm"
-
-
-@pytest.fixture(scope="module")
-def writer():
-    w = Writer()
-    yield w
-    w.stop()
 
 
 def test_polling_json_logs_and_a_logdir_created_late(tmp_path, writer):
