@@ -228,3 +228,14 @@ def test_500_is_retried_with_backoff(slack, tmp_path, caplog):
     assert caplog.text.count("delivery failed, retrying") == 1
     assert "delivering again after 2 failed attempt(s)" in caplog.text
     conn.close()
+
+
+def test_a_huge_recommendation_and_summary_still_fit_slacks_section_limit(slack):
+    # the prefixes (":bulb: *Recommendation:* ", "*Firing:* ") count toward the 3000 characters
+    n = notifier(slack)
+    e = make_event(annotations={"summary": "s" * 5000, "recommendation": "r" * 5000})
+    blocks = validate(n.message([e]))
+    sections = [b.to_dict()["text"]["text"] for b in blocks if b.type == "section"]
+    assert any(t.startswith(":bulb: *Recommendation:* ") for t in sections)
+    assert max(len(t) for t in sections) == 3000
+    n.close()

@@ -183,7 +183,7 @@ class SlackNotifier(Notifier):
             if rec and rec not in recs and e.kind != RESOLVED:
                 recs.append(rec)
         for rec in recs[:RECOMMENDATIONS_MAX]:
-            blocks.append(_section(fit(rec, SECTION_MAX - 24), prefix=":bulb: *Recommendation:* "))
+            blocks.append(_fitted_section(rec, prefix=":bulb: *Recommendation:* "))
         blocks.append(self._context(events))
         payload: dict[str, Any] = {"text": self._fallback(events), "blocks": blocks[:BLOCKS_MAX]}
         if self.username:
@@ -224,7 +224,7 @@ class SlackNotifier(Notifier):
         link = render_link(self.generator_url, e)
         if link:
             fields.append(("Link", f"<{link}|open>"))
-        block = _section(fit(summary, SECTION_MAX - len(head) - 4), prefix=f"*{head}* ")
+        block = _fitted_section(summary, prefix=f"*{head}* ")
         block["fields"] = [{"type": "mrkdwn", "text": f"*{k}*\n{v}"} for k, v in fields[:FIELDS_MAX]]
         return block
 
@@ -285,3 +285,8 @@ class SlackNotifier(Notifier):
 def _section(text: str, prefix: str = "") -> dict[str, Any]:
     # callers size ``text`` with fit(); slicing here could cut through an entity
     return {"type": "section", "text": {"type": "mrkdwn", "text": prefix + text}}
+
+
+def _fitted_section(raw: str, prefix: str) -> dict[str, Any]:
+    """A section of metric-derived ``raw`` text, escaped and cut to fit beside ``prefix``."""
+    return _section(fit(raw, SECTION_MAX - len(prefix)), prefix)
