@@ -17,6 +17,7 @@ from gradwatch.yamlconf import ConfigError, Problem, Section, load_yaml_file
 DEFAULT_LISTEN = "127.0.0.1:9723"
 DEFAULT_RESCAN = 30.0
 DEFAULT_FORGET_AFTER = 300.0
+DEFAULT_OUTBOX_MAX_AGE = 86400.0
 
 
 @dataclass
@@ -34,7 +35,7 @@ class Config:
     forget_after: float = DEFAULT_FORGET_AFTER
     export_tags: list[str] = field(default_factory=list)
     catchup_notify: bool = True  # after first catch-up, notify what is still firing (once)
-    outbox_max_age: float = 86400.0
+    outbox_max_age: float = DEFAULT_OUTBOX_MAX_AGE
     notifiers: list[Section] = field(default_factory=list)
     source: str | None = None
 
@@ -104,7 +105,10 @@ def load_config(path: str) -> Config:
     metrics.finish()
 
     outbox = top.section("outbox")
-    cfg.outbox_max_age = outbox.duration("max_age", 86400.0)
+    cfg.outbox_max_age = outbox.duration("max_age", DEFAULT_OUTBOX_MAX_AGE)
+    if cfg.outbox_max_age <= 0:
+        outbox.error("max_age", "must be more than 0 (0 would drop every notification unsent)")
+        cfg.outbox_max_age = DEFAULT_OUTBOX_MAX_AGE
     outbox.finish()
 
     cfg.notifiers = list(top.sections("notifiers"))

@@ -26,7 +26,14 @@ from gradwatch.actions import FlagWriter, StopFileWriter, stop_path
 from gradwatch.alerts import ACTIVE, FIRING, AlertBook, AlertEvent, alert_key
 from gradwatch.config import Config, build_notifiers, load_config, parse_listen
 from gradwatch.engine import Engine
-from gradwatch.events.logdir import LogdirError, LogdirReader, ProblemLog, scan
+from gradwatch.events.logdir import (
+    UNREADABLE_DIRECTORY,
+    UNREADABLE_FILE,
+    LogdirError,
+    LogdirReader,
+    ProblemLog,
+    scan,
+)
 from gradwatch.notify.console import ConsoleNotifier
 from gradwatch.rulefile import load_rules
 from gradwatch.rules import SEVERITIES, Rule, Series
@@ -231,7 +238,7 @@ class Daemon:
             self._want_rescan = True  # the rescan tells a deleted file from a deleted run
             return
         self._unreadable.add(path)
-        self.problems("unreadable_file", path, -1, f"{e.strerror or e}; will retry")
+        self.problems(UNREADABLE_FILE, path, -1, f"{e.strerror or e}; will retry")
 
     def rescan(self, periodic: bool = False) -> None:
         """Find new and vanished runs and files; read the new files."""
@@ -240,7 +247,7 @@ class Daemon:
         unreadable: set[str] = set()
 
         def problems(kind: str, path: str, offset: int, detail: str) -> None:
-            if kind == "unreadable_directory":
+            if kind == UNREADABLE_DIRECTORY:
                 unreadable.add(path)
             self.problems(kind, path, offset, detail)
 

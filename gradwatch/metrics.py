@@ -61,23 +61,13 @@ from prometheus_client.registry import Collector
 
 from gradwatch import __version__
 from gradwatch.alerts import DEESCALATED, ESCALATED, FIRING, REPEAT, RESOLVED, AlertEvent
-from gradwatch.events import records
+from gradwatch.events import logdir
 from gradwatch.rules import RANK, SEVERITY_OF_RANK, Rule, Series
 
 log = logging.getLogger("gradwatch.metrics")
 
-# Problem kinds the reader reports (records.py and logdir.py); pre-set to 0 so
-# that increase() sees the first one.
-PROBLEM_KINDS = (
-    records.CORRUPT,
-    records.TRUNCATED,
-    records.ZERO_PADDING,
-    records.SHRUNK,
-    records.UNDECODABLE,
-    "unreadable_directory",
-    "unreadable_file",
-    "vanished_file",
-)
+# Problem kinds the reader reports, pre-set to 0 so that increase() sees the first one.
+PROBLEM_KINDS = logdir.PROBLEM_KINDS
 TRANSITION_KINDS = (FIRING, ESCALATED, DEESCALATED, RESOLVED, REPEAT)
 OUTBOX_FIELDS = ("sent", "failed", "queued", "dropped")
 

@@ -71,6 +71,8 @@ def test_every_problem_is_reported_with_file_and_line(tmp_path):
         stop_file:
           path: "{run_dir}/{nope}.json"
           severity: fatal
+        outbox:
+          max_age: 0
         """,
     )
     with pytest.raises(ConfigError) as err:
@@ -82,6 +84,7 @@ def test_every_problem_is_reported_with_file_and_line(tmp_path):
         f"{path}:4: forget_after:",
         f"{path}:7: stop_file.severity:",
         "bad template",
+        f"{path}:9: outbox.max_age: must be more than 0",  # 0 would drop everything unsent
     ):
         assert needle in text, text
 

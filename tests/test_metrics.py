@@ -492,3 +492,20 @@ def test_docs_describe_exactly_the_exported_families():
     assert documented == set(FAMILIES)
     mentioned = set(re.findall(r"\bgradwatch_[a-z_]+", doc))
     assert mentioned <= set(FAMILIES), mentioned - set(FAMILIES)
+
+
+def test_every_problem_kind_the_reader_reports_starts_at_zero():
+    # increase() only sees a counter's first increment if the series existed at 0 before
+    from gradwatch.events import records
+    from gradwatch.events.logdir import PROBLEM_KINDS
+
+    reported = {
+        v
+        for k, v in vars(records).items()
+        if k.isupper() and k[0] != "_" and isinstance(v, str) and v.islower()
+    }
+    reported.discard("gradwatch.events")
+    assert reported <= set(PROBLEM_KINDS)
+    text = generate_latest(Metrics(problems=lambda: {}, process_metrics=False).registry).decode()
+    for kind in PROBLEM_KINDS:
+        assert f'gradwatch_read_problems_total{{kind="{kind}"}} 0.0' in text

@@ -13,10 +13,28 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from gradwatch.events import records
 from gradwatch.events.records import DEFAULT_MAX_RECORD_BYTES
 from gradwatch.events.scalars import EventFileReader
 
 log = logging.getLogger("gradwatch.events")
+
+# Problem kinds this module reports, beside the record-level ones of records.py.
+UNREADABLE_DIRECTORY = "unreadable_directory"
+UNREADABLE_FILE = "unreadable_file"
+VANISHED_FILE = "vanished_file"
+# Every problem kind the reader reports (counted in gradwatch_read_problems_total).
+PROBLEM_KINDS = (
+    records.CORRUPT,
+    records.TRUNCATED,
+    records.ZERO_PADDING,
+    records.SHRUNK,
+    records.REPLACED,
+    records.UNDECODABLE,
+    UNREADABLE_DIRECTORY,
+    UNREADABLE_FILE,
+    VANISHED_FILE,
+)
 
 # Where gradwatch writes its own TensorBoard alert flags; never read back.
 FLAGS_DIR = "_gradwatch"
@@ -66,7 +84,7 @@ def scan(logdir: str, problems: ProblemLog) -> dict[str, list[str]]:
         raise LogdirError(f"{logdir}: permission denied")
 
     def on_error(err: OSError) -> None:
-        problems("unreadable_directory", err.filename or logdir, -1, err.strerror or str(err))
+        problems(UNREADABLE_DIRECTORY, err.filename or logdir, -1, err.strerror or str(err))
 
     runs: dict[str, list[str]] = {}
     for dirpath, dirnames, filenames in os.walk(logdir, onerror=on_error):
@@ -122,10 +140,10 @@ class LogdirReader:
         try:
             yield from reader.read_run(run, final)
         except FileNotFoundError:
-            self.problems("vanished_file", path, -1, "file disappeared while being read")
+            self.problems(VANISHED_FILE, path, -1, "file disappeared while being read")
             self.forget(path)
         except OSError as e:
-            self.problems("unreadable_file", path, -1, e.strerror or str(e))
+            self.problems(UNREADABLE_FILE, path, -1, e.strerror or str(e))
 
     def read_all(self, final: bool = False) -> Iterator[tuple[str, str, int, float, float]]:
         """Every new point of every known file, run by run, files in name order."""
