@@ -9,33 +9,19 @@ import os
 import socket
 import tempfile
 import time
-from datetime import datetime, timezone
 
 from tensorboard.compat.proto import event_pb2, summary_pb2
 
 from gradwatch.alerts import ESCALATED, FIRING, RESOLVED, AlertEvent
 from gradwatch.events.logdir import FLAGS_DIR
 from gradwatch.events.records import frame
-from gradwatch.rules import RANK, SEVERITIES
+from gradwatch.logjson import rfc3339
+from gradwatch.rules import RANK, SEVERITIES, json_number
 
 log = logging.getLogger("gradwatch.actions")
 
 DEFAULT_STOP_FILE = "{run_dir}/gradwatch-stop.json"
 MAX_MORE_REASONS = 20
-
-
-def rfc3339(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _json_value(v: float | None):
-    if v is None:
-        return None
-    if v != v:
-        return "NaN"
-    if v in (float("inf"), float("-inf")):
-        return "Infinity" if v > 0 else "-Infinity"
-    return v
 
 
 def stop_path(template: str, logdir: str, run: str) -> str:
@@ -99,8 +85,8 @@ class StopFileWriter:
             "run": event.run,
             "tag": event.tag,
             "step": event.step,
-            "value": _json_value(event.value),
-            "threshold": _json_value(event.threshold),
+            "value": json_number(event.value),
+            "threshold": json_number(event.threshold),
             "time": rfc3339(time.time()),
             "message": " ".join(
                 v for k, v in event.annotations.items() if k in ("summary", "recommendation") and v

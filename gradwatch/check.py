@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from gradwatch.engine import Engine
 from gradwatch.events.logdir import LogdirReader, ProblemLog
-from gradwatch.rules import RANK, SEVERITY_OF_RANK, Rule, Series, human
+from gradwatch.rules import RANK, SEVERITY_OF_RANK, Rule, Series, human, json_number
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 _INDENT = " " * 14
@@ -28,17 +28,6 @@ def exit_code_of(rank: int) -> int:
     if rank >= RANK["warning"]:
         return WARNING
     return OK
-
-
-def json_number(v: float | None) -> float | str | None:
-    """JSON has no NaN/Inf: they become the strings "NaN", "Infinity", "-Infinity"."""
-    if v is None:
-        return None
-    if v != v:
-        return "NaN"
-    if v in (math.inf, -math.inf):
-        return "Infinity" if v > 0 else "-Infinity"
-    return v
 
 
 class SeriesStats:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import datetime, timezone
 
-from gradwatch.actions import rfc3339
+
+def rfc3339(t: float) -> str:
+    """Epoch seconds as RFC 3339 UTC with milliseconds (logs, stop-files, Alertmanager)."""
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class JsonFormatter(logging.Formatter):

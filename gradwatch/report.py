@@ -13,10 +13,9 @@ import math
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from gradwatch.check import json_number
 from gradwatch.events.logdir import ProblemLog, read_logdir
 from gradwatch.export import csv_value
-from gradwatch.rules import human
+from gradwatch.rules import human, json_number
 
 DEFAULT_ROWS = 10
 

@@ -63,6 +63,17 @@ class Num(float):
         return human(self)
 
 
+def json_number(v: float | None) -> float | str | None:
+    """JSON has no NaN/Inf: they become the strings "NaN", "Infinity", "-Infinity"."""
+    if v is None:
+        return None
+    if v != v:
+        return "NaN"
+    if v in (math.inf, -math.inf):
+        return "Infinity" if v > 0 else "-Infinity"
+    return v
+
+
 def human(x: float) -> str:
     """826256.0 -> ``826,256``; 0.5 -> ``0.5``; 1.5e-05 -> ``1.5e-05``; NaN -> ``NaN``."""
     if x != x:

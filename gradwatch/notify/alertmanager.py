@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from gradwatch.alerts import DEESCALATED, ESCALATED, RESOLVED, AlertEvent
+from gradwatch.logjson import rfc3339
 from gradwatch.notify.base import (
     DeliveryError,
     Notifier,
@@ -37,7 +38,6 @@ from gradwatch.notify.base import (
     make_session,
     post,
     render_link,
-    rfc3339,
 )
 from gradwatch.secrets import Secret, expand, get_headers, get_secret, secret_url, url_problem
 from gradwatch.yamlconf import Section

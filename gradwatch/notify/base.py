@@ -19,7 +19,7 @@ import re
 import string
 import time
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import timezone
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -169,11 +169,6 @@ def _glob(value: str, globs: list[str]) -> bool:
 
 
 # -- helpers for channels ------------------------------------------------------
-
-
-def rfc3339(t: float) -> str:
-    """Epoch seconds as RFC 3339 UTC with milliseconds (what Alertmanager accepts)."""
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def latest_per_alert(events: Iterable[AlertEvent]) -> list[AlertEvent]:

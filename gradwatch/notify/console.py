@@ -14,8 +14,8 @@ import sys
 import time
 from typing import TextIO
 
-from gradwatch.actions import rfc3339
 from gradwatch.alerts import DEESCALATED, ESCALATED, FIRING, REPEAT, RESOLVED, AlertEvent
+from gradwatch.logjson import rfc3339
 from gradwatch.rules import human
 
 _COLOURS = {"critical": "\033[1;31m", "warning": "\033[1;33m", "info": "\033[1;36m", "resolved": "\033[1;32m"}

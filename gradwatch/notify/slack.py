@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from gradwatch.alerts import DEESCALATED, ESCALATED, RESOLVED, AlertEvent
+from gradwatch.logjson import rfc3339
 from gradwatch.notify.base import (
     DeliveryError,
     Notifier,
@@ -24,7 +25,6 @@ from gradwatch.notify.base import (
     make_session,
     post,
     render_link,
-    rfc3339,
 )
 from gradwatch.secrets import Secret, get_secret
 from gradwatch.yamlconf import Section

@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from gradwatch.alerts import AlertEvent
+from gradwatch.logjson import rfc3339
 from gradwatch.notify.base import (
     Notifier,
     format_value,
@@ -27,7 +28,6 @@ from gradwatch.notify.base import (
     make_session,
     post,
     render_link,
-    rfc3339,
 )
 from gradwatch.secrets import Secret, get_headers, get_secret
 from gradwatch.yamlconf import Section
