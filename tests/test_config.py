@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import textwrap
 
@@ -11,15 +10,6 @@ import pytest
 from gradwatch.cli import main
 from gradwatch.config import Config, load_config, parse_listen
 from gradwatch.yamlconf import ConfigError
-
-
-@pytest.fixture(autouse=True)
-def keep_logging():
-    # cli.main configures the "gradwatch" logger; give the next tests theirs back
-    logger = logging.getLogger("gradwatch")
-    saved = (logger.handlers[:], logger.level, logger.propagate)
-    yield
-    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 def write(tmp_path, text: str, name: str = "gradwatch.yaml"):

@@ -9,19 +9,12 @@ import json
 import signal
 import time
 
-import pytest
-from daemon_support import Daemon, kill_leftovers, watch_args
+from daemon_support import Daemon, watch_args
 from receivers import Receiver, free_port, wait_until
 from writers import write_scalars
 
 SEED = [(100, 5191.0), (200, 130486.0), (300, 826256.0)]
 EXPLOSION = ("firing", "gradient_explosion", "gradients/actor_cnn_norm")
-
-
-@pytest.fixture(autouse=True)
-def _cleanup():
-    yield
-    kill_leftovers()
 
 
 def _config(path, port: int) -> None:

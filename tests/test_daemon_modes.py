@@ -8,16 +8,8 @@ import os
 import re
 import shutil
 
-import pytest
 from conftest import require_binary
-from daemon_support import Daemon, kill_leftovers, wait_for, watch_args
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _no_daemon_left_behind():
-    yield
-    kill_leftovers()
-
+from daemon_support import Daemon, wait_for, watch_args
 
 TAG = "gradients/actor_cnn_norm"
 

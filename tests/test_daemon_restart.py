@@ -10,15 +10,7 @@ import signal
 import threading
 import time
 
-import pytest
-from daemon_support import Daemon, Writer, kill_leftovers, wait_for, watch_args
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _no_daemon_left_behind():
-    yield
-    kill_leftovers()
-
+from daemon_support import Daemon, Writer, wait_for, watch_args
 
 TAG = "gradients/actor_cnn_norm"
 

@@ -277,10 +277,11 @@ def test_memory_grows_with_series_not_points(tmp_path, monkeypatch):
         try:
             for run, tag, step, wall_time, value in read_logdir(str(logdir)):
                 last[run, tag] = (step, wall_time, value)
-            return tracemalloc.get_traced_memory()[1]
+            peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
-            assert len(last) == 5
+        assert len(last) == 5
+        return peak
 
     peak_reading(2_000)  # first use imports numpy: not part of what is measured
     small, large = peak_reading(10_000), peak_reading(50_000)

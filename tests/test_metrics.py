@@ -311,8 +311,10 @@ def test_series_copy_is_retried_when_the_engine_grows_meanwhile():
 def test_scrapes_survive_a_daemon_thread_adding_series():
     f = Fed()
     errors = []
+    scraping = threading.Event()
 
     def daemon():
+        scraping.wait(10)  # start adding once scrapes are under way, so the two really overlap
         for i in range(5_000):
             f.engine.observe(f"run{i % 50}", f"grad_norm/{i}", i, 1.7e9 + i, float(i))
 
@@ -325,9 +327,11 @@ def test_scrapes_survive_a_daemon_thread_adding_series():
                 seen.append(value(f.metrics, "gradwatch_series_tracked"))
             except Exception as e:  # any exception here is the bug under test
                 errors.append(e)
+            scraping.set()
     finally:
         t.join()
     assert errors == []
+    assert len(seen) >= 2, "no scrape overlapped the daemon thread: the test tested nothing"
     assert seen == sorted(seen)
     assert value(f.metrics, "gradwatch_series_tracked") == 5_000
 
@@ -453,8 +457,10 @@ def test_stop_releases_the_port_and_the_thread(fed):
     srv.stop()
     srv.stop()  # idempotent
     assert not [t for t in threading.enumerate() if t.name == "gradwatch-http"]
-    with pytest.raises(urllib.error.URLError):
+    with pytest.raises(urllib.error.URLError) as err:
         urllib.request.urlopen(f"http://127.0.0.1:{port}/-/healthy", timeout=5)
+    # closed, not answering with an error status (HTTPError is a URLError too)
+    assert isinstance(err.value.reason, ConnectionRefusedError)
     again = MetricsServer(fed.metrics, "127.0.0.1", port)  # the same port binds again at once
     again.start()
     assert again.port == port
