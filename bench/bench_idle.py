@@ -11,9 +11,11 @@ the daemon's utime + stime from /proc/PID/stat over that window, as % of one cor
 VmRSS (and VmHWM, the peak) from /proc/PID/status.
 
 Catch-up: a first start on a logdir holding ``--catchup-mb`` megabytes of scalar events
-(100 runs, 5 tags as in bench_reader.py), timed from the daemon's start to its "caught up"
-log line, which states the points it read. Data is generated once into bench/data/daemon-*
-(git ignores bench/data/); records are framed exactly as tensorboardX writes them.
+(100 runs, 5 tags as in bench_reader.py). MB/s and points/s use the catch-up time the daemon
+reports in its "caught up" log line (which states the points it read); the time from process
+start to that line is printed beside it ("with start-up"). Data is generated once into
+bench/data/daemon-* (git ignores bench/data/) by bench_reader.scalar_event, which a test holds
+byte-identical to tensorboardX's records.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ ROOT = os.path.dirname(HERE)
 DATA = os.path.join(HERE, "data")
 sys.path.insert(0, ROOT)
 
-from tensorboard.compat.proto import event_pb2, summary_pb2  # noqa: E402
+from bench_reader import scalar_event  # noqa: E402
+from tensorboard.compat.proto import event_pb2  # noqa: E402
 
 from gradwatch.events.records import frame  # noqa: E402
 
@@ -48,12 +51,8 @@ HEADER = frame(event_pb2.Event(wall_time=1_700_000_000.0, file_version="brain.Ev
 
 
 def scalar(tag: str, step: int, value: float, wall_time: float) -> bytes:
-    ev = event_pb2.Event(
-        wall_time=wall_time,
-        step=step,
-        summary=summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, simple_value=value)]),
-    )
-    return frame(ev.SerializeToString())
+    # bench_reader's generator, which a test holds byte-identical to tensorboardX's records
+    return frame(scalar_event("simple", tag, step, value, wall_time))
 
 
 def write_run(path: str, tags: list[str], steps: int, seed: int) -> int:

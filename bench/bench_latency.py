@@ -14,8 +14,9 @@ alert waits until the daemon has printed the resolution of this one, and a rando
 The console line comes after the stop-file: the daemon writes (and fsyncs) the stop-file
 before it commits the batch and prints.
 
-Records are framed exactly as tensorboardX writes them (gradwatch.events.records.frame over
-tensorboard's Event proto: the bytes are the same; see tests/test_bench_data.py).
+Records come from bench_reader.scalar_event, which
+tests/test_scalars.py::test_bench_generator_writes_what_the_writers_write holds byte-identical
+to what tensorboardX writes.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-from tensorboard.compat.proto import event_pb2, summary_pb2  # noqa: E402
+from bench_reader import scalar_event  # noqa: E402
+from tensorboard.compat.proto import event_pb2  # noqa: E402
 
 from gradwatch.events.records import frame  # noqa: E402
 
@@ -52,12 +54,8 @@ rules:
 
 
 def record(step: int, value: float) -> bytes:
-    ev = event_pb2.Event(
-        wall_time=time.time(),
-        step=step,
-        summary=summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=TAG, simple_value=value)]),
-    )
-    return frame(ev.SerializeToString())
+    # bench_reader's generator, which a test holds byte-identical to tensorboardX's records
+    return frame(scalar_event("simple", TAG, step, value, time.time()))
 
 
 def percentile(xs: list[float], p: float) -> float:

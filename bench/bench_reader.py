@@ -14,8 +14,9 @@ Data sets (generated once into bench/data/, which git ignores):
   points, to show which readers' memory grows with points and which with series.
 
 The records are serialized from the same Event protos the writers build (writing 1M events
-through tensorboardX takes minutes); tests/test_bench_data.py proves they are byte-identical
-to tensorboardX's and tensorboard's files.
+through tensorboardX takes minutes);
+tests/test_scalars.py::test_bench_generator_writes_what_the_writers_write proves they are
+byte-identical to tensorboardX's and tensorboard's files.
 
 Each reader runs in a subprocess of its own, so peak memory (``ru_maxrss`` of that child,
 from ``os.wait4``) is comparable; time is the reading only (imports excluded), the median
