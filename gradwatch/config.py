@@ -37,6 +37,8 @@ class Config:
     catchup_notify: bool = True  # after first catch-up, notify what is still firing (once)
     outbox_max_age: float = DEFAULT_OUTBOX_MAX_AGE
     notifiers: list[Section] = field(default_factory=list)
+    # the notifier objects built (once) from ``notifiers`` by load_config; None: not built yet
+    channels: list | None = None
     source: str | None = None
 
     def resolved_state_dir(self) -> str:
@@ -113,30 +115,30 @@ def load_config(path: str) -> Config:
 
     cfg.notifiers = list(top.sections("notifiers"))
     top.finish()
-    # notifier sections are validated where they are built; do it now for start-up errors
-    build_notifiers(cfg, problems)
+    # built (and so validated, secrets read) once, here: the daemon and `config check` use these
+    cfg.channels = _build_channels(cfg, problems)
     if problems:
+        for channel in cfg.channels:
+            channel.close()
         raise ConfigError(problems)
     return cfg
 
 
-def build_notifiers(cfg: Config, problems: list[Problem] | None = None) -> list:
-    """Notifier objects from the config's sections (problems collected, not raised)."""
+def build_notifiers(cfg: Config) -> list:
+    """The config's notifier objects (built by load_config; a Config made in code builds them here)."""
+    if cfg.channels is None:
+        problems: list[Problem] = []
+        cfg.channels = _build_channels(cfg, problems)
+        if problems:
+            raise ConfigError(problems)
+    return cfg.channels
+
+
+def _build_channels(cfg: Config, problems: list[Problem]) -> list:
     if not cfg.notifiers:
         return []
-    try:
-        from gradwatch.notify.base import build_notifiers as build
-    except ImportError:
-        if problems is not None:
-            problems.append(
-                Problem(cfg.source or "", 0, "notifiers", "notifiers are not available in this build")
-            )
-        return []
-    own = problems if problems is not None else []
+    from gradwatch.notify.base import build_notifiers as build
+
     for sec in cfg.notifiers:
-        sec.problems = own
-    try:
-        return build(cfg.notifiers)
-    except ConfigError as e:
-        own.extend(e.problems)
-        return []
+        sec.problems = problems
+    return build(cfg.notifiers)

@@ -746,7 +746,7 @@ class Daemon:
             config = load_config(self.config.source)
             config.logdir = config.logdir or self.config.logdir
             return config
-        return dataclasses.replace(self.config)
+        return dataclasses.replace(self.config, channels=None)  # fresh channels: the old ones close
 
     def reload(self) -> bool:
         """SIGHUP: new rules and config; an invalid one is reported and the old one kept."""
@@ -798,7 +798,9 @@ class Daemon:
                 log.info("now watching %s (%s)", self.logdir, self.watcher.mode)
             elif not self._watching:
                 self.watcher = Watcher(self.logdir, config.poll)
-        if [dict(s.data) for s in config.notifiers] != [dict(s.data) for s in old.notifiers]:
+        if config.notifiers or old.notifiers:
+            # always: a rotated *_file secret (a Kubernetes Secret update) changes no YAML;
+            # queued notifications stay in the state DB and go out through the new channels
             self._replace_outbox(build_notifiers(config))
         log.info("reloaded: %d rules", len(rules))
 

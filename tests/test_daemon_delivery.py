@@ -79,3 +79,31 @@ def test_outage_then_kill_9_then_recovery_delivers_once(tmp_path):
         time.sleep(2)
         assert _firing(receiver.requests) == got, "a restart after delivery must not send again"
         assert third.stop() == 0
+
+
+def test_sighup_picks_up_a_rotated_secret_file(tmp_path):
+    # a Kubernetes Secret update rewrites the mounted file; the YAML does not change
+    old, new = Receiver(), Receiver()
+    try:
+        url_file = tmp_path / "hook-url"
+        url_file.write_text(old.url() + "\n")
+        cfg = tmp_path / "gradwatch.yaml"
+        cfg.write_text(
+            f"notifiers:\n  - name: hook\n    type: webhook\n    url_file: {url_file}\n    group_wait: 0s\n"
+        )
+        logdir = tmp_path / "logdir"
+        write_scalars("tensorboardX", str(logdir / "a"), [("gradients/actor_cnn_norm", 1, 99999.0)])
+        d = Daemon(watch_args(logdir, tmp_path / "state", "--config", str(cfg)), str(tmp_path))
+        d.wait_ready()
+        old.wait_for(1, timeout=30)
+        url_file.write_text(new.url() + "\n")
+        d.signal(signal.SIGHUP)
+        d.wait_err("reloaded")
+        write_scalars("tensorboardX", str(logdir / "b"), [("gradients/actor_cnn_norm", 1, 99999.0)])
+        got = new.wait_for(1, timeout=30)
+        assert [a["labels"]["run"] for r in got for a in json.loads(r.body)["alerts"]][:1] == ["b"]
+        assert all(json.loads(r.body)["alerts"][0]["labels"]["run"] == "a" for r in old.requests)
+        assert d.stop() == 0
+    finally:
+        old.stop()
+        new.stop()
