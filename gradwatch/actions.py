@@ -144,10 +144,12 @@ class FlagWriter:
             directory = os.path.join(self.logdir, FLAGS_DIR, run)
             os.makedirs(directory, exist_ok=True)
             name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.gradwatch"
-            path = self._files[run] = os.path.join(directory, name)
+            path = os.path.join(directory, name)
             with open(path, "ab") as f:
                 ev = event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")
                 f.write(frame(ev.SerializeToString()))
+            # remembered only once the header is there: a failed first write is retried whole
+            self._files[run] = path
         return path
 
     def handle(self, event: AlertEvent, severities: tuple[str, ...] = ("warning", "critical")) -> None:

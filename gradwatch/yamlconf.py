@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -304,15 +303,3 @@ def to_number(value: Any) -> float | None:
             return None
         return out if math.isfinite(out) else None
     return None
-
-
-def expand_env(value: str, file: str = "", path: str = "") -> str:
-    """Replace ``${NAME}`` with the environment variable NAME (error if unset)."""
-
-    def sub(m: re.Match) -> str:
-        name = m.group(1)
-        if name not in os.environ:
-            raise KeyError(name)
-        return os.environ[name]
-
-    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", sub, value)

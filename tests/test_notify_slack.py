@@ -239,3 +239,18 @@ def test_a_huge_recommendation_and_summary_still_fit_slacks_section_limit(slack)
     assert any(t.startswith(":bulb: *Recommendation:* ") for t in sections)
     assert max(len(t) for t in sections) == 3000
     n.close()
+
+
+def test_rate_limit_is_told_by_the_status_not_by_the_text(slack):
+    n = notifier(slack)
+    slack.script(
+        Response(429, "rate_limited"),  # a proxy ate Retry-After: wait a second anyway
+        Response(500, "upstream said HTTP 429"),  # an error whose text mentions 429 is not a rate limit
+    )
+    with pytest.raises(DeliveryError) as limited:
+        n.send([make_event()])
+    with pytest.raises(DeliveryError) as failed:
+        n.send([make_event()])
+    assert (limited.value.status, limited.value.retry_after) == (429, 1.0)
+    assert (failed.value.status, failed.value.retry_after) == (500, None)
+    n.close()

@@ -49,11 +49,18 @@ class DeliveryError(Exception):
     The message never holds a secret.
     """
 
-    def __init__(self, message: str, retry_after: float | None = None, permanent: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        retry_after: float | None = None,
+        permanent: bool = False,
+        status: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
         self.permanent = permanent
+        self.status = status  # the HTTP status, when the receiver answered
 
 
 class Notifier:
@@ -254,12 +261,12 @@ def post(
     retry_after = parse_retry_after(r.headers.get("Retry-After"))
     code = r.status_code
     if 300 <= code < 400:
-        raise DeliveryError(msg + " (redirects are not followed; fix the URL)", permanent=True)
+        raise DeliveryError(msg + " (redirects are not followed; fix the URL)", permanent=True, status=code)
     if code >= 500 or code in RETRYABLE_4XX:
-        raise DeliveryError(msg, retry_after=retry_after)
+        raise DeliveryError(msg, retry_after=retry_after, status=code)
     if permanent_codes is not None and code not in permanent_codes:
-        raise DeliveryError(msg, retry_after=retry_after)
-    raise DeliveryError(msg, permanent=True)
+        raise DeliveryError(msg, retry_after=retry_after, status=code)
+    raise DeliveryError(msg, permanent=True, status=code)
 
 
 def network_reason(e: BaseException, secrets: list[Secret | None]) -> str:

@@ -162,7 +162,7 @@ class SlackNotifier(Notifier):
                 permanent_codes=PERMANENT,
             )
         except DeliveryError as e:
-            if "HTTP 429" in e.message and e.retry_after is None:
+            if e.status == 429 and e.retry_after is None:
                 e.retry_after = 1.0  # Slack always sends Retry-After; if a proxy ate it, wait a second
             raise
 
