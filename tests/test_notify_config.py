@@ -105,6 +105,14 @@ notifiers:
         ("{name: a, type: webhook, url: http://x, headers: [a]}", "headers: expected a mapping of header"),
         ("{name: a, type: webhook, url: http://x, headers: {'a b': c}}", "'a b' is not a valid HTTP header"),
         ("{name: a, type: webhook, url: http://x, headers: {Content-Type: x}}", "gradwatch sets this header"),
+        (
+            "{name: a, type: alertmanager, url: http://x, headers: {Content-Type: x}}",
+            "gradwatch sets this header",
+        ),
+        (
+            "{name: a, type: alertmanager, url: http://x, bearer_token: t, headers: {Authorization: x}}",
+            "gradwatch sets this header",
+        ),
         ("{name: a, type: alertmanager}", "missing required key 'url' (or 'urls' for several"),
         ("{name: a, type: alertmanager, urls: []}", "urls: expected a list of Alertmanager URLs"),
         ("{name: a, type: alertmanager, urls: [http://x, 5]}", "urls: item 2: expected a URL string"),

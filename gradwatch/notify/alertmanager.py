@@ -33,11 +33,13 @@ from gradwatch.logjson import rfc3339
 from gradwatch.notify.base import (
     DeliveryError,
     Notifier,
-    format_value,
+    check_headers,
+    event_annotations,
     link_template,
     make_session,
     post,
     render_link,
+    request_headers,
 )
 from gradwatch.secrets import Secret, expand, get_headers, get_secret, secret_url, url_problem
 from gradwatch.yamlconf import Section
@@ -130,6 +132,7 @@ class AlertmanagerNotifier(Notifier):
             sec.error("resend_interval", "at least 1s")
         generator_url = link_template(sec)
         headers = get_headers(sec)
+        check_headers(sec, headers)
         bearer = get_secret(sec, "bearer_token")
         if not urls:
             return None
@@ -162,14 +165,9 @@ class AlertmanagerNotifier(Notifier):
         labels = {label_name(k): v for k, v in e.labels.items()}
         labels.update(self.labels)
         labels.update(alertname=e.rule, severity=severity, run=e.run, tag=e.tag)
-        annotations = dict(e.annotations)
-        annotations.setdefault("value", format_value(e.value))
-        annotations.setdefault("step", str(e.step))
-        if e.threshold is not None:
-            annotations.setdefault("threshold", format_value(e.threshold))
         out: dict[str, Any] = {
             "labels": labels,
-            "annotations": annotations,
+            "annotations": event_annotations(e),
             "startsAt": rfc3339(min(e.starts_at, now) if e.starts_at else now),
             "endsAt": rfc3339(ends_at),
         }
@@ -251,10 +249,7 @@ class AlertmanagerNotifier(Notifier):
 
     def _post(self, alerts: list[dict[str, Any]]) -> None:
         body = json.dumps(alerts, ensure_ascii=False).encode()
-        headers = {k: v.reveal() for k, v in self.headers.items()}
-        headers["Content-Type"] = "application/json"
-        if self.bearer_token is not None:
-            headers["Authorization"] = "Bearer " + self.bearer_token.reveal()
+        headers = request_headers(self.headers, self.bearer_token)
 
         def one(i: int) -> DeliveryError | None:
             try:

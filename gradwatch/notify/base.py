@@ -437,6 +437,37 @@ def link_template(sec: Section, key: str = "generator_url") -> str | None:
     return text
 
 
+def event_annotations(e: AlertEvent) -> dict[str, str]:
+    """The event's annotations plus value, step and threshold (Alertmanager-shaped payloads)."""
+    annotations = dict(e.annotations)
+    annotations.setdefault("value", format_value(e.value))
+    annotations.setdefault("step", str(e.step))
+    if e.threshold is not None:
+        annotations.setdefault("threshold", format_value(e.threshold))
+    return annotations
+
+
+# headers gradwatch sets on JSON POSTs: a user header of that name would be overwritten
+RESERVED_HEADERS = frozenset({"content-type", "content-length", "host"})
+
+
+def check_headers(
+    sec: Section, headers: dict[str, Secret], reserved: frozenset[str] = RESERVED_HEADERS
+) -> None:
+    for h in headers:
+        if h.lower() in reserved or (h.lower() == "authorization" and sec.has("bearer_token")):
+            sec.error("headers", f"{h}: gradwatch sets this header itself")
+
+
+def request_headers(headers: dict[str, Secret], bearer_token: Secret | None) -> dict[str, str]:
+    """The user's headers, JSON content type and the bearer token, secrets revealed (never logged)."""
+    out = {k: v.reveal() for k, v in headers.items()}
+    out["Content-Type"] = "application/json"
+    if bearer_token is not None:
+        out["Authorization"] = "Bearer " + bearer_token.reveal()
+    return out
+
+
 def render_link(template: str | None, event: AlertEvent) -> str:
     if not template:
         return ""

@@ -21,13 +21,16 @@ from typing import Any
 from gradwatch.alerts import AlertEvent
 from gradwatch.logjson import rfc3339
 from gradwatch.notify.base import (
+    RESERVED_HEADERS,
     Notifier,
-    format_value,
+    check_headers,
+    event_annotations,
     latest_per_alert,
     link_template,
     make_session,
     post,
     render_link,
+    request_headers,
 )
 from gradwatch.secrets import Secret, get_headers, get_secret
 from gradwatch.yamlconf import Section
@@ -35,7 +38,7 @@ from gradwatch.yamlconf import Section
 ZERO_TIME = "0001-01-01T00:00:00Z"  # what Alertmanager sends as endsAt of a firing alert
 TIMESTAMP_HEADER = "X-Gradwatch-Timestamp"
 SIGNATURE_HEADER = "X-Gradwatch-Signature"
-_RESERVED = {"content-type", "content-length", "host", TIMESTAMP_HEADER.lower(), SIGNATURE_HEADER.lower()}
+_RESERVED = RESERVED_HEADERS | {TIMESTAMP_HEADER.lower(), SIGNATURE_HEADER.lower()}
 
 
 def sign(secret: bytes, timestamp: str, body: bytes) -> str:
@@ -55,15 +58,10 @@ def verify(secret: bytes, timestamp: str, body: bytes, signature: str, max_skew:
 
 def alert_payload(e: AlertEvent, status: str, generator_url: str, now: float) -> dict[str, Any]:
     """One entry of ``alerts`` in Alertmanager's webhook and v2 API shapes."""
-    annotations = dict(e.annotations)
-    annotations.setdefault("value", format_value(e.value))
-    annotations.setdefault("step", str(e.step))
-    if e.threshold is not None:
-        annotations.setdefault("threshold", format_value(e.threshold))
     return {
         "status": status,
         "labels": dict(e.labels),
-        "annotations": annotations,
+        "annotations": event_annotations(e),
         "startsAt": rfc3339(e.starts_at),
         "endsAt": rfc3339(e.ends_at or now) if status == "resolved" else ZERO_TIME,
         "generatorURL": generator_url,
@@ -111,9 +109,7 @@ class WebhookNotifier(Notifier):
     def from_section(cls, sec: Section, common: dict[str, Any]) -> Notifier | None:
         url = get_secret(sec, "url", required=True, url=True)
         headers = get_headers(sec)
-        for h in headers:
-            if h.lower() in _RESERVED or (h.lower() == "authorization" and sec.has("bearer_token")):
-                sec.error("headers", f"{h}: gradwatch sets this header itself")
+        check_headers(sec, headers, _RESERVED)
         bearer = get_secret(sec, "bearer_token")
         secret = get_secret(sec, "hmac_secret")
         max_alerts = sec.integer("max_alerts", default=0)
@@ -167,10 +163,7 @@ class WebhookNotifier(Notifier):
         if not events:
             return
         body = json.dumps(self.payload(events), ensure_ascii=False, allow_nan=False).encode()
-        headers = {k: v.reveal() for k, v in self.headers.items()}
-        headers["Content-Type"] = "application/json"
-        if self.bearer_token is not None:
-            headers["Authorization"] = "Bearer " + self.bearer_token.reveal()
+        headers = request_headers(self.headers, self.bearer_token)
         if self.hmac_secret is not None:
             ts = str(int(time.time()))
             headers[TIMESTAMP_HEADER] = ts
