@@ -750,7 +750,9 @@ class Daemon:
 
     def reload(self) -> bool:
         """SIGHUP: new rules and config; an invalid one is reported and the old one kept."""
+        sdnotify.reloading("reloading the configuration")
         ok = self._reload_config()
+        sdnotify.ready(f"watching {len(self.reader.readers)} event files in {self.logdir}")
         if self.metrics is not None:
             self.metrics.config_reloaded(ok)
         return ok

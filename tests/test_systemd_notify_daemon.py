@@ -69,6 +69,12 @@ def test_ready_after_catch_up_then_watchdog_pings_then_stopping(tmp_path, notify
         # READY comes first: the catch-up is done before systemd considers the unit started
         assert got.index(ready[0]) == 0
         assert got.count("WATCHDOG=1") >= 2
+        # systemctl reload: RELOADING=1 (with the monotonic time systemd wants), then READY=1 again
+        proc.send_signal(signal.SIGHUP)
+        reload = _messages(srv, lambda m: any(x.startswith("READY=1") for x in m))
+        reloading = [m for m in reload if m.startswith("RELOADING=1")]
+        assert reloading and "MONOTONIC_USEC=" in reloading[0], reload
+        assert reload.index(reloading[0]) < next(i for i, m in enumerate(reload) if m.startswith("READY=1"))
         proc.send_signal(signal.SIGTERM)
         tail = _messages(srv, lambda m: any(x.startswith("STOPPING=1") for x in m))
         assert any(m.startswith("STOPPING=1") for m in tail)
