@@ -154,9 +154,14 @@ def replace_file(dir_fd: int, name: str, data: bytes, mode: int = 0o644) -> None
 
 
 def _describe(e: OSError) -> str:
-    """What failed and on which name (makedirs fails on a parent of the path logged)."""
+    """What failed, with the name only when it is not part of the path logged beside it.
+
+    makedirs fails on a parent (an absolute name); the names of dir_fd calls are components of
+    the path, or the random temp file's, which would make every repeat look like a new problem.
+    """
     what = e.strerror or str(e)
-    return f"{what}: {e.filename}" if e.filename else what
+    name = e.filename
+    return f"{what}: {name}" if isinstance(name, str) and os.path.isabs(name) else what
 
 
 class ProblemLog:

@@ -328,3 +328,32 @@ def test_the_daemon_writes_nothing_into_a_run_dir_swapped_for_a_link_between_two
     secret_dir.assert_untouched(logdir)
     assert len(refusals(caplog)) == 1 and "run is a symbolic link" in refusals(caplog)[0]
     shutil.rmtree(state)
+
+
+def test_an_unwritable_logdir_costs_one_log_line_per_run_however_often_it_fails(tmp_path, writer):
+    """Issue 8: 1,000 runs in a read-only logdir gave 2,001 error lines; now one per run."""
+    setpriv = require_binary("setpriv")
+    logdir = tmp_path / "logdir"
+    runs = [f"run-{i:02d}" for i in range(30)]
+    for run in runs:
+        writer.write(logdir / run, 100, {TAG: 1.0})
+        os.chmod(logdir / run, 0o555)
+    # root without CAP_DAC_OVERRIDE obeys chmod like any user
+    drop = [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--"]
+    d = Daemon(watch_args(logdir, tmp_path / "state"), str(tmp_path), prefix=drop)
+    try:
+        d.wait_ready()
+        for step in (200, 300):  # fires, then re-tried on every new point while it still fires
+            for run in runs:
+                writer.write(logdir / run, step, {TAG: 130486.0})
+        writer.write(logdir / "zz-sync", 1, {TAG: 130486.0})  # handled after all of the above
+        d.wait_alert(run="zz-sync", rule="gradient_explosion")
+        assert d.stop() == 0
+    finally:
+        if d.proc.poll() is None:
+            d.kill()
+        for run in runs:
+            os.chmod(logdir / run, 0o755)
+    failed = r"cannot write stop-file .*/(run-\d\d)/gradwatch-stop\.json: Permission denied"
+    lines = re.findall(failed, d.err())
+    assert sorted(lines) == runs, d.err()[-3000:]
