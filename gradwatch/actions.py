@@ -223,6 +223,16 @@ class StopFileWriter:
         self.default_severity = default_severity
         self.override = override
 
+    def exists(self, run: str) -> bool:
+        """Whether ``run``'s stop-file is there, looked up without following a symlink."""
+        base, dirs, name = split_below(self.logdir, stop_path(self.template, self.logdir, run))
+        try:
+            with directory_below(base, dirs) as dir_fd:
+                os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except (OSError, Refused):
+            return False  # then handle() says why, once
+        return True
+
     def stops(self, rank: int, rule_stop: str | None) -> bool:
         """Whether an alert at severity ``rank`` stops training (the rule's ``stop:``, else the default)."""
         sev = self.default_severity if self.override else rule_stop or self.default_severity

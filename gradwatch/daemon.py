@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 from gradwatch import sdnotify
-from gradwatch.actions import FlagWriter, StopFileWriter, stop_path
+from gradwatch.actions import FlagWriter, StopFileWriter
 from gradwatch.alerts import ACTIVE, FIRING, AlertBook, AlertEvent, alert_key
 from gradwatch.config import Config, build_notifiers, load_config, parse_listen
 from gradwatch.engine import Engine
@@ -546,7 +546,7 @@ class Daemon:
                 continue
             if not self.stopper.stops(alert.rank, rule.stop):
                 continue
-            if not os.path.exists(stop_path(self.stopper.template, self.logdir, alert.run)):
+            if not self.stopper.exists(alert.run):  # never through a trainer's symlink
                 self.stopper.handle(self.book.event(rule, alert, FIRING, None), rule.stop)
 
     def _severities(self, rule_name: str) -> tuple[str, ...]:

@@ -141,6 +141,11 @@ def test_a_run_directory_swapped_for_a_symlink_to_a_root_only_directory_gets_not
     assert writer.handle(event(run="parent/child"), None) is None
     secret_dir.assert_untouched(logdir)
     assert writer.refused == 3
+    # nor is a file behind the link taken for the run's stop-file (the daemon's re-write check)
+    (secret_dir.path / "gradwatch-stop.json").write_text("{}")
+    assert not writer.exists("run")
+    as_trainer("mkdir", str(logdir / "real"))
+    assert writer.handle(event(run="real"), None) is not None and writer.exists("real")
 
 
 def test_a_fifo_or_a_hard_link_at_the_stop_file_path_is_never_opened_for_its_content(
