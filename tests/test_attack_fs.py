@@ -362,3 +362,28 @@ def test_an_unwritable_logdir_costs_one_log_line_per_run_however_often_it_fails(
     failed = r"cannot write stop-file .*/(run-\d\d)/gradwatch-stop\.json: Permission denied"
     lines = re.findall(failed, d.err())
     assert sorted(lines) == runs, d.err()[-3000:]
+
+
+def test_an_event_file_symlinked_to_a_root_only_run_is_not_read(logdir, tmp_path, writer):
+    """Someone else's private run (0700, root) must not reach this daemon's alerts and metrics."""
+    private = tmp_path / "private-run"
+    private.mkdir(mode=0o700)
+    writer.write(private, 100, {TAG: 7777777.0})
+    writer.close(private)
+    (target,) = private.glob("*tfevents*")
+    as_trainer("mkdir", str(logdir / "run"))
+    as_trainer("ln", "-s", str(target), str(logdir / "run" / target.name))
+    state = Path(tempfile.mkdtemp(prefix="gradwatch-state-"))
+    d = Daemon(watch_args(logdir, state), str(state))
+    try:
+        d.wait_ready()
+        writer.write(logdir / "zz-sync", 1, {TAG: 130486.0})  # handled after the planted link
+        d.wait_alert(run="zz-sync", rule="gradient_explosion")
+        assert d.stop() == 0
+    finally:
+        if d.proc.poll() is None:
+            d.kill()
+    assert [a["run"] for a in d.alerts()] == ["zz-sync"], d.out()
+    assert "7777777" not in d.out() + d.err()
+    assert len(re.findall(rf"{target.name}: .*symbolic link", d.err())) == 1, d.err()
+    shutil.rmtree(state)
