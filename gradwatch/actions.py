@@ -164,7 +164,7 @@ def _describe(e: OSError) -> str:
     return f"{what}: {name}" if isinstance(name, str) and os.path.isabs(name) else what
 
 
-class ProblemLog:
+class FailureLog:
     """One log line per key (a run) and problem, however often it repeats; counts every time.
 
     ``counts`` (key -> failures since the last success) is what metrics can show per run.
@@ -175,11 +175,11 @@ class ProblemLog:
         self.counts: dict[str, int] = {}
         self._said: dict[str, str] = {}
 
-    def failed(self, key: str, path: str, problem: str, level: int = logging.ERROR) -> None:
+    def failed(self, key: str, path: str, problem: str) -> None:
         self.counts[key] = self.counts.get(key, 0) + 1
         if self._said.get(key) != problem:
             self._said[key] = problem
-            log.log(level, "cannot write %s %s: %s (logged once per run; counted)", self.what, path, problem)
+            log.error("cannot write %s %s: %s (logged once per run; counted)", self.what, path, problem)
 
     def succeeded(self, key: str, path: str) -> None:
         failures = self.counts.pop(key, 0)
@@ -215,7 +215,7 @@ class StopFileWriter:
         self.written = 0
         self.errors = 0
         self.refused = 0
-        self.problems = ProblemLog("stop-file")
+        self.problems = FailureLog("stop-file")
 
     def configure(self, template: str, default_severity: str | None, override: bool = False) -> None:
         """The settings a reload (SIGHUP) may change."""
@@ -324,7 +324,7 @@ class FlagWriter:
         self._files: dict[str, tuple[str, tuple[int, int]]] = {}
         self.errors = 0
         self.refused = 0
-        self.problems = ProblemLog("TensorBoard alert flags in")
+        self.problems = FailureLog("TensorBoard alert flags in")
 
     def handle(self, event: AlertEvent, severities: tuple[str, ...] = ("warning", "critical")) -> None:
         """One 0/1 flag per severity of the rule (``severities``): 1 for the active one."""
