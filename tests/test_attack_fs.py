@@ -270,12 +270,13 @@ def test_stop_severity_never_on_the_command_line_wins_over_the_rules_stop(tmp_pa
 # -- the real daemon ------------------------------------------------------------------------
 
 
-def test_the_daemon_refuses_a_planted_stop_file_link_once_and_keeps_alerting(logdir, secret_file, writer):
-    state = Path(tempfile.mkdtemp(prefix="gradwatch-state-"))
+def test_the_daemon_refuses_a_planted_stop_file_link_once_and_keeps_alerting(
+    logdir, secret_file, writer, tmp_path
+):
     as_trainer("mkdir", str(logdir / "run"))
     as_trainer("ln", "-s", str(secret_file.path), str(logdir / "run" / "gradwatch-stop.json"))
     writer.write(logdir / "run", 100, {TAG: 1.0})
-    d = Daemon(watch_args(logdir, state), str(state))
+    d = Daemon(watch_args(logdir, tmp_path / "state"), str(tmp_path))
     try:
         d.wait_ready()
         writer.write(logdir / "run", 200, {TAG: 130486.0})
@@ -293,11 +294,10 @@ def test_the_daemon_refuses_a_planted_stop_file_link_once_and_keeps_alerting(log
     assert os.readlink(logdir / "run" / "gradwatch-stop.json") == str(secret_file.path)
     assert len(re.findall(r"refused: gradwatch-stop\.json is a symbolic link", d.err())) == 1, d.err()
     assert secret_file.token not in d.err() + d.out()
-    shutil.rmtree(state)
 
 
 def test_the_daemon_writes_nothing_into_a_run_dir_swapped_for_a_link_between_two_points(
-    logdir, secret_dir, caplog
+    logdir, secret_dir, caplog, tmp_path
 ):
     """The in-process daemon, with the trainer's swap played at the moment the daemon acts on a point."""
     from gradwatch.config import Config
@@ -305,8 +305,8 @@ def test_the_daemon_writes_nothing_into_a_run_dir_swapped_for_a_link_between_two
 
     as_trainer("mkdir", str(logdir / "run"))
     write_scalars("tensorboardX", str(logdir / "run"), [(TAG, 100, 130486.0)])
-    state = Path(tempfile.mkdtemp(prefix="gradwatch-state-"))
-    out = open(state / "console.txt", "w")  # noqa: SIM115 - closed below
+    state = tmp_path / "state"
+    out = open(tmp_path / "console.txt", "w")  # noqa: SIM115 - closed below
     daemon = InProcessDaemon(Config(logdir=str(logdir), state_dir=str(state), listen=None), out=out)
     real_handle = daemon.stopper.handle
     swapped = threading.Event()
@@ -332,7 +332,6 @@ def test_the_daemon_writes_nothing_into_a_run_dir_swapped_for_a_link_between_two
             out.close()
     secret_dir.assert_untouched(logdir)
     assert len(refusals(caplog)) == 1 and "run is a symbolic link" in refusals(caplog)[0]
-    shutil.rmtree(state)
 
 
 def test_an_unwritable_logdir_costs_one_log_line_per_run_however_often_it_fails(tmp_path, writer):
@@ -373,8 +372,8 @@ def test_an_event_file_symlinked_to_a_root_only_run_is_not_read(logdir, tmp_path
     (target,) = private.glob("*tfevents*")
     as_trainer("mkdir", str(logdir / "run"))
     as_trainer("ln", "-s", str(target), str(logdir / "run" / target.name))
-    state = Path(tempfile.mkdtemp(prefix="gradwatch-state-"))
-    d = Daemon(watch_args(logdir, state), str(state))
+    state = tmp_path / "state"
+    d = Daemon(watch_args(logdir, state), str(tmp_path))
     try:
         d.wait_ready()
         writer.write(logdir / "zz-sync", 1, {TAG: 130486.0})  # handled after the planted link
@@ -386,4 +385,3 @@ def test_an_event_file_symlinked_to_a_root_only_run_is_not_read(logdir, tmp_path
     assert [a["run"] for a in d.alerts()] == ["zz-sync"], d.out()
     assert "7777777" not in d.out() + d.err()
     assert len(re.findall(rf"{target.name}: .*symbolic link", d.err())) == 1, d.err()
-    shutil.rmtree(state)
