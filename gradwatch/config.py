@@ -31,6 +31,7 @@ class Config:
     log_format: str = "text"
     stop_file: str = DEFAULT_STOP_FILE
     stop_severity: str | None = "critical"  # rules without `stop:` use this; None: never
+    stop_severity_override: bool = False  # --stop-severity, or `never`: wins over every rule's `stop:`
     tensorboard_flags: bool = False
     forget_after: float = DEFAULT_FORGET_AFTER
     export_tags: list[str] = field(default_factory=list)
@@ -95,6 +96,7 @@ def load_config(path: str) -> Config:
     cfg.stop_file = stop.string("path", DEFAULT_STOP_FILE)
     sev = stop.choice("severity", (*SEVERITIES, "never"), "critical")
     cfg.stop_severity = None if sev == "never" else sev
+    cfg.stop_severity_override = sev == "never"
     if cfg.stop_file:
         try:
             cfg.stop_file.format(run_dir="r", run="r", logdir="l")

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 from gradwatch import sdnotify
-from gradwatch.actions import FlagWriter, StopFileWriter, stop_path
+from gradwatch.actions import FlagWriter, StopFileWriter
 from gradwatch.alerts import ACTIVE, FIRING, AlertBook, AlertEvent, alert_key
 from gradwatch.config import Config, build_notifiers, load_config, parse_listen
 from gradwatch.engine import Engine
@@ -109,7 +109,9 @@ class Daemon:
             self.engine.series(run, tag)
         self._saved_series = {}
         self.console = ConsoleNotifier(out, fmt="json" if config.log_format == "json" else "auto")
-        self.stopper = StopFileWriter(self.logdir, config.stop_file, config.stop_severity)
+        self.stopper = StopFileWriter(
+            self.logdir, config.stop_file, config.stop_severity, config.stop_severity_override
+        )
         self.flags = FlagWriter(self.logdir) if config.tensorboard_flags else None
         self.watcher = Watcher(self.logdir, config.poll)
         self.notifiers = build_notifiers(config)
@@ -544,7 +546,7 @@ class Daemon:
                 continue
             if not self.stopper.stops(alert.rank, rule.stop):
                 continue
-            if not os.path.exists(stop_path(self.stopper.template, self.logdir, alert.run)):
+            if not self.stopper.exists(alert.run):  # never through a trainer's symlink
                 self.stopper.handle(self.book.event(rule, alert, FIRING, None), rule.stop)
 
     def _severities(self, rule_name: str) -> tuple[str, ...]:
@@ -789,7 +791,8 @@ class Daemon:
         self.rules = rules
         self._rematch(rules)
         self.engine.export_tags = config.export_tags
-        self.stopper = StopFileWriter(self.logdir, config.stop_file, config.stop_severity)
+        # the same writer: its counters and once-per-run problem log survive a reload
+        self.stopper.configure(config.stop_file, config.stop_severity, config.stop_severity_override)
         if config.tensorboard_flags and self.flags is None:
             self.flags = FlagWriter(self.logdir)
         elif not config.tensorboard_flags:
@@ -906,6 +909,7 @@ def config_from_args(args) -> Config:
         cfg.stop_file = args.stop_file
     if args.stop_severity:
         cfg.stop_severity = None if args.stop_severity == "never" else args.stop_severity
+        cfg.stop_severity_override = True  # flags override files, the rules' `stop:` included
     if args.tensorboard_flags:
         cfg.tensorboard_flags = True
     if args.log_format:

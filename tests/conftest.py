@@ -54,3 +54,11 @@ def require_binary(name: str) -> str:
             pytest.fail(f"{name} is not installed; .ci/run should have installed it")
         pytest.skip(f"{name} is not installed (.ci/run installs it: {PACKAGES.get(name, name)})")
     return path
+
+
+def require_root() -> None:
+    """For a test that plays a root daemon against an unprivileged trainer; in CI (root) it must run."""
+    if os.geteuid() != 0:
+        if IN_CI:
+            pytest.fail("this test needs root (the daemon side of an attack); CI runs as root")
+        pytest.skip("needs root: it plays a root daemon against a trainer running as nobody")

@@ -161,3 +161,15 @@ def test_tensorboard_flags_are_scalars_tensorboard_reads(tmp_path):
         "alerts/gradient_explosion/warning": [(100, 1.0), (200, 0.0), (300, 0.0)],
         "alerts/gradient_explosion/critical": [(100, 0.0), (200, 1.0), (300, 0.0)],
     }
+
+
+def test_a_run_whose_name_is_not_utf8_gets_its_stop_file_and_flags(tmp_path):
+    """Names are bytes on Linux: run-\\xff reaches the directory fds as the same bytes."""
+    run = os.fsdecode(b"run-\xff")
+    os.mkdir(os.path.join(os.fsencode(tmp_path), b"run-\xff"))
+    path = StopFileWriter(str(tmp_path)).handle(event(run=run), None)
+    assert os.fsencode(path) == os.fsencode(tmp_path) + b"/run-\xff/gradwatch-stop.json"
+    assert json.loads(Path(path).read_bytes())["run"] == run
+    flags = FlagWriter(str(tmp_path))
+    flags.handle(event(run=run))
+    assert flags.errors == 0 and os.listdir(os.fsencode(tmp_path / "_gradwatch" / run))

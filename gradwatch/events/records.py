@@ -203,7 +203,8 @@ class RecordTail:
         """
         # O_NONBLOCK: opening a FIFO that happens to be named like an event
         # file must not block the reader until some writer shows up.
-        fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        # O_NOFOLLOW: a trainer's symlink must not make a root daemon read someone else's file.
+        fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
         with open(fd, "rb", buffering=0) as f:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
