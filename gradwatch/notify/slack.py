@@ -39,8 +39,6 @@ DETAIL_MAX = 8  # alerts shown one section each; more become a summary list
 RECOMMENDATIONS_MAX = 3
 
 ICON = {"critical": "\U0001f534", "warning": "\U0001f7e0", "info": "\U0001f535", "resolved": "\u2705"}
-# Slack's documented codes for a request that will never succeed as sent
-PERMANENT = (400, 403, 404, 410)
 
 
 def escape(text: str) -> str:
@@ -159,7 +157,6 @@ class SlackNotifier(Notifier):
                 headers={"Content-Type": "application/json; charset=utf-8"},
                 timeout=self.timeout,
                 secrets=[],
-                permanent_codes=PERMANENT,
             )
         except DeliveryError as e:
             if e.status == 429 and e.retry_after is None:
