@@ -325,3 +325,21 @@ def make_event(
         catchup=catchup,
         seq=seq,
     )
+
+
+def crossing_and_recovery(run: str) -> list[AlertEvent]:
+    """The events the daemon gets from one batch of points holding a crossing and its recovery
+    (the packaged rules: gradient_explosion and gradient_growth fire, then both resolve)."""
+    from gradwatch.alerts import AlertBook
+    from gradwatch.engine import Engine
+    from gradwatch.rulefile import load_rules
+
+    rules = load_rules()
+    book = AlertBook(rules, live=True)
+    engine = Engine(rules, book)
+    now = time.time()
+    for step, value in enumerate((5_191, 130_486, 900, 800, 700, 600, 500), start=1):
+        engine.observe(run, "gradients/actor_cnn_norm", step * 100, now + step, float(value))
+    events = book.take_events()
+    assert [e.kind for e in events if e.rule == "gradient_explosion"] == ["firing", "resolved"]
+    return events

@@ -10,7 +10,7 @@ import sqlite3
 import time
 
 import pytest
-from receivers import Receiver, Response, make_event
+from receivers import Receiver, Response, crossing_and_recovery, make_event
 
 from gradwatch.notify.base import DeliveryError
 from gradwatch.notify.outbox import Outbox
@@ -158,3 +158,43 @@ def test_receiver_that_times_out_is_retried_and_does_not_block_others(tmp_path, 
         assert box.stats()["slow"]["sent"] == 2 and box.stats()["slow"]["failed"] == 1
         assert "timed out after 1 s waiting for an answer" in caplog.text
         conn.close()
+
+
+def statuses(hook: Receiver) -> list[tuple[str, list[tuple[str, str]]]]:
+    return [
+        (r.json["status"], sorted((a["labels"]["alertname"], a["status"]) for a in r.json["alerts"]))
+        for r in hook.requests
+    ]
+
+
+FIRED = ("firing", [("gradient_explosion", "firing"), ("gradient_growth", "firing")])
+RESOLVED = ("resolved", [("gradient_explosion", "resolved"), ("gradient_growth", "resolved")])
+
+
+def deliver_batch(tmp_path, hook: Receiver, run: str, requests: int) -> dict[str, int]:
+    """A crossing and its recovery, queued in one transaction, through the outbox to ``hook``."""
+    n = WebhookNotifier("h", secret_url(hook.url()), group_wait=0)
+    db = str(tmp_path / "state.db")
+    box = Outbox(db, [n], poll_interval=0.05, backoff_base=0.05)
+    conn = sqlite3.connect(db)
+    box.enqueue(conn, crossing_and_recovery(run))
+    conn.commit()
+    box.start()
+    hook.wait_for(requests)
+    assert box.wait_idle(10) and box.stop(5)
+    conn.close()
+    return box.stats()["h"]
+
+
+def test_a_crossing_and_its_recovery_in_one_batch_arrive_as_firing_then_resolved(tmp_path, hook):
+    """Issue 8: the payload held each alert's latest state only, so the receiver saw just "resolved"."""
+    stats = deliver_batch(tmp_path, hook, "one-batch", 2)
+    assert statuses(hook) == [FIRED, RESOLVED]
+    assert stats == {"sent": 4, "failed": 0, "dropped": 0, "queued": 0}
+
+
+def test_when_the_resolve_request_fails_only_it_is_retried(tmp_path, hook):
+    hook.script(Response(200), Response(503, "busy"))
+    stats = deliver_batch(tmp_path, hook, "retry-half", 3)
+    assert statuses(hook) == [FIRED, RESOLVED, RESOLVED]  # the firing half is not sent twice
+    assert stats == {"sent": 4, "failed": 1, "dropped": 0, "queued": 0}

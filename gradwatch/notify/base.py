@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from urllib.parse import quote
 
 from gradwatch.alerts import DEESCALATED, REPEAT, RESOLVED, AlertEvent
-from gradwatch.notify.errors import DeliveryError, Held
+from gradwatch.notify.errors import DeliveryError
 from gradwatch.notify.http import (
     RETRYABLE_4XX,
     USER_AGENT,
@@ -44,7 +44,6 @@ __all__ = [
     "RETRYABLE_4XX",
     "USER_AGENT",
     "DeliveryError",
-    "Held",
     "Notifier",
     "make_session",
     "network_reason",
@@ -118,6 +117,28 @@ class Notifier:
 
     def is_repeat(self, event: AlertEvent) -> bool:
         return event.kind == REPEAT
+
+    def status_for(self, event: AlertEvent) -> str:
+        """Alertmanager's status of ``event`` for this channel: below min_severity is over."""
+        return "resolved" if event.kind == RESOLVED or self.below_min(event) else "firing"
+
+    def status_changes(self, events: list[AlertEvent]) -> list[list[AlertEvent]]:
+        """``events`` cut, in order, before each event that changes its alert's status.
+
+        Payloads that hold one state per alert (webhook) would show only the
+        last of "firing, resolved" read in one batch, and nobody would be paged:
+        each part is sent as its own request, so the receiver sees every status.
+        """
+        parts: list[list[AlertEvent]] = [[]]
+        status: dict[str, str] = {}
+        for e in events:
+            now = self.status_for(e)
+            if status.get(e.key, now) != now:
+                parts.append([])
+                status.clear()
+            status[e.key] = now
+            parts[-1].append(e)
+        return [p for p in parts if p]
 
     # -- delivery --------------------------------------------------------------
     def send(self, events: list[AlertEvent]) -> None:

@@ -29,15 +29,3 @@ class DeliveryError(Exception):
         self.permanent = permanent
         self.status = status  # the HTTP status, when the receiver answered
         self.delivered = delivered
-
-
-class Held(DeliveryError):
-    """Not a failure: the first ``delivered`` events went out, the rest must wait ``retry_after`` s.
-
-    Alertmanager pages only for alerts still firing when its group_wait ends,
-    so its channel holds a resolve back until the alert has been firing there
-    long enough (``min_firing``).
-    """
-
-    def __init__(self, message: str, delivered: int, retry_after: float) -> None:
-        super().__init__(message, retry_after=retry_after, delivered=delivered)

@@ -22,6 +22,7 @@ from gradwatch.alerts import AlertEvent
 from gradwatch.logjson import rfc3339
 from gradwatch.notify.base import (
     RESERVED_HEADERS,
+    DeliveryError,
     Notifier,
     check_headers,
     event_annotations,
@@ -139,8 +140,7 @@ class WebhookNotifier(Notifier):
         latest = latest_per_alert(events)
         alerts = []
         for e in latest:
-            status = "resolved" if e.status == "resolved" or self.below_min(e) else "firing"
-            alerts.append(alert_payload(e, status, render_link(self.generator_url, e), now))
+            alerts.append(alert_payload(e, self.status_for(e), render_link(self.generator_url, e), now))
         truncated = 0
         if self.max_alerts and len(alerts) > self.max_alerts:
             truncated = len(alerts) - self.max_alerts
@@ -160,8 +160,17 @@ class WebhookNotifier(Notifier):
         }
 
     def send(self, events: list[AlertEvent]) -> None:
-        if not events:
-            return
+        """One request per status change: a crossing and its recovery in one group are two requests."""
+        delivered = 0
+        for part in self.status_changes(events):
+            try:
+                self._post(part)
+            except DeliveryError as e:
+                e.delivered = delivered  # the outbox marks those sent and retries the rest
+                raise
+            delivered += len(part)
+
+    def _post(self, events: list[AlertEvent]) -> None:
         body = json.dumps(self.payload(events), ensure_ascii=False, allow_nan=False).encode()
         headers = request_headers(self.headers, self.bearer_token)
         if self.hmac_secret is not None:
