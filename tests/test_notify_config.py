@@ -228,15 +228,14 @@ def test_redact_and_scrub():
 
 
 def test_delivery_error_for_unreachable_url_holds_no_secret(caplog):
-    from receivers import free_port
-
-    url = f"http://127.0.0.1:{free_port()}/services/T0SECRET/B0SECRET/XyZsecretTOKEN123"
-    n = SlackNotifier("s", Secret(url, redact(url)), timeout=2)
-    from receivers import make_event
+    from receivers import make_event, refused_port
 
     caplog.set_level(logging.DEBUG)
-    with pytest.raises(DeliveryError) as info:
-        n.send([make_event()])
+    with refused_port() as port:
+        url = f"http://127.0.0.1:{port}/services/T0SECRET/B0SECRET/XyZsecretTOKEN123"
+        n = SlackNotifier("s", Secret(url, redact(url)), timeout=2)
+        with pytest.raises(DeliveryError) as info:
+            n.send([make_event()])
     assert not info.value.permanent
     assert "Connection refused" in info.value.message
     text = info.value.message + repr(info.value) + caplog.text
