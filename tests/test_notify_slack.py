@@ -8,12 +8,12 @@ import re
 import sqlite3
 
 import pytest
-from receivers import Receiver, Response, make_event, wait_until
+from receivers import Receiver, Response, crossing_and_recovery, make_event, wait_until
 from slack_sdk.models.blocks import Block
 
 from gradwatch.notify.base import DeliveryError
 from gradwatch.notify.outbox import Outbox
-from gradwatch.notify.slack import SlackNotifier, escape, fit
+from gradwatch.notify.slack import DETAIL_MAX, SlackNotifier, escape, fit
 from gradwatch.secrets import secret_url
 
 TOKEN_PATH = "/services/T0TEAM/B0HOOK/sEcReTtOkEn42"
@@ -253,4 +253,46 @@ def test_rate_limit_is_told_by_the_status_not_by_the_text(slack):
         n.send([make_event()])
     assert (limited.value.status, limited.value.retry_after) == (429, 1.0)
     assert (failed.value.status, failed.value.retry_after) == (500, None)
+    n.close()
+
+
+CODE_SPAN = re.compile(r"`([^`]*)`")
+
+
+def test_a_backtick_or_line_break_in_a_name_cannot_end_its_code_span(slack):
+    """Issue 9: a backtick in a run name ended the code span; the rest was read as markup.
+
+    Names sit whole in code spans; in free text (a summary that quotes the run) their
+    backticks cannot open one. Line breaks and bidi overrides are shown escaped.
+    """
+    n = notifier(slack)
+    run = "exp`*URGENT* stop _all_ jobs` <!channel>\n:rotating_light: `x"
+    tag = "grad\u202e`norm\r"
+    single = n.message([make_event(run=run, tag=tag)])
+    many = n.message([make_event(run=run, tag=f"{tag}{i}", seq=i) for i in range(DETAIL_MAX + 1)])
+    for payload in (single, many):
+        validate(payload)
+        texts = [payload["text"]]
+        for b in payload["blocks"]:
+            texts += [b["text"]["text"]] if b["type"] == "section" else []
+            texts += [f["text"] for f in b.get("fields", [])]
+            texts += [e["text"] for e in b.get("elements", [])]
+        for text in texts:
+            assert "<!channel>" not in text and "\u202e" not in text and "\n:rotating" not in text
+            assert "`x" not in text, f"a backtick from the name is left: {text!r}"
+            for span in CODE_SPAN.findall(text):
+                assert span.startswith(("exp\u02cb", "grad\\u202e")), f"a span not made by us: {span!r}"
+    fields = {f["text"].split("\n", 1)[0]: f["text"].split("\n", 1)[1] for f in single["blocks"][1]["fields"]}
+    assert fields["*Run*"] == (
+        "`exp\u02cb*URGENT* stop _all_ jobs\u02cb &lt;!channel&gt;\\x0a:rotating_light: \u02cbx`"
+    )
+    assert fields["*Tag*"] == "`grad\\u202e\u02cbnorm\\x0d`"
+    n.close()
+
+
+def test_a_crossing_and_its_recovery_in_one_batch_show_firing_then_resolved(slack):
+    n = notifier(slack)
+    events = crossing_and_recovery("slack-batch")
+    words = [b["text"]["text"].split()[0] for b in n.message(events)["blocks"][1:5]]
+    assert words == ["*Firing:*", "*Firing:*", "*Resolved:*", "*Resolved:*"]
     n.close()
