@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from gradwatch.alerts import AlertEvent
@@ -48,8 +49,27 @@ def sign(secret: bytes, timestamp: str, body: bytes) -> str:
     return "sha256=" + mac.hexdigest()
 
 
-def verify(secret: bytes, timestamp: str, body: bytes, signature: str, max_skew: float = 300.0) -> bool:
-    """What a receiver does: constant-time compare, and reject old timestamps (replays)."""
+def verify(secret: bytes | str, headers: Mapping[str, str], body: bytes, max_skew: float = 300.0) -> bool:
+    """What a receiver does with a request: the call docs/notifications.md documents.
+
+    ``headers``: the request's headers (any mapping; names in any case);
+    ``body``: the raw bytes received. False when a header is missing, the
+    signature differs (compared in constant time) or the timestamp is more
+    than ``max_skew`` seconds away (a replayed request).
+    """
+    found = {k.lower(): v for k, v in headers.items()}
+    timestamp = found.get(TIMESTAMP_HEADER.lower())
+    signature = found.get(SIGNATURE_HEADER.lower())
+    if timestamp is None or signature is None:
+        return False
+    key = secret.encode() if isinstance(secret, str) else secret
+    return verify_signature(key, timestamp, body, signature, max_skew)
+
+
+def verify_signature(
+    secret: bytes, timestamp: str, body: bytes, signature: str, max_skew: float = 300.0
+) -> bool:
+    """:func:`verify` from the two header values (the arguments ``verify`` took before it took headers)."""
     try:
         skew = abs(time.time() - int(timestamp))
     except ValueError:
