@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import signal
@@ -328,15 +329,17 @@ def test_stop_sends_what_waits_in_a_group_window(db, hook):
 
 
 def test_stop_gives_up_on_a_dead_receiver_and_keeps_the_rows(db, dead_url):
-    box = fast_outbox(db, [hook_notifier(dead_url)], backoff_base=30)
+    backoff, stop_timeout = 120.0, 60.0  # the next attempt (>= 60 s away) is past stop's deadline
+    box = fast_outbox(db, [hook_notifier(dead_url)], backoff_base=backoff, backoff_max=backoff)
     conn = sqlite3.connect(db)
     box.enqueue(conn, [make_event()])
     conn.commit()
     box.start()
     wait_until(lambda: box.stats()["hook"]["failed"] == 1, what="the first failure")
     t = time.monotonic()
-    assert box.stop(2)
-    assert time.monotonic() - t < 2  # in backoff beyond the deadline: no point waiting
+    assert box.stop(stop_timeout)
+    # in backoff beyond the deadline: no point waiting for it (a margin of half the timeout)
+    assert time.monotonic() - t < stop_timeout / 2
     assert states(db) == [("hook", "pending")]
     conn.close()
 
@@ -395,4 +398,60 @@ def test_queued_counts_pending_rows(db, caplog, dead_url):
     box.start()
     wait_until(lambda: box.stats()["hook"]["queued"] == 7, what="queued = 7")
     assert box.stop(1)
+    conn.close()
+
+
+def test_backoff_doubles_from_1_s_to_5_min_with_jitter(db):
+    """docs/notifications.md: "1 s doubling to 5 min, with jitter" (issue 15: a constant 1 s passed)."""
+    box = Outbox(db, [])
+    assert (box.backoff_base, box.backoff_max) == (1.0, 300.0)
+    for attempts in range(1, 15):
+        step = min(300.0, 2.0 ** (attempts - 1))
+        delays = [box.backoff(attempts, None) for _ in range(50)]
+        assert all(step / 2 <= d <= step for d in delays), (attempts, min(delays), max(delays))
+    assert all(7 <= box.backoff(1, 7.0) <= 8 for _ in range(50))  # never sooner than Retry-After
+
+
+def test_retries_wait_longer_each_time(db, hook):
+    """The channel uses that backoff: the gaps between attempts at a failing receiver double.
+
+    A gap is at least the backoff's lower bound (the next attempt starts after the failed
+    answer plus the delay), so the assertions hold however slow the machine is.
+    """
+    base = 0.1
+    hook.script(*[Response(500, "down")] * 4)
+    box = fast_outbox(db, [hook_notifier(hook.url())], backoff_base=base, backoff_max=60)
+    conn = sqlite3.connect(db)
+    box.enqueue(conn, [make_event()])
+    conn.commit()
+    box.start()
+    reqs = hook.wait_for(5, timeout=20)
+    assert box.wait_idle(5) and box.stop(5)
+    gaps = [b.at - a.at for a, b in itertools.pairwise(reqs)]
+    assert all(gap >= base * 2**i / 2 for i, gap in enumerate(gaps)), gaps
+    conn.close()
+
+
+def test_done_rows_are_kept_for_the_repeat_interval_when_it_is_longer_than_a_day(db):
+    """docs: finished rows are pruned after a day "or after the channel's repeat_interval, if
+    longer". The rows are what spaces a channel's reminders; pruned early, a reminder that
+    should wait goes out (issue 15: dropping the repeat_interval term passed)."""
+    day = 86400.0
+    weekly = hook_notifier("http://127.0.0.1:9/x", "weekly", repeat_interval=7 * day)
+    daily = hook_notifier("http://127.0.0.1:9/x", "daily")
+    conn = sqlite3.connect(db)
+    box = fast_outbox(db, [weekly, daily])
+    long_ago = time.time() - 2 * day
+    box.enqueue(conn, [make_event(seq=1)], now=long_ago)
+    # delivered two days ago (rows written as the dispatcher leaves them)
+    conn.execute(f"UPDATE {TABLE} SET state='sent', done_at=?", (long_ago,))
+    conn.commit()
+    box.start()
+    assert box.wait_idle(5) and box.stop(5)  # an idle channel prunes its finished rows
+    assert states(db) == [("weekly", "sent")]
+    # the weekly channel still knows it reminded two days ago: no reminder yet
+    box.enqueue(conn, [make_event(kind="repeat", seq=2)])
+    queued = conn.execute(f"SELECT channel FROM {TABLE} WHERE state='pending'").fetchall()
+    assert queued == [("daily",)]
+    conn.rollback()
     conn.close()

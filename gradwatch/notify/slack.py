@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import deque
 from typing import Any
 
 from gradwatch.alerts import DEESCALATED, ESCALATED, RESOLVED, AlertEvent
@@ -98,13 +99,15 @@ class _Pacer:
         self._lock = threading.Lock()
         self._next: dict[str, float] = {}
 
-    def wait(self, key: str, interval: float) -> None:
+    def wait(self, key: str, interval: float) -> float:
+        """Sleep until this request may go; returns that moment (monotonic), as granted."""
         with self._lock:
             now = time.monotonic()
             at = max(now, self._next.get(key, 0.0))
             self._next[key] = at + interval
         if at > now:
             time.sleep(at - now)
+        return at
 
 
 _pacer = _Pacer()
@@ -133,6 +136,8 @@ class SlackNotifier(Notifier):
         self.username = username
         self.icon_emoji = icon_emoji
         self._session = make_session()
+        # when the pacer let each recent request go (monotonic): what the pacing promise is about
+        self.paced_at: deque[float] = deque(maxlen=32)
 
     @classmethod
     def from_section(cls, sec: Section, common: dict[str, Any]) -> Notifier | None:
@@ -165,7 +170,7 @@ class SlackNotifier(Notifier):
             return
         payload = self.message(events)
         body = json.dumps(payload, ensure_ascii=False).encode()
-        _pacer.wait(self.url.reveal(), self.min_interval)
+        self.paced_at.append(_pacer.wait(self.url.reveal(), self.min_interval))
         try:
             post(
                 self._session,
