@@ -178,7 +178,7 @@ def run_check(logdir: str, rules: list[Rule], problems: ProblemLog | None = None
             f.annotations = rule.render(rule.fields(s.run, s.tag, step, value, rank, state))
 
     problems = problems or ProblemLog()
-    engine = Engine(rules, sink)
+    engine = Engine(rules, sink, problems=problems)
     reader = LogdirReader(logdir, problems=problems)
     runs = sorted(reader.refresh())
     stats: dict[tuple[str, str], SeriesStats] = {}
@@ -311,3 +311,10 @@ def write_error_json(logdir: str, message: str, out: TextIO) -> None:
     doc = {"status": STATUS[UNKNOWN], "exit_code": UNKNOWN, "logdir": logdir, "errors": message.splitlines()}
     json.dump(doc, out, indent=2)
     out.write("\n")
+
+
+def write_error_text(error: Exception, out: TextIO) -> None:
+    """The plugin status line when the check could not run: ``UNKNOWN: <first problem>``."""
+    lines = str(error).splitlines() or ["check could not run"]
+    more = f" (and {len(lines) - 1} more problems)" if len(lines) > 1 else ""
+    out.write(f"{STATUS[UNKNOWN]}: {lines[0]}{more}\n")

@@ -82,7 +82,23 @@ def build_parser() -> argparse.ArgumentParser:
     rt.set_defaults(func=cmd_rules_test)
 
     _add_daemon_commands(sub)
+    _log_flags_after_commands(sub)
     return p
+
+
+def _log_flags_after_commands(sub) -> None:
+    """``gradwatch check -q DIR`` works like ``gradwatch -q check DIR``, for every (sub)command."""
+    for parser in set(sub.choices.values()):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _log_flags_after_commands(action)
+        # SUPPRESS: when absent here, the value given before the command stays
+        parser.add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log debug details"
+        )
+        parser.add_argument(
+            "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="log only errors"
+        )
 
 
 def _add_daemon_commands(sub) -> None:
@@ -123,8 +139,11 @@ def cmd_check(args) -> int:
         rules = _load_rules(args.rules)
         result = check.run_check(args.logdir, rules, ProblemLog())
     except (ConfigError, LogdirError) as e:
+        # monitoring plugins read stdout: the status line goes there, the detail stays on stderr
         if args.json:
             check.write_error_json(args.logdir, str(e), sys.stdout)
+        else:
+            check.write_error_text(e, sys.stdout)
         raise
     (check.write_json if args.json else check.write_text)(result, sys.stdout)
     return result.exit_code

@@ -120,7 +120,7 @@ def load_config(path: str) -> Config:
     if problems:
         for channel in cfg.channels:
             channel.close()
-        raise ConfigError(problems)
+        raise ConfigError(sorted(problems, key=lambda p: p.line))
     return cfg
 
 

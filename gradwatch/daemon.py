@@ -102,7 +102,9 @@ class Daemon:
         # series with an absence rule: the only ones the 1 s tick has to look at
         self._absent: dict[tuple[str, str], Series] = {}
         self._known_runs: set[str] = set(self._saved_files.values())
-        self.engine = Engine(self.rules, self.book, config.export_tags, on_new_series=self._new_series)
+        self.engine = Engine(
+            self.rules, self.book, config.export_tags, on_new_series=self._new_series, problems=self.problems
+        )
         self.reader = LogdirReader(self.logdir, {p: o for p, (_, o) in saved_files.items()}, self.problems)
         # series of earlier runs come back at once, so a stall or a resolution needs no new point first
         for run, tag in list(self._saved_series):

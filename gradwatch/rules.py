@@ -25,8 +25,19 @@ import re
 import string
 import sys
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+try:  # linear-time matching when the optional extra is installed (pip install 'gradwatch[re2]')
+    import re2 as _re2
+except ImportError:  # pragma: no cover - depends on the environment
+    _re2 = None
+
+try:
+    from re import _parser as _sre_parse  # Python >= 3.11
+except ImportError:  # pragma: no cover
+    import sre_parse as _sre_parse  # type: ignore[no-redef]
 
 SEVERITIES = ("info", "warning", "critical")
 # rank 0 means "no condition"; higher rank wins
@@ -114,6 +125,24 @@ TEMPLATE_FIELDS = (
 )
 
 
+# {labels[team]}: one index by a label name, nothing else ({labels.__class__} would reach Python internals)
+_LABEL_INDEX = re.compile(r"\[[A-Za-z_][A-Za-z0-9_]*\]")
+# a format width or precision above this is a mistake or an attack ({value:>999999999} allocates 1 GB)
+MAX_FORMAT_WIDTH = 100
+
+
+def _check_spec(name: str, spec: str | None) -> None:
+    """Refuse nested fields in a format spec and any number (width, precision) over MAX_FORMAT_WIDTH."""
+    if not spec:
+        return
+    if "{" in spec or "}" in spec:
+        raise ValueError(f"field {{{name}:{spec}}}: a format spec cannot hold another field")
+    if any(len(n) > 3 or int(n) > MAX_FORMAT_WIDTH for n in re.findall(r"\d+", spec)):
+        raise ValueError(
+            f"field {{{name}:{spec}}}: format width and precision are limited to {MAX_FORMAT_WIDTH}"
+        )
+
+
 class Template:
     """An annotation template: Python ``str.format`` with named fields only."""
 
@@ -124,7 +153,7 @@ class Template:
             parsed = list(string.Formatter().parse(text))
         except ValueError as e:  # "{value" or "}" alone
             raise ValueError(f"bad template: {e} (write {{{{ and }}}} for literal braces)") from None
-        for _, name, _, _ in parsed:
+        for _, name, spec, _ in parsed:
             if name is None:
                 continue
             base = re.split(r"[.\[]", name, maxsplit=1)[0]
@@ -132,8 +161,11 @@ class Template:
                 raise ValueError("positional fields like {} or {0} are not allowed; use {value}, {step}, ...")
             if base not in TEMPLATE_FIELDS:
                 raise ValueError(f"unknown field {{{base}}} (fields: {', '.join(TEMPLATE_FIELDS)})")
-            if base != "labels" and name != base:
-                raise ValueError(f"field {{{name}}}: only {{labels[name]}} may index")
+            if name != base and not (base == "labels" and _LABEL_INDEX.fullmatch(name[len(base) :])):
+                raise ValueError(
+                    f"field {{{name}}}: no attribute or index access; only {{labels[name]}} may index"
+                )
+            _check_spec(name, spec)
             self.fields.add(base)
 
     def check(self, fields: dict[str, Any]) -> None:
@@ -152,14 +184,108 @@ class Template:
             return f"{self.text} (template error: {e})"
 
 
+# Run and tag names longer than this (in UTF-8 bytes) are never matched against rules: TensorBoard
+# tags are short, and a backtracking regex such as '(?i)grad.*norm' costs O(length^2) on a hostile
+# 128 KiB tag (50 s of a frozen daemon). The engine reports such a series once and skips it.
+MAX_NAME_BYTES = 1024
+
+
+def name_too_long(name: str) -> bool:
+    """True when ``name`` is over :data:`MAX_NAME_BYTES` (checked cheaply before encoding)."""
+    if len(name) > MAX_NAME_BYTES:
+        return True
+    # surrogatepass: run names carry undecodable bytes as lone surrogates (surrogateescape)
+    return len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES
+
+
+def shown_name(name: str, limit: int = 60) -> str:
+    """A name for a log line: escaped (repr escapes control and bidi characters), cut to ``limit``."""
+    if len(name) <= limit:
+        return repr(name)
+    return f"{name[:limit]!r}... ({len(name):,} characters)"
+
+
+_REPEATS = (_sre_parse.MAX_REPEAT, _sre_parse.MIN_REPEAT, getattr(_sre_parse, "POSSESSIVE_REPEAT", None))
+
+
+def _children(av: Any) -> list:
+    """The sub-patterns held by one parsed regex node's argument (groups, branches, repeats)."""
+    items = av if isinstance(av, (tuple, list)) else (av,)
+    out = []
+    for x in items:
+        if isinstance(x, _sre_parse.SubPattern):
+            out.append(x)
+        elif isinstance(x, list):
+            out.extend(y for y in x if isinstance(y, _sre_parse.SubPattern))
+    return out
+
+
+def _has_unbounded_repeat(pattern) -> bool:
+    for op, av in pattern:
+        if op in _REPEATS and av[1] is _sre_parse.MAXREPEAT:
+            return True
+        if any(_has_unbounded_repeat(c) for c in _children(av)):
+            return True
+    return False
+
+
+def _nested_quantifier(pattern) -> bool:
+    """A repeated group holding an unbounded repeat, like ``(a+)+`` or ``(\\w+\\s?)*``: exponential."""
+    for op, av in pattern:
+        if op in _REPEATS and av[1] != 1 and _has_unbounded_repeat(av[2]):
+            return True
+        if any(_nested_quantifier(c) for c in _children(av)):
+            return True
+    return False
+
+
+class Pattern:
+    """A rule regex with bounded cost: compiled by RE2 when installed, Python's ``re`` otherwise.
+
+    Patterns with nested quantifiers are refused (ValueError) whichever engine runs them, so a rule
+    file valid on one machine is valid on every machine; names over :data:`MAX_NAME_BYTES` never
+    reach ``search`` (the engine skips them).
+    """
+
+    def __init__(self, text: str) -> None:
+        try:
+            compiled = re.compile(text)
+        except re.error as e:
+            raise ValueError(f"invalid regular expression {text!r}: {e.msg} at position {e.pos}") from None
+        if _nested_quantifier(_sre_parse.parse(text)):
+            raise ValueError(
+                f"regular expression {text!r} repeats a group that holds a repeat (like (a+)+): "
+                "its matching time can explode; write it without the nested quantifier"
+            )
+        self.text = text
+        self.engine = "re"
+        self._search: Callable[[str], Any] = compiled.search
+        self._fallback = compiled.search
+        if _re2 is not None:
+            try:
+                self._search = _re2.compile(text).search
+                self.engine = "re2"
+            except Exception:
+                pass
+
+    def search(self, name: str) -> bool:
+        try:
+            return self._search(name) is not None
+        except UnicodeEncodeError:  # RE2 takes UTF-8; undecodable bytes (surrogates) go to re
+            return self._fallback(name) is not None
+
+    def __repr__(self) -> str:
+        return f"Pattern({self.text!r}, engine={self.engine})"
+
+
 @dataclass
 class Match:
     """Which series a rule watches: run and tag globs (whole name) or regexes (searched)."""
 
     runs: list[str] = field(default_factory=lambda: ["*"])
     tags: list[str] = field(default_factory=lambda: ["*"])
-    run_regex: re.Pattern | None = None
-    tag_regex: re.Pattern | None = None
+    run_regex: Pattern | None = None
+    tag_regex: Pattern | None = None
     exclude_tags: list[str] = field(default_factory=list)
     exclude_runs: list[str] = field(default_factory=list)
 

@@ -260,6 +260,43 @@ def test_console_script_unknown_for_a_missing_logdir(tmp_path):
     )
     assert p.returncode == 3
     assert p.stderr == f"gradwatch: {missing}: no such directory\n"
+    # monitoring plugins read stdout: the status line is there too
+    assert p.stdout == f"UNKNOWN: {missing}: no such directory\n"
+
+
+def test_bad_rules_are_unknown_on_stdout_too(tmp_path, seed_logdir, capsys):
+    rules_file = tmp_path / "r.yaml"
+    rules_file.write_text("rules:\n  - name: a\n    nonfinite: fatal\n    stop: critcal\n")
+    assert main(["check", seed_logdir, "--rules", str(rules_file)]) == UNKNOWN
+    out, err = capsys.readouterr()
+    first = f"{rules_file}:3: rules[0].nonfinite: expected one of info, warning, critical, got 'fatal'"
+    assert out == f"UNKNOWN: {first} (and 1 more problems)\n"
+    assert len(err.splitlines()) == 2
+
+
+def test_a_hostile_128k_tag_is_skipped_and_reported_by_check(tmp_path, capsys, caplog):
+    """A trainer logs 'grad'*32768 as a tag: check skips that series (no regex sees it) and says so."""
+    attack = "grad" * 32768
+    write_run(tmp_path, "td3", {attack: [(0, 1e9)], TAG: list(zip(SEED_STEPS, SEED_NORMS))})
+    rules = load_rules(None)
+    searched: list[int] = []
+    for r in rules:
+        real = r.match.tag_regex.search
+        r.match.tag_regex.search = lambda name, real=real: searched.append(len(name)) or real(name)
+    result = run_check(str(tmp_path), rules)
+    assert searched and max(searched) == len(TAG)  # only the real tag, once per rule
+    assert result.problems == {"name_too_long": 1}
+    assert result.exit_code == CRITICAL  # the real explosion is still found
+    assert (("td3", attack) in result.stats) is False
+    assert "1 problems in event files (see log)" in text_of(result)
+    assert "name too long: over 1,024 bytes" in caplog.text
+    # the console script too: same verdict and one warning line, not 128 KiB of tag
+    p = subprocess.run(
+        [*gradwatch_command(), "check", str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
+    assert p.returncode == CRITICAL, p.stderr
+    (warning,) = [line for line in p.stderr.splitlines() if "name too long" in line]
+    assert len(warning) < 400
 
 
 def test_event_files_without_scalars_are_unknown(tmp_path):

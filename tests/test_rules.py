@@ -7,7 +7,7 @@ import pytest
 
 from gradwatch.engine import Engine
 from gradwatch.rulefile import load_rules, parse_rules
-from gradwatch.rules import NOT_APPLICABLE, RANK, Match, Num, Rule, Series, Template, human
+from gradwatch.rules import NOT_APPLICABLE, RANK, Match, Num, Pattern, Rule, Series, Template, human
 from gradwatch.yamlconf import load_yaml_text
 
 SEED_STEPS = [100, 200, 300, 400, 500]
@@ -222,7 +222,7 @@ def test_globs_match_whole_names_and_regexes_search():
     assert m.matches("td3-seed1", "grad_norm")
     assert not m.matches("td3-seed1", "train/grad_norm")  # a glob is the whole name
     assert not m.matches("sac", "grad_norm")
-    r = Match(tag_regex=__import__("re").compile("(?i)grad.*norm"))
+    r = Match(tag_regex=Pattern("(?i)grad.*norm"))
     assert r.matches(".", "train/GradNorm")  # a regex is searched, not anchored
     assert not r.matches(".", "loss")
 
@@ -377,3 +377,94 @@ def test_engine_calls_the_sink_only_around_alerts():
         500,
         8000,
     )
+
+
+# -- bounded regex cost ---------------------------------------------------------
+
+ATTACK_TAG = "grad" * 32768  # 128 KiB: '(?i)grad.*norm' backtracks O(length^2) on it
+
+
+class CountingPattern:
+    """Wraps a rule's compiled regex and records the length of every name it is asked to search."""
+
+    def __init__(self, pattern) -> None:
+        self.pattern = pattern
+        self.lengths: list[int] = []
+
+    def search(self, name: str) -> bool:
+        self.lengths.append(len(name))
+        return self.pattern.search(name)
+
+
+def test_a_hostile_tag_is_never_matched_and_is_reported_once(caplog):
+    from gradwatch.engine import NAME_TOO_LONG
+    from gradwatch.events.logdir import ProblemLog
+    from gradwatch.rules import MAX_NAME_BYTES
+
+    rules = load_rules(None)
+    spies = []
+    for r in rules:
+        r.match.tag_regex = CountingPattern(r.match.tag_regex)
+        spies.append(r.match.tag_regex)
+    problems = ProblemLog()
+    fired = []
+    engine = Engine(rules, lambda s, i, rank, *a: fired.append(rank), problems=problems)
+    for step in range(50):
+        engine.observe("td3", ATTACK_TAG, step, 1.0, 1e9)
+        engine.observe("td3", "gradients/actor_cnn_norm", step, 1.0, 5.0)
+    # the long tag reached no regex; the real one was matched once per rule (once per series)
+    assert [spy.lengths for spy in spies] == [[24]] * 3
+    assert len(ATTACK_TAG.encode()) > MAX_NAME_BYTES
+    assert engine.runs["td3"][ATTACK_TAG] is None
+    assert not fired  # 1e9 on the hostile tag alerted nothing: it is skipped, not matched
+    assert problems.counts == {NAME_TOO_LONG: 1}
+    (record,) = [r for r in caplog.records if "name too long" in r.getMessage()]
+    assert "run 'td3', tag 'gradgradgrad" in record.getMessage()
+    assert "over 1,024 bytes" in record.getMessage()
+    assert len(record.getMessage()) < 400  # the 128 KiB name is not copied into the log
+
+
+def test_the_cap_counts_utf8_bytes_and_long_run_names_are_skipped_too():
+    from gradwatch.events.logdir import ProblemLog
+    from gradwatch.rules import name_too_long
+
+    assert not name_too_long("g" * 1024)
+    assert name_too_long("g" * 1025)
+    assert name_too_long("é" * 513)  # 1,026 bytes in 513 characters
+    assert name_too_long("run-\udcff" + "x" * 1020)  # undecodable bytes count, never crash
+    problems = ProblemLog()
+    engine = Engine(load_rules(None), lambda *a: None, problems=problems)
+    assert engine.series("r" * 2000, "grad_norm") is None
+    assert engine.series("r" * 2000, "grad_norm2") is None
+    assert problems.total == 1  # one report per run, not per tag
+
+
+@pytest.mark.parametrize(
+    "text", ["(a+)+", "(a*)*b", "(\\w+\\s?)*$", "(?:x|y+)+z", "((ab)*c)*", "(a+){2,}", "(?i)(grad.+)*norm"]
+)
+def test_nested_quantifiers_are_refused(text):
+    with pytest.raises(ValueError, match="repeats a group that holds a repeat"):
+        Pattern(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["(?i)grad.*norm", "^gradients/(actor|critic)_", "(ab?)+", "(a{2})*", "x+y*z?", "(?:ab)+c"]
+)
+def test_ordinary_regexes_are_accepted(text):
+    Pattern(text)
+
+
+def test_patterns_search_names_with_undecodable_bytes():
+    p = Pattern("^run-.$")
+    assert p.search("run-\udcff")  # a run directory named b"run-\xff" (surrogateescape)
+    assert not p.search("run-\udcff\udcfe")
+
+
+def test_re2_runs_the_patterns_when_installed():
+    try:
+        import re2  # noqa: F401
+    except ImportError:
+        assert Pattern("(?i)grad.*norm").engine == "re"
+    else:
+        assert Pattern("(?i)grad.*norm").engine == "re2"
+        assert Pattern("(a)\\1").engine == "re"  # a backreference RE2 cannot run: Python's re
