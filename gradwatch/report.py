@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from gradwatch.events.logdir import ProblemLog, read_logdir
-from gradwatch.export import csv_value
+from gradwatch.export import csv_name, csv_value
 from gradwatch.rules import human, json_number
 
 DEFAULT_ROWS = 10
@@ -116,7 +116,8 @@ def write_text(report: Report, out: TextIO) -> None:
 def write_csv(report: Report, out: TextIO) -> None:
     base = report.runs[0]
     w = csv.writer(out, lineterminator="\n")
-    w.writerow(["step", *report.runs, *(f"{r}/{base}" for r in report.runs[1:])])
+    runs = [csv_name(r) for r in report.runs]
+    w.writerow(["step", *runs, *(f"{r}/{csv_name(base)}" for r in runs[1:])])
     for step in report.steps:
         vals = [report.value(r, step) for r in report.runs]
         ratios = [report.ratio(r, step) for r in report.runs[1:]]
