@@ -186,6 +186,42 @@ def test_growth_window_stays_bounded_on_a_steadily_rising_series():
     assert len(state.window) <= 201
 
 
+def test_growth_state_stays_small_at_a_constant_step():
+    """1M rising points logged at one step (a trainer that never advances its step) used to keep 1M."""
+    import json
+
+    from gradwatch.state import dump_rule_state
+
+    r = rule(GROWTH)
+    state = r.new_state()
+    for i in range(1_000_000):
+        r.evaluate(state, 7, 0.0, 1.0 + i * 1e-3)
+    assert len(state.window) == 1  # the lowest value at step 7: the only possible base
+    assert len(json.dumps(dump_rule_state(state))) < 200
+    # growth across steps is still seen afterwards
+    assert r.evaluate(state, 8, 0.0, 50.0) == WARNING
+
+
+def test_growth_window_is_bounded_by_count_even_over_a_huge_window():
+    from gradwatch.rules import MAX_GROWTH_WINDOW
+
+    r = rule("""
+  - name: growth
+    growth: {within_steps: 100000000, warning: 10}
+""")
+    state = r.new_state()
+    for step in range(5 * MAX_GROWTH_WINDOW):
+        r.evaluate(state, step, 0.0, 1.0 + step * 1e-6)
+    assert len(state.window) == MAX_GROWTH_WINDOW
+    # the oldest points went: the base is the oldest kept one, and a x10 jump still alerts
+    assert state.window[0][0] == 4 * MAX_GROWTH_WINDOW
+    assert r.evaluate(state, 5 * MAX_GROWTH_WINDOW, 0.0, 20.0) == WARNING
+    # a window restored oversized (an older state row) is cut on the next point
+    state.window.extendleft((-i, 0.5) for i in range(1, 3000))
+    r.evaluate(state, 5 * MAX_GROWTH_WINDOW + 1, 0.0, 30.0)
+    assert len(state.window) <= MAX_GROWTH_WINDOW
+
+
 def test_absent_is_a_gap_in_wall_time_between_points():
     r = rule("""
   - name: stalled
