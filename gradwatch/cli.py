@@ -66,7 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--run", action="append", metavar="RUN", help="runs (globs) in order; the first is the baseline"
     )
-    r.add_argument("--steps", type=_steps, metavar="S1,S2,...", help="steps to show (default: 10 spread out)")
+    r.add_argument(
+        "--steps",
+        type=_steps,
+        metavar="S1,S2,...",
+        help="steps to show (default: 10 logged steps spread out, plus where a rule first fired)",
+    )
+    r.add_argument(
+        "--rules",
+        action="append",
+        metavar="FILE|DIR",
+        help="rules whose first alerts become rows (repeatable)",
+    )
     fmt = r.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true")
     fmt.add_argument("--csv", action="store_true")
@@ -166,7 +177,8 @@ def cmd_export(args) -> int:
 def cmd_report(args) -> int:
     from gradwatch import report
 
-    rep = report.build_report(args.logdir, args.tag, args.run, args.steps, ProblemLog())
+    rules = _load_rules(args.rules)
+    rep = report.build_report(args.logdir, args.tag, args.run, args.steps, ProblemLog(), rules)
     if rep.unmatched:
         have = ", ".join(rep.runs_with_tag) or "none"
         wanted = ", ".join(map(repr, rep.unmatched))
