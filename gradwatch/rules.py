@@ -74,6 +74,16 @@ class Num(float):
         return human(self)
 
 
+class Factor(Num):
+    """A growth rule's level: a factor, so ``{threshold}`` reads ``x10``, not a value of 10."""
+
+    def __format__(self, spec: str) -> str:
+        return "x" + human(self) if not spec else super().__format__(spec)
+
+    def __str__(self) -> str:
+        return "x" + human(self)
+
+
 def json_number(v: float | None) -> float | str | None:
     """JSON has no NaN/Inf: they become the strings "NaN", "Infinity", "-Infinity"."""
     if v is None:
@@ -262,10 +272,12 @@ class Pattern:
         self._search: Callable[[str], Any] = compiled.search
         self._fallback = compiled.search
         if _re2 is not None:
+            options = _re2.Options()
+            options.log_errors = False  # a pattern RE2 cannot run is not an error: re runs it
             try:
-                self._search = _re2.compile(text).search
+                self._search = _re2.compile(text, options).search
                 self.engine = "re2"
-            except Exception:
+            except _re2.error:  # RE2 lacks backreferences and lookaround: keep re
                 pass
 
     def search(self, name: str) -> bool:
@@ -503,8 +515,10 @@ class Rule:
         """Template fields for one alert; see docs/rules.md for what each holds."""
         level = self.level_of(rank)
         threshold: Any = NOT_APPLICABLE
-        if self.kind in ("thresholds", "growth") and level is not None:
+        if self.kind == "thresholds" and level is not None:
             threshold = Num(level)
+        elif self.kind == "growth" and level is not None:
+            threshold = Factor(level)
         elif self.kind == "absent":
             threshold = Num(self.absent_for)
         return {
@@ -523,7 +537,11 @@ class Rule:
         }
 
     def render(self, fields: dict[str, Any]) -> dict[str, str]:
-        return {name: t.render(fields) for name, t in self.annotations.items()}
+        out = {name: t.render(fields) for name, t in self.annotations.items()}
+        if isinstance(fields.get("threshold"), Factor):
+            # notifiers show this text instead of the bare level: "threshold x10", not "threshold 10"
+            out.setdefault("threshold", str(fields["threshold"]))
+        return out
 
 
 class Series:

@@ -365,14 +365,19 @@ def test_default_summaries_exist_for_every_kind():
 
 
 def test_growth_fields_carry_ratio_and_window():
-    r = rule(GROWTH + "    annotations: {summary: 'x{ratio:.1f} within {within} steps (>= x{threshold})'}\n")
+    r = rule(GROWTH + "    annotations: {summary: 'x{ratio:.1f} within {within} steps (>= {threshold})'}\n")
     state = r.new_state()
     for step, value in zip(SEED_STEPS[:2], SEED_NORMS[:2]):
         rank = r.evaluate(state, step, 0.0, value)
-    assert (
-        r.render(r.fields("td3", "g", 200, 130486.0, rank, state))["summary"]
-        == "x25.1 within 200 steps (>= x10)"
-    )
+    rendered = r.render(r.fields("td3", "g", 200, 130486.0, rank, state))
+    # a growth level is a factor: "x10" wherever it is shown (console, Slack, webhooks read "threshold")
+    assert rendered == {"summary": "x25.1 within 200 steps (>= x10)", "threshold": "x10"}
+    assert format(r.fields("td3", "g", 200, 1.0, rank, state)["threshold"], ".1f") == "10.0"
+
+
+def test_thresholds_rules_add_no_threshold_annotation():
+    r = rule(THRESHOLDS)
+    assert "threshold" not in r.render(r.fields("td3", "g", 1, 20000.0, WARNING))
 
 
 def test_template_rejects_unknown_and_positional_fields():
@@ -380,8 +385,13 @@ def test_template_rejects_unknown_and_positional_fields():
         Template("{valu}")
     with pytest.raises(ValueError, match="positional"):
         Template("{}")
-    with pytest.raises(ValueError, match="only"):
+    with pytest.raises(ValueError, match="no attribute or index access"):
         Template("{value.real}")
+    with pytest.raises(ValueError, match="no attribute or index access"):
+        Template("{labels.__class__.__init__}")
+    with pytest.raises(ValueError, match="no attribute or index access"):
+        Template("{labels[team][0]}")
+    assert Template("{labels[team]:>20}").fields == {"labels"}
     with pytest.raises(ValueError, match="literal braces"):
         Template("{value")
     assert NOT_APPLICABLE.__format__(".2f") == "n/a"
@@ -496,7 +506,7 @@ def test_patterns_search_names_with_undecodable_bytes():
     assert not p.search("run-\udcff\udcfe")
 
 
-def test_re2_runs_the_patterns_when_installed():
+def test_re2_runs_the_patterns_when_installed(capfd):
     try:
         import re2  # noqa: F401
     except ImportError:
@@ -504,3 +514,5 @@ def test_re2_runs_the_patterns_when_installed():
     else:
         assert Pattern("(?i)grad.*norm").engine == "re2"
         assert Pattern("(a)\\1").engine == "re"  # a backreference RE2 cannot run: Python's re
+        assert Pattern("(a)\\1").search("xaa")
+        assert capfd.readouterr().err == ""  # and RE2 does not log its parse error to stderr
