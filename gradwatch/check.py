@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from gradwatch.engine import Engine
 from gradwatch.events.logdir import LogdirReader, ProblemLog
-from gradwatch.rules import RANK, SEVERITY_OF_RANK, Rule, Series, human, json_number
+from gradwatch.rules import RANK, SEVERITY_OF_RANK, Rule, Series, display_name, human, json_number
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 _INDENT = " " * 14
@@ -223,10 +223,10 @@ def write_text(result: CheckResult, out: TextIO) -> None:
         st = result.stats[(f.run, f.tag)]
         if f.run != run:
             run, tag = f.run, None
-            out.write(f"\nrun {f.run}\n")
+            out.write(f"\nrun {display_name(f.run)}\n")
         if f.tag != tag:
             tag = f.tag
-            out.write(f"  {f.tag}: {_series_text(st)}\n")
+            out.write(f"  {display_name(f.tag)}: {_series_text(st)}\n")
         rule = f.rule
         out.write(f"    {SEVERITY_OF_RANK[f.worst].upper():9} {rule.name}: {describe_rule(rule)}\n")
         present = [(rank, sev) for rank, sev, _ in sorted(rule.levels) if sev in f.first]

@@ -272,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return UNKNOWN
     setup_logging(args.verbose, args.quiet, getattr(args, "log_format", "text"))
+    # names are bytes: a run named b"run-\xff" reaching a strict UTF-8 stdout must not crash a command
+    if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
     try:
         return args.func(args)
     except ConfigError as e:

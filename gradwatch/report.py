@@ -16,7 +16,7 @@ from typing import TextIO
 from gradwatch.engine import Engine
 from gradwatch.events.logdir import ProblemLog, read_logdir
 from gradwatch.export import csv_name, csv_value
-from gradwatch.rules import Rule, Series, human, json_number
+from gradwatch.rules import Rule, Series, display_name, human, json_number
 
 DEFAULT_ROWS = 10
 
@@ -143,8 +143,8 @@ def _ratio_cell(v: float | None) -> str:
 
 
 def write_text(report: Report, out: TextIO) -> None:
-    base = report.runs[0]
-    header = ["step", *report.runs, *(f"{r} / {base}" for r in report.runs[1:])]
+    runs = [display_name(r) for r in report.runs]
+    header = ["step", *runs, *(f"{r} / {runs[0]}" for r in runs[1:])]
     rows = [
         [
             str(step),
@@ -154,12 +154,12 @@ def write_text(report: Report, out: TextIO) -> None:
         for step in report.steps
     ]
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
-    out.write(f"{report.tag}\n")
+    out.write(f"{display_name(report.tag)}\n")
     out.write("  ".join(h.rjust(w) for h, w in zip(header, widths)) + "\n")
     for step, row in zip(report.steps, rows):
         line = "  ".join(c.rjust(w) for c, w in zip(row, widths))
         firsts = report.first_alerts.get(step)
-        out.write(line + (f"  <- first {'; '.join(firsts)}" if firsts else "") + "\n")
+        out.write(line + (f"  <- first {display_name('; '.join(firsts))}" if firsts else "") + "\n")
 
 
 def write_csv(report: Report, out: TextIO) -> None:

@@ -215,6 +215,23 @@ def shown_name(name: str, limit: int = 60) -> str:
     return f"{name[:limit]!r}... ({len(name):,} characters)"
 
 
+def display_name(name: str) -> str:
+    """A run or tag for text output: bytes that are not UTF-8 as ``\\xNN``, control and bidi
+    characters escaped (``\\n``, ``\\x1b``, ``\\u202e``), so a name can neither crash a strict
+    UTF-8 stdout nor move the cursor or forge a line."""
+    if name.isprintable():
+        return name
+    return "".join(_display_char(c) for c in name)
+
+
+def _display_char(c: str) -> str:
+    if c.isprintable():
+        return c
+    if "\udc80" <= c <= "\udcff":  # an undecodable byte, held by surrogateescape
+        return f"\\x{ord(c) - 0xDC00:02x}"
+    return repr(c)[1:-1]
+
+
 _REPEATS = (_sre_parse.MAX_REPEAT, _sre_parse.MIN_REPEAT, getattr(_sre_parse, "POSSESSIVE_REPEAT", None))
 
 

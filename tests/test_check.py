@@ -318,3 +318,35 @@ def test_info_findings_are_listed_but_ok(tmp_path):
     text = text_of(result)
     assert "    INFO      big_loss: above 2 (info)\n" in text
     assert text.endswith("OK: 0 critical, 0 warning, 1 info findings on 1 of 1 matching series\n")
+
+
+def test_hostile_and_undecodable_names_are_shown_escaped(tmp_path):
+    """Run b"run-\\xff\\x1b[2J", a tag with a newline: shown escaped, never a crash or a forged line."""
+    from writers import event, file_version, simple, write_events
+
+    # tensorboardX rewrites such a tag; TensorFlow's writer and hand-made writers do not
+    run_dir = os.path.join(os.fsencode(tmp_path), b"run-\xff\x1b[2J")
+    path = os.fsdecode(os.path.join(run_dir, b"events.out.tfevents.1.host"))
+    write_events(path, [file_version(), event([simple("grad_norm\nOK: forged", 60000.0)], step=1)])
+    p = subprocess.run(
+        [*gradwatch_command(), "check", str(tmp_path)],
+        capture_output=True,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8:strict", "LC_ALL": "C.UTF-8"},
+        timeout=120,
+    )
+    out = p.stdout.decode("utf-8")  # valid UTF-8 on a strict UTF-8 stdout
+    assert p.returncode == CRITICAL, p.stderr.decode()
+    assert "\nrun run-\\xff\\x1b[2J\n" in out
+    assert "  grad_norm\\nOK: forged: 1 points" in out
+    assert "\x1b" not in out and "\nOK: forged" not in out
+    report = subprocess.run(
+        [*gradwatch_command(), "report", str(tmp_path), "--tag", "grad_norm\nOK: forged"],
+        capture_output=True,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"},
+        timeout=120,
+    )
+    assert report.returncode == 0, report.stderr.decode()
+    assert report.stdout.decode("utf-8").splitlines()[:2] == [
+        "grad_norm\\nOK: forged",
+        "step  run-\\xff\\x1b[2J",
+    ]
