@@ -24,7 +24,7 @@ from typing import TextIO
 from gradwatch import sdnotify
 from gradwatch.actions import FlagWriter, StopFileWriter, stop_path
 from gradwatch.alerts import ACTIVE, FIRING, AlertBook, AlertEvent, alert_key
-from gradwatch.config import Config, build_notifiers, load_config, parse_listen
+from gradwatch.config import Config, build_notifiers, check_stop_file_template, load_config, parse_listen
 from gradwatch.engine import Engine
 from gradwatch.events.logdir import (
     UNREADABLE_DIRECTORY,
@@ -900,8 +900,8 @@ def config_from_args(args) -> Config:
         cfg.poll = args.poll
     if args.stop_file:
         try:
-            args.stop_file.format(run_dir="r", run="r", logdir="l")
-        except (KeyError, IndexError, ValueError) as e:
+            check_stop_file_template(args.stop_file)
+        except ValueError as e:
             raise ConfigError(
                 [_usage(f"--stop-file: bad template (fields: {{run_dir}}, {{run}}, {{logdir}}): {e}")]
             ) from None

@@ -153,30 +153,37 @@ def _check_spec(name: str, spec: str | None) -> None:
         )
 
 
+def template_fields(text: str, allowed: tuple[str, ...], indexable: str | None = None) -> set[str]:
+    """The fields a ``str.format`` template uses; ValueError unless each is a name from ``allowed``
+    (``indexable[name]`` too), without attribute access, and with a bounded format spec."""
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError as e:  # "{value" or "}" alone
+        raise ValueError(f"bad template: {e} (write {{{{ and }}}} for literal braces)") from None
+    fields: set[str] = set()
+    for _, name, spec, _ in parsed:
+        if name is None:
+            continue
+        base = re.split(r"[.\[]", name, maxsplit=1)[0]
+        if base == "" or base.isdigit():
+            named = ", ".join(f"{{{f}}}" for f in allowed[:3])
+            raise ValueError(f"positional fields like {{}} or {{0}} are not allowed; use {named}, ...")
+        if base not in allowed:
+            raise ValueError(f"unknown field {{{base}}} (fields: {', '.join(allowed)})")
+        if name != base and not (base == indexable and _LABEL_INDEX.fullmatch(name[len(base) :])):
+            only = f"; only {{{indexable}[name]}} may index" if indexable else ""
+            raise ValueError(f"field {{{name}}}: no attribute or index access{only}")
+        _check_spec(name, spec)
+        fields.add(base)
+    return fields
+
+
 class Template:
     """An annotation template: Python ``str.format`` with named fields only."""
 
     def __init__(self, text: str) -> None:
         self.text = text
-        self.fields: set[str] = set()
-        try:
-            parsed = list(string.Formatter().parse(text))
-        except ValueError as e:  # "{value" or "}" alone
-            raise ValueError(f"bad template: {e} (write {{{{ and }}}} for literal braces)") from None
-        for _, name, spec, _ in parsed:
-            if name is None:
-                continue
-            base = re.split(r"[.\[]", name, maxsplit=1)[0]
-            if base == "" or base.isdigit():
-                raise ValueError("positional fields like {} or {0} are not allowed; use {value}, {step}, ...")
-            if base not in TEMPLATE_FIELDS:
-                raise ValueError(f"unknown field {{{base}}} (fields: {', '.join(TEMPLATE_FIELDS)})")
-            if name != base and not (base == "labels" and _LABEL_INDEX.fullmatch(name[len(base) :])):
-                raise ValueError(
-                    f"field {{{name}}}: no attribute or index access; only {{labels[name]}} may index"
-                )
-            _check_spec(name, spec)
-            self.fields.add(base)
+        self.fields = template_fields(text, TEMPLATE_FIELDS, indexable="labels")
 
     def check(self, fields: dict[str, Any]) -> None:
         """Render once; raises ValueError naming what is wrong (bad format spec, missing label)."""
