@@ -216,10 +216,10 @@ def name_too_long(name: str) -> bool:
 
 
 def shown_name(name: str, limit: int = 60) -> str:
-    """A name for a log line: escaped (repr escapes control and bidi characters), cut to ``limit``."""
+    """A possibly huge name for a log line: quoted, escaped as by :func:`display_name`, cut to ``limit``."""
     if len(name) <= limit:
-        return repr(name)
-    return f"{name[:limit]!r}... ({len(name):,} characters)"
+        return f"'{display_name(name)}'"
+    return f"'{display_name(name[:limit])}'... ({len(name):,} characters)"
 
 
 def display_name(name: str) -> str:
