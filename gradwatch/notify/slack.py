@@ -237,7 +237,7 @@ class SlackNotifier(Notifier):
             ("Tag", code(e.tag)),
             ("Step", f"{e.step:,}"),
             ("Value", fit(format_value(e.value), 100)),
-            ("Threshold", fit(format_value(e.threshold), 100)),
+            ("Threshold", fit(e.annotations.get("threshold") or format_value(e.threshold), 100)),
             ("Severity", self._severity_text(e)),
         ]
         link = render_link(self.generator_url, e)
