@@ -17,6 +17,7 @@ from typing import TextIO
 from gradwatch import __version__
 from gradwatch.check import UNKNOWN
 from gradwatch.events.logdir import LogdirError, ProblemLog
+from gradwatch.logjson import JsonFormatter, TextFormatter
 from gradwatch.yamlconf import ConfigError
 
 log = logging.getLogger("gradwatch")
@@ -219,12 +220,8 @@ def cmd_rules_test(args) -> int:
 def setup_logging(verbose: bool = False, quiet: bool = False, fmt: str = "text") -> None:
     level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        from gradwatch.logjson import JsonFormatter
-
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("gradwatch: %(levelname)s: %(message)s"))
+    # both formatters escape run names and every other argument (gradwatch/logjson.py)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger("gradwatch")
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -15,6 +15,7 @@ from typing import TextIO
 
 from gradwatch.events.logdir import ProblemLog, read_logdir
 from gradwatch.export import csv_value
+from gradwatch.fmt import escape
 from gradwatch.rules import human, json_number
 
 DEFAULT_ROWS = 10
@@ -96,8 +97,8 @@ def _ratio_cell(v: float | None) -> str:
 
 
 def write_text(report: Report, out: TextIO) -> None:
-    base = report.runs[0]
-    header = ["step", *report.runs, *(f"{r} / {base}" for r in report.runs[1:])]
+    runs = [escape(r) for r in report.runs]  # run names are the trainer's: never raw on a terminal
+    header = ["step", *runs, *(f"{r} / {runs[0]}" for r in runs[1:])]
     rows = [
         [
             str(step),
@@ -107,7 +108,7 @@ def write_text(report: Report, out: TextIO) -> None:
         for step in report.steps
     ]
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
-    out.write(f"{report.tag}\n")
+    out.write(f"{escape(report.tag)}\n")
     out.write("  ".join(h.rjust(w) for h, w in zip(header, widths)) + "\n")
     for row in rows:
         out.write("  ".join(c.rjust(w) for c, w in zip(row, widths)) + "\n")
