@@ -41,20 +41,16 @@ from __future__ import annotations
 import logging
 import math
 import platform
-import socket
-import socketserver
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import (
     CollectorRegistry,
     GCCollector,
     PlatformCollector,
     ProcessCollector,
-    make_wsgi_app,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -62,6 +58,7 @@ from prometheus_client.registry import Collector
 from gradwatch import __version__
 from gradwatch.alerts import DEESCALATED, ESCALATED, FIRING, REPEAT, RESOLVED, AlertEvent
 from gradwatch.events import logdir
+from gradwatch.metrics_http import MetricsServer
 from gradwatch.rules import RANK, SEVERITY_OF_RANK, Rule, Series
 
 log = logging.getLogger("gradwatch.metrics")
@@ -296,7 +293,8 @@ class Metrics:
     # -- HTTP -----------------------------------------------------------------
 
     def serve(self, host: str = "127.0.0.1", port: int = 9723) -> MetricsServer:
-        """Start serving /metrics, /-/healthy and /-/ready; raises OSError when the address is taken."""
+        """Start serving /metrics, /-/healthy and /-/ready (gradwatch/metrics_http.py); raises
+        OSError when the address is taken."""
         server = MetricsServer(self, host, port)
         server.start()
         self.server = server
@@ -512,134 +510,4 @@ class _Collector(Collector):
         return self._metrics.collect()
 
 
-# -- HTTP ---------------------------------------------------------------------
-
-
-class _Server(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind calls socket.getfqdn(), a reverse DNS lookup
-        # that can hang for seconds on a box without DNS; the name is unused.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name, self.server_port = str(host), int(port)
-        self.setup_environ()
-
-    def handle_error(self, request, client_address) -> None:
-        log.debug("metrics: error serving %s", client_address, exc_info=True)
-
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
-
-
-class _Handler(WSGIRequestHandler):
-    def log_message(self, format: str, *args) -> None:
-        log.debug("metrics: %s %s", self.address_string(), format % args)
-
-
-_INDEX = b"""<html><head><title>gradwatch</title></head><body>
-<h1>gradwatch</h1>
-<ul><li><a href="/metrics">/metrics</a></li><li><a href="/-/healthy">/-/healthy</a></li>
-<li><a href="/-/ready">/-/ready</a></li></ul></body></html>
-"""
-
-
-def make_app(metrics: Metrics) -> Callable:
-    """WSGI app: ``/metrics``, ``/-/healthy``, ``/-/ready`` and an index page."""
-    metrics_app = make_wsgi_app(metrics.registry)
-
-    def app(environ, start_response):
-        path = environ.get("PATH_INFO") or "/"
-        method = environ.get("REQUEST_METHOD", "GET")
-        if path == "/metrics":
-            return metrics_app(environ, start_response)
-        if path == "/-/healthy":
-            status, body = "200 OK", b"gradwatch is healthy.\n"
-        elif path == "/-/ready":
-            if metrics.ready:
-                status, body = "200 OK", b"gradwatch is ready.\n"
-            else:
-                status, body = (
-                    "503 Service Unavailable",
-                    b"gradwatch is catching up on existing event files.\n",
-                )
-        elif path == "/":
-            start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
-            return [_INDEX]
-        else:
-            status, body = "404 Not Found", b"not found; try /metrics, /-/healthy or /-/ready\n"
-        if method not in ("GET", "HEAD"):
-            status, body = "405 Method Not Allowed", b"use GET\n"
-        headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
-        if status.startswith("405"):
-            headers.append(("Allow", "GET, HEAD"))
-        start_response(status, headers)
-        return [b"" if method == "HEAD" else body]
-
-    return app
-
-
-class MetricsServer:
-    """Serves :func:`make_app` on a background thread."""
-
-    def __init__(self, metrics: Metrics, host: str = "127.0.0.1", port: int = 9723) -> None:
-        self.metrics = metrics
-        self.host = host
-        self.requested_port = port
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        """Bind and serve; raises OSError (e.g. address in use) with the address in the message."""
-        cls = _Server6 if ":" in self.host else _Server
-        try:
-            server = cls((self.host, self.requested_port), _Handler)
-        except OSError as e:
-            raise OSError(e.errno, f"cannot listen on {self.address_text()}: {e.strerror or e}") from None
-        server.set_app(make_app(self.metrics))
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="gradwatch-http", daemon=True
-        )
-        self._thread.start()
-        log.info("serving /metrics, /-/healthy and /-/ready on %s", self.address_text())
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("MetricsServer.port is known only after start()")
-        return self._server.server_address[1]
-
-    def address_text(self) -> str:
-        port = self.port if self._server is not None else self.requested_port
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{port}"
-
-    @property
-    def url(self) -> str:
-        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
-        host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self.port}"
-
-    def stop(self, timeout: float = 5.0) -> None:
-        server, thread = self._server, self._thread
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout)
-        self._server = self._thread = None
-
-    def __enter__(self) -> MetricsServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
-__all__ = ["FAMILIES", "PROBLEM_KINDS", "Metrics", "MetricsServer", "make_app"]
+__all__ = ["FAMILIES", "PROBLEM_KINDS", "Metrics", "MetricsServer"]
