@@ -278,6 +278,9 @@ class Metrics:
         self._runs = 0
         self._files = 0
         self._ready = False
+        # bumped by each rare pushed change (alert, reload, readiness, rules), so the HTTP side
+        # never serves a cached /metrics body rendered before one (gradwatch/metrics_http.py)
+        self.changes = 0
         self._reload_ok = True
         self._reload_time = time.time()
         self._last: dict[str, Any] = {}  # source name -> its last good copy
@@ -315,6 +318,7 @@ class Metrics:
 
     def set_rules(self, rules: Iterable[Rule]) -> None:
         """Count the rules and pre-set their transition counters to 0 (so increase() sees the first)."""
+        self.changes += 1
         rules = list(rules)
         with self._lock:
             self._rules = len(rules)
@@ -334,6 +338,7 @@ class Metrics:
 
     def transition(self, event: AlertEvent) -> None:
         """Count a committed transition; without an ``alerts`` source also track the alert's state."""
+        self.changes += 1
         key = (event.rule, event.severity, event.kind)
         with self._lock:
             self._transitions[key] = self._transitions.get(key, 0) + 1
@@ -344,6 +349,7 @@ class Metrics:
 
     def set_alert(self, rule: str, run: str, tag: str, severity: str | None) -> None:
         """The alert's current severity; ``None`` (resolved) removes its series, as Prometheus does."""
+        self.changes += 1
         with self._lock:
             if severity:
                 self._alerts[(rule, run, tag)] = severity
@@ -352,6 +358,7 @@ class Metrics:
 
     def clear_alerts(self) -> None:
         """Forget every pushed alert (e.g. before restoring the set from the state DB)."""
+        self.changes += 1
         with self._lock:
             self._alerts.clear()
 
@@ -360,6 +367,7 @@ class Metrics:
             self._runs, self._files = runs, files
 
     def set_ready(self, ready: bool = True) -> None:
+        self.changes += 1
         self._ready = bool(ready)
 
     @property
@@ -367,6 +375,7 @@ class Metrics:
         return self._ready
 
     def config_reloaded(self, ok: bool) -> None:
+        self.changes += 1
         with self._lock:
             self._reload_ok = bool(ok)
             if ok:

@@ -30,6 +30,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import parse_qs, urlsplit
@@ -56,12 +57,18 @@ Headers = list[tuple[str, str]]
 class MetricsRenderer:
     """``/metrics`` bodies, rendered at most once per ``interval`` per format and shared."""
 
-    def __init__(self, registry: CollectorRegistry, interval: float = RENDER_INTERVAL) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        interval: float = RENDER_INTERVAL,
+        changes: Callable[[], int] = lambda: 0,
+    ) -> None:
         self.registry = registry
         self.interval = interval
+        self.changes = changes  # a new value makes the cached bodies stale at once
         self.renders = 0  # how many times the registry was collected (tests, debugging)
         self._lock = threading.Lock()
-        self._cache: dict[tuple[str, bool, tuple[str, ...]], tuple[float, bytes]] = {}
+        self._cache: dict[tuple[str, bool, tuple[str, ...]], tuple[float, int, bytes]] = {}
 
     def render(
         self, accept: str = "", accept_encoding: str = "", names: tuple[str, ...] = ()
@@ -72,19 +79,20 @@ class MetricsRenderer:
         key = (content_type, compress, names)
         with self._lock:  # one render at a time; whoever waited finds it fresh
             cached = self._cache.get(key)
-            if cached is None or time.monotonic() - cached[0] >= self.interval:
+            changes = self.changes()
+            if cached is None or cached[1] != changes or time.monotonic() - cached[0] >= self.interval:
                 registry = self.registry.restricted_registry(list(names)) if names else self.registry
                 body = encoder(registry)
                 self.renders += 1
                 log.debug("metrics: rendered /metrics (%s, %d bytes)", content_type, len(body))
-                cached = (time.monotonic(), gzip.compress(body) if compress else body)
+                cached = (time.monotonic(), changes, gzip.compress(body) if compress else body)
                 if len(self._cache) >= _MAX_CACHED_FORMATS:
                     self._cache.clear()
                 self._cache[key] = cached
         headers = [("Content-Type", content_type)]
         if compress:
             headers.append(("Content-Encoding", "gzip"))
-        return headers, cached[1]
+        return headers, cached[2]
 
 
 class _Request(NamedTuple):
@@ -178,7 +186,7 @@ class MetricsServer:
         self.max_metrics_in_flight = max_metrics_in_flight
         self.header_timeout = header_timeout
         self.write_timeout = write_timeout
-        self.renderer = MetricsRenderer(metrics.registry, render_interval)
+        self.renderer = MetricsRenderer(metrics.registry, render_interval, lambda: metrics.changes)
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

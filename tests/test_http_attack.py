@@ -108,6 +108,15 @@ def test_a_scrape_after_the_interval_renders_again(counted):
         assert source.calls == 3  # cached bytes are never served past their interval
 
 
+def test_a_change_the_daemon_pushes_is_never_hidden_by_the_cache(counted):
+    source, metrics = counted
+    with MetricsServer(metrics, "127.0.0.1", 0, render_interval=3600) as srv:
+        assert b"gradwatch_ready 0.0" in get(srv.url + "/metrics")[1]
+        metrics.set_ready()  # as the daemon does after its catch-up (and on alerts, reloads)
+        assert b"gradwatch_ready 1.0" in get(srv.url + "/metrics")[1]
+        assert source.calls == 2
+
+
 def test_slow_clients_are_dropped_after_the_header_timeout(counted):
     _, metrics = counted
     with MetricsServer(metrics, "127.0.0.1", 0, header_timeout=1) as srv:
