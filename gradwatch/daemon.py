@@ -24,7 +24,7 @@ from typing import TextIO
 from gradwatch import sdnotify
 from gradwatch.actions import FlagWriter, StopFileWriter, stop_path
 from gradwatch.alerts import ACTIVE, FIRING, AlertBook, AlertEvent, alert_key
-from gradwatch.config import Config, build_notifiers, load_config, parse_listen
+from gradwatch.config import Config, build_notifiers, listen_usage, load_config, parse_listen
 from gradwatch.engine import Engine
 from gradwatch.events.logdir import (
     UNREADABLE_DIRECTORY,
@@ -891,7 +891,7 @@ def config_from_args(args) -> Config:
     if args.listen is not None:
         cfg.listen = args.listen or None
         if cfg.listen and parse_listen(cfg.listen) is None:
-            raise ConfigError([_usage(f"--listen: expected HOST:PORT, got {args.listen!r}")])
+            raise ConfigError([_usage(f"--listen: {listen_usage(args.listen)}")])
     if args.poll is not None:
         if not args.poll > 0:
             raise ConfigError([_usage("--poll: expected a positive number of seconds")])

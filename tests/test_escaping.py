@@ -149,7 +149,12 @@ def test_a_run_name_cannot_forge_a_log_line_of_the_real_daemon(tmp_path, log_for
 
 def _gradwatch(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "gradwatch", *args], capture_output=True, text=True, cwd=ROOT, check=False
+        [sys.executable, "-m", "gradwatch", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+        timeout=120,
     )
 
 
