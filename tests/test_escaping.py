@@ -10,11 +10,9 @@ from __future__ import annotations
 import io
 import json
 import logging
-import subprocess
-import sys
 
 import pytest
-from daemon_support import ROOT, Daemon, Writer, watch_args
+from daemon_support import Daemon, Writer, run_gradwatch, watch_args
 from writers import write_scalars
 
 from gradwatch.fmt import escape, json_dumps, json_number
@@ -147,17 +145,6 @@ def test_a_run_name_cannot_forge_a_log_line_of_the_real_daemon(tmp_path, log_for
 # -- check and report text ------------------------------------------------------------
 
 
-def _gradwatch(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "gradwatch", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-        timeout=120,
-    )
-
-
 @pytest.fixture(scope="module")
 def evil_logdir(tmp_path_factory):
     logdir = tmp_path_factory.mktemp("evil")
@@ -167,14 +154,14 @@ def evil_logdir(tmp_path_factory):
 
 
 def test_check_text_shows_the_run_name_escaped(evil_logdir):
-    done = _gradwatch("check", str(evil_logdir))
+    done = run_gradwatch("check", str(evil_logdir))
     assert done.returncode == 2, done.stderr  # CRITICAL
     assert f"run {EVIL_SHOWN}" in done.stdout
     assert not raw_dangers(done.stdout + done.stderr)
 
 
 def test_report_text_shows_the_run_name_escaped(evil_logdir):
-    done = _gradwatch("report", str(evil_logdir), "--tag", TAG)
+    done = run_gradwatch("report", str(evil_logdir), "--tag", TAG)
     assert done.returncode == 0, done.stderr
     assert EVIL_SHOWN in done.stdout
     assert not raw_dangers(done.stdout + done.stderr)

@@ -8,28 +8,15 @@ loopback.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import pytest
-from daemon_support import ROOT, Daemon, watch_args
+from daemon_support import Daemon, run_gradwatch, watch_args
 
 from gradwatch.metrics_http import is_loopback
 
 
-def gradwatch(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "gradwatch", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-        timeout=120,
-    )
-
-
 def test_listen_without_a_host_is_a_usage_error_that_names_the_choices(tmp_path):
-    done = gradwatch("watch", str(tmp_path), "--state-dir", str(tmp_path / "s"), "--listen", ":9723")
+    done = run_gradwatch("watch", str(tmp_path), "--state-dir", str(tmp_path / "s"), "--listen", ":9723")
     assert done.returncode == 3
     assert "--listen: ':9723' has no host" in done.stderr
     assert "127.0.0.1:9723" in done.stderr and "0.0.0.0:9723" in done.stderr and "[::]:9723" in done.stderr
@@ -39,7 +26,7 @@ def test_listen_without_a_host_is_a_usage_error_that_names_the_choices(tmp_path)
 def test_listen_without_a_host_in_the_config_file_names_file_and_line(tmp_path):
     config = tmp_path / "gradwatch.yaml"
     config.write_text(f"logdir: {tmp_path}\nlisten: ':9723'\n")
-    done = gradwatch("watch", "--config", str(config), "--state-dir", str(tmp_path / "s"))
+    done = run_gradwatch("watch", "--config", str(config), "--state-dir", str(tmp_path / "s"))
     assert done.returncode == 3
     assert f"{config}:2: listen: ':9723' has no host" in done.stderr
 
