@@ -17,6 +17,7 @@ from typing import TextIO
 from gradwatch import __version__
 from gradwatch.check import UNKNOWN
 from gradwatch.events.logdir import LogdirError, ProblemLog
+from gradwatch.fmt import escape
 from gradwatch.logjson import JsonFormatter, TextFormatter
 from gradwatch.yamlconf import ConfigError
 
@@ -244,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         print(str(e), file=sys.stderr)
         return UNKNOWN
     except (LogdirError, UsageError) as e:
-        print(f"gradwatch: {e}", file=sys.stderr)
+        print(f"gradwatch: {escape(e)}", file=sys.stderr)  # may quote run names and tags
         return UNKNOWN
     except BrokenPipeError:
         # `gradwatch export ... | head`: the reader went away, not an error

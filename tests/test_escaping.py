@@ -168,6 +168,13 @@ def test_report_text_shows_the_run_name_escaped(evil_logdir):
     assert len(done.stdout.splitlines()) == 2 + 2  # tag, header, two steps: no line forged
 
 
+def test_report_usage_errors_show_run_names_escaped(evil_logdir):
+    done = run_gradwatch("report", str(evil_logdir), "--tag", TAG, "--run", "baseline", "--run", "nomatch")
+    assert done.returncode == 3
+    assert f"runs with it: baseline, {EVIL_SHOWN}" in done.stderr
+    assert not raw_dangers(done.stderr)
+
+
 def test_console_json_and_text_escape_through_one_function():
     from test_console import event
 
