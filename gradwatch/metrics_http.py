@@ -196,6 +196,7 @@ class MetricsServer:
         self._reading: dict[asyncio.StreamWriter, None] = {}
         self._open: set[asyncio.StreamWriter] = set()
         self._metrics_in_flight = 0
+        self._failed: Exception | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -212,6 +213,9 @@ class MetricsServer:
         self._thread = threading.Thread(target=self._run, args=(started,), name="gradwatch-http", daemon=True)
         self._thread.start()
         started.wait()
+        if self._failed is not None:
+            self.stop()
+            raise OSError(f"cannot serve on {self.address_text()}: {self._failed}")
         log.info("serving /metrics, /-/healthy and /-/ready on %s", self.address_text())
         if not is_loopback(self.host):
             log.warning(
@@ -225,6 +229,8 @@ class MetricsServer:
         asyncio.set_event_loop(self._loop)
         try:
             self._loop.run_until_complete(self._serve(self._sock, started))
+        except Exception as e:  # before serving (after, _handle keeps every error to itself)
+            self._failed = e
         finally:
             started.set()
             self._loop.close()
