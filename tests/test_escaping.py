@@ -22,6 +22,8 @@ from gradwatch.logjson import JsonFormatter, TextFormatter
 EVIL_RUN = "evil\ngradwatch: CRITICAL: FIRING forged \x1b[31mred\u202egnp.exe"
 EVIL_SHOWN = "evil\\x0agradwatch: CRITICAL: FIRING forged \\x1b[31mred\\u202egnp.exe"
 TAG = "gradients/actor_cnn_norm"
+# a directory name that is not UTF-8 (byte 0xff), as Python sees it: surrogateescape
+BYTES_RUN = b"bytes-\xff".decode("utf-8", "surrogateescape")
 
 
 def raw_dangers(text: str) -> list[str]:
@@ -150,6 +152,7 @@ def evil_logdir(tmp_path_factory):
     logdir = tmp_path_factory.mktemp("evil")
     write_scalars("tensorboardX", str(logdir / EVIL_RUN), [(TAG, 100, 5191.0), (TAG, 200, 130486.0)])
     write_scalars("tensorboardX", str(logdir / "baseline"), [(TAG, 100, 10.0), (TAG, 200, 11.0)])
+    write_scalars("tensorboardX", str(logdir / BYTES_RUN), [(TAG, 100, 20.0), (TAG, 200, 30.0)])
     return logdir
 
 
@@ -163,7 +166,7 @@ def test_check_text_shows_the_run_name_escaped(evil_logdir):
 def test_report_text_shows_the_run_name_escaped(evil_logdir):
     done = run_gradwatch("report", str(evil_logdir), "--tag", TAG)
     assert done.returncode == 0, done.stderr
-    assert EVIL_SHOWN in done.stdout
+    assert EVIL_SHOWN in done.stdout and "bytes-\\xff" in done.stdout  # the byte, not a traceback
     assert not raw_dangers(done.stdout + done.stderr)
     assert len(done.stdout.splitlines()) == 2 + 2  # tag, header, two steps: no line forged
 
@@ -171,7 +174,7 @@ def test_report_text_shows_the_run_name_escaped(evil_logdir):
 def test_report_usage_errors_show_run_names_escaped(evil_logdir):
     done = run_gradwatch("report", str(evil_logdir), "--tag", TAG, "--run", "baseline", "--run", "nomatch")
     assert done.returncode == 3
-    assert f"runs with it: baseline, {EVIL_SHOWN}" in done.stderr
+    assert f"runs with it: baseline, bytes-\\xff, {EVIL_SHOWN}" in done.stderr
     assert not raw_dangers(done.stderr)
 
 
