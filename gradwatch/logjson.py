@@ -91,6 +91,10 @@ class TextFormatter(logging.Formatter):
     def __init__(self, fmt: str = TEXT_FORMAT) -> None:
         super().__init__(fmt)
 
+    def format(self, record: logging.LogRecord) -> str:
+        record.exc_text = None  # another handler may have cached its own, unescaped traceback
+        return super().format(record)
+
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = escaped_message(record)
         return super().formatMessage(record)

@@ -112,6 +112,17 @@ def test_exception_text_is_escaped_line_by_line():
     assert not any(line.startswith("gradwatch: CRITICAL") for line in text.splitlines())
 
 
+def test_a_traceback_another_handler_cached_is_escaped_again():
+    try:
+        raise ValueError(EVIL_RUN)
+    except ValueError as e:
+        record = logging.LogRecord(
+            "gradwatch", logging.ERROR, __file__, 1, "failed", None, (ValueError, e, None)
+        )
+    logging.Formatter().format(record)  # e.g. pytest's caplog handler, first in line: caches exc_text
+    assert not raw_dangers(TextFormatter().format(record))
+
+
 # -- a real daemon ------------------------------------------------------------------
 
 
