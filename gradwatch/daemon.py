@@ -856,7 +856,9 @@ def add_arguments(sub) -> None:
     )
     w.add_argument("--state-dir", metavar="DIR", help="where the state DB lives (default: per logdir)")
     w.add_argument(
-        "--listen", metavar="HOST:PORT", help="metrics/health endpoint (default 127.0.0.1:9723; '' off)"
+        "--listen",
+        metavar="HOST:PORT",
+        help="metrics/health endpoint (default 127.0.0.1:9723; every interface: 0.0.0.0:PORT; '' off)",
     )
     w.add_argument("--poll", type=float, metavar="SECONDS", help="poll instead of inotify (NFS, network FS)")
     w.add_argument(
