@@ -16,6 +16,8 @@ per-point path does no metric work and nothing can drift out of sync::
     )
     metrics = Metrics(daemon)          # the same, from a gradwatch.daemon.Daemon's attributes
     metrics.serve("127.0.0.1", 9723)   # background thread; port 0 = any free port; OSError if taken
+                                       # (gradwatch/metrics_http.py: /metrics rendered at most once a
+                                       # second and on each push below, whatever the clients do)
     metrics.port                       # the bound port
     metrics.records_read(n, points=m)  # once per read pass, not per record (without ``counts``)
     metrics.transition(event)          # each AlertEvent after it is committed
