@@ -4,27 +4,60 @@ Offsets, alert states, rule states and queued notifications of one batch
 commit in one transaction (the outbox inserts through the same connection),
 so after a kill -9 the daemon replays exactly the points it had not
 committed and recomputes exactly the transitions it had not recorded.
+
+Names are bytes on Linux. In memory they are ``str`` with surrogateescape
+(``os.fsdecode``); in the database every name column (paths, runs, tags,
+alert keys) holds the name's bytes as a BLOB, so ``run-\\xff`` round-trips.
+
+The schema is versioned with ``PRAGMA user_version`` (``SCHEMA_VERSION``);
+``MIGRATIONS[v]`` brings a database from version ``v`` to ``v + 1``. A
+database newer than this code is refused with a clear message.
+
+Every row is validated when it is read: a row that cannot be understood is
+logged once (table and key) and deleted; an impossible offset means "read
+that file again from the start". An offset past the end of the file is the
+reader's to notice (``file_shrunk``): the store cannot know file sizes.
+
+One daemon per state directory: the directory itself is ``flock``ed, which
+no one can take away by deleting a file (``gradwatch.lock`` only names the
+holder's pid for the message).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
+import logging
 import os
 import sqlite3
 from collections import deque
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from gradwatch.alerts import alert_key
 from gradwatch.rules import Rule, RuleState, Series
 
+log = logging.getLogger("gradwatch.state")
+
+SCHEMA_VERSION = 1
+# version 1: names are BLOBs (their bytes); version 0 (no user_version) stored them as TEXT
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, run TEXT NOT NULL, offset INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS alerts (key TEXT PRIMARY KEY, data TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS series (run TEXT NOT NULL, tag TEXT NOT NULL, data TEXT NOT NULL,
+CREATE TABLE IF NOT EXISTS files (path BLOB PRIMARY KEY, run BLOB NOT NULL, offset INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS alerts (key BLOB PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS series (run BLOB NOT NULL, tag BLOB NOT NULL, data TEXT NOT NULL,
                                    PRIMARY KEY (run, tag));
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+# the columns each table of ours must have; the name columns are the ones that hold bytes
+COLUMNS = {
+    "files": ("path", "run", "offset"),
+    "alerts": ("key", "data"),
+    "series": ("run", "tag", "data"),
+    "meta": ("key", "value"),
+}
+NAME_COLUMNS = {"files": ("path", "run"), "alerts": ("key",), "series": ("run", "tag")}
 
 DB_NAME = "gradwatch.db"
 LOCK_NAME = "gradwatch.lock"
@@ -32,6 +65,14 @@ LOCK_NAME = "gradwatch.lock"
 
 class StateError(Exception):
     """The state directory cannot be used (unwritable, locked by another daemon, not a database)."""
+
+
+class StateSaveError(StateError, sqlite3.OperationalError):
+    """State cannot be saved now (disk full, I/O error); the transaction was rolled back.
+
+    Retrying later saves everything again. It is also an ``sqlite3.Error`` so callers
+    that catch those for the outbox's inserts in the same transaction catch it too.
+    """
 
 
 def connect(path: str) -> sqlite3.Connection:
@@ -42,12 +83,117 @@ def connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+# -- names: str in memory, bytes on disk ----------------------------------------
+def name_bytes(name: str) -> bytes:
+    """The bytes a name stands for (os.fsencode's rule on Linux, whatever the locale)."""
+    return name.encode("utf-8", "surrogateescape")
+
+
+def name_str(raw: bytes) -> str:
+    """The in-memory name of stored bytes (os.fsdecode's rule): lossless for any bytes."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def shown(name: str) -> str:
+    """A name for a log line: quoted, control characters and undecodable bytes escaped."""
+    return repr(name)
+
+
+# -- numbers in JSON --------------------------------------------------------------
 def _num(v: float) -> Any:
     return v if v == v and v not in (float("inf"), float("-inf")) else repr(v)
 
 
 def _unnum(v: Any) -> float:
     return float(v)
+
+
+class BadRow(ValueError):
+    """A stored row this code cannot use; the message says what is wrong with it."""
+
+
+def _expect(ok: bool, what: str) -> None:
+    if not ok:
+        raise BadRow(what)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    """A number as ``_num`` writes it: int, float, or the repr of NaN/±Inf."""
+    return _is_int(v) or isinstance(v, float) or v in ("nan", "inf", "-inf")
+
+
+def _check_fields(d: Any, spec: dict[str, Callable[[Any], bool]], what: str) -> None:
+    _expect(isinstance(d, dict), f"{what} is not a JSON object")
+    for key, ok in spec.items():
+        if key in d:
+            _expect(ok(d[key]), f"{what}: {key} = {d[key]!r:.60} is not valid")
+
+
+def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or check(v)
+
+
+def _int_list(v: Any) -> bool:
+    return isinstance(v, list) and all(_is_int(x) for x in v)
+
+
+def _window(v: Any) -> bool:
+    return isinstance(v, list) and all(
+        isinstance(p, list) and len(p) == 2 and _is_int(p[0]) and _is_number(p[1]) for p in v
+    )
+
+
+RULE_STATE_FIELDS = {
+    "streaks": _int_list,
+    "window": _optional(_window),
+    "last_wall": _optional(_is_number),
+    "last_step": _optional(_is_int),
+    "raw": _is_int,
+    "ratio": _is_number,
+}
+SERIES_FIELDS = {
+    "step": _is_int,
+    "wall_time": _is_number,
+    "value": _is_number,
+    "rules": lambda v: isinstance(v, dict),
+}
+SAVED_RULE_FIELDS = {"rank": _is_int, "sig": lambda v: isinstance(v, str)}
+ALERT_FIELDS = {
+    "rule": lambda v: isinstance(v, str),
+    "run": lambda v: isinstance(v, str),
+    "tag": lambda v: isinstance(v, str),
+    "state": lambda v: v in ("pending", "firing"),
+    "rank": _is_int,
+    "starts_at": _is_number,
+    "last_notified": _is_number,
+    "seq": _is_int,
+    "clear_points": _is_int,
+    "clear_since": _optional(_is_number),
+    "step": _is_int,
+    "value": _is_number,
+    "wall_time": _is_number,
+    "ratio": _is_number,
+}
+
+
+def check_series_doc(d: Any) -> None:
+    """Raise BadRow unless ``d`` is a series document ``dump_series`` could have written."""
+    _check_fields(d, SERIES_FIELDS, "series state")
+    for name, got in d.get("rules", {}).items():
+        _check_fields(got, SAVED_RULE_FIELDS, f"rule {name!r}")
+        _expect("rank" in got and "state" in got, f"rule {name!r} lacks rank or state")
+        _check_fields(got["state"], RULE_STATE_FIELDS, f"rule {name!r} state")
+
+
+def check_alert_doc(key: str, d: Any) -> None:
+    """Raise BadRow unless ``d`` is an alert state stored under ``key``."""
+    _check_fields(d, ALERT_FIELDS, "alert state")
+    _expect(all(k in d for k in ("rule", "run", "tag")), "alert state lacks rule, run or tag")
+    _expect(alert_key(d["rule"], d["run"], d["tag"]) == key, "alert state does not match its key")
 
 
 def dump_rule_state(state: RuleState) -> dict[str, Any]:
@@ -111,8 +257,12 @@ def dump_series(s: Series) -> str:
 
 
 def restore_series(s: Series, text: str) -> None:
-    """Put a persisted series state back; rules that changed since start fresh."""
+    """Put a persisted series state back; rules that changed since start fresh.
+
+    Raises BadRow (a ValueError) for a document ``dump_series`` cannot have written.
+    """
     d = json.loads(text)
+    check_series_doc(d)
     s.step = d.get("step", 0)
     s.wall_time = d.get("wall_time", 0.0)
     s.value = _unnum(d.get("value", "nan"))
@@ -125,19 +275,98 @@ def restore_series(s: Series, text: str) -> None:
         load_rule_state(s.states[i], got["state"])
 
 
+# -- schema versions -------------------------------------------------------------
+def _columns(conn: sqlite3.Connection, table: str) -> tuple[str, ...]:
+    return tuple(row[1] for row in conn.execute(f"PRAGMA table_info({table})"))
+
+
+def _ensure_tables(conn: sqlite3.Connection, path: str) -> None:
+    """Our tables with our columns; a table of another layout is set aside, not read."""
+    for table, columns in COLUMNS.items():
+        found = _columns(conn, table)
+        if found and sorted(found) != sorted(columns):
+            aside = f"{table}_unknown_layout"
+            log.warning(
+                "%s: table %s has columns (%s), not (%s); kept as %s, starting it afresh",
+                path,
+                table,
+                ", ".join(found),
+                ", ".join(columns),
+                aside,
+            )
+            conn.execute(f"DROP TABLE IF EXISTS {aside}")
+            conn.execute(f"ALTER TABLE {table} RENAME TO {aside}")
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+def _names_to_blobs(conn: sqlite3.Connection, path: str) -> None:
+    """0 -> 1: names stored as TEXT become their UTF-8 bytes, what ``name_bytes`` writes."""
+    for table, columns in NAME_COLUMNS.items():
+        for col in columns:
+            conn.execute(
+                f"UPDATE OR REPLACE {table} SET {col} = CAST({col} AS BLOB) WHERE typeof({col}) = 'text'"
+            )
+
+
+# MIGRATIONS[v] brings a database at version v to v + 1 (inside the caller's transaction)
+MIGRATIONS: list[Callable[[sqlite3.Connection, str], None]] = [_names_to_blobs]
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+def open_schema(conn: sqlite3.Connection, path: str) -> None:
+    """Bring the database to SCHEMA_VERSION in one transaction; refuse a newer one."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StateError(
+                f"{path}: the state database has schema version {version}, newer than this "
+                f"gradwatch knows ({SCHEMA_VERSION}); run the newer gradwatch on it, "
+                "or give this one another --state-dir"
+            )
+        _ensure_tables(conn, path)
+        for v in range(max(version, 0), SCHEMA_VERSION):
+            MIGRATIONS[v](conn, path)
+        if version != SCHEMA_VERSION:
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
 class StateDB:
-    """One daemon's state; ``lock`` (the default) refuses a second daemon on the same directory."""
+    """One daemon's state; ``lock`` (the default) refuses a second daemon on the same directory.
+
+    Writes happen between ``begin()`` and ``commit()``; any of them raises StateSaveError
+    when the database cannot save (the transaction is then rolled back, and a later retry
+    saves everything). ``save_series`` writes only the series whose state changed since
+    they were last committed.
+    """
 
     def __init__(self, state_dir: str, lock: bool = True) -> None:
         self.dir = state_dir
         self.path = os.path.join(state_dir, DB_NAME)
         self._lock_fd: int | None = None
+        # (run, tag) -> digest of the series document last committed, and those of this transaction
+        self._saved: dict[tuple[str, str], bytes] = {}
+        self._pending: dict[tuple[str, str], bytes] = {}
         try:
             os.makedirs(state_dir, exist_ok=True)
             if lock:
                 self._lock()
             self.conn = connect(self.path)
-            self.conn.executescript(SCHEMA)
+            open_schema(self.conn, self.path)
+        except StateError:
+            self._unlock()
+            raise
         except sqlite3.Error as e:
             self._unlock()
             raise StateError(f"{self.path}: cannot use the state database: {e}") from None
@@ -148,19 +377,45 @@ class StateDB:
             ) from None
 
     def _lock(self) -> None:
-        fd = os.open(os.path.join(self.dir, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        # the directory, not a file in it: deleting gradwatch.lock must not let a second daemon in
+        fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
             raise StateError(
-                f"{self.dir}: another gradwatch (pid {holder}) is using this state directory; "
+                f"{self.dir}: another gradwatch (pid {self._holder()}) is using this state directory; "
                 "one daemon per state directory (give this one its own --state-dir)"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            os.close(fd)
+            raise
         self._lock_fd = fd
+        self._write_pid()
+
+    def _pid_path(self) -> str:
+        return os.path.join(self.dir, LOCK_NAME)
+
+    def _write_pid(self) -> None:
+        """Name the holder for a second daemon's message (the lock itself is the directory's)."""
+        fd = os.open(
+            self._pid_path(), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644
+        )
+        try:
+            os.write(fd, f"{os.getpid()}\n".encode())
+        finally:
+            os.close(fd)
+
+    def _holder(self) -> str:
+        try:
+            fd = os.open(self._pid_path(), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return "unknown"
+        try:
+            text = os.read(fd, 32).decode(errors="replace").strip()
+        finally:
+            os.close(fd)
+        return text if text.isdigit() else "unknown"
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:
@@ -173,59 +428,178 @@ class StateDB:
             self.conn.close()
         self._unlock()
 
-    # -- reads at start-up ---------------------------------------------------
-    def offsets(self) -> dict[str, int]:
-        return {p: o for p, o in self.conn.execute("SELECT path, offset FROM files")}
+    # -- reads at start-up: every row validated ----------------------------------
+    def _rows(self, table: str, columns: str) -> Iterator[tuple]:
+        return self.conn.execute(f"SELECT rowid, {columns} FROM {table}")
+
+    def _drop(self, table: str, bad: list[tuple[int, str, str]]) -> None:
+        """Log each unreadable row once (table and key) and delete it, so it is not logged again."""
+        for _, key, why in bad:
+            log.warning("%s: %s row %s is unreadable (%s); dropped", self.path, table, key, why)
+        if not bad:
+            return
+        try:
+            with self._transaction():
+                self.conn.executemany(
+                    f"DELETE FROM {table} WHERE rowid = ?", [(rowid,) for rowid, _, _ in bad]
+                )
+        except StateError as e:
+            log.warning("%s", e)
 
     def files(self) -> dict[str, tuple[str, int]]:
-        """path -> (run, offset)."""
-        return {p: (r, o) for p, r, o in self.conn.execute("SELECT path, run, offset FROM files")}
+        """path -> (run, offset); an impossible offset is 0: the file is read again from the start."""
+        out: dict[str, tuple[str, int]] = {}
+        bad: list[tuple[int, str, str]] = []
+        for rowid, path, run, offset in self._rows("files", "CAST(path AS BLOB), CAST(run AS BLOB), offset"):
+            if not path or run is None:
+                bad.append((rowid, shown(name_str(path or b"")), "no path or no run"))
+                continue
+            path_s = name_str(path)
+            if not _is_int(offset) or offset < 0:
+                log.warning(
+                    "%s: files row %s has an impossible offset %r; reading the file again from the start",
+                    self.path,
+                    shown(path_s),
+                    offset,
+                )
+                offset = 0
+            out[path_s] = (name_str(run), offset)
+        self._drop("files", bad)
+        return out
+
+    def offsets(self) -> dict[str, int]:
+        return {p: o for p, (_, o) in self.files().items()}
+
+    def _documents(self, table: str, keys: str) -> Iterator[tuple[int, tuple[str, ...], Any]]:
+        """(rowid, decoded key columns, parsed JSON or the BadRow saying why not)."""
+        for rowid, *key, data in self._rows(table, f"{keys}, CAST(data AS BLOB)"):
+            names = tuple(name_str(k or b"") for k in key)
+            try:
+                _expect(all(key) and data is not None, "no key or no data")
+                yield rowid, names, json.loads(data)
+            except (ValueError, TypeError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+                yield rowid, names, BadRow(str(e))
 
     def alerts(self) -> dict[str, dict[str, Any]]:
-        return {k: json.loads(d) for k, d in self.conn.execute("SELECT key, data FROM alerts")}
+        out: dict[str, dict[str, Any]] = {}
+        bad: list[tuple[int, str, str]] = []
+        for rowid, (key,), d in self._documents("alerts", "CAST(key AS BLOB)"):
+            try:
+                if isinstance(d, BadRow):
+                    raise d
+                check_alert_doc(key, d)
+            except BadRow as e:
+                bad.append((rowid, shown(key), str(e)))
+                continue
+            out[key] = d
+        self._drop("alerts", bad)
+        return out
 
     def series(self) -> dict[tuple[str, str], str]:
-        return {(r, t): d for r, t, d in self.conn.execute("SELECT run, tag, data FROM series")}
+        """(run, tag) -> the saved document, for ``restore_series``."""
+        out: dict[tuple[str, str], str] = {}
+        bad: list[tuple[int, str, str]] = []
+        for rowid, key, d in self._documents("series", "CAST(run AS BLOB), CAST(tag AS BLOB)"):
+            try:
+                if isinstance(d, BadRow):
+                    raise d
+                check_series_doc(d)
+            except BadRow as e:
+                bad.append((rowid, f"{shown(key[0])} {shown(key[1])}", str(e)))
+                continue
+            text = json.dumps(d)
+            out[key] = text  # type: ignore[index]
+            self._saved[key] = _digest(text)  # type: ignore[index]
+        self._drop("series", bad)
+        return out
 
     def meta(self, key: str, default: str | None = None) -> str | None:
-        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        row = self.conn.execute(
+            "SELECT value FROM meta WHERE key = ? AND typeof(value) = 'text'", (key,)
+        ).fetchone()
         return row[0] if row else default
 
-    # -- writes inside one transaction ---------------------------------------
+    # -- writes inside one transaction -------------------------------------------
+    @contextlib.contextmanager
+    def _saving(self) -> Iterator[None]:
+        """Turn any database error into StateSaveError, after rolling the transaction back."""
+        try:
+            yield
+        except sqlite3.Error as e:
+            if isinstance(e, StateSaveError):
+                raise
+            self.rollback()
+            raise StateSaveError(f"{self.path}: cannot save state: {e}") from e
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self.begin()
+        with self._saving():
+            yield
+        self.commit()
+
     def begin(self) -> None:
-        self.conn.execute("BEGIN IMMEDIATE")
+        with self._saving():
+            self.conn.execute("BEGIN IMMEDIATE")
 
     def commit(self) -> None:
-        self.conn.execute("COMMIT")
+        with self._saving():
+            self.conn.execute("COMMIT")
+        self._saved.update(self._pending)
+        self._pending.clear()
 
     def rollback(self) -> None:
+        """Undo the transaction: series saved in it count as not saved (written again next time)."""
+        self._pending.clear()
         if self.conn.in_transaction:
-            self.conn.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK")
 
     def set_meta(self, key: str, value: str) -> None:
-        self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+        with self._saving():
+            self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     def save_offsets(self, rows: list[tuple[str, str, int]]) -> None:
-        self.conn.executemany("INSERT OR REPLACE INTO files (path, run, offset) VALUES (?, ?, ?)", rows)
+        """(path, run, offset) rows."""
+        with self._saving():
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO files (path, run, offset) VALUES (?, ?, ?)",
+                [(name_bytes(p), name_bytes(r), o) for p, r, o in rows],
+            )
 
     def forget_files(self, paths: list[str]) -> None:
-        self.conn.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in paths])
+        with self._saving():
+            self.conn.executemany("DELETE FROM files WHERE path = ?", [(name_bytes(p),) for p in paths])
 
     def forget_run(self, run: str) -> None:
-        self.conn.execute("DELETE FROM files WHERE run = ?", (run,))
-        self.conn.execute("DELETE FROM series WHERE run = ?", (run,))
+        with self._saving():
+            self.conn.execute("DELETE FROM files WHERE run = ?", (name_bytes(run),))
+            self.conn.execute("DELETE FROM series WHERE run = ?", (name_bytes(run),))
+        for cache in (self._saved, self._pending):
+            for key in [k for k in cache if k[0] == run]:
+                del cache[key]
 
     def save_series(self, series: list[Series]) -> None:
-        self.conn.executemany(
-            "INSERT OR REPLACE INTO series (run, tag, data) VALUES (?, ?, ?)",
-            [(s.run, s.tag, dump_series(s)) for s in series],
-        )
+        """Write the series whose document differs from the one last committed."""
+        rows = []
+        for s in series:
+            key = (s.run, s.tag)
+            text = dump_series(s)
+            digest = _digest(text)
+            if self._pending.get(key, self._saved.get(key)) == digest:
+                continue
+            self._pending[key] = digest
+            rows.append((name_bytes(s.run), name_bytes(s.tag), text))
+        with self._saving():
+            self.conn.executemany("INSERT OR REPLACE INTO series (run, tag, data) VALUES (?, ?, ?)", rows)
 
     def save_alerts(self, changed: dict[str, dict[str, Any] | None]) -> None:
-        for key, data in changed.items():
-            if data is None:
-                self.conn.execute("DELETE FROM alerts WHERE key = ?", (key,))
-            else:
-                self.conn.execute(
-                    "INSERT OR REPLACE INTO alerts (key, data) VALUES (?, ?)", (key, json.dumps(data))
-                )
+        with self._saving():
+            for key, data in changed.items():
+                if data is None:
+                    self.conn.execute("DELETE FROM alerts WHERE key = ?", (name_bytes(key),))
+                else:
+                    self.conn.execute(
+                        "INSERT OR REPLACE INTO alerts (key, data) VALUES (?, ?)",
+                        (name_bytes(key), json.dumps(data)),
+                    )
