@@ -6,8 +6,10 @@ so after a kill -9 the daemon replays exactly the points it had not
 committed and recomputes exactly the transitions it had not recorded.
 
 Names are bytes on Linux. In memory they are ``str`` with surrogateescape
-(``os.fsdecode``); in the database every name column (paths, runs, tags,
-alert keys) holds the name's bytes as a BLOB, so ``run-\\xff`` round-trips.
+(``os.fsdecode``); in the database a name (path, run, tag, alert key) is TEXT
+when it is valid UTF-8 (readable with the sqlite3 shell) and its raw bytes as
+a BLOB when it is not (``db_text``), so ``run-\\xff`` round-trips. The outbox
+stores its names the same way.
 
 The schema is versioned with ``PRAGMA user_version`` (``SCHEMA_VERSION``);
 ``MIGRATIONS[v]`` brings a database from version ``v`` to ``v + 1``. A
@@ -42,22 +44,20 @@ from gradwatch.rules import Rule, RuleState, Series
 log = logging.getLogger("gradwatch.state")
 
 SCHEMA_VERSION = 1
-# version 1: names are BLOBs (their bytes); version 0 (no user_version) stored them as TEXT
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS files (path BLOB PRIMARY KEY, run BLOB NOT NULL, offset INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS alerts (key BLOB PRIMARY KEY, data TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS series (run BLOB NOT NULL, tag BLOB NOT NULL, data TEXT NOT NULL,
+CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, run TEXT NOT NULL, offset INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS alerts (key TEXT PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS series (run TEXT NOT NULL, tag TEXT NOT NULL, data TEXT NOT NULL,
                                    PRIMARY KEY (run, tag));
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-# the columns each table of ours must have; the name columns are the ones that hold bytes
+# the columns each table of ours must have
 COLUMNS = {
     "files": ("path", "run", "offset"),
     "alerts": ("key", "data"),
     "series": ("run", "tag", "data"),
     "meta": ("key", "value"),
 }
-NAME_COLUMNS = {"files": ("path", "run"), "alerts": ("key",), "series": ("run", "tag")}
 
 DB_NAME = "gradwatch.db"
 LOCK_NAME = "gradwatch.lock"
@@ -83,15 +83,23 @@ def connect(path: str) -> sqlite3.Connection:
     return conn
 
 
-# -- names: str in memory, bytes on disk ----------------------------------------
-def name_bytes(name: str) -> bytes:
-    """The bytes a name stands for (os.fsencode's rule on Linux, whatever the locale)."""
-    return name.encode("utf-8", "surrogateescape")
+# -- names: str in memory, TEXT or bytes on disk ---------------------------------
+def db_text(name: str) -> str | bytes:
+    """A name as stored: TEXT, or its raw bytes as a BLOB when it is not valid UTF-8.
+
+    One name always has one stored form, so a primary key never gets a twin.
+    """
+    try:
+        name.encode()
+        return name
+    except UnicodeEncodeError:
+        # os.fsencode's rule on Linux, whatever the locale
+        return name.encode("utf-8", "surrogateescape")
 
 
-def name_str(raw: bytes) -> str:
-    """The in-memory name of stored bytes (os.fsdecode's rule): lossless for any bytes."""
-    return raw.decode("utf-8", "surrogateescape")
+def from_db_text(value: str | bytes) -> str:
+    """The in-memory name of a stored one (os.fsdecode's rule for bytes): lossless."""
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
 def shown(name: str) -> str:
@@ -301,17 +309,15 @@ def _ensure_tables(conn: sqlite3.Connection, path: str) -> None:
             conn.execute(statement)
 
 
-def _names_to_blobs(conn: sqlite3.Connection, path: str) -> None:
-    """0 -> 1: names stored as TEXT become their UTF-8 bytes, what ``name_bytes`` writes."""
-    for table, columns in NAME_COLUMNS.items():
-        for col in columns:
-            conn.execute(
-                f"UPDATE OR REPLACE {table} SET {col} = CAST({col} AS BLOB) WHERE typeof({col}) = 'text'"
-            )
+def _number_the_unversioned(conn: sqlite3.Connection, path: str) -> None:
+    """0 -> 1: the layout before schema versions is version 1's; it only gets its number.
+
+    (Names that are not UTF-8 could not be saved then, so there is nothing to convert.)
+    """
 
 
 # MIGRATIONS[v] brings a database at version v to v + 1 (inside the caller's transaction)
-MIGRATIONS: list[Callable[[sqlite3.Connection, str], None]] = [_names_to_blobs]
+MIGRATIONS: list[Callable[[sqlite3.Connection, str], None]] = [_number_the_unversioned]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -452,9 +458,9 @@ class StateDB:
         bad: list[tuple[int, str, str]] = []
         for rowid, path, run, offset in self._rows("files", "CAST(path AS BLOB), CAST(run AS BLOB), offset"):
             if not path or run is None:
-                bad.append((rowid, shown(name_str(path or b"")), "no path or no run"))
+                bad.append((rowid, shown(from_db_text(path or b"")), "no path or no run"))
                 continue
-            path_s = name_str(path)
+            path_s = from_db_text(path)
             if not _is_int(offset) or offset < 0:
                 log.warning(
                     "%s: files row %s has an impossible offset %r; reading the file again from the start",
@@ -463,7 +469,7 @@ class StateDB:
                     offset,
                 )
                 offset = 0
-            out[path_s] = (name_str(run), offset)
+            out[path_s] = (from_db_text(run), offset)
         self._drop("files", bad)
         return out
 
@@ -473,7 +479,7 @@ class StateDB:
     def _documents(self, table: str, keys: str) -> Iterator[tuple[int, tuple[str, ...], Any]]:
         """(rowid, decoded key columns, parsed JSON or the BadRow saying why not)."""
         for rowid, *key, data in self._rows(table, f"{keys}, CAST(data AS BLOB)"):
-            names = tuple(name_str(k or b"") for k in key)
+            names = tuple(from_db_text(k or b"") for k in key)
             try:
                 _expect(all(key) and data is not None, "no key or no data")
                 yield rowid, names, json.loads(data)
@@ -564,17 +570,17 @@ class StateDB:
         with self._saving():
             self.conn.executemany(
                 "INSERT OR REPLACE INTO files (path, run, offset) VALUES (?, ?, ?)",
-                [(name_bytes(p), name_bytes(r), o) for p, r, o in rows],
+                [(db_text(p), db_text(r), o) for p, r, o in rows],
             )
 
     def forget_files(self, paths: list[str]) -> None:
         with self._saving():
-            self.conn.executemany("DELETE FROM files WHERE path = ?", [(name_bytes(p),) for p in paths])
+            self.conn.executemany("DELETE FROM files WHERE path = ?", [(db_text(p),) for p in paths])
 
     def forget_run(self, run: str) -> None:
         with self._saving():
-            self.conn.execute("DELETE FROM files WHERE run = ?", (name_bytes(run),))
-            self.conn.execute("DELETE FROM series WHERE run = ?", (name_bytes(run),))
+            self.conn.execute("DELETE FROM files WHERE run = ?", (db_text(run),))
+            self.conn.execute("DELETE FROM series WHERE run = ?", (db_text(run),))
         for cache in (self._saved, self._pending):
             for key in [k for k in cache if k[0] == run]:
                 del cache[key]
@@ -589,7 +595,7 @@ class StateDB:
             if self._pending.get(key, self._saved.get(key)) == digest:
                 continue
             self._pending[key] = digest
-            rows.append((name_bytes(s.run), name_bytes(s.tag), text))
+            rows.append((db_text(s.run), db_text(s.tag), text))
         with self._saving():
             self.conn.executemany("INSERT OR REPLACE INTO series (run, tag, data) VALUES (?, ?, ?)", rows)
 
@@ -597,9 +603,9 @@ class StateDB:
         with self._saving():
             for key, data in changed.items():
                 if data is None:
-                    self.conn.execute("DELETE FROM alerts WHERE key = ?", (name_bytes(key),))
+                    self.conn.execute("DELETE FROM alerts WHERE key = ?", (db_text(key),))
                 else:
                     self.conn.execute(
                         "INSERT OR REPLACE INTO alerts (key, data) VALUES (?, ?)",
-                        (name_bytes(key), json.dumps(data)),
+                        (db_text(key), json.dumps(data)),
                     )

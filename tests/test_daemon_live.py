@@ -239,7 +239,7 @@ def test_sigterm_stops_gracefully_with_the_state_flushed(live):
     assert "INFO: stopped" in live.daemon.err()
     assert "Traceback" not in live.daemon.err()
     db = sqlite3.connect(live.logdir.parent / "state" / "gradwatch.db")
-    offsets = {os.fsdecode(p): o for p, o in db.execute("SELECT path, offset FROM files")}  # names are bytes
+    offsets = dict(db.execute("SELECT path, offset FROM files"))
     db.close()
     runs = [d for d, _, _ in os.walk(live.logdir) if FLAGS_DIR not in d and event_files(d)]
     assert str(live.logdir / "last") in runs

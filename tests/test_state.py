@@ -76,6 +76,17 @@ def test_names_that_are_not_utf8_round_trip_through_save_and_reopen(tmp_path):
     db.close()
 
 
+def test_a_utf8_name_stays_text_that_the_sqlite3_shell_shows(tmp_path):
+    state = StateDB(str(tmp_path))
+    saved(state, [("/logs/exploding/events.out.tfevents.1", "exploding", 960)])
+    state.close()
+    db = raw_db(tmp_path)
+    assert db.execute("SELECT path, run, typeof(path) FROM files").fetchall() == [
+        ("/logs/exploding/events.out.tfevents.1", "exploding", "text")
+    ]
+    db.close()
+
+
 def test_forgetting_a_run_with_an_undecodable_name_deletes_its_rows(tmp_path):
     state = StateDB(str(tmp_path))
     path = os.path.join(str(tmp_path), RUN, "events.out.tfevents.1")
