@@ -442,13 +442,15 @@ class StateDB:
         """Log each unreadable row once (table and key) and delete it, so it is not logged again."""
         for _, key, why in bad:
             log.warning("%s: %s row %s is unreadable (%s); dropped", self.path, table, key, why)
-        if not bad:
+        self._write_back(f"DELETE FROM {table} WHERE rowid = ?", [rowid for rowid, _, _ in bad])
+
+    def _write_back(self, sql: str, rowids: list[int]) -> None:
+        """Repair rows found at start-up (a failure only means they are found again next time)."""
+        if not rowids:
             return
         try:
             with self._transaction():
-                self.conn.executemany(
-                    f"DELETE FROM {table} WHERE rowid = ?", [(rowid,) for rowid, _, _ in bad]
-                )
+                self.conn.executemany(sql, [(rowid,) for rowid in rowids])
         except StateError as e:
             log.warning("%s", e)
 
@@ -456,6 +458,7 @@ class StateDB:
         """path -> (run, offset); an impossible offset is 0: the file is read again from the start."""
         out: dict[str, tuple[str, int]] = {}
         bad: list[tuple[int, str, str]] = []
+        reset: list[int] = []
         for rowid, path, run, offset in self._rows("files", "CAST(path AS BLOB), CAST(run AS BLOB), offset"):
             if not path or run is None:
                 bad.append((rowid, shown(from_db_text(path or b"")), "no path or no run"))
@@ -469,8 +472,11 @@ class StateDB:
                     offset,
                 )
                 offset = 0
+                reset.append(rowid)
             out[path_s] = (from_db_text(run), offset)
         self._drop("files", bad)
+        # saved as 0 at once, so the warning is not repeated if the file is never read again
+        self._write_back("UPDATE files SET offset = 0 WHERE rowid = ?", reset)
         return out
 
     def offsets(self) -> dict[str, int]:

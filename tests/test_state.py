@@ -236,6 +236,12 @@ def test_an_impossible_offset_means_reading_the_file_again_from_the_start(tmp_pa
         assert state.files() == {"/logs/a/events.out.tfevents.1": ("a", 0)}
     assert "impossible offset" in caplog.text and "events.out.tfevents.1" in caplog.text
     state.close()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, "gradwatch.state"):
+        state = StateDB(str(tmp_path))
+        assert state.files() == {"/logs/a/events.out.tfevents.1": ("a", 0)}
+    assert caplog.records == []  # said once
+    state.close()
 
 
 def test_a_row_whose_text_is_not_utf8_is_dropped_not_a_crash(tmp_path, caplog):
