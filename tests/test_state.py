@@ -6,10 +6,12 @@ person with the sqlite3 shell would leave them; then the store is opened as the 
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import sqlite3
+import subprocess
 
 import pytest
 
@@ -277,25 +279,75 @@ def test_only_series_that_changed_are_written(tmp_path):
     state.close()
 
 
-def test_a_failed_save_is_one_error_type_and_the_next_commit_saves_everything(tmp_path):
-    state = StateDB(str(tmp_path))
-    s = series_of("a", TAG, [1.0])
-    saved(state, [("/logs/a/events.out.tfevents.1", "a", 10)], [s])
-    pages = state.conn.execute("PRAGMA page_count").fetchone()[0]
-    # SQLite's own "database or disk is full", as on a full filesystem
-    state.conn.execute(f"PRAGMA max_page_count = {pages}")
-    s.step = 500
-    many = [(f"/logs/a/{i:04}/events.out.tfevents.{'x' * 200}", "a", i) for i in range(2000)]
-    state.begin()
-    state.save_series([s])  # fits: the series row is not new
-    with pytest.raises(StateSaveError, match="cannot save state: database or disk is full") as raised:
-        state.save_offsets(many)
-    assert isinstance(raised.value, StateError) and isinstance(raised.value, sqlite3.Error)
-    assert not state.conn.in_transaction
-    assert len(state.files()) == 1  # rolled back: nothing of the failed batch is there
+class PageLimit:
+    """SQLite's own limit on the database's pages: the same SQLITE_FULL, no root needed."""
 
-    state.conn.execute("PRAGMA max_page_count = 1073741823")  # space is back
-    saved(state, many, [s])
-    assert len(state.files()) == 2001
-    assert json.loads(state.series()[("a", TAG)])["step"] == 500
-    state.close()
+    def __init__(self, tmp_path) -> None:
+        self.dir = str(tmp_path)
+
+    def fill(self, state: StateDB) -> None:
+        pages = state.conn.execute("PRAGMA page_count").fetchone()[0]
+        state.conn.execute(f"PRAGMA max_page_count = {pages}")
+
+    def free(self, state: StateDB) -> None:
+        state.conn.execute("PRAGMA max_page_count = 1073741823")
+
+    def close(self) -> None:
+        pass
+
+
+class FullFilesystem:
+    """A real 4 MB tmpfs filled with a file (root mounts it, here and in CI; see test_daemon_full_disk)."""
+
+    def __init__(self, tmp_path) -> None:
+        self.dir = str(tmp_path / "state")
+        os.mkdir(self.dir)
+        got = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=4M", "tmpfs", self.dir], capture_output=True
+        )
+        assert got.returncode == 0, f"cannot mount a tmpfs: {got.stderr.decode()}"
+        self.filler = os.path.join(self.dir, "filler")
+
+    def fill(self, state: StateDB) -> None:
+        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, e
+        finally:
+            os.close(fd)
+
+    def free(self, state: StateDB) -> None:
+        os.unlink(self.filler)
+
+    def close(self) -> None:
+        subprocess.run(["umount", "-l", self.dir], check=False)
+
+
+@pytest.mark.parametrize("space", [PageLimit, FullFilesystem])
+def test_a_failed_save_is_one_error_type_and_the_next_commit_saves_everything(tmp_path, space):
+    space = space(tmp_path)
+    try:
+        state = StateDB(space.dir)
+        s = series_of("a", TAG, [1.0])
+        saved(state, [("/logs/a/events.out.tfevents.1", "a", 10)], [s])
+        space.fill(state)
+        s.step = 500
+        many = [(f"/logs/a/{i:04}/events.out.tfevents.{'x' * 200}", "a", i) for i in range(2000)]
+        with pytest.raises(StateSaveError, match="cannot save state: database or disk is full") as raised:
+            state.begin()
+            state.save_series([s])  # saved first: its digest must not count once the batch fails
+            state.save_offsets(many)
+            state.commit()
+        assert isinstance(raised.value, StateError) and isinstance(raised.value, sqlite3.Error)
+        assert not state.conn.in_transaction
+        assert len(state.files()) == 1  # rolled back: nothing of the failed batch is there
+
+        space.free(state)
+        saved(state, many, [s])
+        assert len(state.files()) == 2001
+        assert json.loads(state.series()[("a", TAG)])["step"] == 500
+        state.close()
+    finally:
+        space.close()
