@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import sqlite3
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -58,6 +59,9 @@ COLUMNS = {
     "series": ("run", "tag", "data"),
     "meta": ("key", "value"),
 }
+
+# SQLite's result codes for a file that is not, or no longer, a database
+SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26
 
 DB_NAME = "gradwatch.db"
 LOCK_NAME = "gradwatch.lock"
@@ -344,6 +348,16 @@ def open_schema(conn: sqlite3.Connection, path: str) -> None:
         raise
 
 
+def _open_db(path: str) -> sqlite3.Connection:
+    conn = connect(path)
+    try:
+        open_schema(conn, path)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 def _digest(text: str) -> bytes:
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
@@ -368,8 +382,7 @@ class StateDB:
             os.makedirs(state_dir, exist_ok=True)
             if lock:
                 self._lock()
-            self.conn = connect(self.path)
-            open_schema(self.conn, self.path)
+            self.conn = self._open()
         except StateError:
             self._unlock()
             raise
@@ -381,6 +394,31 @@ class StateDB:
             raise StateError(
                 f"{e.filename or state_dir}: cannot use the state directory: {e.strerror or e}"
             ) from None
+
+    def _open(self) -> sqlite3.Connection:
+        """The database at SCHEMA_VERSION; a file that is not one (any more) is set aside, not fatal."""
+        try:
+            return _open_db(self.path)
+        except sqlite3.DatabaseError as e:
+            # Python 3.10 has no sqlite_errorcode: there such a file stays a StateError, as before
+            unreadable = getattr(e, "sqlite_errorcode", None) in (SQLITE_CORRUPT, SQLITE_NOTADB)
+            if not unreadable or self._lock_fd is None:  # only the daemon that holds the lock moves files
+                raise
+            self._set_aside(e)
+            return _open_db(self.path)
+
+    def _set_aside(self, error: sqlite3.Error) -> None:
+        aside = f"{self.path}.unreadable-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(self.path + suffix, aside + suffix)
+        log.error(
+            "%s: %s; moved to %s, starting with an empty state (a first start: the history is "
+            "evaluated silently, alerts still firing are notified once)",
+            self.path,
+            error,
+            aside,
+        )
 
     def _lock(self) -> None:
         # the directory, not a file in it: deleting gradwatch.lock must not let a second daemon in

@@ -257,6 +257,19 @@ def test_a_row_whose_text_is_not_utf8_is_dropped_not_a_crash(tmp_path, caplog):
     state.close()
 
 
+def test_a_file_that_is_not_a_database_is_set_aside_and_the_daemon_starts_afresh(tmp_path, caplog):
+    garbage = bytes(range(256)) * 20
+    (tmp_path / DB_NAME).write_bytes(garbage)
+    with caplog.at_level(logging.WARNING, "gradwatch.state"):
+        state = StateDB(str(tmp_path))
+    assert state.files() == {} and state.meta("catchup_done") is None
+    saved(state, [("/logs/a/events.out.tfevents.1", "a", 7)])
+    state.close()
+    (aside,) = [n for n in os.listdir(tmp_path) if n.startswith(DB_NAME + ".unreadable-")]
+    assert (tmp_path / aside).read_bytes() == garbage  # kept for a post-mortem, not deleted
+    assert f"file is not a database; moved to {tmp_path / aside}" in caplog.text
+
+
 def test_only_series_that_changed_are_written(tmp_path):
     state = StateDB(str(tmp_path))
     quiet = series_of("a", TAG, [1.0, 2.0])
