@@ -348,14 +348,30 @@ def open_schema(conn: sqlite3.Connection, path: str) -> None:
         raise
 
 
+class DamagedDatabase(sqlite3.DatabaseError):
+    """``PRAGMA quick_check`` found damage: reads would fail later, in the middle of a start."""
+
+
 def _open_db(path: str) -> sqlite3.Connection:
     conn = connect(path)
     try:
         open_schema(conn, path)
+        # a few ms for a state DB; without it a damaged page is an exception deep in the first read
+        found = [row[0] for row in conn.execute("PRAGMA quick_check(3)")]
+        if found != ["ok"]:
+            raise DamagedDatabase("database disk image is damaged: " + "; ".join(found))
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def _unreadable(e: sqlite3.DatabaseError) -> bool:
+    """Not, or no longer, a database (Python 3.10 has no sqlite_errorcode: a StateError there)."""
+    return isinstance(e, DamagedDatabase) or getattr(e, "sqlite_errorcode", None) in (
+        SQLITE_CORRUPT,
+        SQLITE_NOTADB,
+    )
 
 
 def _digest(text: str) -> bytes:
@@ -400,9 +416,7 @@ class StateDB:
         try:
             return _open_db(self.path)
         except sqlite3.DatabaseError as e:
-            # Python 3.10 has no sqlite_errorcode: there such a file stays a StateError, as before
-            unreadable = getattr(e, "sqlite_errorcode", None) in (SQLITE_CORRUPT, SQLITE_NOTADB)
-            if not unreadable or self._lock_fd is None:  # only the daemon that holds the lock moves files
+            if not _unreadable(e) or self._lock_fd is None:  # only the daemon that holds the lock moves files
                 raise
             self._set_aside(e)
             return _open_db(self.path)

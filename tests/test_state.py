@@ -270,6 +270,28 @@ def test_a_file_that_is_not_a_database_is_set_aside_and_the_daemon_starts_afresh
     assert f"file is not a database; moved to {tmp_path / aside}" in caplog.text
 
 
+# page 2 is the files table's root (reads would fail), page 3 its primary key index (reads work,
+# lookups go wrong): SQLite lays a new database out in the order of the CREATE statements
+@pytest.mark.parametrize("page_no", [2, 3])
+def test_a_damaged_page_is_found_at_open_not_in_the_middle_of_a_start(tmp_path, caplog, page_no):
+    state = StateDB(str(tmp_path))
+    saved(state, [(f"/logs/run{i:04}/events.out.tfevents.1", f"run{i:04}", i) for i in range(500)])
+    state.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    page = state.conn.execute("PRAGMA page_size").fetchone()[0]
+    state.close()
+    # as a bad sector leaves it
+    with open(tmp_path / DB_NAME, "r+b") as f:
+        f.seek((page_no - 1) * page)
+        f.write(b"\xff" * page)
+    with caplog.at_level(logging.WARNING, "gradwatch.state"):
+        state = StateDB(str(tmp_path))
+    assert state.files() == {}
+    saved(state, [("/logs/a/events.out.tfevents.1", "a", 7)])
+    assert state.files() == {"/logs/a/events.out.tfevents.1": ("a", 7)}
+    state.close()
+    assert "database disk image is" in caplog.text and ".unreadable-" in caplog.text
+
+
 def test_only_series_that_changed_are_written(tmp_path):
     state = StateDB(str(tmp_path))
     quiet = series_of("a", TAG, [1.0, 2.0])
