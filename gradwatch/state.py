@@ -219,11 +219,18 @@ def dump_rule_state(state: RuleState) -> dict[str, Any]:
     }
 
 
+# The most growth-window points a saved state brings back: rules.py's bound on a live window
+# (MAX_GROWTH_WINDOW). Before that bound a series rising at one step saved 1M points (14.9 MB);
+# such a state, from an older gradwatch, must not come back whole.
+MAX_LOADED_WINDOW = 1024
+
+
 def load_rule_state(state: RuleState, d: dict[str, Any]) -> None:
     if len(d.get("streaks", [])) == len(state.streaks):
         state.streaks = list(d["streaks"])
     if d.get("window") is not None and state.window is not None:
-        state.window = deque((int(s), _unnum(v)) for s, v in d["window"])
+        # the newest points: the window rises in step and value, and the oldest go first
+        state.window = deque((int(s), _unnum(v)) for s, v in d["window"][-MAX_LOADED_WINDOW:])
     state.last_wall = d.get("last_wall")
     state.last_step = d.get("last_step")
     state.raw = int(d.get("raw", 0))

@@ -18,7 +18,16 @@ import pytest
 from gradwatch.alerts import ACTIVE, Alert, alert_key
 from gradwatch.engine import Engine
 from gradwatch.rulefile import load_rules
-from gradwatch.state import DB_NAME, SCHEMA_VERSION, StateDB, StateError, StateSaveError, restore_series
+from gradwatch.state import (
+    DB_NAME,
+    MAX_LOADED_WINDOW,
+    SCHEMA_VERSION,
+    StateDB,
+    StateError,
+    StateSaveError,
+    dump_series,
+    restore_series,
+)
 
 TAG = "gradients/actor_cnn_norm"
 # a run directory whose name is not UTF-8, as os.listdir returns it
@@ -118,7 +127,6 @@ def unversioned_db(state_dir) -> sqlite3.Connection:
 
 
 def test_an_unversioned_database_is_migrated_and_keeps_its_state(tmp_path):
-    from gradwatch.state import dump_series
 
     s = series_of("exploding", TAG, [5191.0, 130486.0])
     key = alert_key("gradient_explosion", "exploding", TAG)
@@ -290,6 +298,20 @@ def test_a_damaged_page_is_found_at_open_not_in_the_middle_of_a_start(tmp_path, 
     assert state.files() == {"/logs/a/events.out.tfevents.1": ("a", 7)}
     state.close()
     assert "database disk image is" in caplog.text and ".unreadable-" in caplog.text
+
+
+def test_an_oversized_growth_window_from_an_older_gradwatch_comes_back_bounded(tmp_path):
+    # what an older gradwatch saved for a series rising at one constant step: 100,000 points
+    s = series_of("a", TAG, [])
+    doc = json.loads(dump_series(s))
+    growth = doc["rules"]["gradient_growth"]["state"]
+    growth["window"] = [[0, 100.0 + i * 1e-3] for i in range(100_000)]
+    again = series_of("a", TAG, [])
+    restore_series(again, json.dumps(doc))
+    (window,) = [st.window for st in again.states if st.window is not None]
+    assert len(window) == MAX_LOADED_WINDOW
+    assert window[-1] == (0, 100.0 + 99_999 * 1e-3)  # the newest are kept
+    assert len(dump_series(again)) < 64_000
 
 
 def test_only_series_that_changed_are_written(tmp_path):
