@@ -511,7 +511,7 @@ class StateDB:
             with self._transaction():
                 self.conn.executemany(sql, [(rowid,) for rowid in rowids])
         except StateError as e:
-            log.warning("%s", e)
+            log.warning("%s: cannot save the repaired rows (found again next start): %s", self.path, e)
 
     def files(self) -> dict[str, tuple[str, int]]:
         """path -> (run, offset); an impossible offset is 0: the file is read again from the start."""
@@ -600,7 +600,8 @@ class StateDB:
             if isinstance(e, StateSaveError):
                 raise
             self.rollback()
-            raise StateSaveError(f"{self.path}: cannot save state: {e}") from e
+            # the message is SQLite's ("database or disk is full"): callers say which file and what failed
+            raise StateSaveError(str(e)) from e
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
