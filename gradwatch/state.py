@@ -586,9 +586,16 @@ class StateDB:
 
     def meta(self, key: str, default: str | None = None) -> str | None:
         row = self.conn.execute(
-            "SELECT value FROM meta WHERE key = ? AND typeof(value) = 'text'", (key,)
+            "SELECT rowid, CAST(value AS BLOB) FROM meta WHERE key = ?", (key,)
         ).fetchone()
-        return row[0] if row else default
+        if row is None:
+            return default
+        try:
+            _expect(row[1] is not None, "no value")
+            return row[1].decode()
+        except (BadRow, UnicodeDecodeError) as e:
+            self._drop("meta", [(row[0], shown(key), str(e))])
+            return default
 
     # -- writes inside one transaction -------------------------------------------
     @contextlib.contextmanager

@@ -200,6 +200,7 @@ HOSTILE = [
         "window",
     ),
     ("series", ("run", "tag3", json.dumps({"step": "one"})), "step"),
+    ("meta", ("catchup_done", b"\xff"), "'catchup_done'"),
 ]
 
 
@@ -218,6 +219,7 @@ def test_hostile_rows_are_logged_once_and_dropped(tmp_path, caplog):
         state = StateDB(str(tmp_path))
         assert list(state.alerts()) == [good]
         assert state.series() == {}
+        assert state.meta("catchup_done") is None  # as on a first start
     for table, _, named in HOSTILE:
         assert any(f"{table} row" in r.message and named in r.message for r in caplog.records), (table, named)
     assert len(caplog.records) == len(HOSTILE)
@@ -228,6 +230,7 @@ def test_hostile_rows_are_logged_once_and_dropped(tmp_path, caplog):
         state = StateDB(str(tmp_path))
         assert list(state.alerts()) == [good]
         assert state.series() == {}
+        assert state.meta("catchup_done") is None
     assert caplog.records == []  # dropped for good: not logged at every start
     state.close()
 
