@@ -381,6 +381,22 @@ def _unreadable(e: sqlite3.DatabaseError) -> bool:
     )
 
 
+def _flock_holder(path: str) -> str | None:
+    """The pid of a flock on ``path`` in /proc/locks ("5: FLOCK ADVISORY WRITE pid maj:min:inode 0 EOF")."""
+    try:
+        st = os.stat(path)
+        with open("/proc/locks") as f:
+            lines = f.read(1 << 20).splitlines()
+    except OSError:
+        return None
+    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == where:
+            return fields[4]
+    return None
+
+
 def _digest(text: str) -> bytes:
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
@@ -472,15 +488,16 @@ class StateDB:
             os.close(fd)
 
     def _holder(self) -> str:
+        """The pid holding the lock: from gradwatch.lock, else from the kernel's /proc/locks."""
         try:
             fd = os.open(self._pid_path(), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
-            return "unknown"
+            return _flock_holder(self.dir) or "unknown"
         try:
             text = os.read(fd, 32).decode(errors="replace").strip()
         finally:
             os.close(fd)
-        return text if text.isdigit() else "unknown"
+        return text if text.isdigit() else _flock_holder(self.dir) or "unknown"
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:
