@@ -640,9 +640,25 @@ class StateDB:
 
     def commit(self) -> None:
         with self._saving():
+            self._check_still_here()
             self.conn.execute("COMMIT")
         self._saved.update(self._pending)
         self._pending.clear()
+
+    def _check_still_here(self) -> None:
+        """The locked directory must still be the state directory: once it was removed or renamed, a
+        new daemon may be using the path, and this one's commits would go where no one reads them."""
+        if self._lock_fd is None:
+            return
+        try:
+            here, locked = os.stat(self.dir), os.fstat(self._lock_fd)
+            moved = (here.st_dev, here.st_ino) != (locked.st_dev, locked.st_ino)
+        except OSError:
+            moved = True
+        if moved:
+            raise sqlite3.OperationalError(
+                f"{self.dir} was removed or replaced while this daemon ran; restart it to use the new one"
+            )
 
     def rollback(self) -> None:
         """Undo the transaction: series saved in it count as not saved (written again next time)."""

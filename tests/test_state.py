@@ -317,6 +317,19 @@ def test_an_oversized_growth_window_from_an_older_gradwatch_comes_back_bounded(t
     assert len(dump_series(again)) < 64_000
 
 
+def test_a_state_directory_moved_away_under_the_daemon_is_not_written_to_unseen(tmp_path):
+    state = StateDB(str(tmp_path / "state"))
+    saved(state, [("/logs/a/events.out.tfevents.1", "a", 10)])
+    os.rename(tmp_path / "state", tmp_path / "moved")  # or rm -rf: a new daemon may take the path now
+    with pytest.raises(StateSaveError, match="state was removed or replaced while this daemon ran"):
+        saved(state, [("/logs/a/events.out.tfevents.1", "a", 20)])
+    assert not state.conn.in_transaction
+    state.close()
+    moved = StateDB(str(tmp_path / "moved"))
+    assert moved.files() == {"/logs/a/events.out.tfevents.1": ("a", 10)}
+    moved.close()
+
+
 def test_only_series_that_changed_are_written(tmp_path):
     state = StateDB(str(tmp_path))
     quiet = series_of("a", TAG, [1.0, 2.0])
