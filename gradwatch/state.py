@@ -558,47 +558,39 @@ class StateDB:
     def offsets(self) -> dict[str, int]:
         return {p: o for p, (_, o) in self.files().items()}
 
-    def _documents(self, table: str, keys: str) -> Iterator[tuple[int, tuple[str, ...], Any]]:
-        """(rowid, decoded key columns, parsed JSON or the BadRow saying why not)."""
+    def _documents(
+        self, table: str, keys: str, check: Callable[[tuple[str, ...], Any], None]
+    ) -> list[tuple[tuple[str, ...], Any]]:
+        """(decoded key columns, parsed JSON) of the rows ``check`` accepts; the others are dropped."""
+        good, bad = [], []
         for rowid, *key, data in self._rows(table, f"{keys}, CAST(data AS BLOB)"):
             names = tuple(from_db_text(k or b"") for k in key)
             try:
                 _expect(all(key) and data is not None, "no key or no data")
-                yield rowid, names, json.loads(data)
-            except (ValueError, TypeError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-                yield rowid, names, BadRow(str(e))
+                d = json.loads(data)
+                check(names, d)
+            except (ValueError, TypeError) as e:  # BadRow, JSONDecodeError, UnicodeDecodeError
+                bad.append((rowid, " ".join(shown(n) for n in names), str(e)))
+                continue
+            good.append((names, d))
+        self._drop(table, bad)
+        return good
 
     def alerts(self) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
-        bad: list[tuple[int, str, str]] = []
-        for rowid, (key,), d in self._documents("alerts", "CAST(key AS BLOB)"):
-            try:
-                if isinstance(d, BadRow):
-                    raise d
-                check_alert_doc(key, d)
-            except BadRow as e:
-                bad.append((rowid, shown(key), str(e)))
-                continue
-            out[key] = d
-        self._drop("alerts", bad)
-        return out
+        rows = self._documents("alerts", "CAST(key AS BLOB)", lambda key, d: check_alert_doc(key[0], d))
+        return {key: d for (key,), d in rows}
 
     def series(self) -> dict[tuple[str, str], str]:
         """(run, tag) -> the saved document, for ``restore_series``."""
         out: dict[tuple[str, str], str] = {}
-        bad: list[tuple[int, str, str]] = []
-        for rowid, key, d in self._documents("series", "CAST(run AS BLOB), CAST(tag AS BLOB)"):
-            try:
-                if isinstance(d, BadRow):
-                    raise d
-                check_series_doc(d)
-            except BadRow as e:
-                bad.append((rowid, f"{shown(key[0])} {shown(key[1])}", str(e)))
-                continue
+        rows = self._documents(
+            "series", "CAST(run AS BLOB), CAST(tag AS BLOB)", lambda _, d: check_series_doc(d)
+        )
+        for (run, tag), d in rows:
             text = json.dumps(d)
-            out[key] = text  # type: ignore[index]
-            self._saved[key] = _digest(text)  # type: ignore[index]
-        self._drop("series", bad)
+            out[(run, tag)] = text
+            # a series that comes back unchanged is not written again
+            self._saved[(run, tag)] = _digest(text)
         return out
 
     def meta(self, key: str, default: str | None = None) -> str | None:
