@@ -141,8 +141,8 @@ def _is_number(v: Any) -> bool:
 def _check_fields(d: Any, spec: dict[str, Callable[[Any], bool]], what: str) -> None:
     _expect(isinstance(d, dict), f"{what} is not a JSON object")
     for key, ok in spec.items():
-        if key in d:
-            _expect(ok(d[key]), f"{what}: {key} = {d[key]!r:.60} is not valid")
+        if key in d and not ok(d[key]):
+            raise BadRow(f"{what}: {key} = {d[key]!r:.60} is not valid")
 
 
 def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
@@ -153,9 +153,23 @@ def _int_list(v: Any) -> bool:
     return isinstance(v, list) and all(_is_int(x) for x in v)
 
 
+_NONFINITE = frozenset(("nan", "inf", "-inf"))
+
+
 def _window(v: Any) -> bool:
-    return isinstance(v, list) and all(
-        isinstance(p, list) and len(p) == 2 and _is_int(p[0]) and _is_number(p[1]) for p in v
+    """A list of [step, value] pairs; checked with map and set, a window holds up to 1,024 points."""
+    if not isinstance(v, list):
+        return False
+    if not v:
+        return True
+    if set(map(type, v)) != {list} or set(map(len, v)) != {2}:
+        return False
+    steps, values = zip(*v)
+    if set(map(type, steps)) != {int}:
+        return False
+    kinds = set(map(type, values))
+    return kinds <= {int, float, str} and (
+        str not in kinds or set(x for x in values if type(x) is str) <= _NONFINITE
     )
 
 
@@ -397,6 +411,18 @@ def _flock_holder(path: str) -> str | None:
     return None
 
 
+def _alert_row(key: tuple[str, ...], text: str) -> dict[str, Any]:
+    d = json.loads(text)
+    check_alert_doc(key[0], d)
+    return d
+
+
+def _series_row(key: tuple[str, ...], text: str) -> str:
+    """The text, once it parses as a series document (kept as text, not as a dict of lists per point)."""
+    check_series_doc(json.loads(text))
+    return text
+
+
 def _digest(text: str) -> bytes:
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
@@ -558,36 +584,28 @@ class StateDB:
     def offsets(self) -> dict[str, int]:
         return {p: o for p, (_, o) in self.files().items()}
 
-    def _documents(
-        self, table: str, keys: str, check: Callable[[tuple[str, ...], Any], None]
-    ) -> list[tuple[tuple[str, ...], Any]]:
-        """(decoded key columns, parsed JSON) of the rows ``check`` accepts; the others are dropped."""
+    def _documents(self, table: str, keys: str, parse: Callable[[tuple[str, ...], str], Any]) -> list[tuple]:
+        """(decoded key columns, what ``parse`` made of the text) per row; rows it refuses are dropped."""
         good, bad = [], []
         for rowid, *key, data in self._rows(table, f"{keys}, CAST(data AS BLOB)"):
             names = tuple(from_db_text(k or b"") for k in key)
             try:
                 _expect(all(key) and data is not None, "no key or no data")
-                d = json.loads(data)
-                check(names, d)
+                good.append((names, parse(names, data.decode())))
             except (ValueError, TypeError) as e:  # BadRow, JSONDecodeError, UnicodeDecodeError
                 bad.append((rowid, " ".join(shown(n) for n in names), str(e)))
-                continue
-            good.append((names, d))
         self._drop(table, bad)
         return good
 
     def alerts(self) -> dict[str, dict[str, Any]]:
-        rows = self._documents("alerts", "CAST(key AS BLOB)", lambda key, d: check_alert_doc(key[0], d))
-        return {key: d for (key,), d in rows}
+        return {key: d for (key,), d in self._documents("alerts", "CAST(key AS BLOB)", _alert_row)}
 
     def series(self) -> dict[tuple[str, str], str]:
         """(run, tag) -> the saved document, for ``restore_series``."""
         out: dict[tuple[str, str], str] = {}
-        rows = self._documents(
-            "series", "CAST(run AS BLOB), CAST(tag AS BLOB)", lambda _, d: check_series_doc(d)
-        )
-        for (run, tag), d in rows:
-            text = json.dumps(d)
+        for (run, tag), text in self._documents(
+            "series", "CAST(run AS BLOB), CAST(tag AS BLOB)", _series_row
+        ):
             out[(run, tag)] = text
             # a series that comes back unchanged is not written again
             self._saved[(run, tag)] = _digest(text)
