@@ -200,6 +200,14 @@ HOSTILE = [
         "window",
     ),
     ("series", ("run", "tag3", json.dumps({"step": "one"})), "step"),
+    *[
+        (
+            "series",
+            ("run", f"w{i}", json.dumps({"rules": {"g": {"rank": 1, "state": {"window": w}}}})),
+            "window",
+        )
+        for i, w in enumerate([[[1]], [[1, "x"]], [[1.5, 2.0]], [[True, 2.0]], [{"1": 2}], [[1, 2.0], 3]])
+    ],
     ("meta", ("catchup_done", b"\xff"), "'catchup_done'"),
 ]
 
