@@ -14,6 +14,7 @@ PACKAGES = {
     "setpriv": "util-linux",
     "systemd-analyze": "systemd",
     "systemd-sysusers": "systemd",
+    "systemd-escape": "systemd",
 }
 
 
@@ -50,7 +51,30 @@ def require_binary(name: str) -> str:
     """Path of a system binary the test needs; in CI its absence is a failure, not a skip."""
     path = shutil.which(name)
     if path is None:
-        if IN_CI:
-            pytest.fail(f"{name} is not installed; .ci/run should have installed it")
-        pytest.skip(f"{name} is not installed (.ci/run installs it: {PACKAGES.get(name, name)})")
+        _missing(f"{name} is not installed", f".ci/run installs it: {PACKAGES.get(name, name)}")
     return path
+
+
+def _missing(reason: str, remedy: str) -> None:
+    """In CI a missing requirement is a failure (a skip would hide it); elsewhere a skip that says why."""
+    if IN_CI:
+        pytest.fail(f"{reason}; {remedy}")
+    pytest.skip(f"{reason} ({remedy})")
+
+
+def require_root() -> None:
+    """For tests that drop root's capabilities with setpriv (only root can change its bounding set)."""
+    if os.geteuid() != 0:
+        _missing(
+            "this test needs root (it drops capabilities with setpriv --bounding-set)", "CI runs as root"
+        )
+
+
+def require_module(name: str) -> None:
+    """For tests that need an optional package, e.g. torch (`pip install -e '.[torch]'`)."""
+    import importlib
+
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        _missing(f"{name} is not installed", f".ci/run installs it; pip install {name}")
