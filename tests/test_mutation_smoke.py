@@ -53,3 +53,8 @@ def test_every_mutation_has_a_claim_and_tests_that_exist():
     for m in smoke.MUTATIONS:
         assert m.claim and m.tests and m.find != m.replace, m.name
         assert all((ROOT / t.split("::")[0]).is_file() for t in m.tests), m.name
+
+
+def test_tests_that_pass_unmutated_have_a_clean_baseline():
+    # a failing baseline would turn every mutation of that test set into a false "caught"
+    assert smoke.failing_baselines([mutation("x", "y")]) == {}

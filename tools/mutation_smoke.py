@@ -168,9 +168,9 @@ def imports_from(tree: Path) -> bool:
     return p.returncode == 0 and Path(p.stdout).resolve().is_relative_to(tree.resolve())
 
 
-def run_tests(mutation: Mutation, tree: Path) -> tuple[str, str]:
-    """('caught' | 'missed' | 'error' | 'timeout', detail)."""
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *mutation.tests]
+def run_tests(tests: tuple[str, ...], tree: Path) -> tuple[str, str]:
+    """('caught' | 'missed' | 'error' | 'timeout', detail): did ``tests`` fail in ``tree``?"""
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
     try:
         p = subprocess.run(
             cmd, cwd=tree, env=isolated_env(tree), capture_output=True, text=True, timeout=TIMEOUT
@@ -184,6 +184,20 @@ def run_tests(mutation: Mutation, tree: Path) -> tuple[str, str]:
     if p.returncode == 0:
         return "missed", last
     return "error", f"pytest exit {p.returncode}: {last}\n{p.stderr[-2000:]}"
+
+
+def failing_baselines(chosen: list[Mutation]) -> dict[tuple[str, ...], str]:
+    """The test sets that already fail without any mutation (a flaky or broken test would pass
+    for a catch): {tests: why}. Each distinct set runs once, in an unmutated copy."""
+    failing = {}
+    with tempfile.TemporaryDirectory(prefix="gradwatch-baseline-") as tmp:
+        tree = Path(tmp) / "repo"
+        copy_tree(tree)
+        for tests in dict.fromkeys(m.tests for m in chosen):
+            outcome, detail = run_tests(tests, tree)
+            if outcome != "missed":  # "missed" = the tests pass, as they should without a mutation
+                failing[tests] = f"{outcome}: {detail}"
+    return failing
 
 
 def check(mutation: Mutation) -> tuple[str, str, float]:
@@ -200,7 +214,7 @@ def check(mutation: Mutation) -> tuple[str, str, float]:
                 "the copy's gradwatch is not the one imported (PYTHONPATH)",
                 time.monotonic() - start,
             )
-        outcome, detail = run_tests(mutation, tree)
+        outcome, detail = run_tests(mutation.tests, tree)
     return outcome, detail, time.monotonic() - start
 
 
@@ -234,10 +248,14 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown mutation(s) {', '.join(unknown)}; one of: {', '.join(known)}")
     chosen = [known[n] for n in args.names] if args.names else list(MUTATIONS)
+    failing = {} if args.no_baseline else failing_baselines(chosen)
     outcomes = []
     for m in chosen:
         print(f"{m.name}: {m.claim}", flush=True)
-        outcome, detail, took = check(m)
+        if m.tests in failing:
+            outcome, detail, took = "error", f"the tests fail without the mutation: {failing[m.tests]}", 0.0
+        else:
+            outcome, detail, took = check(m)
         outcomes.append(outcome)
         print(f"  {outcome.upper()} in {took:.0f} s: {detail}", flush=True)
     print(
