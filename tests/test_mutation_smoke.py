@@ -58,3 +58,22 @@ def test_every_mutation_has_a_claim_and_tests_that_exist():
 def test_tests_that_pass_unmutated_have_a_clean_baseline():
     # a failing baseline would turn every mutation of that test set into a false "caught"
     assert smoke.failing_baselines([mutation("x", "y")]) == {}
+
+
+def test_the_command_line_lists_and_refuses_unknown_names(capsys):
+    assert smoke.main(["--list"]) == 0
+    assert "backoff-constant" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        smoke.main(["--no-baseline", "no-such-mutation"])
+    assert "unknown mutation(s) no-such-mutation" in capsys.readouterr().err
+
+
+def test_a_whole_run_with_its_baseline_scores_the_mutations(monkeypatch, capsys):
+    caught = smoke.Mutation(
+        "renamed", "a claim", "docs/guarantees.md", LISTED, LISTED + "_x", GUARANTEES_TEST
+    )
+    moved = smoke.Mutation("moved", "a claim", "docs/guarantees.md", "no such text", "y", GUARANTEES_TEST)
+    monkeypatch.setattr(smoke, "MUTATIONS", (caught, moved))
+    assert smoke.main([]) == 0
+    out = capsys.readouterr().out
+    assert "CAUGHT" in out and "SITE NOT FOUND" in out and "score 1/1 (100%) caught" in out

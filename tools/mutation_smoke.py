@@ -240,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--list", action="store_true", help="list the mutations and whether their sites exist"
     )
+    parser.add_argument(
+        "--no-baseline", action="store_true", help="skip running the tests once unmutated first (faster)"
+    )
     args = parser.parse_args(argv)
     if args.list:
         return list_sites()
