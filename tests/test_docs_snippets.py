@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -151,3 +152,18 @@ def test_configuration_examples_pass_config_check(tmp_path):
     )
     assert p.returncode == 0, p.stdout + p.stderr
     assert "SUCCESS" in p.stdout and "3 notifiers" in p.stdout
+
+
+# ------------------------------------------------------------------ README quick start and .ci/run
+
+
+def test_ci_runs_the_readmes_test_command_with_torch_installed_first():
+    (quick_start,) = [b for b in fenced_blocks("README.md", "bash") if "pytest" in b]
+    readme_test = next(line for line in quick_start.splitlines() if "pytest" in line)
+    ci = [line.replace(" -q ", " ") for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert readme_test in ci, "CI must run the README's test command (quiet pip aside)"
+    torch = next(i for i, line in enumerate(ci) if "pip install" in line and "torch==" in line)
+    assert torch < ci.index(readme_test), "torch must be there before the suite runs"
+    # and the README's command stays light: no torch in the test extra (tomllib needs Python 3.11)
+    (test_extra,) = re.findall(r"^test = \[\n(.*?)^\]", (ROOT / "pyproject.toml").read_text(), re.S | re.M)
+    assert '"torch' not in test_extra
