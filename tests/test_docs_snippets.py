@@ -167,3 +167,20 @@ def test_ci_runs_the_readmes_test_command_with_torch_installed_first():
     # and the README's command stays light: no torch in the test extra (tomllib needs Python 3.11)
     (test_extra,) = re.findall(r"^test = \[\n(.*?)^\]", (ROOT / "pyproject.toml").read_text(), re.S | re.M)
     assert '"torch' not in test_extra
+
+
+# ------------------------------------------------------------------ docs/trainer.md
+
+
+def test_trainer_stop_file_check_runs_as_documented(tmp_path):
+    """The "Checking it" block, with the two names it expects the trainer to have."""
+    code = snippet("docs/trainer.md", "check-stop-file")
+    ns: dict = {"logdir": str(tmp_path / "runs"), "run": "td3"}
+    exec(code, ns)  # the second assignment wins: the configured template
+    assert ns["path"] == "/stop/td3.json" and ns["reason"] is None
+    # with the default template and a stop-file there, both checks see it
+    default = ns["stop_file_path"](ns["logdir"], "td3")
+    os.makedirs(os.path.dirname(default))
+    Path(default).write_text('{"alert": "gradient_explosion", "severity": "critical"}')
+    assert ns["StopFile"](default).check().alert == "gradient_explosion"
+    assert ns["should_stop"](default).severity == "critical"
