@@ -759,16 +759,24 @@ class Daemon:
 
     def _reload_config(self) -> bool:
         log.info("reloading the configuration")
+        loading = self.config.source or "the command line"
         try:
             config = self._load_config()
+            loading = ", ".join(config.rules or ["the packaged default rules"])
             rules = load_rules(config.rules)
         except (ConfigError, LogdirError) as e:
             log.error("reload failed, keeping the running configuration:\n%s", e)
             return False
-        except OSError as e:
-            log.error("reload failed, keeping the running configuration: %s", e)
+        except Exception as e:
+            # an OSError, a RecursionError from a deeply nested YAML, a bug: SIGHUP must never kill us
+            log.error("reload failed, keeping the running configuration: %s: %s", loading, _reason(e))
+            log.debug("reload failure", exc_info=True)
             return False
-        self._apply(config, rules)
+        try:
+            self._apply(config, rules)
+        except Exception:
+            log.exception("internal error while applying the reloaded configuration; going on")
+            return False
         return True
 
     def _apply(self, config: Config, rules: list[Rule]) -> None:
@@ -834,6 +842,13 @@ class Daemon:
         if self.outbox is not None:
             self.outbox.start()
         log.info("notifiers: %s", ", ".join(n.name for n in notifiers) or "console only")
+
+
+def _reason(e: BaseException) -> str:
+    """One line for a log: what failed and why, without a traceback."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.filename + ': ' if e.filename else ''}{e.strerror}"
+    return f"{type(e).__name__}: {e}"
 
 
 def _logdir_problem(logdir: str) -> str | None:
