@@ -42,6 +42,19 @@ def connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+def db_text(s: str) -> str | bytes:
+    """A name as stored: TEXT, or the raw bytes as a BLOB when it is not valid UTF-8 (Linux names)."""
+    try:
+        s.encode()
+        return s
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "surrogateescape")
+
+
+def from_db_text(v: str | bytes) -> str:
+    return v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else v
+
+
 def _num(v: float) -> Any:
     return v if v == v and v not in (float("inf"), float("-inf")) else repr(v)
 
@@ -179,13 +192,15 @@ class StateDB:
 
     def files(self) -> dict[str, tuple[str, int]]:
         """path -> (run, offset)."""
-        return {p: (r, o) for p, r, o in self.conn.execute("SELECT path, run, offset FROM files")}
+        rows = self.conn.execute("SELECT path, run, offset FROM files")
+        return {from_db_text(p): (from_db_text(r), o) for p, r, o in rows}
 
     def alerts(self) -> dict[str, dict[str, Any]]:
-        return {k: json.loads(d) for k, d in self.conn.execute("SELECT key, data FROM alerts")}
+        return {from_db_text(k): json.loads(d) for k, d in self.conn.execute("SELECT key, data FROM alerts")}
 
     def series(self) -> dict[tuple[str, str], str]:
-        return {(r, t): d for r, t, d in self.conn.execute("SELECT run, tag, data FROM series")}
+        rows = self.conn.execute("SELECT run, tag, data FROM series")
+        return {(from_db_text(r), from_db_text(t)): d for r, t, d in rows}
 
     def meta(self, key: str, default: str | None = None) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -206,26 +221,29 @@ class StateDB:
         self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     def save_offsets(self, rows: list[tuple[str, str, int]]) -> None:
-        self.conn.executemany("INSERT OR REPLACE INTO files (path, run, offset) VALUES (?, ?, ?)", rows)
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO files (path, run, offset) VALUES (?, ?, ?)",
+            [(db_text(p), db_text(r), o) for p, r, o in rows],
+        )
 
     def forget_files(self, paths: list[str]) -> None:
-        self.conn.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in paths])
+        self.conn.executemany("DELETE FROM files WHERE path = ?", [(db_text(p),) for p in paths])
 
     def forget_run(self, run: str) -> None:
-        self.conn.execute("DELETE FROM files WHERE run = ?", (run,))
-        self.conn.execute("DELETE FROM series WHERE run = ?", (run,))
+        self.conn.execute("DELETE FROM files WHERE run = ?", (db_text(run),))
+        self.conn.execute("DELETE FROM series WHERE run = ?", (db_text(run),))
 
     def save_series(self, series: list[Series]) -> None:
         self.conn.executemany(
             "INSERT OR REPLACE INTO series (run, tag, data) VALUES (?, ?, ?)",
-            [(s.run, s.tag, dump_series(s)) for s in series],
+            [(db_text(s.run), db_text(s.tag), dump_series(s)) for s in series],
         )
 
     def save_alerts(self, changed: dict[str, dict[str, Any] | None]) -> None:
         for key, data in changed.items():
             if data is None:
-                self.conn.execute("DELETE FROM alerts WHERE key = ?", (key,))
+                self.conn.execute("DELETE FROM alerts WHERE key = ?", (db_text(key),))
             else:
                 self.conn.execute(
-                    "INSERT OR REPLACE INTO alerts (key, data) VALUES (?, ?)", (key, json.dumps(data))
+                    "INSERT OR REPLACE INTO alerts (key, data) VALUES (?, ?)", (db_text(key), json.dumps(data))
                 )

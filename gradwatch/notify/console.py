@@ -24,6 +24,8 @@ _RESET = "\033[0m"
 # newline) must not move the cursor, recolour or forge lines on the operator's terminal or in
 # journald. They are shown as \xNN escapes.
 _CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]}
+# a name that is not valid UTF-8 reaches us surrogate-escaped (os.fsdecode): show its bytes the same way
+_CONTROLS.update({0xDC00 + b: f"\\x{b:02x}" for b in range(0x80, 0x100)})
 
 
 def _clean(text: str) -> str:

@@ -40,6 +40,7 @@ from typing import Any
 
 from gradwatch.alerts import REPEAT, AlertEvent
 from gradwatch.notify.base import DeliveryError, Notifier
+from gradwatch.state import db_text
 
 log = logging.getLogger("gradwatch.notify.outbox")
 
@@ -148,14 +149,15 @@ class Outbox:
                     if last is None:
                         got = conn.execute(
                             f"SELECT MAX(enqueued_at) FROM {TABLE} WHERE channel=? AND alert_key=?",
-                            (n.name, e.key),
+                            (n.name, db_text(e.key)),
                         ).fetchone()
                         last = got[0] if got else None
                     if last is not None and now - last < n.repeat_interval:
                         continue
                 if text is None:
                     text = e.to_json()
-                rows.append((n.name, e.key, e.run, e.seq, text, now))
+                # names may not be valid UTF-8 (bytes on Linux): stored as the state DB stores them
+                rows.append((n.name, db_text(e.key), db_text(e.run), e.seq, text, now))
                 recent[(n.name, e.key)] = now
         if rows:
             conn.executemany(
