@@ -245,5 +245,6 @@ class StateDB:
                 self.conn.execute("DELETE FROM alerts WHERE key = ?", (db_text(key),))
             else:
                 self.conn.execute(
-                    "INSERT OR REPLACE INTO alerts (key, data) VALUES (?, ?)", (db_text(key), json.dumps(data))
+                    "INSERT OR REPLACE INTO alerts (key, data) VALUES (?, ?)",
+                    (db_text(key), json.dumps(data)),
                 )

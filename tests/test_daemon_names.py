@@ -36,7 +36,8 @@ def test_a_run_named_with_invalid_utf8_is_watched_and_survives_a_restart(tmp_pat
     state = tmp_path / "state"
     receiver = Receiver()
     cfg = tmp_path / "gradwatch.yaml"
-    cfg.write_text(f"notifiers:\n  - name: hook\n    type: webhook\n    url: {receiver.url()}\n    group_wait: 0s\n")
+    hook = f"{{name: hook, type: webhook, url: '{receiver.url()}', group_wait: 0s}}"
+    cfg.write_text(f"notifiers:\n  - {hook}\n")
     args = watch_args(logdir, state, "--config", str(cfg))
     first = Daemon(args, str(tmp_path), name="first")
     first.wait_ready()
@@ -56,3 +57,4 @@ def test_a_run_named_with_invalid_utf8_is_watched_and_survives_a_restart(tmp_pat
     assert _no_crash(second)
     # the name came back from the state DB as the same bytes: no second FIRING after the restart
     assert not [a for a in second.alerts() if a["verb"] == "FIRING"], second.out()
+    receiver.stop()
