@@ -284,6 +284,10 @@ class Daemon:
             self._saved_files = None
         log.debug("rescanned %s: %d runs, %d new event files", self.logdir, len(runs), len(new))
         self._update_missing(runs, found)
+        if self._watching and self.watcher.mode == "inotify":
+            reason = self.watcher.unwatched_reason()
+            if reason is not None:
+                self._poll_instead(reason)
         if periodic and new and self.watcher.mode == "inotify" and self.ready.is_set():
             self._check_missed_new(new)
         if self.watcher.mode == "poll":
@@ -308,7 +312,10 @@ class Daemon:
                 return
 
     def _inotify_missed(self, what: str) -> None:
-        self.watcher.fall_back(f"{what}; out of inotify watches, or a network filesystem")
+        self._poll_instead(f"{what}; out of inotify watches, or a network filesystem")
+
+    def _poll_instead(self, reason: str) -> None:
+        self.watcher.fall_back(reason)
         self._dirs = dir_snapshot(self.logdir)
 
     def check_files(self, periodic: bool = False) -> None:
@@ -699,8 +706,7 @@ class Daemon:
     def _watcher_died(self) -> None:
         now = time.monotonic()
         if now - self._watcher_restarted < WATCHER_RESTART_WINDOW:
-            self.watcher.fall_back("the inotify observer stopped twice within a minute")
-            self._dirs = dir_snapshot(self.logdir)
+            self._poll_instead("the inotify observer stopped twice within a minute")
         else:
             log.warning("file watcher stopped; restarting it")
             self._watcher_restarted = now

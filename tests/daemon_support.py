@@ -254,3 +254,21 @@ def watch_args(logdir: str, state_dir: str, *extra: str) -> list[str]:
 
 def event_files(run_dir: str) -> list[str]:
     return sorted(os.path.join(run_dir, n) for n in os.listdir(run_dir) if "tfevents" in n)
+
+
+def inotify_watch_limit(max_watches: int) -> list[str]:
+    """A command prefix: run in a user namespace of its own whose inotify watch limit is ``max_watches``.
+
+    ``/proc/sys/user/max_inotify_watches`` is per user namespace, so the daemon really runs
+    out of watches (ENOSPC from inotify_add_watch) while fs.inotify.max_user_watches, which every
+    other process on the machine shares, stays as it is.
+    """
+    return [
+        "unshare",
+        "--user",
+        "--map-root-user",
+        "sh",
+        "-c",
+        f'echo {max_watches} > /proc/sys/user/max_inotify_watches && exec "$@"',
+        "sh",
+    ]
