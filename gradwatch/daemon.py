@@ -139,6 +139,9 @@ class Daemon:
         self._watcher_restarted = -WATCHER_RESTART_WINDOW
         self._console_failed = False
         self._db_error: str | None = None
+        self.state_save_errors = 0  # commits the state DB refused (a full disk), for the metric
+        # transitions printed and acted on, whose notifications wait for a commit that works
+        self._unsaved_events: list[AlertEvent] = []
         self._last_ping = time.monotonic()
         self._committed_at = 0.0
         self._watchdog_every: float | None = None
@@ -465,6 +468,7 @@ class Daemon:
         changes = self.book.take_changes()
         if not (
             events
+            or self._unsaved_events
             or changes
             or meta
             or self._dirty_files
@@ -478,6 +482,7 @@ class Daemon:
         self._stop_files_still_wanted()
         # rendered now so that only one write separates the commit from the console line
         text = self._render(events)
+        unsaved = self._unsaved_events + events
         readers = self.reader.readers
         rows = []
         for p in self._dirty_files:
@@ -498,32 +503,57 @@ class Daemon:
             state.save_alerts(changes)
             for key, value in (meta or {}).items():
                 state.set_meta(key, value)
-            if self.outbox is not None and events:
-                self.outbox.enqueue(state.conn, events)
+            if self.outbox is not None and unsaved:
+                self.outbox.enqueue(state.conn, unsaved)
             state.commit()
         except sqlite3.Error as e:
             self._rollback()
-            # keep everything for the next attempt; the stop-file writer skips what it already wrote
-            self.book.events[:0] = events
+            # keep the rest for the next attempt; the operator is told now, not when the disk has room
             self.book.changed.update(changes)
-            if str(e) != self._db_error:
-                self._db_error = str(e)
-                log.error("cannot save state to %s: %s; retrying", state.path, e)
+            self._unsaved_events = unsaved
+            self._save_failed(e)
+            self._act(events, text)
             return False
         except BaseException:
             self._rollback()
             raise
         self._committed_at = time.monotonic()
-        if self._db_error is not None:
-            self._db_error = None
-            log.info("state saved to %s again", state.path)
+        self._unsaved_events = []
+        self._saved()
         self._dirty_files.clear()
         self._dirty_runs.clear()
         self._forgotten_files.clear()
         self._forgotten_runs.clear()
-        if events:
-            self._after_commit(events, text)
+        self._act(events, text)
+        if unsaved and self.outbox is not None:
+            self.outbox.wake()
         return True
+
+    def _save_failed(self, e: sqlite3.Error) -> None:
+        self.state_save_errors += 1
+        if str(e) != self._db_error:
+            self._db_error = str(e)
+            log.error(
+                "cannot save state to %s: %s; retrying (alerts still reach the console; "
+                "notifications wait until it works)",
+                self.state.path,
+                e,
+            )
+        if self.metrics is not None:
+            self.metrics.state_save_failed(self._db_error)
+
+    def _saved(self) -> None:
+        if self._db_error is None:
+            return
+        self._db_error = None
+        log.info("state saved to %s again", self.state.path)
+        if self.metrics is not None:
+            self.metrics.state_save_failed(None)
+
+    @property
+    def state_save_error(self) -> str | None:
+        """Why the last commit failed, or None once commits work (for /-/healthy)."""
+        return self._db_error
 
     def _rollback(self) -> None:
         try:
@@ -568,7 +598,10 @@ class Daemon:
             log.exception("cannot render alerts for the console")
             return ""
 
-    def _after_commit(self, events: list[AlertEvent], text: str) -> None:
+    def _act(self, events: list[AlertEvent], text: str) -> None:
+        """Console, flags and metrics, once per transition, whether or not the state DB took it."""
+        if not events:
+            return
         try:
             self.console.write(text)
         except (OSError, ValueError) as e:  # stdout closed or a broken pipe: keep watching
@@ -581,8 +614,6 @@ class Daemon:
                 self.flags.handle(e, self._severities(e.rule))
             if self.metrics is not None:
                 self.metrics.transition(e)
-        if self.outbox is not None:
-            self.outbox.wake()
 
     # -- lifecycle -----------------------------------------------------------
     def catch_up(self) -> bool:

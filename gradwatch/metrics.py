@@ -148,6 +148,12 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
         ("channel",),
         "Notifications waiting in the outbox per channel.",
     ),
+    "gradwatch_state_save_failing": (
+        "gauge",
+        (),
+        "1 while the state DB refuses commits (a full disk): alerts reach the console, notifications wait.",
+    ),
+    "gradwatch_state_save_errors_total": ("counter", (), "Commits of the state DB that failed."),
     "gradwatch_config_last_reload_successful": (
         "gauge",
         (),
@@ -282,6 +288,8 @@ class Metrics:
         self._files = 0
         self._ready = False
         self._reload_ok = True
+        self.state_save_error: str | None = None  # set by the daemon while commits fail
+        self._state_save_errors = 0
         self._reload_time = time.time()
         self._last: dict[str, Any] = {}  # source name -> its last good copy
         self._warned_over_limit = False
@@ -368,6 +376,13 @@ class Metrics:
     def ready(self) -> bool:
         return self._ready
 
+    def state_save_failed(self, error: str | None) -> None:
+        """The daemon's last commit failed with ``error`` (counted), or worked again (None)."""
+        with self._lock:
+            self.state_save_error = error
+            if error is not None:
+                self._state_save_errors += 1
+
     def config_reloaded(self, ok: bool) -> None:
         with self._lock:
             self._reload_ok = bool(ok)
@@ -403,6 +418,7 @@ class Metrics:
             pushed_alerts = dict(self._alerts)
             n_rules, runs, files = self._rules, self._runs, self._files
             reload_ok, reload_time = self._reload_ok, self._reload_time
+            save_failing, save_errors = self.state_save_error is not None, self._state_save_errors
         snap = self._read("series", self.series_source, _series_copy) or []
         alerts = (
             pushed_alerts
@@ -439,6 +455,8 @@ class Metrics:
             ("gradwatch_series_tracked", len(snap)),
             ("gradwatch_config_last_reload_successful", float(reload_ok)),
             ("gradwatch_config_last_reload_success_timestamp_seconds", reload_time),
+            ("gradwatch_state_save_failing", float(save_failing)),
+            ("gradwatch_state_save_errors_total", save_errors),
         ):
             fam = _family(name)
             fam.add_metric([], value)
@@ -557,7 +575,12 @@ def make_app(metrics: Metrics) -> Callable:
         if path == "/metrics":
             return metrics_app(environ, start_response)
         if path == "/-/healthy":
-            status, body = "200 OK", b"gradwatch is healthy.\n"
+            error = metrics.state_save_error
+            if error is None:
+                status, body = "200 OK", b"gradwatch is healthy.\n"
+            else:
+                body = f"gradwatch cannot save its state: {error}\n".encode()
+                status = "503 Service Unavailable"
         elif path == "/-/ready":
             if metrics.ready:
                 status, body = "200 OK", b"gradwatch is ready.\n"
