@@ -15,6 +15,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -272,3 +273,17 @@ def inotify_watch_limit(max_watches: int) -> list[str]:
         f'echo {max_watches} > /proc/sys/user/max_inotify_watches && exec "$@"',
         "sh",
     ]
+
+
+def outbox_rows(state_dir: str) -> list[tuple[str, str, str]]:
+    """(alertname, kind, state) of every row of the daemon's notification outbox, in queue order.
+
+    A row is only ever sent while it is pending: with none pending, nothing more goes out
+    (webhook and Slack channels do not re-send on their own).
+    """
+    db = sqlite3.connect(os.path.join(state_dir, "gradwatch.db"))
+    try:
+        rows = db.execute("SELECT event, state FROM notify_outbox ORDER BY id").fetchall()
+    finally:
+        db.close()
+    return [(json.loads(event)["rule"], json.loads(event)["kind"], state) for event, state in rows]

@@ -12,16 +12,16 @@ import errno
 import json
 import os
 import re
-import sqlite3
 import subprocess
 import urllib.error
 import urllib.request
 
 import pytest
-from daemon_support import Daemon, wait_for
+from daemon_support import Daemon, outbox_rows, wait_for
 from receivers import Receiver
 
 TAG = "gradients/actor_cnn_norm"
+RULE = "gradient_explosion"
 
 
 @pytest.fixture
@@ -74,16 +74,6 @@ def delivered(receiver: Receiver) -> list[tuple[str, str, str]]:
     return out
 
 
-def sent_rows(state_dir) -> list[tuple[int, str]]:
-    """(seq, kind) of the notifications the outbox marked sent."""
-    db = sqlite3.connect(os.path.join(state_dir, "gradwatch.db"))
-    try:
-        rows = db.execute("SELECT seq, event FROM notify_outbox WHERE state = 'sent' ORDER BY seq").fetchall()
-    finally:
-        db.close()
-    return [(seq, json.loads(event)["kind"]) for seq, event in rows]
-
-
 def test_a_full_state_disk_prints_alerts_reports_unhealthy_and_delivers_everything_later(
     tmp_path, writer, small_state_dir
 ):
@@ -117,8 +107,8 @@ def test_a_full_state_disk_prints_alerts_reports_unhealthy_and_delivers_everythi
         os.unlink(filler)
         # both transitions go out; sent together they are one Alertmanager-style alert, resolved
         wait_for(
-            lambda: sent_rows(small_state_dir) == [(1, "firing"), (2, "resolved")],
-            f"both transitions sent once space is back; outbox: {sent_rows(small_state_dir)}",
+            lambda: outbox_rows(small_state_dir) == [(RULE, "firing", "sent"), (RULE, "resolved", "sent")],
+            f"both transitions sent once space is back; outbox: {outbox_rows(small_state_dir)}",
         )
         assert ("resolved", "gradient_explosion", "a") in delivered(receiver)
         wait_for(lambda: get(base + "/-/healthy")[0] == 200, "/-/healthy back to 200")
