@@ -35,6 +35,7 @@ from gradwatch.events.logdir import (
     scan,
 )
 from gradwatch.notify.console import ConsoleNotifier
+from gradwatch.notify.console import _clean as clean_name
 from gradwatch.rulefile import load_rules
 from gradwatch.rules import SEVERITIES, Rule, Series
 from gradwatch.state import StateDB, StateError, restore_series, rule_signature
@@ -130,6 +131,10 @@ class Daemon:
         self._unreadable_dirs: set[str] = set()
         self._missing: dict[str, float] = {}  # run -> monotonic time it was first missed
         self._logdir_missing_since: float | None = None
+        # the logdir did not exist at start-up: all of it is written after we started, nothing is history
+        self._logdir_created_after_start = False
+        # runs already checked for "no series matches any rule" (each is warned about once)
+        self._checked_runs: set[str] = set()
         self._dirs: dict[str, int] = {}  # polling: directory -> mtime_ns
         self._want_rescan = False
         # a file whose reading a stop interrupted: nothing since the last commit may be committed
@@ -622,7 +627,9 @@ class Daemon:
         Returns False when stopped before the end (the next start goes on from the saved offsets).
         """
         t0 = time.monotonic()
-        self.book.suppress = self.first_start
+        # what a trainer wrote before we started is history; into a logdir we waited for, nothing is
+        history = self.first_start and not self._logdir_created_after_start
+        self.book.suppress = history
         try:
             self.rescan()
         finally:
@@ -630,20 +637,58 @@ class Daemon:
         if self._stop.is_set():
             self.checkpoint()
             return False
-        summary = self.book.catchup_summary() if self.first_start and self.config.catchup_notify else []
+        summary = self.book.catchup_summary() if history and self.config.catchup_notify else []
         self.book.events.extend(summary)
         self.checkpoint(meta={"catchup_done": "1"})
         self.first_start = False
         log.info(
-            "caught up on %s: %d runs, %d files, %d points in %.2fs; %d alerts firing",
+            "caught up on %s: %d runs, %d files, %d points in %.2fs; %d series watched; %d alerts firing",
             self.logdir,
             len({r for r, _ in self.reader.readers.values()}),
             len(self.reader.readers),
             self.points,
             time.monotonic() - t0,
+            self.series_watched,
             len(self.book.firing()),
         )
+        runs = list(self.engine.runs)
+        self._checked_runs.update(runs)
+        if self.series_watched == 0 and (tags := self._unmatched_tags(runs)):
+            log.warning(
+                "no series matches any rule (%d rules loaded): nothing here can alert; tags seen: %s. "
+                "Point the rules' match: at your tag names (docs/rules.md)",
+                len(self.rules),
+                tags,
+            )
         return True
+
+    @property
+    def series_watched(self) -> int:
+        """Series (run, tag) that at least one rule evaluates."""
+        return sum(1 for s in self.engine.all_series() if s.rules)
+
+    def _unmatched_tags(self, runs: list[str], most: int = 20) -> str:
+        """The tags of ``runs`` that no rule matches, escaped, for a log line ("" if none)."""
+        tags = sorted(
+            {
+                tag
+                for run in runs
+                for tag, s in self.engine.runs.get(run, {}).items()
+                if s is None or not s.rules
+            }
+        )
+        more = f" and {len(tags) - most} more" if len(tags) > most else ""
+        return ", ".join(clean_name(t) for t in tags[:most]) + more
+
+    def _check_new_runs(self) -> None:
+        """Warn once about a run that appeared after the catch-up and has no series any rule matches."""
+        for run in self.engine.runs.keys() - self._checked_runs:
+            self._checked_runs.add(run)
+            if any(s is not None and s.rules for s in self.engine.runs[run].values()):
+                continue
+            tags = self._unmatched_tags([run])
+            if tags:
+                log.warning("run %s: no series matches any rule; tags seen: %s", clean_name(run), tags)
 
     def start_services(self) -> None:
         if self.metrics is not None:
@@ -679,6 +724,7 @@ class Daemon:
                 return True
             if not told:
                 told = True
+                self._logdir_created_after_start = True
                 log.warning("%s: %s; waiting for it", self.logdir, problem)
                 # up and doing its job: systemd must not time the start out
                 sdnotify.ready(f"waiting for {self.logdir} ({problem})")
@@ -724,6 +770,7 @@ class Daemon:
 
     def _tick(self, now: float) -> None:
         self.book.tick(self._absent.values())
+        self._check_new_runs()
         if self._missing:
             self._expire_missing(now)
         if self.outbox is not None and hasattr(self.outbox, "resend_firing"):

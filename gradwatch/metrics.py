@@ -100,6 +100,7 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
         (),
         "Series (run, tag) kept in memory: rule-matched tags plus metrics.export_tags.",
     ),
+    "gradwatch_series_watched": ("gauge", (), "Series (run, tag) that at least one rule evaluates."),
     "gradwatch_scalar_value": (
         "gauge",
         ("run", "tag"),
@@ -234,7 +235,11 @@ def _daemon_sources(daemon: Any) -> tuple[Callable[[], Any], ...]:
         lambda: daemon.problems.counts,
         lambda: daemon.rules,
         watch,
-        lambda: {"points": daemon.points, "records": getattr(daemon, "records", 0)},
+        lambda: {
+            "points": daemon.points,
+            "records": getattr(daemon, "records", 0),
+            "series_watched": getattr(daemon, "series_watched", 0),
+        },
     )
 
 
@@ -413,6 +418,7 @@ class Metrics:
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             records_total, points_total = self._records, self._points
+            series_watched = 0
             pushed_problems = dict(self._problems)
             transitions = dict(self._transitions)
             pushed_alerts = dict(self._alerts)
@@ -443,6 +449,7 @@ class Metrics:
             totals = self._read("counts", self.counts_source, _counts_copy) or {}
             records_total = totals.get("records", records_total)
             points_total = totals.get("points", points_total)
+            series_watched = totals.get("series_watched", 0)
 
         info = _family("gradwatch_build_info")
         info.add_metric([__version__, platform.python_version()], 1)
@@ -453,6 +460,7 @@ class Metrics:
             ("gradwatch_runs", runs),
             ("gradwatch_event_files", files),
             ("gradwatch_series_tracked", len(snap)),
+            ("gradwatch_series_watched", series_watched),
             ("gradwatch_config_last_reload_successful", float(reload_ok)),
             ("gradwatch_config_last_reload_success_timestamp_seconds", reload_time),
             ("gradwatch_state_save_failing", float(save_failing)),
