@@ -88,6 +88,7 @@ class _Row:
     run: str
     enqueued_at: float
     event: str
+    alert_key: str | bytes = ""
 
 
 class Outbox:
@@ -343,7 +344,7 @@ class _Channel(threading.Thread):
         rows = [
             _Row(*r)
             for r in conn.execute(
-                f"SELECT id, run, enqueued_at, event FROM {TABLE} WHERE channel=? AND state=? "
+                f"SELECT id, run, enqueued_at, event, alert_key FROM {TABLE} WHERE channel=? AND state=? "
                 f"ORDER BY id LIMIT {BATCH}",
                 (n.name, PENDING),
             )
@@ -362,11 +363,17 @@ class _Channel(threading.Thread):
         if not draining and now < window_end:
             return window_end - now
         group: list[_Row] = []
+        alerts: set[str | bytes] = set()
         for r in rows:
             if r.run != head.run:
                 continue
             if r.enqueued_at > window_end and not draining:
                 break  # later rows of this run wait for their own window (keeps order)
+            if r.alert_key in alerts:
+                # a payload holds one state per alert: a second transition (resolved, then firing
+                # again) goes in the next send, or the first would never be delivered
+                break
+            alerts.add(r.alert_key)
             group.append(r)
         pause = self._last_send + n.min_interval - time.monotonic()
         if pause > 0:
