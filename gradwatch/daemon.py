@@ -39,7 +39,7 @@ from gradwatch.notify.console import _clean as clean_name
 from gradwatch.rulefile import load_rules
 from gradwatch.rules import SEVERITIES, Rule, Series
 from gradwatch.state import StateDB, StateError, restore_series, rule_signature
-from gradwatch.watcher import POLL, RESCAN, Watcher, dir_snapshot
+from gradwatch.watcher import MARKERS, NEW_DIR, POLL, RESCAN, Watcher, dir_snapshot
 from gradwatch.yamlconf import ConfigError, Problem
 
 log = logging.getLogger("gradwatch")
@@ -259,6 +259,8 @@ class Daemon:
                 unreadable.add(path)
             self.problems(kind, path, offset, detail)
 
+        # polling: directory times from *before* the scan, so what appears during it shows as a change
+        dirs = dir_snapshot(self.logdir) if self.watcher.mode == "poll" else None
         try:
             runs = scan(self.logdir, problems)  # type: ignore[arg-type]
         except LogdirError as e:
@@ -292,14 +294,10 @@ class Daemon:
             self._saved_files = None
         log.debug("rescanned %s: %d runs, %d new event files", self.logdir, len(runs), len(new))
         self._update_missing(runs, found)
-        if self._watching and self.watcher.mode == "inotify":
-            reason = self.watcher.unwatched_reason()
-            if reason is not None:
-                self._poll_instead(reason)
         if periodic and new and self.watcher.mode == "inotify" and self.ready.is_set():
             self._check_missed_new(new)
         if self.watcher.mode == "poll":
-            self._dirs = dir_snapshot(self.logdir)
+            self._dirs = dirs if dirs is not None else dir_snapshot(self.logdir)
         for p in new:
             if self._stop.is_set():
                 break  # catching up when told to stop: the rest is read next time
@@ -325,6 +323,8 @@ class Daemon:
     def _poll_instead(self, reason: str) -> None:
         self.watcher.fall_back(reason)
         self._dirs = dir_snapshot(self.logdir)
+        # what appeared while inotify did not see it, since the last scan, is found by the next one
+        self._want_rescan = True
 
     def check_files(self, periodic: bool = False) -> None:
         """Read every known file that changed since we last read it (polling, safety net)."""
@@ -447,14 +447,24 @@ class Daemon:
         for path in changed:
             if path in readers:
                 self.read_file(path)
-            elif path not in (RESCAN, POLL):
+            elif path not in MARKERS:
                 rescan = True  # a file we do not know yet
         if rescan:
             self.rescan()
+            if NEW_DIR in changed:
+                self._check_watches()
         elif time.monotonic() - self._last_rescan >= self.config.rescan_interval:
             self.rescan(periodic=True)
             if self._logdir_missing_since is None:
                 self.check_files(periodic=True)
+                self._check_watches()
+
+    def _check_watches(self) -> None:
+        """inotify: poll at once when a directory went unwatched (out of watches), not ~25 s later."""
+        if self._watching and self.watcher.mode == "inotify":
+            reason = self.watcher.unwatched_reason()
+            if reason is not None:
+                self._poll_instead(reason)
 
     # -- committing and acting ----------------------------------------------
     def checkpoint(self, meta: dict[str, str] | None = None, lazy: bool = False) -> bool:

@@ -10,7 +10,6 @@ known file at a slow periodic rescan as a safety net.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import logging
 import os
@@ -24,6 +23,8 @@ log = logging.getLogger("gradwatch.watch")
 
 RESCAN = "\0rescan"  # marker: directories changed, look for new or vanished runs and files
 POLL = "\0poll"  # marker (polling): stat every known file and directory now
+NEW_DIR = "\0newdir"  # marker (inotify): a directory appeared; did watchdog manage to watch it?
+MARKERS = (RESCAN, POLL, NEW_DIR)
 DEFAULT_POLL = 1.0
 # seconds a directory may stay unwatched before we stop blaming watchdog's queue for it
 UNWATCHED_GRACE = 2.0
@@ -109,6 +110,8 @@ class Watcher:
                 if event.is_directory:
                     if kind != "modified":
                         q.put(RESCAN)
+                    if kind in ("created", "moved"):
+                        q.put(NEW_DIR)
                     return
                 if not is_event_file(os.path.basename(path)):
                     return
@@ -268,7 +271,7 @@ def _inotify_watched_inodes() -> set[int] | None:
 
 def _try_watch(path: str) -> int | None:
     """errno of adding an inotify watch on ``path`` in an instance of our own (None: it worked)."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc = ctypes.CDLL(None, use_errno=True)  # the C library already loaded: no ldconfig subprocess
     fd = libc.inotify_init1(os.O_CLOEXEC)
     if fd < 0:
         return ctypes.get_errno()
