@@ -144,7 +144,6 @@ class Daemon:
         self._watcher_restarted = -WATCHER_RESTART_WINDOW
         self._console_failed = False
         self._db_error: str | None = None
-        self.state_save_errors = 0  # commits the state DB refused (a full disk), for the metric
         # transitions printed and acted on, whose notifications wait for a commit that works
         self._unsaved_events: list[AlertEvent] = []
         self._last_ping = time.monotonic()
@@ -545,7 +544,6 @@ class Daemon:
         return True
 
     def _save_failed(self, e: sqlite3.Error) -> None:
-        self.state_save_errors += 1
         if str(e) != self._db_error:
             self._db_error = str(e)
             log.error(
@@ -564,11 +562,6 @@ class Daemon:
         log.info("state saved to %s again", self.state.path)
         if self.metrics is not None:
             self.metrics.state_save_failed(None)
-
-    @property
-    def state_save_error(self) -> str | None:
-        """Why the last commit failed, or None once commits work (for /-/healthy)."""
-        return self._db_error
 
     def _rollback(self) -> None:
         try:
@@ -941,7 +934,7 @@ class Daemon:
 def _reason(e: BaseException) -> str:
     """One line for a log: what failed and why, without a traceback."""
     if isinstance(e, OSError) and e.strerror:
-        return f"{e.filename + ': ' if e.filename else ''}{e.strerror}"
+        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
     return f"{type(e).__name__}: {e}"
 
 

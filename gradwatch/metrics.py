@@ -21,6 +21,7 @@ per-point path does no metric work and nothing can drift out of sync::
     metrics.transition(event)          # each AlertEvent after it is committed
     metrics.set_ready(True)            # first catch-up done: /-/ready turns 200
     metrics.config_reloaded(ok)        # after each SIGHUP
+    metrics.state_save_failed(error)   # a commit of the state DB failed (None: works again); /-/healthy 503
     metrics.stop()                     # stops the HTTP server
 
 Every source is optional; without one, the matching push method keeps the
