@@ -4,8 +4,10 @@ One thread reads and evaluates (this loop); the watcher, the HTTP endpoint
 and each notification channel have their own. Every batch commits file
 offsets, rule states, alert states and queued notifications in one SQLite
 transaction, so a restart (also after kill -9) neither repeats nor misses a
-notification. Commits happen between files, never inside one: the offset of a
-record holding several values is only exact once all of them are observed.
+notification. The console line comes first, before the commit: it never
+waits for the state DB, and a kill -9 in between prints it again. Commits
+happen between files, never inside one: the offset of a record holding
+several values is only exact once all of them are observed.
 """
 
 from __future__ import annotations
@@ -494,8 +496,9 @@ class Daemon:
         for e in events:
             self._stop_file(e)
         self._stop_files_still_wanted()
-        # rendered now so that only one write separates the commit from the console line
-        text = self._render(events)
+        # the operator hears of a transition when it is decided, whatever the state DB says (a full
+        # disk); a kill -9 before the commit below prints it again after the restart: at-least-once
+        self._act(events, self._render(events))
         unsaved = self._unsaved_events + events
         readers = self.reader.readers
         rows = []
@@ -526,7 +529,6 @@ class Daemon:
             self.book.changed.update(changes)
             self._unsaved_events = unsaved
             self._save_failed(e)
-            self._act(events, text)
             return False
         except BaseException:
             self._rollback()
@@ -538,7 +540,6 @@ class Daemon:
         self._dirty_runs.clear()
         self._forgotten_files.clear()
         self._forgotten_runs.clear()
-        self._act(events, text)
         if unsaved and self.outbox is not None:
             self.outbox.wake()
         return True
@@ -607,7 +608,7 @@ class Daemon:
             return ""
 
     def _act(self, events: list[AlertEvent], text: str) -> None:
-        """Console, flags and metrics, once per transition, whether or not the state DB took it."""
+        """Console, flags and metrics when a transition is decided, before and whatever the commit."""
         if not events:
             return
         try:
