@@ -21,7 +21,7 @@ per-point path does no metric work and nothing can drift out of sync::
     metrics.transition(event)          # each AlertEvent after it is committed
     metrics.set_ready(True)            # first catch-up done: /-/ready turns 200
     metrics.config_reloaded(ok)        # after each SIGHUP
-    metrics.state_save_failed(error)   # a commit of the state DB failed (None: works again); /-/healthy 503
+    metrics.state_save_failed(error)   # the state DB refused a commit (None: works again); /-/healthy says so
     metrics.stop()                     # stops the HTTP server
 
 Every source is optional; without one, the matching push method keeps the
@@ -585,11 +585,11 @@ def make_app(metrics: Metrics) -> Callable:
             return metrics_app(environ, start_response)
         if path == "/-/healthy":
             error = metrics.state_save_error
-            if error is None:
-                status, body = "200 OK", b"gradwatch is healthy.\n"
-            else:
-                body = f"gradwatch cannot save its state: {error}\n".encode()
-                status = "503 Service Unavailable"
+            status, body = "200 OK", b"gradwatch is healthy.\n"
+            if error is not None:
+                # said, not failed: a liveness probe's restart cannot free the disk, and a daemon
+                # that cannot open its state DB does not start at all (no alerts whatsoever)
+                body = f"gradwatch is running but cannot save its state: {error}\n".encode()
         elif path == "/-/ready":
             if metrics.ready:
                 status, body = "200 OK", b"gradwatch is ready.\n"
