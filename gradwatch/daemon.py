@@ -553,6 +553,8 @@ class Daemon:
                 self.state.path,
                 e,
             )
+            # what `systemctl status gradwatch` shows
+            sdnotify.status(f"cannot save state to {self.state.path}: {e}; notifications wait")
         if self.metrics is not None:
             self.metrics.state_save_failed(self._db_error)
 
@@ -561,6 +563,7 @@ class Daemon:
             return
         self._db_error = None
         log.info("state saved to %s again", self.state.path)
+        sdnotify.status(self._watching_status())
         if self.metrics is not None:
             self.metrics.state_save_failed(None)
 
@@ -743,7 +746,7 @@ class Daemon:
         self.ready.set()
         if self.metrics is not None:
             self.metrics.set_ready(True)
-        sdnotify.ready(f"watching {len(self.reader.readers)} event files in {self.logdir}")
+        sdnotify.ready(self._watching_status())
         log.info("watching %s (%s)", self.logdir, self.watcher.mode)
         last_tick = time.monotonic()
         while not self._stop.is_set():
@@ -779,6 +782,9 @@ class Daemon:
             self._expire_missing(now)
         if self.outbox is not None and hasattr(self.outbox, "resend_firing"):
             self.outbox.resend_firing(self.book)
+
+    def _watching_status(self) -> str:
+        return f"watching {len(self.reader.readers)} event files in {self.logdir}"
 
     def _ping(self) -> None:
         if self._watchdog_every and time.monotonic() - self._last_ping >= self._watchdog_every:
@@ -840,7 +846,7 @@ class Daemon:
         """SIGHUP: new rules and config; an invalid one is reported and the old one kept."""
         sdnotify.reloading("reloading the configuration")
         ok = self._reload_config()
-        sdnotify.ready(f"watching {len(self.reader.readers)} event files in {self.logdir}")
+        sdnotify.ready(self._watching_status())
         if self.metrics is not None:
             self.metrics.config_reloaded(ok)
         return ok

@@ -158,12 +158,13 @@ class Daemon:
         name: str = "daemon",
         prefix: list[str] | None = None,
         verbose: bool = False,
+        env: dict[str, str] | None = None,
     ):
         self.out_path = os.path.join(workdir, f"{name}.out")
         self.err_path = os.path.join(workdir, f"{name}.err")
         self._out = open(self.out_path, "ab")  # noqa: SIM115 - closed in stop()
         self._err = open(self.err_path, "ab")  # noqa: SIM115
-        env = dict(os.environ, PYTHONUNBUFFERED="1", NO_COLOR="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", NO_COLOR="1", **(env or {}))
         self.proc = subprocess.Popen(
             [*(prefix or []), PYTHON, "-m", "gradwatch", *(["-v"] if verbose else []), "watch", *args],
             stdout=self._out,

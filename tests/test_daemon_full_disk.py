@@ -19,9 +19,22 @@ import urllib.request
 import pytest
 from daemon_support import Daemon, outbox_rows, wait_for
 from receivers import Receiver
+from test_systemd_notify_daemon import notify_socket as systemd_socket  # noqa: F401 - a fixture
 
 TAG = "gradients/actor_cnn_norm"
 RULE = "gradient_explosion"
+
+
+def statuses(srv) -> list[str]:
+    """STATUS= lines the daemon sent so far."""
+    srv.setblocking(False)
+    out = []
+    while True:
+        try:
+            message = srv.recv(4096).decode()
+        except BlockingIOError:
+            return out
+        out += [line[len("STATUS=") :] for line in message.splitlines() if line.startswith("STATUS=")]
 
 
 @pytest.fixture
@@ -74,9 +87,19 @@ def delivered(receiver: Receiver) -> list[tuple[str, str, str]]:
     return out
 
 
-def test_a_full_state_disk_prints_alerts_reports_unhealthy_and_delivers_everything_later(
-    tmp_path, writer, small_state_dir
+def test_a_full_state_disk_prints_alerts_reports_it_and_delivers_everything_later(
+    tmp_path,
+    writer,
+    small_state_dir,
+    systemd_socket,  # noqa: F811 - the imported fixture
 ):
+    srv, socket_path = systemd_socket  # systemd's side of NOTIFY_SOCKET
+    seen = [""]
+
+    def last_status() -> str:
+        seen.extend(statuses(srv))
+        return seen[-1]
+
     receiver = Receiver()
     cfg = tmp_path / "gradwatch.yaml"
     hook = f"{{name: hook, type: webhook, url: '{receiver.url()}', group_wait: 0s}}"
@@ -84,7 +107,7 @@ def test_a_full_state_disk_prints_alerts_reports_unhealthy_and_delivers_everythi
     logdir = tmp_path / "logdir"
     logdir.mkdir()
     args = [str(logdir), "--state-dir", str(small_state_dir), "--listen", "127.0.0.1:0", "--config", str(cfg)]
-    d = Daemon(args, str(tmp_path))
+    d = Daemon(args, str(tmp_path), env={"NOTIFY_SOCKET": socket_path})
     d.wait_ready()
     base = "http://" + re.search(r"/-/ready on (\S+)", d.err()).group(1)
     assert get(base + "/-/healthy")[0] == 200
@@ -101,12 +124,14 @@ def test_a_full_state_disk_prints_alerts_reports_unhealthy_and_delivers_everythi
         assert body == "gradwatch is running but cannot save its state: database or disk is full\n", body
         assert metric(base, "gradwatch_state_save_failing") == 1
         assert metric(base, "gradwatch_state_save_errors_total") >= 1
+        # and `systemctl status` says so
+        wait_for(lambda: "cannot save state" in last_status(), "STATUS= saying the state cannot be saved")
         writer.write(logdir / "a", 200, {TAG: 1.0})
         d.wait_alert(rule="gradient_explosion", run="a", verb="RESOLVED")
         assert ("firing", "gradient_explosion", "a") not in delivered(receiver)  # nothing committed yet
 
         os.unlink(filler)
-        # both transitions go out; sent together they are one Alertmanager-style alert, resolved
+        # both transitions go out, in order, once a commit works
         wait_for(
             lambda: outbox_rows(small_state_dir) == [(RULE, "firing", "sent"), (RULE, "resolved", "sent")],
             f"both transitions sent once space is back; outbox: {outbox_rows(small_state_dir)}",
@@ -114,6 +139,7 @@ def test_a_full_state_disk_prints_alerts_reports_unhealthy_and_delivers_everythi
         # in two requests: one payload holds one state per alert, and neither may be lost
         assert delivered(receiver) == [("firing", RULE, "a"), ("resolved", RULE, "a")]
         assert get(base + "/-/healthy") == (200, "gradwatch is healthy.\n")
+        assert last_status().startswith("watching "), seen
         assert metric(base, "gradwatch_state_save_failing") == 0
         d.wait_err("state saved to .* again")
         # each console line once: printed when decided, not again when finally committed
