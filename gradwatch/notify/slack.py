@@ -149,7 +149,7 @@ class SlackNotifier(Notifier):
         if not events:
             return
         payload = self.message(events)
-        body = json.dumps(payload, ensure_ascii=False).encode()
+        body = json.dumps(payload).encode()
         _pacer.wait(self.url.reveal(), self.min_interval)
         try:
             post(

@@ -162,7 +162,7 @@ class WebhookNotifier(Notifier):
     def send(self, events: list[AlertEvent]) -> None:
         if not events:
             return
-        body = json.dumps(self.payload(events), ensure_ascii=False, allow_nan=False).encode()
+        body = json.dumps(self.payload(events), allow_nan=False).encode()
         headers = request_headers(self.headers, self.bearer_token)
         if self.hmac_secret is not None:
             ts = str(int(time.time()))
