@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import platform
 import socket
 import socketserver
@@ -188,15 +189,20 @@ def _possible_transitions(rule: Rule) -> Iterator[tuple[str, str, str]]:
             yield (rule.name, severity, kind)
 
 
+def _label(name: str) -> str:
+    """A run or tag name as a label value: bytes that are not UTF-8 (Linux names) shown as \\xNN."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def _series_copy(series: Iterable[Series]) -> list[tuple[str, str, int, float, float]]:
-    return [(s.run, s.tag, s.step, s.wall_time, s.value) for s in series]
+    return [(_label(s.run), _label(s.tag), s.step, s.wall_time, s.value) for s in series]
 
 
 def _alerts_copy(alerts: Iterable[tuple[str, str, str, str]]) -> dict[tuple[str, str, str], str]:
     # one severity per alert: the highest if a source repeats one
     out: dict[tuple[str, str, str], str] = {}
     for rule, run, tag, severity in alerts:
-        key = (str(rule), str(run), str(tag))
+        key = (str(rule), _label(str(run)), _label(str(tag)))
         if RANK.get(severity, 0) >= RANK.get(out.get(key, ""), 0):
             out[key] = str(severity)
     return out

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
+import urllib.request
 
 from daemon_support import Daemon, watch_args
 from receivers import Receiver
@@ -32,11 +34,15 @@ def test_a_run_named_with_invalid_utf8_is_watched_and_survives_a_restart(tmp_pat
     hook = f"{{name: hook, type: webhook, url: '{receiver.url()}', group_wait: 0s}}"
     cfg.write_text(f"notifiers:\n  - {hook}\n")
     args = watch_args(logdir, state, "--config", str(cfg))
-    first = Daemon(args, str(tmp_path), name="first")
+    first = Daemon([*args, "--listen", "127.0.0.1:0"], str(tmp_path), name="first")
     first.wait_ready()
     writer.write(os.path.join(logdir, RUN), 100, {TAG: 60000.0})
     fired = first.wait_alert(rule="gradient_explosion")
     assert fired["run"] == "run-\\xff", fired  # shown escaped, never the raw byte
+    # and as a label: the exposition format escapes the backslash once more
+    address = re.search(r"/-/ready on (\S+)", first.err()).group(1)
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as r:
+        assert 'run="run-\\\\xff"' in r.read().decode()
     assert first.stop() == 0
     assert "Traceback" not in first.err(), first.err()
     assert _saved_runs(state) == {b"run-\xff"}  # the bytes on disk, not a replacement character
