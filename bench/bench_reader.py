@@ -57,6 +57,7 @@ DATASETS: dict[str, tuple[str, str, int, int]] = {
     "tensor": ("1M events, TF2 tensor, 1 file", "tensor", 1, 1_000_000),
     "runs": ("200 runs x 5,000 events", "simple", 200, 5_000),
     "simple-200k": ("200k events, simple_value, 1 file", "simple", 1, 200_000),
+    "mixed": ("4 tensorboardX runs: scalars, histograms, images, text", "mixed", 4, 5_000),
 }
 
 READERS: dict[str, str] = {
@@ -123,6 +124,28 @@ def bench_points(n: int, seed: int) -> Iterator[tuple[str, int, float, float]]:
         yield TAGS[i % len(TAGS)], step, rng.uniform(0, 1e4), BASE_WALL_TIME + step * 0.01
 
 
+def write_mixed_run(run_dir: str, steps: int, seed: int) -> None:
+    """What a vision RL job logs, through tensorboardX itself: 10 scalars a step,
+    12 histograms of 4,096 samples every 10 steps, 3 images (96x96 RGB) and a text
+    every 100 steps (about 64 MB per 5,000 steps, 50,000 scalar points)."""
+    import numpy as np
+    from tensorboardX import SummaryWriter
+
+    rng = np.random.default_rng(seed)
+    w = SummaryWriter(run_dir, flush_secs=3600, max_queue=1000)
+    for step in range(1, steps + 1):
+        for k in range(10):
+            w.add_scalar(f"train/scalar_{k}", float(rng.standard_normal()), step)
+        if step % 10 == 0:
+            for k in range(12):
+                w.add_histogram(f"weights/layer_{k}", rng.standard_normal(4096), step)
+        if step % 100 == 0:
+            for k in range(3):
+                w.add_image(f"obs/camera_{k}", rng.integers(0, 256, (3, 96, 96), dtype=np.uint8), step)
+            w.add_text("notes", f"step {step}: lr 0.001", step)
+    w.close()
+
+
 def generate(data_dir: str, names: Iterable[str]) -> None:
     for name in names:
         _, form, runs, per_run = DATASETS[name]
@@ -134,6 +157,9 @@ def generate(data_dir: str, names: Iterable[str]) -> None:
         t0 = time.perf_counter()
         for r in range(runs):
             run_dir = os.path.join(root, f"run{r:03d}") if runs > 1 else root
+            if form == "mixed":
+                write_mixed_run(run_dir, per_run, seed=r)
+                continue
             os.makedirs(run_dir, exist_ok=True)
             path = os.path.join(run_dir, f"events.out.tfevents.{int(BASE_WALL_TIME)}.bench.{form}")
             with open(path, "wb") as f:
