@@ -480,21 +480,28 @@ class EventFileReader:
     def offset(self) -> int:
         return self.tail.offset
 
-    def read(self, final: bool = False) -> Iterator[tuple[str, int, float, float]]:
-        """Each new point as (tag, step, wall_time, value)."""
-        return self._read(final, None)
+    def read(self, final: bool = False, budget: int | None = None) -> Iterator[tuple[str, int, float, float]]:
+        """Each new point as (tag, step, wall_time, value); ``budget``: see RecordTail.read."""
+        return self._read(final, None, budget)
 
-    def read_run(self, run: str, final: bool = False) -> Iterator[tuple[str, str, int, float, float]]:
+    def read_run(
+        self, run: str, final: bool = False, budget: int | None = None
+    ) -> Iterator[tuple[str, str, int, float, float]]:
         """Each new point as (run, tag, step, wall_time, value): what a logdir reader yields."""
-        return self._read(final, run)
+        return self._read(final, run, budget)
 
-    def _read(self, final: bool, run: str | None) -> Iterator[tuple]:
+    @property
+    def pending(self) -> bool:
+        """The last read stopped at its budget; more of the file is waiting."""
+        return self.tail.pending
+
+    def _read(self, final: bool, run: str | None, budget: int | None) -> Iterator[tuple]:
         decoder = self.decoder
         templates = decoder._templates
         tail = self.tail
         # The template fast path of ScalarDecoder.decode, inlined: this loop
         # is where the daemon and the one-shot commands spend their time.
-        for end, batch in tail.read_batches(final):
+        for end, batch in tail.read_batches(final, budget):
             for p in batch:
                 end += len(p) + 16
                 try:
