@@ -12,6 +12,9 @@ Data sets (generated once into bench/data/, which git ignores):
 * ``runs``: 200 runs x 5,000 ``simple_value`` events;
 * ``simple-200k``: the first 200,000 events of ``simple``: same 5 series, a fifth of the
   points, to show which readers' memory grows with points and which with series.
+* ``mixed``: 4 runs x 5,000 steps written by tensorboardX itself: 10 scalars a step,
+  12 histograms (4,096 samples) every 10 steps, 3 images (96x96 RGB) and a text every
+  100 steps; 253 MB, 200,000 scalar points (about 2 minutes to generate).
 
 The records are serialized from the same Event protos the writers build (writing 1M events
 through tensorboardX takes minutes);
@@ -20,7 +23,13 @@ byte-identical to tensorboardX's and tensorboard's files.
 
 Each reader runs in a subprocess of its own, so peak memory (``ru_maxrss`` of that child,
 from ``os.wait4``) is comparable; time is the reading only (imports excluded), the median
-over ``--repeat`` runs.
+over ``--repeat`` runs, readers alternating within each repeat. ``check``, ``watch`` and
+``rustboard`` are timed as whole processes (start-up included): ``gradwatch check`` to
+its exit, the daemon to its "caught up" line, RustBoard's ``server --reload once`` to its
+"Finished load cycle" line; the last column is each reader's time over RustBoard's.
+
+    .venv/bin/python bench/bench_reader.py --datasets simple,tensor,runs,mixed \
+        --readers gradwatch,check,watch,rustboard --repeat 3    # issue 12's table
 """
 
 from __future__ import annotations
@@ -281,9 +290,9 @@ def measure_process(reader: str, path: str) -> dict:
     else:
         argv = [rustboard_binary(), "--logdir", path, "--reload", "once", "--port", "0", "-v"]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=os.path.dirname(HERE), text=True
-    )
+    # only check's stdout is read: the daemon's console alerts would fill an unread pipe
+    stdout = subprocess.PIPE if reader == "check" else subprocess.DEVNULL
+    proc = subprocess.Popen(argv, stdout=stdout, stderr=subprocess.PIPE, cwd=os.path.dirname(HERE), text=True)
     points = 0
     if reader == "check":
         out = proc.stdout.read()
@@ -303,7 +312,8 @@ def measure_process(reader: str, path: str) -> dict:
     _, status, usage = os.wait4(proc.pid, 0)
     if reader == "check" and os.waitstatus_to_exitcode(status) not in (0, 1, 2):
         raise SystemExit(f"check on {path} failed: {proc.stderr.read()}")
-    proc.stdout.close()
+    if proc.stdout:
+        proc.stdout.close()
     proc.stderr.close()
     shutil.rmtree(state)
     cpu = usage.ru_utime + usage.ru_stime
