@@ -170,3 +170,46 @@ def test_the_daemon_goes_round_its_files_while_one_has_much_to_read(tmp_path, mo
         assert d.points == 300 + 1  # every point read once
     finally:
         d.shutdown()
+
+
+def test_a_record_larger_than_the_budget_is_still_read(tmp_path):
+    """The budget bounds the work of a call, never progress: a 3 MB image record read
+    with a 1 MiB budget completes (a reader stuck at its start would spin forever)."""
+    import numpy as np
+    from tensorboardX import SummaryWriter
+
+    rng = np.random.default_rng(4)
+    with SummaryWriter(str(tmp_path), flush_secs=3600) as w:
+        for step in range(3):
+            w.add_scalar("x", step, step)
+            w.add_image("big", rng.integers(0, 256, (3, 1024, 1024), dtype=np.uint8), step)
+    (path,) = (str(p) for p in tmp_path.iterdir())
+    whole = list(RecordTail(path).read())
+    assert max(map(len, whole)) > 2 * CHUNK_BYTES
+
+    tail = RecordTail(path)
+    got = []
+    for _ in range(2 * len(whole)):
+        got.extend(tail.read(budget=CHUNK_BYTES))
+        if not tail.pending:
+            break
+    assert got == whole and tail.offset == os.path.getsize(path)
+
+
+def test_a_long_written_zero_tail_is_checked_a_budget_at_a_time(tmp_path):
+    """Zeros written as data (a preallocating filesystem, not a hole) are checked on
+    from where the last call stopped, so a tail longer than the budget is still done."""
+    path = write_scalars("tensorboardX", str(tmp_path), [("x", s, s / 2, WALL + s) for s in range(10)])
+    records_end = os.path.getsize(path)
+    with open(path, "ab") as f:
+        f.write(b"\0" * (6 * CHUNK_BYTES))
+    problems = ProblemLog()
+    reader = EventFileReader(path, on_problem=problems)
+    got = []
+    for _ in range(10):
+        got.extend(reader.read(budget=CHUNK_BYTES))
+        if not reader.pending:
+            break
+    assert len(got) == 10 and not reader.pending
+    assert reader.offset == records_end  # the zeros are awaited: data may still land there
+    assert problems.counts == {}

@@ -165,6 +165,7 @@ class RecordTail:
         self.bytes_read = 0
         self.pending = False
         self._budget_left: int | None = None
+        self._call_start = offset  # where the current read call started
         # Zeros already verified past the last record: (where they start,
         # verified up to), so a long zero tail is checked once, not per call.
         self._zeros: tuple[int, int] = (-1, -1)
@@ -232,6 +233,7 @@ class RecordTail:
             f.seek(self.offset)
             self.pending = False
             self._budget_left = budget
+            self._call_start = self.offset
             yield from self._batches(f, final)
 
     def _check_rewritten(self, fd: int, size: int) -> None:
@@ -266,7 +268,7 @@ class RecordTail:
                         need = pos + 16 + self._header_length(buf[pos : pos + 12]) - len(buf)
                     if status is _NONE and not _NONZERO.search(buf, pos):
                         buf, base, pos = self._past_hole(f, buf, base, pos)
-                    more = self._read_more(f, base + len(buf), need)
+                    more = self._read_more(f, base + len(buf), need, base + pos > self._call_start)
                     if more is None:
                         self._stop_at_budget(base + pos)
                         return
@@ -336,7 +338,7 @@ class RecordTail:
                 need = stop + FOOTER_BYTES - n
             else:
                 need = HEADER_BYTES - (n - pos)
-            more = self._read_more(f, base + n, need)
+            more = self._read_more(f, base + n, need, base + pos > self._call_start)
             if more is None:
                 self._stop_at_budget(base + pos)
                 return
@@ -365,9 +367,11 @@ class RecordTail:
         """
         return self._scan(buf, pos + 1, None if within is None else pos + 1 + within)[1] is _FOUND
 
-    def _read_more(self, f: BinaryIO, file_pos: int, need: int) -> bytes | None:
+    def _read_more(self, f: BinaryIO, file_pos: int, need: int, progressed: bool) -> bytes | None:
         """The bytes after ``file_pos``, at least ``need`` when the file holds them;
-        None when there are more but this call's budget is spent.
+        None when there are more but this call's budget is spent and it has
+        ``progressed`` (the budget bounds work, never progress: a record larger
+        than the budget is still read whole).
 
         Never asks for more than the file holds, so a corrupt length cannot
         make it allocate more than the file's size.
@@ -375,7 +379,7 @@ class RecordTail:
         avail = os.fstat(f.fileno()).st_size - file_pos
         if avail <= 0:
             return b""
-        if self._budget_left is not None and self._budget_left <= 0:
+        if progressed and self._budget_left is not None and self._budget_left <= 0:
             return None
         return self._read(f, min(avail, max(CHUNK_BYTES, need)))
 
@@ -442,9 +446,6 @@ class RecordTail:
             if data > at:
                 self._report_hole(fd, start, at, data)
                 at = data
-            if self._budget_left is not None and self._budget_left <= 0:
-                self._zeros = (start, at)
-                return _SPENT
             chunk = os.pread(fd, CHUNK_BYTES, at)
             self._spend(len(chunk))
             if not chunk:
@@ -452,6 +453,9 @@ class RecordTail:
             if _NONZERO.search(chunk):
                 return None
             at += len(chunk)
+            if self._budget_left is not None and self._budget_left <= 0:
+                self._zeros = (start, at)  # checked on from here next time: always progress
+                return _SPENT
 
     def _report_hole(self, fd: int, start: int, hole: int, end: int) -> None:
         """Report once the hole that ``SEEK_DATA`` skipped from ``hole`` to ``end``."""
