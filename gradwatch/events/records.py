@@ -30,6 +30,7 @@ set, so a caller can go round its files and one file never starves others.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -249,6 +250,8 @@ class RecordTail:
         self.offset = 0
         self.resyncing = False
         self._seen = None
+        self._zeros = (-1, -1)
+        self._hole_reported_at = -1
 
     def _batches(self, f: BinaryIO, final: bool) -> Iterator[tuple[int, list[bytes]]]:
         # The hot loop keeps everything in locals; ``offset`` is exact at every
@@ -462,7 +465,8 @@ class RecordTail:
         if self._hole_reported_at == start or end <= hole:
             return
         self._hole_reported_at = start
-        hole = min(hole, os.lseek(fd, start, os.SEEK_HOLE))  # where it really begins
+        with contextlib.suppress(OSError):
+            hole = min(hole, os.lseek(fd, start, os.SEEK_HOLE))  # where it really begins
         self.report_problem(
             SPARSE_HOLE,
             start,
