@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from gradwatch.engine import Engine
 from gradwatch.events.logdir import LogdirReader, ProblemLog
-from gradwatch.rules import RANK, SEVERITY_OF_RANK, Rule, Series, human, json_number
+from gradwatch.rules import RANK, SEVERITY_OF_RANK, Rule, Series, display_name, human, json_number
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 _INDENT = " " * 14
@@ -178,7 +178,7 @@ def run_check(logdir: str, rules: list[Rule], problems: ProblemLog | None = None
             f.annotations = rule.render(rule.fields(s.run, s.tag, step, value, rank, state))
 
     problems = problems or ProblemLog()
-    engine = Engine(rules, sink)
+    engine = Engine(rules, sink, problems=problems)
     reader = LogdirReader(logdir, problems=problems)
     runs = sorted(reader.refresh())
     stats: dict[tuple[str, str], SeriesStats] = {}
@@ -223,10 +223,10 @@ def write_text(result: CheckResult, out: TextIO) -> None:
         st = result.stats[(f.run, f.tag)]
         if f.run != run:
             run, tag = f.run, None
-            out.write(f"\nrun {f.run}\n")
+            out.write(f"\nrun {display_name(f.run)}\n")
         if f.tag != tag:
             tag = f.tag
-            out.write(f"  {f.tag}: {_series_text(st)}\n")
+            out.write(f"  {display_name(f.tag)}: {_series_text(st)}\n")
         rule = f.rule
         out.write(f"    {SEVERITY_OF_RANK[f.worst].upper():9} {rule.name}: {describe_rule(rule)}\n")
         present = [(rank, sev) for rank, sev, _ in sorted(rule.levels) if sev in f.first]
@@ -311,3 +311,10 @@ def write_error_json(logdir: str, message: str, out: TextIO) -> None:
     doc = {"status": STATUS[UNKNOWN], "exit_code": UNKNOWN, "logdir": logdir, "errors": message.splitlines()}
     json.dump(doc, out, indent=2)
     out.write("\n")
+
+
+def write_error_text(error: Exception, out: TextIO) -> None:
+    """The plugin status line when the check could not run: ``UNKNOWN: <first problem>``."""
+    lines = str(error).splitlines() or ["check could not run"]
+    more = f" (and {len(lines) - 1} more problems)" if len(lines) > 1 else ""
+    out.write(f"{STATUS[UNKNOWN]}: {lines[0]}{more}\n")

@@ -66,7 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--run", action="append", metavar="RUN", help="runs (globs) in order; the first is the baseline"
     )
-    r.add_argument("--steps", type=_steps, metavar="S1,S2,...", help="steps to show (default: 10 spread out)")
+    r.add_argument(
+        "--steps",
+        type=_steps,
+        metavar="S1,S2,...",
+        help="steps to show (default: 10 logged steps spread out, plus where a rule first fired)",
+    )
+    r.add_argument(
+        "--rules",
+        action="append",
+        metavar="FILE|DIR",
+        help="rules whose first alerts become rows (repeatable)",
+    )
     fmt = r.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true")
     fmt.add_argument("--csv", action="store_true")
@@ -82,7 +93,23 @@ def build_parser() -> argparse.ArgumentParser:
     rt.set_defaults(func=cmd_rules_test)
 
     _add_daemon_commands(sub)
+    _log_flags_after_commands(sub)
     return p
+
+
+def _log_flags_after_commands(sub) -> None:
+    """``gradwatch check -q DIR`` works like ``gradwatch -q check DIR``, for every (sub)command."""
+    for parser in set(sub.choices.values()):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _log_flags_after_commands(action)
+        # SUPPRESS: when absent here, the value given before the command stays
+        parser.add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log debug details"
+        )
+        parser.add_argument(
+            "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="log only errors"
+        )
 
 
 def _add_daemon_commands(sub) -> None:
@@ -123,8 +150,11 @@ def cmd_check(args) -> int:
         rules = _load_rules(args.rules)
         result = check.run_check(args.logdir, rules, ProblemLog())
     except (ConfigError, LogdirError) as e:
+        # monitoring plugins read stdout: the status line goes there, the detail stays on stderr
         if args.json:
             check.write_error_json(args.logdir, str(e), sys.stdout)
+        else:
+            check.write_error_text(e, sys.stdout)
         raise
     (check.write_json if args.json else check.write_text)(result, sys.stdout)
     return result.exit_code
@@ -147,7 +177,8 @@ def cmd_export(args) -> int:
 def cmd_report(args) -> int:
     from gradwatch import report
 
-    rep = report.build_report(args.logdir, args.tag, args.run, args.steps, ProblemLog())
+    rules = _load_rules(args.rules)
+    rep = report.build_report(args.logdir, args.tag, args.run, args.steps, ProblemLog(), rules)
     if rep.unmatched:
         have = ", ".join(rep.runs_with_tag) or "none"
         wanted = ", ".join(map(repr, rep.unmatched))
@@ -241,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return UNKNOWN
     setup_logging(args.verbose, args.quiet, getattr(args, "log_format", "text"))
+    # names are bytes: a run named b"run-\xff" reaching a strict UTF-8 stdout must not crash a command
+    if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
     try:
         return args.func(args)
     except ConfigError as e:

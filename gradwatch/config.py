@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 
 from gradwatch.actions import DEFAULT_STOP_FILE
-from gradwatch.rules import SEVERITIES
+from gradwatch.rules import SEVERITIES, template_fields
 from gradwatch.yamlconf import ConfigError, Problem, Section, load_yaml_file
 
 DEFAULT_LISTEN = "127.0.0.1:9723"
@@ -99,8 +99,8 @@ def load_config(path: str) -> Config:
     cfg.stop_severity_override = sev == "never"
     if cfg.stop_file:
         try:
-            cfg.stop_file.format(run_dir="r", run="r", logdir="l")
-        except (KeyError, IndexError, ValueError) as e:
+            check_stop_file_template(cfg.stop_file)
+        except ValueError as e:
             stop.error("path", f"bad template (fields: {{run_dir}}, {{run}}, {{logdir}}): {e}")
     stop.finish()
 
@@ -122,7 +122,7 @@ def load_config(path: str) -> Config:
     if problems:
         for channel in cfg.channels:
             channel.close()
-        raise ConfigError(problems)
+        raise ConfigError(sorted(problems, key=lambda p: p.line))
     return cfg
 
 
@@ -134,6 +134,15 @@ def build_notifiers(cfg: Config) -> list:
         if problems:
             raise ConfigError(problems)
     return cfg.channels
+
+
+STOP_FILE_FIELDS = ("run_dir", "run", "logdir")
+
+
+def check_stop_file_template(text: str) -> None:
+    """ValueError unless ``text`` uses only {run_dir}, {run}, {logdir}: no attributes, bounded widths."""
+    template_fields(text, STOP_FILE_FIELDS)
+    text.format(run_dir="r", run="r", logdir="l")  # what parsing cannot see: a bad format spec
 
 
 def _build_channels(cfg: Config, problems: list[Problem]) -> list:

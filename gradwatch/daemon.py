@@ -24,7 +24,7 @@ from typing import TextIO
 from gradwatch import sdnotify
 from gradwatch.actions import FlagWriter, StopFileWriter
 from gradwatch.alerts import ACTIVE, FIRING, AlertBook, AlertEvent, alert_key
-from gradwatch.config import Config, build_notifiers, load_config, parse_listen
+from gradwatch.config import Config, build_notifiers, check_stop_file_template, load_config, parse_listen
 from gradwatch.engine import Engine
 from gradwatch.events.logdir import (
     UNREADABLE_DIRECTORY,
@@ -102,7 +102,9 @@ class Daemon:
         # series with an absence rule: the only ones the 1 s tick has to look at
         self._absent: dict[tuple[str, str], Series] = {}
         self._known_runs: set[str] = set(self._saved_files.values())
-        self.engine = Engine(self.rules, self.book, config.export_tags, on_new_series=self._new_series)
+        self.engine = Engine(
+            self.rules, self.book, config.export_tags, on_new_series=self._new_series, problems=self.problems
+        )
         self.reader = LogdirReader(self.logdir, {p: o for p, (_, o) in saved_files.items()}, self.problems)
         # series of earlier runs come back at once, so a stall or a resolution needs no new point first
         for run, tag in list(self._saved_series):
@@ -901,8 +903,8 @@ def config_from_args(args) -> Config:
         cfg.poll = args.poll
     if args.stop_file:
         try:
-            args.stop_file.format(run_dir="r", run="r", logdir="l")
-        except (KeyError, IndexError, ValueError) as e:
+            check_stop_file_template(args.stop_file)
+        except ValueError as e:
             raise ConfigError(
                 [_usage(f"--stop-file: bad template (fields: {{run_dir}}, {{run}}, {{logdir}}): {e}")]
             ) from None

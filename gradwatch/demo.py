@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import socket
 import sys
@@ -21,7 +22,10 @@ from tensorboard.compat.proto import event_pb2, summary_pb2
 
 from gradwatch.config import Config
 from gradwatch.events.records import frame
+from gradwatch.rules import human
 
+EXPLODING = "td3-lr3e-3-exploding"
+SEED_TAG = "gradients/actor_cnn_norm"
 SEED_STEPS = [100, 200, 300, 400, 500]
 SEED_ACTOR_CNN = [5191.0, 130486.0, 826256.0, 2860755.0, 7475702.0]
 
@@ -53,8 +57,8 @@ class DemoWriter:
 def _series(step_index: int) -> dict[str, dict[str, float]]:
     i = step_index
     return {
-        "td3-lr3e-3-exploding": {
-            "gradients/actor_cnn_norm": SEED_ACTOR_CNN[i],
+        EXPLODING: {
+            SEED_TAG: SEED_ACTOR_CNN[i],
             "gradients/actor_mlp_norm": [310.0, 2900.0, 14800.0, 61000.0, 240000.0][i],
             "gradients/critic_cnn_norm": [820.0, 1900.0, 7400.0, 31000.0, 98000.0][i],
             "gradients/critic_mlp_norm": [95.0, 410.0, 2200.0, 9100.0, 40500.0][i],
@@ -86,11 +90,12 @@ def run_demo(keep: str | None = None, speed: float = 1.0, out=None) -> int:
     from gradwatch.daemon import Daemon
 
     out = out or sys.stdout
+    # the logdir is kept (a path printed and then deleted would lead nowhere): check and report it after
     logdir = keep or tempfile.mkdtemp(prefix="gradwatch-demo-")
     os.makedirs(logdir, exist_ok=True)
     state_dir = tempfile.mkdtemp(prefix="gradwatch-demo-state-")
     pause = 0.6 / max(speed, 0.01)
-    out.write(f"gradwatch demo: watching {logdir}\n")
+    out.write(f"gradwatch demo: watching {logdir} (kept afterwards; --keep DIR chooses where)\n")
     out.write("Three TD3 runs log gradient norms every 100 steps; gradwatch watches from the outside.\n\n")
     out.flush()
     cfg = Config(logdir=logdir, state_dir=state_dir, listen=None)
@@ -99,14 +104,17 @@ def run_demo(keep: str | None = None, speed: float = 1.0, out=None) -> int:
     thread.start()
     daemon.ready.wait(30)
     writers = {run: DemoWriter(os.path.join(logdir, run)) for run in _series(0)}
-    stop_file = os.path.join(logdir, "td3-lr3e-3-exploding", "gradwatch-stop.json")
+    stop_file = os.path.join(logdir, EXPLODING, "gradwatch-stop.json")
+    last_step = 0  # the last step the exploding run wrote
     try:
         for i, step in enumerate(SEED_STEPS):
             out.write(f"--- step {step} ---\n")
             out.flush()
             for run, values in _series(i).items():
-                if run.endswith("exploding") and os.path.exists(stop_file):
-                    continue  # the trainer saw the stop-file and stopped
+                if run == EXPLODING:
+                    if os.path.exists(stop_file):
+                        continue  # the trainer saw the stop-file and stopped
+                    last_step = step
                 writers[run].scalars(step, values)
             time.sleep(pause)
     finally:
@@ -115,14 +123,30 @@ def run_demo(keep: str | None = None, speed: float = 1.0, out=None) -> int:
         _wait_read(daemon, [w.path for w in writers.values()], timeout=10)
         daemon.stop()
         thread.join(10)
+    shutil.rmtree(state_dir, ignore_errors=True)
+    out.write("\n" + outcome(last_step, os.path.exists(stop_file)) + "\n")
     if os.path.exists(stop_file):
         with open(stop_file, encoding="utf-8") as f:
             reason = json.load(f)
         out.write(f"\nStop-file written for the exploding run: {stop_file}\n")
         out.write(json.dumps({k: reason[k] for k in ("alert", "severity", "tag", "step", "value")}, indent=2))
         out.write("\nA trainer calling gradwatch.trainer.should_stop(path) stops at its next step.\n")
-    if not keep:
-        shutil.rmtree(logdir, ignore_errors=True)
-    shutil.rmtree(state_dir, ignore_errors=True)
-    out.write("\nNext: gradwatch watch YOUR_LOGDIR   (one-shot: gradwatch check YOUR_LOGDIR)\n")
+    quoted = shlex.quote(logdir)
+    out.write(
+        f"\nThe runs are kept in {logdir}:\n"
+        f"  gradwatch check {quoted}\n"
+        f"  gradwatch report {quoted} --tag {SEED_TAG}\n"
+        "\nNext: gradwatch watch YOUR_LOGDIR   (one-shot: gradwatch check YOUR_LOGDIR)\n"
+    )
     return 0
+
+
+def outcome(last_step: int, stopped: bool) -> str:
+    """What happened to the exploding run, in one sentence."""
+    final = f"{human(SEED_ACTOR_CNN[-1])} at step {SEED_STEPS[-1]}"
+    if stopped and last_step < SEED_STEPS[-1]:
+        return (
+            f"{EXPLODING} stopped after step {last_step}; unattended its {SEED_TAG} "
+            f"would have reached {final}."
+        )
+    return f"{EXPLODING} was not stopped (no stop-file was written); its {SEED_TAG} reached {final}."

@@ -11,7 +11,10 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable
 
-from gradwatch.rules import Rule, Series, series_rules
+from gradwatch.events.logdir import ProblemLog
+from gradwatch.rules import MAX_NAME_BYTES, Rule, Series, name_too_long, series_rules, shown_name
+
+NAME_TOO_LONG = "name_too_long"
 
 # sink(series, rule index, rank, previous rank, step, wall_time, value)
 Sink = Callable[[Series, int, int, int, int, float, float], None]
@@ -26,6 +29,7 @@ class Engine:
         sink: Sink,
         export_tags: list[str] | None = None,
         on_new_series: Callable[[Series], None] | None = None,
+        problems: Callable[[str, str, int, str], None] | None = None,
     ) -> None:
         self.rules = rules
         self.sink = sink
@@ -34,16 +38,32 @@ class Engine:
         self.on_new_series = on_new_series
         # run -> tag -> Series, or None when no rule matches the series
         self.runs: dict[str, dict[str, Series | None]] = {}
+        # where a skipped series is reported (a ProblemLog: counted, logged once)
+        self.problems = problems or ProblemLog()
 
     def series(self, run: str, tag: str) -> Series | None:
         tags = self.runs.setdefault(run, {})
         if tag not in tags:
+            if self._too_long(run, tag):
+                tags[tag] = None
+                return None
             matched = series_rules(self.rules, run, tag)
             tracked = matched or any(fnmatch.fnmatchcase(tag, g) for g in self.export_tags)
             s = tags[tag] = Series(run, tag, matched) if tracked else None
             if s is not None and self.on_new_series is not None:
                 self.on_new_series(s)
         return tags[tag]
+
+    def _too_long(self, run: str, tag: str) -> bool:
+        """Names over MAX_NAME_BYTES never reach a rule's regex: reported once (the series is cached)."""
+        where = f"run {shown_name(run)}"
+        if not name_too_long(run):
+            if not name_too_long(tag):
+                return False
+            where += f", tag {shown_name(tag)}"
+        limit = f"over {MAX_NAME_BYTES:,} bytes, longer than any TensorBoard name; not matched against rules"
+        self.problems(NAME_TOO_LONG, where, -1, limit)
+        return True
 
     def observe(self, run: str, tag: str, step: int, wall_time: float, value: float) -> None:
         tags = self.runs.get(run)

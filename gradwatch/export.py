@@ -17,6 +17,39 @@ from typing import TextIO
 
 from gradwatch.events.logdir import ProblemLog, read_logdir
 
+# Run names are bytes on Linux and may not be UTF-8 (a directory named b"run-\xff"); Python holds the
+# undecodable bytes as lone surrogates (surrogateescape). Neither output may crash on them or lose them.
+
+
+def _has_surrogate(name: str) -> bool:
+    return any("\ud800" <= c <= "\udfff" for c in name)
+
+
+def _raw_bytes(name: str) -> bytes:
+    try:
+        return name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that surrogateescape did not make
+        return name.encode("utf-8", "surrogatepass")
+
+
+def csv_name(name: str) -> str:
+    """A name for CSV: ``\\`` doubled and each byte that is not UTF-8 as ``\\xNN``.
+
+    Lossless: ``codecs.escape_decode(field.encode())[0]`` gives back the name's bytes.
+    """
+    if "\\" not in name and not _has_surrogate(name):
+        return name
+    return _raw_bytes(name).replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
+
+
+def json_name(name: str) -> str:
+    """A name as a JSON string; bytes that are not UTF-8 as ``\\udcNN`` escapes (Python's surrogateescape).
+
+    Lossless: ``os.fsencode(json.loads(line)["run"])`` gives back the name's bytes.
+    """
+    return json.dumps(name, ensure_ascii=_has_surrogate(name))
+
+
 FIELDS = ("run", "tag", "step", "wall_time", "value")
 _JSON_NONFINITE = {math.inf: '"Infinity"', -math.inf: '"-Infinity"'}
 
@@ -56,10 +89,12 @@ def export(
             continue
         n += 1
         if fmt == "csv":
-            writer.writerow((run, tag, step, csv_value(wall_time), csv_value(value)))
+            r = encoded.get(run) or encoded.setdefault(run, csv_name(run))
+            t = encoded.get(tag) or encoded.setdefault(tag, csv_name(tag))
+            writer.writerow((r, t, step, csv_value(wall_time), csv_value(value)))
             continue
-        r = encoded.get(run) or encoded.setdefault(run, json.dumps(run, ensure_ascii=False))
-        t = encoded.get(tag) or encoded.setdefault(tag, json.dumps(tag, ensure_ascii=False))
+        r = encoded.get(run) or encoded.setdefault(run, json_name(run))
+        t = encoded.get(tag) or encoded.setdefault(tag, json_name(tag))
         out.write(
             f'{{"run": {r}, "tag": {t}, "step": {step}, "wall_time": {_json_value(wall_time)}, '
             f'"value": {_json_value(value)}}}\n'

@@ -13,9 +13,10 @@ import math
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from gradwatch.engine import Engine
 from gradwatch.events.logdir import ProblemLog, read_logdir
-from gradwatch.export import csv_value
-from gradwatch.rules import human, json_number
+from gradwatch.export import csv_name, csv_value
+from gradwatch.rules import Rule, Series, display_name, human, json_number
 
 DEFAULT_ROWS = 10
 
@@ -33,6 +34,8 @@ class Report:
     tags_seen: set[str] = field(default_factory=set)
     # every run having the tag, selected or not
     runs_with_tag: list[str] = field(default_factory=list)
+    # step -> where a rule first reached a severity at that step ("run: rule severity")
+    first_alerts: dict[int, list[str]] = field(default_factory=dict)
 
     def value(self, run: str, step: int) -> float | None:
         return self.values[run].get(step)
@@ -51,6 +54,7 @@ def build_report(
     runs: list[str] | None = None,
     steps: list[int] | None = None,
     problems: ProblemLog | None = None,
+    rules: list[Rule] | None = None,
 ) -> Report:
     values: dict[str, dict[int, float]] = {}
     tags_seen: set[str] = set()
@@ -73,14 +77,57 @@ def build_report(
     # every run with the tag, for the error message when a --run matches none of them
     with_tag = sorted(values)
     values = {r: values[r] for r in order}
+    firsts = first_alerts(tag, values, rules) if rules else {}
     if steps is None:
-        every = sorted(set().union(*(v.keys() for v in values.values()))) if values else []
-        if len(every) > DEFAULT_ROWS:
-            # evenly spaced rows, always including the first and the last step
-            k = len(every) - 1
-            every = sorted({every[round(i * k / (DEFAULT_ROWS - 1))] for i in range(DEFAULT_ROWS)})
-        steps = every
-    return Report(tag, order, steps, values, unmatched, tags_seen, with_tag)
+        steps = default_steps(values, firsts)
+    return Report(tag, order, steps, values, unmatched, tags_seen, with_tag, firsts)
+
+
+def first_alerts(tag: str, values: dict[str, dict[int, float]], rules: list[Rule]) -> dict[int, list[str]]:
+    """{step: ["td3: gradient_explosion critical", ...]}: where each rule first reached each severity
+    on each run (a point that jumps straight to critical shows as critical only)."""
+    reached: set[tuple[str, str, int]] = set()
+    # step -> run -> rule -> highest severity first reached there
+    found: dict[int, dict[str, dict[str, str]]] = {}
+
+    def sink(s: Series, i: int, rank: int, previous: int, step: int, wall_time: float, value: float) -> None:
+        rule = s.rules[i]
+        for r, sev, _ in sorted(rule.levels):
+            if r <= rank and (s.run, rule.name, r) not in reached:
+                reached.add((s.run, rule.name, r))
+                found.setdefault(step, {}).setdefault(s.run, {})[rule.name] = sev
+
+    engine = Engine(rules, sink)
+    for run, points in values.items():
+        for step in sorted(points):
+            # wall time is not kept here: absence rules (gaps in wall time) never fire in a report
+            engine.observe(run, tag, step, 0.0, points[step])
+    return {
+        step: [
+            f"{run}: " + ", ".join(f"{name} {sev}" for name, sev in by_rule.items())
+            for run, by_rule in runs.items()
+        ]
+        for step, runs in found.items()
+    }
+
+
+def default_steps(values: dict[str, dict[int, float]], firsts: dict[int, list[str]]) -> list[int]:
+    """Every logged step when there are at most DEFAULT_ROWS; else DEFAULT_ROWS steps spread from the
+    first to the last of those the baseline logged together with another run (so each row has values
+    and ratios, whatever interval each run logs at); plus every step where a rule first fired."""
+    every = sorted(set().union(*values.values()))
+    if len(every) > DEFAULT_ROWS:
+        baseline, *others = values.values()
+        shared = sorted(s for s in baseline if any(s in other for other in others))
+        pool = shared if len(shared) >= 2 else sorted(baseline) if len(baseline) >= 2 else every
+        # evenly spaced over the pool, always including its first and last step
+        k = len(pool) - 1
+        every = (
+            pool
+            if k < DEFAULT_ROWS
+            else [pool[round(i * k / (DEFAULT_ROWS - 1))] for i in range(DEFAULT_ROWS)]
+        )
+    return sorted({*every, *firsts})
 
 
 def _cell(v: float | None) -> str:
@@ -96,8 +143,8 @@ def _ratio_cell(v: float | None) -> str:
 
 
 def write_text(report: Report, out: TextIO) -> None:
-    base = report.runs[0]
-    header = ["step", *report.runs, *(f"{r} / {base}" for r in report.runs[1:])]
+    runs = [display_name(r) for r in report.runs]
+    header = ["step", *runs, *(f"{r} / {runs[0]}" for r in runs[1:])]
     rows = [
         [
             str(step),
@@ -107,16 +154,19 @@ def write_text(report: Report, out: TextIO) -> None:
         for step in report.steps
     ]
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
-    out.write(f"{report.tag}\n")
+    out.write(f"{display_name(report.tag)}\n")
     out.write("  ".join(h.rjust(w) for h, w in zip(header, widths)) + "\n")
-    for row in rows:
-        out.write("  ".join(c.rjust(w) for c, w in zip(row, widths)) + "\n")
+    for step, row in zip(report.steps, rows):
+        line = "  ".join(c.rjust(w) for c, w in zip(row, widths))
+        firsts = report.first_alerts.get(step)
+        out.write(line + (f"  <- first {display_name('; '.join(firsts))}" if firsts else "") + "\n")
 
 
 def write_csv(report: Report, out: TextIO) -> None:
     base = report.runs[0]
     w = csv.writer(out, lineterminator="\n")
-    w.writerow(["step", *report.runs, *(f"{r}/{base}" for r in report.runs[1:])])
+    runs = [csv_name(r) for r in report.runs]
+    w.writerow(["step", *runs, *(f"{r}/{csv_name(base)}" for r in runs[1:])])
     for step in report.steps:
         vals = [report.value(r, step) for r in report.runs]
         ratios = [report.ratio(r, step) for r in report.runs[1:]]

@@ -13,7 +13,7 @@ import os
 import re
 from importlib import resources
 
-from gradwatch.rules import DIRECTIONS, RANK, SEVERITIES, Match, Num, Rule, Template
+from gradwatch.rules import DIRECTIONS, RANK, SEVERITIES, Match, Num, Pattern, Rule, Template
 from gradwatch.yamlconf import ConfigError, Problem, Section, load_yaml_file, parse_duration
 
 DEFAULT_RULES = "gradient_explosion.yaml"
@@ -78,12 +78,15 @@ def expand_rule_paths(paths: list[str], problems: list[Problem] | None = None) -
 
 
 def load_rule_file(path: str, problems: list[Problem]) -> list[Rule]:
-    """The valid rules of one file; its problems are appended to ``problems``."""
+    """The valid rules of one file; its problems are appended to ``problems``, in line order."""
+    found: list[Problem] = []
     try:
-        return parse_rules(load_yaml_file(path), path, problems)
+        rules = parse_rules(load_yaml_file(path), path, found)
     except ConfigError as e:
-        problems.extend(e.problems)
-        return []
+        found.extend(e.problems)
+        rules = []
+    problems.extend(sorted(found, key=lambda p: p.line))  # stable: one line's problems keep their order
+    return rules
 
 
 def duplicate_names(rules: list[Rule]) -> list[Problem]:
@@ -165,14 +168,14 @@ def _severity(sec: Section, key: str, default: str) -> list[tuple[int, str, floa
     return [(RANK[sev], sev, 0.0)]
 
 
-def _compile(sec: Section, key: str) -> re.Pattern | None:
+def _compile(sec: Section, key: str) -> Pattern | None:
     text = sec.string(key)
     if text is None:
         return None
     try:
-        return re.compile(text)
-    except re.error as e:
-        sec.error(key, f"invalid regular expression {text!r}: {e.msg} at position {e.pos}")
+        return Pattern(text)
+    except ValueError as e:
+        sec.error(key, str(e))
         return None
 
 

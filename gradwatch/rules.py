@@ -25,8 +25,19 @@ import re
 import string
 import sys
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+try:  # linear-time matching when the optional extra is installed (pip install 'gradwatch[re2]')
+    import re2 as _re2
+except ImportError:  # pragma: no cover - depends on the environment
+    _re2 = None
+
+try:
+    from re import _parser as _sre_parse  # Python >= 3.11
+except ImportError:  # pragma: no cover
+    import sre_parse as _sre_parse  # type: ignore[no-redef]
 
 SEVERITIES = ("info", "warning", "critical")
 # rank 0 means "no condition"; higher rank wins
@@ -61,6 +72,16 @@ class Num(float):
 
     def __str__(self) -> str:
         return human(self)
+
+
+class Factor(Num):
+    """A growth rule's level: a factor, so ``{threshold}`` reads ``x10``, not a value of 10."""
+
+    def __format__(self, spec: str) -> str:
+        return "x" + human(self) if not spec else super().__format__(spec)
+
+    def __str__(self) -> str:
+        return "x" + human(self)
 
 
 def json_number(v: float | None) -> float | str | None:
@@ -114,27 +135,55 @@ TEMPLATE_FIELDS = (
 )
 
 
+# {labels[team]}: one index by a label name, nothing else ({labels.__class__} would reach Python internals)
+_LABEL_INDEX = re.compile(r"\[[A-Za-z_][A-Za-z0-9_]*\]")
+# a format width or precision above this is a mistake or an attack ({value:>999999999} allocates 1 GB)
+MAX_FORMAT_WIDTH = 100
+
+
+def _check_spec(name: str, spec: str | None) -> None:
+    """Refuse nested fields in a format spec and any number (width, precision) over MAX_FORMAT_WIDTH."""
+    if not spec:
+        return
+    if "{" in spec or "}" in spec:
+        raise ValueError(f"field {{{name}:{spec}}}: a format spec cannot hold another field")
+    if any(len(n) > 3 or int(n) > MAX_FORMAT_WIDTH for n in re.findall(r"\d+", spec)):
+        raise ValueError(
+            f"field {{{name}:{spec}}}: format width and precision are limited to {MAX_FORMAT_WIDTH}"
+        )
+
+
+def template_fields(text: str, allowed: tuple[str, ...], indexable: str | None = None) -> set[str]:
+    """The fields a ``str.format`` template uses; ValueError unless each is a name from ``allowed``
+    (``indexable[name]`` too), without attribute access, and with a bounded format spec."""
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError as e:  # "{value" or "}" alone
+        raise ValueError(f"bad template: {e} (write {{{{ and }}}} for literal braces)") from None
+    fields: set[str] = set()
+    for _, name, spec, _ in parsed:
+        if name is None:
+            continue
+        base = re.split(r"[.\[]", name, maxsplit=1)[0]
+        if base == "" or base.isdigit():
+            named = ", ".join(f"{{{f}}}" for f in allowed[:3])
+            raise ValueError(f"positional fields like {{}} or {{0}} are not allowed; use {named}, ...")
+        if base not in allowed:
+            raise ValueError(f"unknown field {{{base}}} (fields: {', '.join(allowed)})")
+        if name != base and not (base == indexable and _LABEL_INDEX.fullmatch(name[len(base) :])):
+            only = f"; only {{{indexable}[name]}} may index" if indexable else ""
+            raise ValueError(f"field {{{name}}}: no attribute or index access{only}")
+        _check_spec(name, spec)
+        fields.add(base)
+    return fields
+
+
 class Template:
     """An annotation template: Python ``str.format`` with named fields only."""
 
     def __init__(self, text: str) -> None:
         self.text = text
-        self.fields: set[str] = set()
-        try:
-            parsed = list(string.Formatter().parse(text))
-        except ValueError as e:  # "{value" or "}" alone
-            raise ValueError(f"bad template: {e} (write {{{{ and }}}} for literal braces)") from None
-        for _, name, _, _ in parsed:
-            if name is None:
-                continue
-            base = re.split(r"[.\[]", name, maxsplit=1)[0]
-            if base == "" or base.isdigit():
-                raise ValueError("positional fields like {} or {0} are not allowed; use {value}, {step}, ...")
-            if base not in TEMPLATE_FIELDS:
-                raise ValueError(f"unknown field {{{base}}} (fields: {', '.join(TEMPLATE_FIELDS)})")
-            if base != "labels" and name != base:
-                raise ValueError(f"field {{{name}}}: only {{labels[name]}} may index")
-            self.fields.add(base)
+        self.fields = template_fields(text, TEMPLATE_FIELDS, indexable="labels")
 
     def check(self, fields: dict[str, Any]) -> None:
         """Render once; raises ValueError naming what is wrong (bad format spec, missing label)."""
@@ -152,14 +201,127 @@ class Template:
             return f"{self.text} (template error: {e})"
 
 
+# Run and tag names longer than this (in UTF-8 bytes) are never matched against rules: TensorBoard
+# tags are short, and a backtracking regex such as '(?i)grad.*norm' costs O(length^2) on a hostile
+# 128 KiB tag (50 s of a frozen daemon). The engine reports such a series once and skips it.
+MAX_NAME_BYTES = 1024
+
+
+def name_too_long(name: str) -> bool:
+    """True when ``name`` is over :data:`MAX_NAME_BYTES` (checked cheaply before encoding)."""
+    if len(name) > MAX_NAME_BYTES:
+        return True
+    # surrogatepass: run names carry undecodable bytes as lone surrogates (surrogateescape)
+    return len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES
+
+
+def shown_name(name: str, limit: int = 60) -> str:
+    """A possibly huge name for a log line: quoted, escaped as by :func:`display_name`, cut to ``limit``."""
+    if len(name) <= limit:
+        return f"'{display_name(name)}'"
+    return f"'{display_name(name[:limit])}'... ({len(name):,} characters)"
+
+
+def display_name(name: str) -> str:
+    """A run or tag for text output: bytes that are not UTF-8 as ``\\xNN``, control and bidi
+    characters escaped (``\\n``, ``\\x1b``, ``\\u202e``), so a name can neither crash a strict
+    UTF-8 stdout nor move the cursor or forge a line."""
+    if name.isprintable():
+        return name
+    return "".join(_display_char(c) for c in name)
+
+
+def _display_char(c: str) -> str:
+    if c.isprintable():
+        return c
+    if "\udc80" <= c <= "\udcff":  # an undecodable byte, held by surrogateescape
+        return f"\\x{ord(c) - 0xDC00:02x}"
+    return repr(c)[1:-1]
+
+
+_REPEATS = (_sre_parse.MAX_REPEAT, _sre_parse.MIN_REPEAT, getattr(_sre_parse, "POSSESSIVE_REPEAT", None))
+
+
+def _children(av: Any) -> list:
+    """The sub-patterns held by one parsed regex node's argument (groups, branches, repeats)."""
+    items = av if isinstance(av, (tuple, list)) else (av,)
+    out = []
+    for x in items:
+        if isinstance(x, _sre_parse.SubPattern):
+            out.append(x)
+        elif isinstance(x, list):
+            out.extend(y for y in x if isinstance(y, _sre_parse.SubPattern))
+    return out
+
+
+def _has_unbounded_repeat(pattern) -> bool:
+    for op, av in pattern:
+        if op in _REPEATS and av[1] is _sre_parse.MAXREPEAT:
+            return True
+        if any(_has_unbounded_repeat(c) for c in _children(av)):
+            return True
+    return False
+
+
+def _nested_quantifier(pattern) -> bool:
+    """A repeated group holding an unbounded repeat, like ``(a+)+`` or ``(\\w+\\s?)*``: exponential."""
+    for op, av in pattern:
+        if op in _REPEATS and av[1] != 1 and _has_unbounded_repeat(av[2]):
+            return True
+        if any(_nested_quantifier(c) for c in _children(av)):
+            return True
+    return False
+
+
+class Pattern:
+    """A rule regex with bounded cost: compiled by RE2 when installed, Python's ``re`` otherwise.
+
+    Patterns with nested quantifiers are refused (ValueError) whichever engine runs them, so a rule
+    file valid on one machine is valid on every machine; names over :data:`MAX_NAME_BYTES` never
+    reach ``search`` (the engine skips them).
+    """
+
+    def __init__(self, text: str) -> None:
+        try:
+            compiled = re.compile(text)
+        except re.error as e:
+            raise ValueError(f"invalid regular expression {text!r}: {e.msg} at position {e.pos}") from None
+        if _nested_quantifier(_sre_parse.parse(text)):
+            raise ValueError(
+                f"regular expression {text!r} repeats a group that holds a repeat (like (a+)+): "
+                "its matching time can explode; write it without the nested quantifier"
+            )
+        self.text = text
+        self.engine = "re"
+        self._search: Callable[[str], Any] = compiled.search
+        self._fallback = compiled.search
+        if _re2 is not None:
+            options = _re2.Options()
+            options.log_errors = False  # a pattern RE2 cannot run is not an error: re runs it
+            try:
+                self._search = _re2.compile(text, options).search
+                self.engine = "re2"
+            except _re2.error:  # RE2 lacks backreferences and lookaround: keep re
+                pass
+
+    def search(self, name: str) -> bool:
+        try:
+            return self._search(name) is not None
+        except UnicodeEncodeError:  # RE2 takes UTF-8; undecodable bytes (surrogates) go to re
+            return self._fallback(name) is not None
+
+    def __repr__(self) -> str:
+        return f"Pattern({self.text!r}, engine={self.engine})"
+
+
 @dataclass
 class Match:
     """Which series a rule watches: run and tag globs (whole name) or regexes (searched)."""
 
     runs: list[str] = field(default_factory=lambda: ["*"])
     tags: list[str] = field(default_factory=lambda: ["*"])
-    run_regex: re.Pattern | None = None
-    tag_regex: re.Pattern | None = None
+    run_regex: Pattern | None = None
+    tag_regex: Pattern | None = None
     exclude_tags: list[str] = field(default_factory=list)
     exclude_runs: list[str] = field(default_factory=list)
 
@@ -177,6 +339,23 @@ class Match:
         if any(fnmatch.fnmatchcase(run, g) for g in self.exclude_runs):
             return False
         return not any(fnmatch.fnmatchcase(tag, g) for g in self.exclude_tags)
+
+
+# Most points a growth rule remembers per series. The window normally holds only the rising points
+# within ``within_steps``; a series that keeps rising at one step, or over a huge window, would grow
+# it without end (1M points at a constant step saved 14.9 MB of state). Past this the oldest go.
+MAX_GROWTH_WINDOW = 1024
+
+
+def _remember(window: deque, step: int, value: float) -> None:
+    """Add a positive point to a growth window kept increasing in step and value, bounded in length."""
+    while window and window[-1][1] >= value:
+        window.pop()  # a larger earlier value can never again be the minimum
+    if window and window[-1][0] == step:
+        return  # a smaller value at this same step is as old and lower: this one can never be the head
+    while len(window) >= MAX_GROWTH_WINDOW:
+        window.popleft()
+    window.append((step, value))
 
 
 class RuleState:
@@ -317,9 +496,7 @@ class Rule:
                             raw = rank
                             break
             if value > 0:
-                while window and window[-1][1] >= value:
-                    window.pop()
-                window.append((step, value))
+                _remember(window, step, value)
         else:  # absent: a gap in wall time between consecutive points
             last = state.last_wall
             if last is not None and wall_time - last > self.absent_for:
@@ -362,8 +539,10 @@ class Rule:
         """Template fields for one alert; see docs/rules.md for what each holds."""
         level = self.level_of(rank)
         threshold: Any = NOT_APPLICABLE
-        if self.kind in ("thresholds", "growth") and level is not None:
+        if self.kind == "thresholds" and level is not None:
             threshold = Num(level)
+        elif self.kind == "growth" and level is not None:
+            threshold = Factor(level)
         elif self.kind == "absent":
             threshold = Num(self.absent_for)
         return {
@@ -382,7 +561,11 @@ class Rule:
         }
 
     def render(self, fields: dict[str, Any]) -> dict[str, str]:
-        return {name: t.render(fields) for name, t in self.annotations.items()}
+        out = {name: t.render(fields) for name, t in self.annotations.items()}
+        if isinstance(fields.get("threshold"), Factor):
+            # notifiers show this text instead of the bare level: "threshold x10", not "threshold 10"
+            out.setdefault("threshold", str(fields["threshold"]))
+        return out
 
 
 class Series:

@@ -106,32 +106,74 @@ def redact(url: str) -> str:
     return f"{parts.scheme}://{netloc}/***" if hidden else f"{parts.scheme}://{netloc}"
 
 
+# a run of at least this many characters equal to the start of a secret is scrubbed too:
+# a receiver (or a log line) that quotes a token cut short still leaks most of it
+PARTIAL_MIN = 8
+# URL path segments this long are treated as tokens (Slack's are 9 to 24 characters);
+# shorter ones are words like "services" or "alerts"
+TOKEN_SEGMENT_MIN = 9
+
+
 def scrub(text: str, secrets: list[Secret | str | None]) -> str:
     """``text`` with every secret (and every URL path of one) replaced by ``***``.
 
     For messages we did not write ourselves (exceptions from requests quote
-    the request path, e.g. ``Max retries exceeded with url: /services/T/B/X``).
+    the request path, e.g. ``Max retries exceeded with url: /services/T/B/X``;
+    a receiver's error body may quote the bearer token). A secret's start
+    (``PARTIAL_MIN`` characters or more) is scrubbed as well, so a quote cut
+    short, by the receiver or by us, does not leak the rest. Scrub a text
+    before cutting it.
     """
     for s in secrets:
         if s is None:
             continue
         value = s.reveal() if isinstance(s, Secret) else s
-        pieces = [value]
-        try:
-            parts = urlsplit(value)
-            path = parts.path + (f"?{parts.query}" if parts.query else "")
-            if len(parts.path) > 1:
-                pieces += [path, parts.path]
-            if parts.query:
-                pieces.append(parts.query)
-            if parts.password:
-                pieces.append(parts.password)
-        except ValueError:
-            pass
-        for piece in sorted(set(pieces), key=len, reverse=True):
+        for piece in sorted(_pieces(value), key=len, reverse=True):
             if len(piece) >= 4:  # never blank out single characters of ordinary text
                 text = text.replace(piece, "***")
+        for piece in _pieces(value, whole_url=False):
+            if len(piece) >= PARTIAL_MIN:
+                text = _scrub_prefixes(text, piece)
     return text
+
+
+def _pieces(value: str, whole_url: bool = True) -> set[str]:
+    """The secret and its secret parts when it is a URL (path and query, password, and path
+    segments long enough to be tokens: a receiver may quote just the token of a webhook URL).
+
+    With ``whole_url=False`` a URL contributes only those parts: its start
+    (scheme and host) is not secret, and must stay readable in messages.
+    """
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return {value}
+    if not (parts.scheme and parts.netloc):
+        return {value}
+    pieces = {value} if whole_url else set()
+    if len(parts.path) > 1:
+        pieces |= {parts.path + (f"?{parts.query}" if parts.query else ""), parts.path}
+        pieces |= {seg for seg in parts.path.split("/") if len(seg) >= TOKEN_SEGMENT_MIN}
+    if parts.query:
+        pieces.add(parts.query)
+    if parts.password:
+        pieces.add(parts.password)
+    return pieces
+
+
+def _scrub_prefixes(text: str, secret: str) -> str:
+    """Replace every run of text that is the first PARTIAL_MIN+ characters of ``secret``."""
+    head = secret[:PARTIAL_MIN]
+    out: list[str] = []
+    i = 0
+    while (at := text.find(head, i)) >= 0:
+        end = at + PARTIAL_MIN
+        while end < len(text) and end - at < len(secret) and text[end] == secret[end - at]:
+            end += 1
+        out.append(text[i:at] + "***")
+        i = end
+    out.append(text[i:])
+    return "".join(out)
 
 
 def expand(value: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -48,8 +49,31 @@ class _Seq(list):
     item_lines: list[int]
 
 
+# Rule and config files need about 6 levels; PyYAML composes recursively, so a file nested
+# thousands of levels deep would end in RecursionError (a traceback, or a dead daemon on SIGHUP).
+MAX_NESTING = 64
+
+
+class _TooDeep(yaml.YAMLError):
+    def __init__(self, mark) -> None:
+        super().__init__()
+        self.problem_mark = mark
+        self.problem = f"nesting too deep (more than {MAX_NESTING} levels of mappings and lists)"
+
+
 class _LineLoader(yaml.SafeLoader):
-    """SafeLoader whose mappings and sequences know their lines (1-based)."""
+    """SafeLoader whose mappings and sequences know their lines (1-based), nested at most MAX_NESTING deep."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):  # type: ignore[override]
+        self._depth += 1
+        try:
+            if self._depth > MAX_NESTING:
+                raise _TooDeep(self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def construct_mapping(self, node, deep=False):  # type: ignore[override]
         # Duplicate keys are a classic silent override: refuse them.
@@ -83,11 +107,15 @@ _LineLoader.add_constructor("tag:yaml.org,2002:seq", _LineLoader.construct_seque
 def load_yaml_text(text: str, file: str) -> Any:
     try:
         return yaml.load(text, Loader=_LineLoader)
+    except _TooDeep as e:
+        raise ConfigError([Problem(file, e.problem_mark.line + 1, "", e.problem)]) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         line = mark.line + 1 if mark is not None else 0
         what = getattr(e, "problem", None) or str(e)
         context = getattr(e, "context", None)
+        if "'\\t'" in what:  # PyYAML: "found character '\\t' that cannot start any token"
+            what, context = "tabs are not allowed for indentation; use spaces", None
         msg = f"invalid YAML: {context + ': ' if context else ''}{what}"
         raise ConfigError([Problem(file, line, "", msg)]) from None
 
@@ -99,8 +127,15 @@ def load_yaml_file(path: str) -> Any:
     except UnicodeDecodeError:
         raise ConfigError([Problem(path, 0, "", "not a UTF-8 text file")]) from None
     except OSError as e:
-        raise ConfigError([Problem(path, 0, "", f"cannot read: {e.strerror or e}")]) from None
+        raise ConfigError([Problem(path, 0, "", f"cannot read: {_why_unreadable(path, e)}")]) from None
     return load_yaml_text(text, path)
+
+
+def _why_unreadable(path: str, e: OSError) -> str:
+    """The OS error, or "dangling symlink to TARGET" (``ls`` shows the link, so "no such file" misleads)."""
+    if isinstance(e, FileNotFoundError) and os.path.islink(path):
+        return f"dangling symlink to {os.readlink(path)}"
+    return e.strerror or str(e)
 
 
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)(ms|s|m|h|d|w))")
@@ -189,6 +224,7 @@ class Section:
         expected: str,
         default: Any = None,
         required: bool = False,
+        hint: str = "",
     ) -> Any:
         self._used.add(key)
         if key not in self.data:
@@ -201,7 +237,7 @@ class Section:
         except (TypeError, ValueError):
             out = None
         if out is None:
-            self.error(key, f"expected {expected}, got {describe(value)}")
+            self.error(key, f"expected {expected}, got {describe(value)}{hint}")
             return default
         return out
 
@@ -239,12 +275,15 @@ class Section:
         return self.get(key, conv, "a string or a list of strings", default)
 
     def choice(self, key: str, choices: tuple[str, ...], default: Any = None, required: bool = False) -> Any:
+        value = self.data.get(key)
+        close = difflib.get_close_matches(value, choices, n=1, cutoff=0.6) if isinstance(value, str) else []
         return self.get(
             key,
             lambda v: v if v in choices else None,
             "one of " + ", ".join(choices),
             default,
             required,
+            hint=f" (did you mean '{close[0]}'?)" if close else "",
         )
 
     def section(self, key: str) -> Section:

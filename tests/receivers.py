@@ -1,17 +1,23 @@
 """Loopback HTTP receivers and a real Alertmanager, for tests that deliver notifications.
 
 ``Receiver`` is a ThreadingHTTPServer on 127.0.0.1 that records every request
-and answers from a script (status, headers, body, or "hang"), then 200 "ok".
-``Alertmanager`` runs the real ``prometheus-alertmanager`` binary on an
-ephemeral port, routing everything to a webhook URL with group_wait 0s and
+and answers from a script (status, headers, body, "hang" or "trickle"), then
+200 "ok". It binds port 0 first and exposes ``port`` (no port handed out and
+bound later by someone else); ``Receiver(listening=False)`` holds its port but
+refuses connections until ``start()``: a receiver that is down, then comes up.
+``refused_port()`` holds a port nobody answers on. ``Alertmanager`` runs the
+real ``prometheus-alertmanager`` binary on a port it picks itself (read back
+from its log), routing everything to a webhook URL with group_wait 0s and
 group_interval 1s. Import as ``from receivers import Receiver`` (tests/ is not
 a package).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -19,6 +25,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -27,10 +34,20 @@ from gradwatch.alerts import AlertEvent
 
 
 def free_port() -> int:
-    """A port nothing listens on right now (for "the receiver is down, then comes up")."""
+    """A port nothing listens on right now. Racy (the port is free only until someone binds it):
+    kept for tests/test_daemon_delivery.py; new tests use ``Receiver(listening=False)`` or
+    ``refused_port()``, which hold their port."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def refused_port() -> Iterator[int]:
+    """A loopback port held by a bound socket that never listens: connections are refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
 
 
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> Any:
@@ -70,13 +87,19 @@ class Response:
     body: str = "ok"
     headers: dict[str, str] = field(default_factory=dict)
     hang: bool = False  # never answer (until the receiver stops): a receiver that times out
+    # send the response one byte every ``trickle`` seconds, as a slow-loris receiver does;
+    # "status": from the status line on, "body": headers at once, then the body
+    trickle: float = 0.0
+    trickle_from: str = "status"
 
 
 class Receiver:
     """Records requests; answers scripted responses in order, then ``default``."""
 
-    def __init__(self, port: int = 0, default: Response | None = None) -> None:
+    def __init__(self, port: int = 0, default: Response | None = None, *, listening: bool = True) -> None:
         self.requests: list[Request] = []
+        # per trickled response: how many bytes went out before the client hung up (or all)
+        self.trickled: list[int] = []
         self.default = default or Response()
         self._script: list[Response] = []
         self._lock = threading.Lock()
@@ -99,23 +122,51 @@ class Receiver:
                     self.close_connection = True
                     return
                 data = resp.body.encode()
-                self.send_response(resp.status)
-                for k, v in resp.headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Type", "text/plain; charset=utf-8")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                head = [f"HTTP/1.1 {resp.status} {self.responses.get(resp.status, ('',))[0]}"]
+                head += [f"{k}: {v}" for k, v in resp.headers.items()]
+                head += ["Content-Type: text/plain; charset=utf-8", f"Content-Length: {len(data)}"]
+                raw = ("\r\n".join(head) + "\r\n\r\n").encode() + data
+                if resp.trickle:
+                    self.close_connection = True
+                    self._trickle(raw, resp)
+                    return
+                self.wfile.write(raw)
+
+            def _trickle(self, raw: bytes, resp: Response) -> None:
+                sent = 0
+                if resp.trickle_from == "body":
+                    sent = raw.index(b"\r\n\r\n") + 4
+                    self.wfile.write(raw[:sent])
+                try:
+                    for i in range(sent, len(raw)):
+                        if receiver._release.wait(resp.trickle):
+                            break
+                        self.wfile.write(raw[i : i + 1])
+                        self.wfile.flush()
+                        sent += 1
+                except OSError:  # the client gave up and closed the connection
+                    pass
+                with receiver._lock:
+                    receiver.trickled.append(sent)
 
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        # bound at once (the port is ours), listening only from start(): before that,
+        # connections are refused as by a receiver that is down
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler, bind_and_activate=False)
         self._server.daemon_threads = True
+        self._server.server_bind()
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(
             target=self._server.serve_forever, args=(0.05,), name="receiver", daemon=True
         )
+        if listening:
+            self.start()
+
+    def start(self) -> None:
+        """Listen and answer (a receiver made with ``listening=False`` comes up)."""
+        self._server.server_activate()
         self._thread.start()
 
     def url(self, path: str = "/hook") -> str:
@@ -136,9 +187,10 @@ class Receiver:
 
     def stop(self) -> None:
         self._release.set()
-        self._server.shutdown()
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join(5)
         self._server.server_close()
-        self._thread.join(5)
 
     def __enter__(self) -> Receiver:
         return self
@@ -161,38 +213,49 @@ receivers:
 
 
 class Alertmanager:
-    """The real Alertmanager on 127.0.0.1 (no gossip, storage in a temp dir)."""
+    """The real Alertmanager on 127.0.0.1 (no gossip, storage in a temp dir).
 
-    def __init__(self, binary: str, webhook_url: str, port: int | None = None) -> None:
+    ``port=0`` (the default): Alertmanager binds a free port itself and ``port`` is read
+    from its "Listening on" log line, so no other process can take it in between.
+    """
+
+    def __init__(self, binary: str, webhook_url: str, port: int = 0) -> None:
         self.dir = tempfile.mkdtemp(prefix="gw-am-")
-        self.port = port or free_port()
         config = os.path.join(self.dir, "am.yml")
         with open(config, "w") as f:
             f.write(AM_CONFIG.format(url=webhook_url))
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._log = open(os.path.join(self.dir, "am.log"), "wb")  # noqa: SIM115 - closed in stop()
+        self._log_path = os.path.join(self.dir, "am.log")
+        self._log = open(self._log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [
                 binary,
                 f"--config.file={config}",
                 f"--storage.path={self.dir}/data",
-                f"--web.listen-address=127.0.0.1:{self.port}",
+                f"--web.listen-address=127.0.0.1:{port}",
                 "--cluster.listen-address=",
-                f"--web.external-url={self.url}",
-                "--log.level=warn",
+                "--log.level=info",  # for the "Listening on" line
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
         try:
+            self.port = wait_until(self._listening, 15, 0.05, "Alertmanager's listening address")
+            self.url = f"http://127.0.0.1:{self.port}"
             wait_until(self._ready, 15, 0.05, "Alertmanager /-/ready")
         except AssertionError:
             self.stop()
             raise
 
+    def _listening(self) -> int | None:
+        with open(self._log_path, errors="replace") as f:
+            m = re.search(r'msg="Listening on" address=127\.0\.0\.1:(\d+)', f.read())
+        if m is None and self.proc.poll() is not None:
+            self._ready()  # raises with the log
+        return int(m.group(1)) if m else None
+
     def _ready(self) -> bool:
         if self.proc.poll() is not None:
-            with open(os.path.join(self.dir, "am.log"), errors="replace") as f:
+            with open(self._log_path, errors="replace") as f:
                 raise AssertionError(f"Alertmanager exited with {self.proc.returncode}: {f.read()[-2000:]}")
         try:
             with urllib.request.urlopen(self.url + "/-/ready", timeout=1) as r:
@@ -262,3 +325,21 @@ def make_event(
         catchup=catchup,
         seq=seq,
     )
+
+
+def crossing_and_recovery(run: str) -> list[AlertEvent]:
+    """The events the daemon gets from one batch of points holding a crossing and its recovery
+    (the packaged rules: gradient_explosion and gradient_growth fire, then both resolve)."""
+    from gradwatch.alerts import AlertBook
+    from gradwatch.engine import Engine
+    from gradwatch.rulefile import load_rules
+
+    rules = load_rules()
+    book = AlertBook(rules, live=True)
+    engine = Engine(rules, book)
+    now = time.time()
+    for step, value in enumerate((5_191, 130_486, 900, 800, 700, 600, 500), start=1):
+        engine.observe(run, "gradients/actor_cnn_norm", step * 100, now + step, float(value))
+    events = book.take_events()
+    assert [e.kind for e in events if e.rule == "gradient_explosion"] == ["firing", "resolved"]
+    return events

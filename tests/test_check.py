@@ -260,6 +260,43 @@ def test_console_script_unknown_for_a_missing_logdir(tmp_path):
     )
     assert p.returncode == 3
     assert p.stderr == f"gradwatch: {missing}: no such directory\n"
+    # monitoring plugins read stdout: the status line is there too
+    assert p.stdout == f"UNKNOWN: {missing}: no such directory\n"
+
+
+def test_bad_rules_are_unknown_on_stdout_too(tmp_path, seed_logdir, capsys):
+    rules_file = tmp_path / "r.yaml"
+    rules_file.write_text("rules:\n  - name: a\n    nonfinite: fatal\n    stop: critcal\n")
+    assert main(["check", seed_logdir, "--rules", str(rules_file)]) == UNKNOWN
+    out, err = capsys.readouterr()
+    first = f"{rules_file}:3: rules[0].nonfinite: expected one of info, warning, critical, got 'fatal'"
+    assert out == f"UNKNOWN: {first} (and 1 more problems)\n"
+    assert len(err.splitlines()) == 2
+
+
+def test_a_hostile_128k_tag_is_skipped_and_reported_by_check(tmp_path, capsys, caplog):
+    """A trainer logs 'grad'*32768 as a tag: check skips that series (no regex sees it) and says so."""
+    attack = "grad" * 32768
+    write_run(tmp_path, "td3", {attack: [(0, 1e9)], TAG: list(zip(SEED_STEPS, SEED_NORMS))})
+    rules = load_rules(None)
+    searched: list[int] = []
+    for r in rules:
+        real = r.match.tag_regex.search
+        r.match.tag_regex.search = lambda name, real=real: searched.append(len(name)) or real(name)
+    result = run_check(str(tmp_path), rules)
+    assert searched and max(searched) == len(TAG)  # only the real tag, once per rule
+    assert result.problems == {"name_too_long": 1}
+    assert result.exit_code == CRITICAL  # the real explosion is still found
+    assert (("td3", attack) in result.stats) is False
+    assert "1 problems in event files (see log)" in text_of(result)
+    assert "name too long: over 1,024 bytes" in caplog.text
+    # the console script too: same verdict and one warning line, not 128 KiB of tag
+    p = subprocess.run(
+        [*gradwatch_command(), "check", str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
+    assert p.returncode == CRITICAL, p.stderr
+    (warning,) = [line for line in p.stderr.splitlines() if "name too long" in line]
+    assert len(warning) < 400
 
 
 def test_event_files_without_scalars_are_unknown(tmp_path):
@@ -281,3 +318,35 @@ def test_info_findings_are_listed_but_ok(tmp_path):
     text = text_of(result)
     assert "    INFO      big_loss: above 2 (info)\n" in text
     assert text.endswith("OK: 0 critical, 0 warning, 1 info findings on 1 of 1 matching series\n")
+
+
+def test_hostile_and_undecodable_names_are_shown_escaped(tmp_path):
+    """Run b"run-\\xff\\x1b[2J", a tag with a newline: shown escaped, never a crash or a forged line."""
+    from writers import event, file_version, simple, write_events
+
+    # tensorboardX rewrites such a tag; TensorFlow's writer and hand-made writers do not
+    run_dir = os.path.join(os.fsencode(tmp_path), b"run-\xff\x1b[2J")
+    path = os.fsdecode(os.path.join(run_dir, b"events.out.tfevents.1.host"))
+    write_events(path, [file_version(), event([simple("grad_norm\nOK: forged", 60000.0)], step=1)])
+    p = subprocess.run(
+        [*gradwatch_command(), "check", str(tmp_path)],
+        capture_output=True,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8:strict", "LC_ALL": "C.UTF-8"},
+        timeout=120,
+    )
+    out = p.stdout.decode("utf-8")  # valid UTF-8 on a strict UTF-8 stdout
+    assert p.returncode == CRITICAL, p.stderr.decode()
+    assert "\nrun run-\\xff\\x1b[2J\n" in out
+    assert "  grad_norm\\nOK: forged: 1 points" in out
+    assert "\x1b" not in out and "\nOK: forged" not in out
+    report = subprocess.run(
+        [*gradwatch_command(), "report", str(tmp_path), "--tag", "grad_norm\nOK: forged"],
+        capture_output=True,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"},
+        timeout=120,
+    )
+    assert report.returncode == 0, report.stderr.decode()
+    assert report.stdout.decode("utf-8").splitlines()[:2] == [
+        "grad_norm\\nOK: forged",
+        "step  run-\\xff\\x1b[2J",
+    ]

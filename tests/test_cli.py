@@ -1,5 +1,6 @@
 """The command line: version, ``python -m``, usage errors (exit 3), ``rules check``."""
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -126,3 +127,35 @@ def test_rules_check_bad_file_through_the_console_script(tmp_path):
         "  FAILED:",
         f"{tmp_path}/missing.yaml: cannot read: No such file or directory",
     ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "level"),
+    [
+        (["-q", "rules", "check"], logging.ERROR),
+        (["rules", "check", "-q"], logging.ERROR),
+        (["rules", "-v", "check"], logging.DEBUG),
+        (["-v", "rules", "check"], logging.DEBUG),
+        (["rules", "check"], logging.INFO),
+        (["config", "check", "--quiet", "/nonexistent.yaml"], logging.ERROR),
+    ],
+)
+def test_quiet_and_verbose_work_before_or_after_the_command(argv, level, capsys):
+    main(argv)
+    assert logging.getLogger("gradwatch").level == level
+    assert "unrecognized arguments" not in capsys.readouterr().err
+
+
+def test_quiet_after_check_silences_warnings(tmp_path, capsys):
+    from tensorboardX import SummaryWriter
+
+    w = SummaryWriter(str(tmp_path / "r"))
+    w.add_scalar("grad_norm", 1.0, 0)
+    w.close()
+    (event_file,) = (tmp_path / "r").iterdir()
+    with open(event_file, "ab") as f:
+        f.write(b"\x00garbage that is not a TFRecord" * 4)
+    assert main(["check", str(tmp_path)]) == 0
+    assert "gradwatch: WARNING" in capsys.readouterr().err
+    assert main(["check", str(tmp_path), "-q"]) == 0
+    assert capsys.readouterr().err == ""

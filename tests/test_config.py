@@ -130,6 +130,43 @@ def test_config_check_fails_with_file_line_and_exit_3(tmp_path, capsys):
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("{run.__class__}.json", "field {run.__class__}: no attribute or index access"),
+        ("{run.nope}.json", "field {run.nope}: no attribute or index access"),  # was a traceback
+        ("{run[0]}.json", "field {run[0]}: no attribute or index access"),
+        ("{run:>999999999}.json", "format width and precision are limited to 100"),
+        ("{run:d}.json", "Unknown format code 'd'"),
+        ("{0}.json", "positional fields like {} or {0} are not allowed; use {run_dir}, {run}, {logdir}"),
+    ],
+)
+def test_stop_file_templates_are_bounded_and_named_fields_only(tmp_path, capsys, template, message):
+    path = write(tmp_path, f"logdir: runs\nstop_file:\n  path: '{template}'\n")
+    assert main(["config", "check", str(path)]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"{path}:3: stop_file.path: bad template (fields: {{run_dir}}, {{run}}, {{logdir}}): "
+    )
+    assert message in err and "Traceback" not in err
+
+
+def test_config_check_of_a_config_nested_5000_deep_says_so(tmp_path, capsys):
+    path = write(tmp_path, "logdir: runs\nmetrics:\n  export_tags: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert main(["config", "check", str(path)]) == 3
+    err = capsys.readouterr().err
+    assert err == f"{path}:3: nesting too deep (more than 64 levels of mappings and lists)\n"
+
+
+def test_config_problems_come_in_line_order(tmp_path, capsys):
+    # stop_file (line 2) is read after poll (line 3) and the unknown key (line 1) is found last
+    path = write(tmp_path, "colour: red\nstop_file: {severity: loud}\npoll: soon\n")
+    assert main(["config", "check", str(path)]) == 3
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(": ")[0] for line in lines] == [f"{path}:1", f"{path}:2", f"{path}:3"], lines
+    assert "did you mean 'critical'?" not in lines[1]  # "loud" is not close to any severity
+
+
 def test_config_check_of_a_missing_file(tmp_path, capsys):
     assert main(["config", "check", str(tmp_path / "nope.yaml")]) == 3
     assert "nope.yaml" in capsys.readouterr().err
@@ -142,6 +179,7 @@ def test_config_check_of_a_missing_file(tmp_path, capsys):
         (["--poll", "nan"], "--poll: expected a positive number of seconds"),
         (["--listen", "nowhere"], "--listen: expected HOST:PORT, got 'nowhere'"),
         (["--stop-file", "{run_dir}/{oops}"], "--stop-file: bad template"),
+        (["--stop-file", "{run_dir}/{run.nope}"], "--stop-file: bad template"),  # was an AttributeError
         (["--rules", "/nonexistent/rules.yaml"], "/nonexistent/rules.yaml"),
     ],
 )

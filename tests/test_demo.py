@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 
 from daemon_support import ROOT, parse_alert_lines
+
+from gradwatch.cli import main
 
 
 def test_demo_runs_to_completion_and_shows_the_whole_story(tmp_path):
@@ -40,3 +44,27 @@ def test_demo_runs_to_completion_and_shows_the_whole_story(tmp_path):
 
     steps = {step for run, _, step, _, _ in read_logdir(str(keep)) if run == "td3-lr3e-3-exploding"}
     assert max(steps) <= 300
+    # it says plainly what happened, and growth levels read as factors
+    stopped = f"td3-lr3e-3-exploding stopped after step {max(steps)}; unattended its gradients/actor_cnn_norm"
+    assert f"{stopped} would have reached 7,475,702 at step 500.\n" in proc.stdout
+    growth = [line for line in proc.stdout.splitlines() if " gradient_growth " in line]
+    assert growth and all(" threshold=x10 " in line for line in growth), growth
+    assert f"gradwatch check {keep}\n" in proc.stdout
+
+
+def test_demo_keeps_the_logdir_it_names(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "gradwatch", "demo", "--speed", "50"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    named = set(re.findall(r"/\S*gradwatch-demo-[^/\s:]+", proc.stdout))
+    assert named, proc.stdout
+    for path in named:  # every logdir path the demo printed still exists, with the runs in it
+        assert os.path.isdir(path), path
+        assert "td3-lr3e-3-exploding" in os.listdir(path)
+    assert main(["check", named.pop()]) == 2  # and `gradwatch check` on it finds the explosion

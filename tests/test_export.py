@@ -198,3 +198,47 @@ def test_console_script_pipes_into_head_without_a_traceback(tmp_path):
     assert p.wait(timeout=120) == 0
     assert json.loads(first)["step"] == 0
     assert "Traceback" not in err and "Exception" not in err, err
+
+
+@pytest.fixture
+def bytes_logdir(tmp_path):
+    """Runs named b"run-\\xff" (not UTF-8), with a backslash and non-ASCII, written by tensorboardX."""
+    root = tmp_path / "logs"
+    for name in (b"run-\xff", b"back\\slash", "caf\u00e9".encode()):
+        w = XWriter(os.fsdecode(bytes(root) + b"/" + name))
+        w.add_scalar("grad_norm", 1.5, 7)
+        w.close()
+    return str(root)
+
+
+def test_jsonl_export_of_undecodable_run_names_is_lossless(bytes_logdir, tmp_path, capsys):
+    out = tmp_path / "points.jsonl"
+    assert main(["export", bytes_logdir, "-o", str(out)]) == 0
+    text = out.read_text(encoding="utf-8")  # a valid UTF-8 file
+    assert '"run": "run-\\udcff"' in text and '"run": "café"' in text
+    runs = {os.fsencode(json.loads(line)["run"]) for line in text.splitlines()}
+    assert runs == {b"run-\xff", b"back\\slash", "café".encode()}
+    # standard output too (strict UTF-8, as on most terminals)
+    p = subprocess.run(
+        [*gradwatch_command(), "export", bytes_logdir],
+        capture_output=True,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"},
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stderr.decode()
+    assert p.stdout.decode("utf-8") == text
+
+
+def test_csv_export_of_undecodable_run_names_is_lossless(bytes_logdir, tmp_path):
+    import codecs
+
+    out = tmp_path / "points.csv"
+    assert main(["export", bytes_logdir, "--format", "csv", "-o", str(out)]) == 0
+    with open(out, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["run"] for r in rows) == ["back\\\\slash", "café", "run-\\xff"]
+    assert {codecs.escape_decode(r["run"].encode())[0] for r in rows} == {
+        b"run-\xff",
+        b"back\\slash",
+        "café".encode(),
+    }

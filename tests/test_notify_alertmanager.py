@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import time
 from datetime import datetime
 
 import pytest
 from conftest import require_binary
-from receivers import Alertmanager, Receiver, free_port, make_event, wait_until
+from receivers import Alertmanager, Receiver, crossing_and_recovery, make_event, refused_port, wait_until
 
 from gradwatch.alerts import AlertBook
 from gradwatch.engine import Engine
@@ -131,20 +132,22 @@ def test_refresh_keeps_alerts_and_never_revives_a_resolved_one(am, hook):
 
 
 def test_ha_pair_with_one_member_down_is_delivered(am, hook):
-    dead = f"http://127.0.0.1:{free_port()}"
-    n = AlertmanagerNotifier("am-ha", [secret_url(dead), secret_url(am.url)], timeout=2)
-    n.send([make_event(run="am-ha")])
-    wait_status(hook, "am-ha", "firing")
-    status = n.url_status
-    assert status[f"{dead}/***"]["ok"] is False and "Connection refused" in status[f"{dead}/***"]["error"]
-    assert status[f"{am.url}/***"]["ok"] is True
-    n.close()
-    # all members down: a retryable error naming each
-    both = AlertmanagerNotifier("am-down", [secret_url(dead), secret_url(dead + "0")], timeout=2)
-    with pytest.raises(DeliveryError) as info:
-        both.send([make_event(run="am-ha")])
-    assert not info.value.permanent and info.value.message.count("POST") == 2
-    both.close()
+    with refused_port() as port, refused_port() as port2:
+        dead = f"http://127.0.0.1:{port}"
+        n = AlertmanagerNotifier("am-ha", [secret_url(dead), secret_url(am.url)], timeout=2)
+        n.send([make_event(run="am-ha")])
+        wait_status(hook, "am-ha", "firing")
+        status = n.url_status
+        assert status[f"{dead}/***"]["ok"] is False and "Connection refused" in status[f"{dead}/***"]["error"]
+        assert status[f"{am.url}/***"]["ok"] is True
+        n.close()
+        # all members down: a retryable error naming each
+        dead2 = f"http://127.0.0.1:{port2}"
+        both = AlertmanagerNotifier("am-down", [secret_url(dead), secret_url(dead2)], timeout=2)
+        with pytest.raises(DeliveryError) as info:
+            both.send([make_event(run="am-ha")])
+        assert not info.value.permanent and info.value.message.count("POST") == 2
+        both.close()
 
 
 def test_bad_payload_is_a_permanent_error(am):
@@ -156,8 +159,10 @@ def test_bad_payload_is_a_permanent_error(am):
 
 
 def test_alertmanager_down_then_up_gets_the_alert_once(binary, tmp_path):
-    with Receiver() as hook2:
-        port = free_port()
+    with Receiver() as hook2, socket.socket() as held:
+        # the port is held (bound, refusing connections) until Alertmanager is started on it
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
         n = AlertmanagerNotifier("am", [secret_url(f"http://127.0.0.1:{port}")], timeout=2)
         db = str(tmp_path / "state.db")
         box = Outbox(db, [n], poll_interval=0.05, backoff_base=0.1, backoff_max=0.5)
@@ -167,6 +172,7 @@ def test_alertmanager_down_then_up_gets_the_alert_once(binary, tmp_path):
         box.start()
         wait_until(lambda: box.stats()["am"]["failed"] >= 2, what="failed attempts while it is down")
         assert hook2.count() == 0
+        held.close()
         late = Alertmanager(binary, hook2.url(), port=port)
         try:
             hook2.wait_for(1, timeout=15)
@@ -220,3 +226,45 @@ def test_real_rules_and_alert_book_through_outbox_to_alertmanager(am, hook, tmp_
     )
     assert box.stop(5)
     conn.close()
+
+
+def test_a_crossing_and_its_recovery_in_one_batch_page_then_resolve(am, hook, tmp_path):
+    """Issue 8: Alertmanager got only the resolved alert, which it never notifies about."""
+    n = AlertmanagerNotifier("am", [secret_url(am.url)], min_firing=2)
+    db = str(tmp_path / "state.db")
+    box = Outbox(db, [n], poll_interval=0.05)
+    conn = sqlite3.connect(db)
+    box.enqueue(conn, crossing_and_recovery("am-batch"))
+    conn.commit()
+    box.start()
+    # Alertmanager groups by alertname and run: each rule's group pages, then resolves
+    for rule in ("gradient_explosion", "gradient_growth"):
+
+        def statuses(rule: str = rule) -> list[str]:
+            sent = notifications(hook, "am-batch")
+            return [n["status"] for n in sent if n["groupLabels"]["alertname"] == rule]
+
+        got = wait_until(lambda: "resolved" in statuses() and statuses(), 15, what=f"{rule} resolved")
+        assert got[0] == "firing", f"{rule}: Alertmanager notified {got}, never firing first"
+    assert box.stop(5)
+    conn.close()
+
+
+def test_fire_resolve_fire_again_is_kept_firing_by_refreshes(am, hook):
+    """Issue 8: the new lifecycle's seq (from 1 again) was below the ended one's, so never refreshed."""
+    resend = 1.0
+    n = AlertmanagerNotifier("am", [secret_url(am.url)], resend_interval=resend)
+    t0 = time.time()
+    n.send([make_event(run="am-refire", seq=1, starts_at=t0)])
+    n.send([make_event(run="am-refire", kind="resolved", seq=2, starts_at=t0)])
+    wait_until(lambda: active(am, "am-refire") == [], what="the first lifecycle resolved")
+    again = make_event(run="am-refire", seq=1, starts_at=t0 + 1)
+    n.send([again])
+    fired = time.time()
+    wait_until(lambda: active(am, "am-refire"), what="the second lifecycle firing")
+    # the daemon's timer: the book holds the new lifecycle as firing; re-send it when due
+    while time.time() < fired + 5 * resend:
+        wait_until(lambda: n.refresh_due(time.time()), what="the resend interval")
+        n.refresh([make_event(run="am-refire", kind="repeat", seq=1, starts_at=t0 + 1)], time.time())
+    assert active(am, "am-refire"), "Alertmanager resolved an alert gradwatch still holds as firing"
+    n.close()

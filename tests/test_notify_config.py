@@ -59,6 +59,7 @@ notifiers:
     urls: [http://127.0.0.1:1, http://127.0.0.1:2/]
     labels: {{source: gradwatch, cluster: a100}}
     resend_interval: 30s
+    min_firing: 45s
     max_age: 1h
 """)
     assert problems == []
@@ -70,6 +71,7 @@ notifiers:
     assert hook.timeout == 3 and hook.send_resolved is False and hook.max_alerts == 10
     assert hook.headers["X-Team"].reveal() == "ml"
     assert isinstance(am, AlertmanagerNotifier) and am.group_wait == 0 and am.resend_interval == 30
+    assert am.min_firing == 45
     assert [u.reveal() for u in am.urls] == [
         "http://127.0.0.1:1/api/v2/alerts",
         "http://127.0.0.1:2/api/v2/alerts",
@@ -120,6 +122,7 @@ notifiers:
         ("{name: a, type: alertmanager, url: http://x, labels: {a-b: c}}", "'a-b' is not a valid label"),
         ("{name: a, type: alertmanager, url: http://x, labels: {run: c}}", "'run' is set by gradwatch"),
         ("{name: a, type: alertmanager, url: http://x, resend_interval: 0}", "resend_interval: at least 1s"),
+        ("{name: a, type: alertmanager, url: http://x, min_firing: 0s}", "min_firing: must be more than 0"),
     ],
 )
 def test_bad_config_gives_file_line_and_message(item, expected):
@@ -228,15 +231,14 @@ def test_redact_and_scrub():
 
 
 def test_delivery_error_for_unreachable_url_holds_no_secret(caplog):
-    from receivers import free_port
-
-    url = f"http://127.0.0.1:{free_port()}/services/T0SECRET/B0SECRET/XyZsecretTOKEN123"
-    n = SlackNotifier("s", Secret(url, redact(url)), timeout=2)
-    from receivers import make_event
+    from receivers import make_event, refused_port
 
     caplog.set_level(logging.DEBUG)
-    with pytest.raises(DeliveryError) as info:
-        n.send([make_event()])
+    with refused_port() as port:
+        url = f"http://127.0.0.1:{port}/services/T0SECRET/B0SECRET/XyZsecretTOKEN123"
+        n = SlackNotifier("s", Secret(url, redact(url)), timeout=2)
+        with pytest.raises(DeliveryError) as info:
+            n.send([make_event()])
     assert not info.value.permanent
     assert "Connection refused" in info.value.message
     text = info.value.message + repr(info.value) + caplog.text

@@ -8,12 +8,12 @@ import re
 import sqlite3
 
 import pytest
-from receivers import Receiver, Response, make_event, wait_until
+from receivers import Receiver, Response, crossing_and_recovery, make_event, wait_until
 from slack_sdk.models.blocks import Block
 
 from gradwatch.notify.base import DeliveryError
 from gradwatch.notify.outbox import Outbox
-from gradwatch.notify.slack import SlackNotifier, escape, fit
+from gradwatch.notify.slack import DETAIL_MAX, SlackNotifier, escape, fit
 from gradwatch.secrets import secret_url
 
 TOKEN_PATH = "/services/T0TEAM/B0HOOK/sEcReTtOkEn42"
@@ -157,10 +157,34 @@ def test_outbox_paces_one_message_per_second_and_groups_tags(slack, tmp_path):
     first = reqs[0].json
     assert first["blocks"][0]["text"]["text"] == "\U0001f534 CRITICAL: 4 alerts: GradientExplosion"
     assert [b["fields"][1]["text"] for b in first["blocks"][1:5]] == [f"*Tag*\n`{t}`" for t in tags]
-    gaps = [b.at - a.at for a, b in itertools.pairwise(reqs)]
-    assert all(g >= 0.8 for g in gaps), gaps  # 1 s apart, minus loopback jitter
+    # when each request was let go, not when it arrived (arrival adds the machine's noise)
+    gaps = [b - a for a, b in itertools.pairwise(n.paced_at)]
+    assert len(gaps) == 3 and all(g >= n.min_interval for g in gaps), gaps
     assert box.stats()["ml-slack"] == {"sent": 7, "failed": 0, "dropped": 0, "queued": 0}
     conn.close()
+
+
+def test_channels_sharing_one_webhook_url_are_paced_together(slack, tmp_path):
+    """Slack allows one message per second per webhook URL, whichever channel sends it (issue 15:
+    pacing keyed per channel passed every test)."""
+    interval = 0.5
+    a = notifier(slack, pace=interval, group_wait=0.0)
+    b = SlackNotifier("ml-slack-2", secret_url(slack.url(TOKEN_PATH)), timeout=5, group_wait=0.0)
+    b.min_interval = interval
+    db = str(tmp_path / "state.db")
+    box = Outbox(db, [a, b], poll_interval=0.05)  # two channels, two dispatcher threads
+    conn = sqlite3.connect(db)
+    for run in ("r1", "r2", "r3"):
+        box.enqueue(conn, [make_event(run=run)])
+    conn.commit()
+    box.start()
+    slack.wait_for(6, timeout=15)
+    assert box.wait_idle(10) and box.stop(5)
+    granted = sorted([*a.paced_at, *b.paced_at])
+    gaps = [y - x for x, y in itertools.pairwise(granted)]
+    assert len(gaps) == 5 and all(g >= interval for g in gaps), gaps
+    a.close()
+    b.close()
 
 
 def test_429_is_retried_after_retry_after(slack, tmp_path):
@@ -253,4 +277,46 @@ def test_rate_limit_is_told_by_the_status_not_by_the_text(slack):
         n.send([make_event()])
     assert (limited.value.status, limited.value.retry_after) == (429, 1.0)
     assert (failed.value.status, failed.value.retry_after) == (500, None)
+    n.close()
+
+
+CODE_SPAN = re.compile(r"`([^`]*)`")
+
+
+def test_a_backtick_or_line_break_in_a_name_cannot_end_its_code_span(slack):
+    """Issue 9: a backtick in a run name ended the code span; the rest was read as markup.
+
+    Names sit whole in code spans; in free text (a summary that quotes the run) their
+    backticks cannot open one. Line breaks and bidi overrides are shown escaped.
+    """
+    n = notifier(slack)
+    run = "exp`*URGENT* stop _all_ jobs` <!channel>\n:rotating_light: `x"
+    tag = "grad\u202e`norm\r"
+    single = n.message([make_event(run=run, tag=tag)])
+    many = n.message([make_event(run=run, tag=f"{tag}{i}", seq=i) for i in range(DETAIL_MAX + 1)])
+    for payload in (single, many):
+        validate(payload)
+        texts = [payload["text"]]
+        for b in payload["blocks"]:
+            texts += [b["text"]["text"]] if b["type"] == "section" else []
+            texts += [f["text"] for f in b.get("fields", [])]
+            texts += [e["text"] for e in b.get("elements", [])]
+        for text in texts:
+            assert "<!channel>" not in text and "\u202e" not in text and "\n:rotating" not in text
+            assert "`x" not in text, f"a backtick from the name is left: {text!r}"
+            for span in CODE_SPAN.findall(text):
+                assert span.startswith(("exp\u02cb", "grad\\u202e")), f"a span not made by us: {span!r}"
+    fields = {f["text"].split("\n", 1)[0]: f["text"].split("\n", 1)[1] for f in single["blocks"][1]["fields"]}
+    assert fields["*Run*"] == (
+        "`exp\u02cb*URGENT* stop _all_ jobs\u02cb &lt;!channel&gt;\\x0a:rotating_light: \u02cbx`"
+    )
+    assert fields["*Tag*"] == "`grad\\u202e\u02cbnorm\\x0d`"
+    n.close()
+
+
+def test_a_crossing_and_its_recovery_in_one_batch_show_firing_then_resolved(slack):
+    n = notifier(slack)
+    events = crossing_and_recovery("slack-batch")
+    words = [b["text"]["text"].split()[0] for b in n.message(events)["blocks"][1:5]]
+    assert words == ["*Firing:*", "*Firing:*", "*Resolved:*", "*Resolved:*"]
     n.close()

@@ -8,13 +8,14 @@ import logging
 import re
 import sqlite3
 import time
+from pathlib import Path
 
 import pytest
-from receivers import Receiver, Response, make_event
+from receivers import Receiver, Response, crossing_and_recovery, make_event
 
 from gradwatch.notify.base import DeliveryError
 from gradwatch.notify.outbox import Outbox
-from gradwatch.notify.webhook import WebhookNotifier, verify
+from gradwatch.notify.webhook import WebhookNotifier, verify, verify_signature
 from gradwatch.secrets import Secret, secret_url
 
 # the keys of the request Alertmanager 0.25 sent to a webhook (docs: ECOSYSTEM.md 1c)
@@ -104,10 +105,10 @@ def test_bearer_custom_headers_and_hmac_signature(hook):
     expected = hmac.new(secret.encode(), ts.encode() + b"." + req.body, hashlib.sha256).hexdigest()
     assert sig == "sha256=" + expected
     assert abs(int(ts) - time.time()) < 300
-    assert verify(secret.encode(), ts, req.body, sig)
-    assert not verify(b"wrong", ts, req.body, sig)
-    assert not verify(secret.encode(), ts, req.body + b" ", sig)  # body tampered
-    assert not verify(secret.encode(), str(int(ts) - 3600), req.body, sig)  # replayed later
+    assert verify_signature(secret.encode(), ts, req.body, sig)
+    assert not verify_signature(b"wrong", ts, req.body, sig)
+    assert not verify_signature(secret.encode(), ts, req.body + b" ", sig)  # body tampered
+    assert not verify_signature(secret.encode(), str(int(ts) - 3600), req.body, sig)  # replayed later
     n.close()
 
 
@@ -158,3 +159,78 @@ def test_receiver_that_times_out_is_retried_and_does_not_block_others(tmp_path, 
         assert box.stats()["slow"]["sent"] == 2 and box.stats()["slow"]["failed"] == 1
         assert "timed out after 1 s waiting for an answer" in caplog.text
         conn.close()
+
+
+def statuses(hook: Receiver) -> list[tuple[str, list[tuple[str, str]]]]:
+    return [
+        (r.json["status"], sorted((a["labels"]["alertname"], a["status"]) for a in r.json["alerts"]))
+        for r in hook.requests
+    ]
+
+
+FIRED = ("firing", [("gradient_explosion", "firing"), ("gradient_growth", "firing")])
+RESOLVED = ("resolved", [("gradient_explosion", "resolved"), ("gradient_growth", "resolved")])
+
+
+def deliver_batch(tmp_path, hook: Receiver, run: str, requests: int) -> dict[str, int]:
+    """A crossing and its recovery, queued in one transaction, through the outbox to ``hook``."""
+    n = WebhookNotifier("h", secret_url(hook.url()), group_wait=0)
+    db = str(tmp_path / "state.db")
+    box = Outbox(db, [n], poll_interval=0.05, backoff_base=0.05)
+    conn = sqlite3.connect(db)
+    box.enqueue(conn, crossing_and_recovery(run))
+    conn.commit()
+    box.start()
+    hook.wait_for(requests)
+    assert box.wait_idle(10) and box.stop(5)
+    conn.close()
+    return box.stats()["h"]
+
+
+def test_a_crossing_and_its_recovery_in_one_batch_arrive_as_firing_then_resolved(tmp_path, hook):
+    """Issue 8: the payload held each alert's latest state only, so the receiver saw just "resolved"."""
+    stats = deliver_batch(tmp_path, hook, "one-batch", 2)
+    assert statuses(hook) == [FIRED, RESOLVED]
+    assert stats == {"sent": 4, "failed": 0, "dropped": 0, "queued": 0}
+
+
+def test_when_the_resolve_request_fails_only_it_is_retried(tmp_path, hook):
+    hook.script(Response(200), Response(503, "busy"))
+    stats = deliver_batch(tmp_path, hook, "retry-half", 3)
+    assert statuses(hook) == [FIRED, RESOLVED, RESOLVED]  # the firing half is not sent twice
+    assert stats == {"sent": 4, "failed": 1, "dropped": 0, "queued": 0}
+
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "notifications.md"
+
+
+def documented_snippets(heading: str) -> list[str]:
+    """The ```python blocks of one section of docs/notifications.md, as a reader would paste them."""
+    text = DOC.read_text()
+    section = text[text.index(heading) :]
+    section = section[: section.index("\n## ", 1)]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+def test_the_documented_verify_calls_work_as_pasted(hook):
+    """Issue 10: the docs said gradwatch's verify was the recipe's verify(secret, headers, body); it raised
+    TypeError. Both snippets run as pasted on a real signed request."""
+    recipe, imported = documented_snippets("### Verifying the signature")
+    secret = b"hmac-key-123"
+    n = WebhookNotifier("h", secret_url(hook.url()), hmac_secret=Secret(secret.decode()))
+    n.send([make_event()])
+    req = hook.wait_for(1)[0]
+    for headers, body, expected in (
+        (req.headers, req.body, True),
+        (req.headers, req.body + b" ", False),  # body tampered
+        ({k.lower(): v for k, v in req.headers.items()}, req.body, True),  # a framework that lowercases
+    ):
+        pasted: dict = {"secret": secret, "headers": headers, "body": body}
+        exec(imported, pasted)
+        assert pasted["ok"] is expected
+        if headers is req.headers:  # the recipe indexes the headers as sent
+            own: dict = {}
+            exec(recipe, own)
+            assert own["verify"](secret, headers, body) is expected
+    assert not verify(secret, {}, req.body)  # unsigned: no exception, just no
+    n.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import signal
@@ -12,7 +13,7 @@ import threading
 import time
 
 import pytest
-from receivers import Receiver, Response, free_port, make_event, wait_until
+from receivers import Receiver, Response, make_event, refused_port, wait_until
 
 from gradwatch.notify.base import Notifier
 from gradwatch.notify.outbox import TABLE, Outbox
@@ -160,8 +161,15 @@ def test_order_per_alert_survives_failures(db, hook):
     conn.close()
 
 
-def test_dead_channel_does_not_hold_up_a_live_one(db, hook):
-    dead = hook_notifier(f"http://127.0.0.1:{free_port()}/x", "dead")
+@pytest.fixture
+def dead_url():
+    """A URL whose port is held and refuses connections: a receiver that is down."""
+    with refused_port() as port:
+        yield f"http://127.0.0.1:{port}/x"
+
+
+def test_dead_channel_does_not_hold_up_a_live_one(db, hook, dead_url):
+    dead = hook_notifier(dead_url, "dead")
     live = hook_notifier(hook.url(), "live")
     box = fast_outbox(db, [dead, live])
     conn = sqlite3.connect(db)
@@ -172,14 +180,16 @@ def test_dead_channel_does_not_hold_up_a_live_one(db, hook):
         box.wake()
     hook.wait_for(3)
     wait_until(lambda: box.stats()["live"]["sent"] == 3, what="all three on the live channel")
+    # the dead channel counts its queue when its backoff lets it look at the table again
+    wait_until(lambda: box.stats()["dead"]["queued"] == 3, what="three queued on the dead channel")
     stats = box.stats()
-    assert stats["dead"]["sent"] == 0 and stats["dead"]["failed"] >= 1 and stats["dead"]["queued"] == 3
+    assert stats["dead"]["sent"] == 0 and stats["dead"]["failed"] >= 1
     assert box.stop(5)
     conn.close()
 
 
-def test_too_old_notifications_are_dropped_counted_and_logged_once(db, caplog):
-    n = hook_notifier(f"http://127.0.0.1:{free_port()}/x", max_age=60)
+def test_too_old_notifications_are_dropped_counted_and_logged_once(db, caplog, dead_url):
+    n = hook_notifier(dead_url, max_age=60)
     box = fast_outbox(db, [n])
     conn = sqlite3.connect(db)
     box.enqueue(conn, [make_event(run="a"), make_event(run="b")], now=time.time() - 120)
@@ -194,8 +204,8 @@ def test_too_old_notifications_are_dropped_counted_and_logged_once(db, caplog):
 
 
 def test_restart_resumes_pending_and_does_not_resend_delivered(db):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/hook"
+    hook = Receiver(listening=False)  # down: holds its port, refuses connections
+    url = hook.url()
     box = fast_outbox(db, [hook_notifier(url)])
     conn = sqlite3.connect(db)
     box.enqueue(conn, [make_event(run="outage")])
@@ -203,7 +213,8 @@ def test_restart_resumes_pending_and_does_not_resend_delivered(db):
     box.start()
     wait_until(lambda: box.stats()["hook"]["failed"] >= 1, what="a failed attempt")
     assert box.stop(5)
-    with Receiver(port=port) as hook:
+    hook.start()
+    with hook:
         box2 = fast_outbox(db, [hook_notifier(url)])
         box2.start()
         hook.wait_for(1)
@@ -246,8 +257,8 @@ def attempts(db: str) -> int:
 
 @pytest.mark.slow
 def test_kill_9_during_an_outage_then_delivered_once_after_restart(db):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/hook"
+    hook = Receiver(listening=False)  # down: holds its port, refuses connections
+    url = hook.url()
     Outbox(db, [hook_notifier(url)])  # creates the table, as the daemon's start-up does
     conn = sqlite3.connect(db)
     Outbox(db, [hook_notifier(url)]).enqueue(conn, [make_event(run="killed")])
@@ -258,7 +269,8 @@ def test_kill_9_during_an_outage_then_delivered_once_after_restart(db):
         wait_until(lambda: attempts(db) >= 2, what="the child failing to deliver")
     finally:
         kill9(child)
-    with Receiver(port=port) as hook:
+    hook.start()
+    with hook:
         box = fast_outbox(db, [hook_notifier(url)])
         box.start()
         hook.wait_for(1)
@@ -316,16 +328,18 @@ def test_stop_sends_what_waits_in_a_group_window(db, hook):
     conn.close()
 
 
-def test_stop_gives_up_on_a_dead_receiver_and_keeps_the_rows(db):
-    box = fast_outbox(db, [hook_notifier(f"http://127.0.0.1:{free_port()}/x")], backoff_base=30)
+def test_stop_gives_up_on_a_dead_receiver_and_keeps_the_rows(db, dead_url):
+    backoff, stop_timeout = 120.0, 60.0  # the next attempt (>= 60 s away) is past stop's deadline
+    box = fast_outbox(db, [hook_notifier(dead_url)], backoff_base=backoff, backoff_max=backoff)
     conn = sqlite3.connect(db)
     box.enqueue(conn, [make_event()])
     conn.commit()
     box.start()
     wait_until(lambda: box.stats()["hook"]["failed"] == 1, what="the first failure")
     t = time.monotonic()
-    assert box.stop(2)
-    assert time.monotonic() - t < 2  # in backoff beyond the deadline: no point waiting
+    assert box.stop(stop_timeout)
+    # in backoff beyond the deadline: no point waiting for it (a margin of half the timeout)
+    assert time.monotonic() - t < stop_timeout / 2
     assert states(db) == [("hook", "pending")]
     conn.close()
 
@@ -375,13 +389,69 @@ def test_duplicate_channel_names_are_refused(db):
         Outbox(db, [hook_notifier("http://x/"), hook_notifier("http://y/")])
 
 
-def test_queued_counts_pending_rows(db, caplog):
+def test_queued_counts_pending_rows(db, caplog, dead_url):
     caplog.set_level(logging.WARNING)
-    box = fast_outbox(db, [hook_notifier(f"http://127.0.0.1:{free_port()}/x")], backoff_base=30)
+    box = fast_outbox(db, [hook_notifier(dead_url)], backoff_base=30)
     conn = sqlite3.connect(db)
     box.enqueue(conn, [make_event(run=f"r{i}") for i in range(7)])
     conn.commit()
     box.start()
     wait_until(lambda: box.stats()["hook"]["queued"] == 7, what="queued = 7")
     assert box.stop(1)
+    conn.close()
+
+
+def test_backoff_doubles_from_1_s_to_5_min_with_jitter(db):
+    """docs/notifications.md: "1 s doubling to 5 min, with jitter" (issue 15: a constant 1 s passed)."""
+    box = Outbox(db, [])
+    assert (box.backoff_base, box.backoff_max) == (1.0, 300.0)
+    for attempts in range(1, 15):
+        step = min(300.0, 2.0 ** (attempts - 1))
+        delays = [box.backoff(attempts, None) for _ in range(50)]
+        assert all(step / 2 <= d <= step for d in delays), (attempts, min(delays), max(delays))
+    assert all(7 <= box.backoff(1, 7.0) <= 8 for _ in range(50))  # never sooner than Retry-After
+
+
+def test_retries_wait_longer_each_time(db, hook):
+    """The channel uses that backoff: the gaps between attempts at a failing receiver double.
+
+    A gap is at least the backoff's lower bound (the next attempt starts after the failed
+    answer plus the delay), so the assertions hold however slow the machine is.
+    """
+    base = 0.1
+    hook.script(*[Response(500, "down")] * 4)
+    box = fast_outbox(db, [hook_notifier(hook.url())], backoff_base=base, backoff_max=60)
+    conn = sqlite3.connect(db)
+    box.enqueue(conn, [make_event()])
+    conn.commit()
+    box.start()
+    reqs = hook.wait_for(5, timeout=20)
+    assert box.wait_idle(5) and box.stop(5)
+    gaps = [b.at - a.at for a, b in itertools.pairwise(reqs)]
+    assert all(gap >= base * 2**i / 2 for i, gap in enumerate(gaps)), gaps
+    conn.close()
+
+
+def test_done_rows_are_kept_for_the_repeat_interval_when_it_is_longer_than_a_day(db):
+    """docs: finished rows are pruned after a day "or after the channel's repeat_interval, if
+    longer". The rows are what spaces a channel's reminders; pruned early, a reminder that
+    should wait goes out (issue 15: dropping the repeat_interval term passed)."""
+    day = 86400.0
+    weekly = hook_notifier("http://127.0.0.1:9/x", "weekly", repeat_interval=7 * day)
+    daily = hook_notifier("http://127.0.0.1:9/x", "daily")
+    conn = sqlite3.connect(db)
+    box = fast_outbox(db, [weekly, daily])
+    long_ago = time.time() - 2 * day
+    box.enqueue(conn, [make_event(seq=1)], now=long_ago)
+    # delivered two days ago (rows written as the dispatcher leaves them)
+    conn.execute(f"UPDATE {TABLE} SET state='sent', done_at=?", (long_ago,))
+    conn.commit()
+    box.start()
+    assert box.wait_idle(5) and box.stop(5)  # an idle channel prunes its finished rows
+    assert states(db) == [("weekly", "sent")]
+    # the weekly channel still knows it reminded two days ago: no reminder yet
+    box.enqueue(conn, [make_event(kind="repeat", seq=2)])
+    queued = conn.execute(f"SELECT channel FROM {TABLE} WHERE state='pending'").fetchall()
+    assert queued == [("daily",)]
+    conn.rollback()
     conn.close()

@@ -71,6 +71,26 @@ def test_default_rows_are_spread_over_the_whole_run(tmp_path):
     assert len(steps) == 10 and steps[0] == 0 and steps[-1] == 999
 
 
+def test_default_rows_are_logged_steps_and_include_the_first_alerts(tmp_path, capsys):
+    """Runs logging every 100 and every 7 steps; the explosion is a one-point spike at step 3,507."""
+    write_run(tmp_path, "baseline", TAG, range(0, 10001, 100), [100.0] * 101)
+    td3_steps = list(range(0, 10001, 7))
+    write_run(tmp_path, "td3", TAG, td3_steps, [1e6 if s == 3507 else 100.0 for s in td3_steps])
+    assert main(["report", str(tmp_path), "--tag", TAG]) == 0
+    rows = capsys.readouterr().out.splitlines()[2:]
+    steps = [int(row.split()[0]) for row in rows]
+    assert 3507 in steps
+    (spike,) = [row for row in rows if row.split()[0] == "3507"]
+    assert spike.split()[1:4] == ["-", "1,000,000", "-"]
+    assert spike.endswith("  <- first td3: gradient_explosion critical, gradient_growth warning")
+    others = [row for row in rows if row.split()[0] != "3507"]
+    assert len(others) == 10
+    # every other row is a step both runs logged (multiples of 700), from the first to the last
+    assert all("-" not in row.split() for row in others), others
+    other_steps = [int(r.split()[0]) for r in others]
+    assert (other_steps[0], other_steps[-1]) == (0, 9800)
+
+
 def test_json(logdir):
     doc = json.loads(render(write_json, build_report(logdir, TAG, ["baseline", "td3-clipped"], [200, 300])))
     assert doc["baseline"] == "baseline"

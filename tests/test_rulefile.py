@@ -45,11 +45,10 @@ def test_default_rules_are_packaged_and_used_without_arguments():
     assert "recommendation" in explosion.annotations
 
 
-def test_repository_rules_symlink_resolves_to_the_packaged_file():
-    link = REPO / "rules" / "gradient_explosion.yaml"
-    assert link.is_symlink(), "rules/gradient_explosion.yaml must stay a symlink, not a copy"
-    assert link.resolve() == Path(default_rules_path()).resolve()
-    assert link.read_text() == Path(default_rules_path()).read_text()
+def test_repository_rules_file_is_the_packaged_default():
+    # a real file (so `cp -r rules/` and Docker's COPY ship it) or a link: either way the same bytes
+    shipped = REPO / "rules" / "gradient_explosion.yaml"
+    assert shipped.read_bytes() == Path(default_rules_path()).read_bytes()
 
 
 def test_every_shipped_rule_file_loads():
@@ -112,6 +111,8 @@ def test_durations():
 
 # -- every problem: its message, its line ----------------------------------------
 
+ANNOTATED = "rules:\n  - name: t\n    nonfinite: critical\n    annotations:\n      summary: "
+
 BAD = {
     # the shape the issue asks for, exactly
     "words": (
@@ -125,7 +126,63 @@ BAD = {
     ),
     "tab": (
         "rules:\n\t- name: a\n",
-        ["{f}:2: invalid YAML: while scanning for the next token: found character '\\t'"],
+        ["{f}:2: invalid YAML: tabs are not allowed for indentation; use spaces"],
+    ),
+    "tab inside a rule": (
+        "rules:\n  - name: a\n\t  nonfinite: critical\n",
+        ["{f}:3: invalid YAML: tabs are not allowed for indentation; use spaces"],
+    ),
+    "stop typo": (
+        "rules:\n  - name: a\n    nonfinite: critical\n    stop: critcal\n",
+        [
+            "{f}:4: rules[0].stop: expected one of info, warning, critical, never, got 'critcal' "
+            "(did you mean 'critical'?)"
+        ],
+    ),
+    "nested quantifier": (
+        "rules:\n  - name: r\n    match:\n      tag_regex: '(\\w+\\s?)*$'\n    nonfinite: critical\n",
+        [
+            "{f}:4: rules[0].match.tag_regex: regular expression '(\\\\w+\\\\s?)*$' repeats a group "
+            "that holds a repeat (like (a+)+)"
+        ],
+    ),
+    "nested quantifier in a run regex": (
+        "rules:\n  - name: r\n    match:\n      run_regex: '^(a|b+)*x'\n    nonfinite: critical\n",
+        ["{f}:4: rules[0].match.run_regex: regular expression '^(a|b+)*x' repeats a group"],
+    ),
+    "template attribute access": (
+        ANNOTATED + "'{labels.__class__}'\n",
+        ["{f}:5: rules[0].annotations.summary: field {labels.__class__}: no attribute or index access"],
+    ),
+    "template index on a number": (
+        ANNOTATED + "'{value[0]}'\n",
+        ["{f}:5: rules[0].annotations.summary: field {value[0]}: no attribute or index access"],
+    ),
+    "template huge width": (
+        ANNOTATED + "'{value:>999999999}'\n",
+        [
+            "{f}:5: rules[0].annotations.summary: field {value:>999999999}: "
+            "format width and precision are limited to 100"
+        ],
+    ),
+    "template huge precision": (
+        ANNOTATED + "'{value:.5000f}'\n",
+        ["{f}:5: rules[0].annotations.summary: field {value:.5000f}: format width and precision are limited"],
+    ),
+    "template nested spec": (
+        ANNOTATED + "'{value:{step}}'\n",
+        [
+            "{f}:5: rules[0].annotations.summary: field {value:{step}}: "
+            "a format spec cannot hold another field"
+        ],
+    ),
+    "nested 5,000 levels (flow)": (
+        "rules:\n  - " + "[" * 5000 + "]" * 5000 + "\n",
+        ["{f}:2: nesting too deep (more than 64 levels of mappings and lists)"],
+    ),
+    "nested 5,000 levels (block)": (
+        "rules:\n" + "".join("  " * i + f"- k{i}:\n" for i in range(5000)),
+        ["{f}:33: nesting too deep (more than 64 levels of mappings and lists)"],
     ),
     "empty": ("", ["{f}:1: the file is empty; expected a mapping with a 'rules' list"]),
     "comments only": (
@@ -166,22 +223,22 @@ BAD = {
         ["{f}:3: rules[0].absent_for: expected a duration"],
     ),
     "bad template field": (
-        "rules:\n  - name: t\n    nonfinite: critical\n    annotations:\n      summary: '{valu} at {step}'\n",
+        ANNOTATED + "'{valu} at {step}'\n",
         ["{f}:5: rules[0].annotations.summary: unknown field {valu} (fields: rule, run, tag, step, value,"],
     ),
     "bad format spec": (
-        "rules:\n  - name: t\n    nonfinite: critical\n    annotations:\n      summary: '{value:.2q}'\n",
+        ANNOTATED + "'{value:.2q}'\n",
         [
             "{f}:5: rules[0].annotations.summary: cannot render: "
             "Unknown format code 'q' for object of type 'float'"
         ],
     ),
     "missing label in template": (
-        "rules:\n  - name: t\n    nonfinite: critical\n    annotations:\n      summary: '{labels[team]}'\n",
+        ANNOTATED + "'{labels[team]}'\n",
         ["{f}:5: rules[0].annotations.summary: no label 'team' in this rule's labels"],
     ),
     "unbalanced brace": (
-        "rules:\n  - name: t\n    nonfinite: critical\n    annotations:\n      summary: 'value {value'\n",
+        ANNOTATED + "'value {value'\n",
         ["{f}:5: rules[0].annotations.summary: bad template: expected '}' before end of string"],
     ),
     "two kinds": (
@@ -365,3 +422,27 @@ def test_no_input_gives_a_traceback(tmp_path):
         except ConfigError as e:
             for line in str(e).splitlines():
                 assert line.startswith(f"{path}:"), line
+
+
+def test_a_files_problems_come_in_line_order(tmp_path):
+    # parsed in key order (stop before annotations, unknown keys last), reported in line order
+    path = write(
+        tmp_path,
+        "rules:\n"
+        "  - name: a\n"
+        "    colour: red\n"
+        "    annotations: {summary: '{nope}'}\n"
+        "    nonfinite: critical\n"
+        "    stop: loud\n",
+    )
+    got = problems_of(path)
+    assert [line.split(": ")[0] for line in got] == [f"{path}:3", f"{path}:4", f"{path}:6"], got
+
+
+def test_a_dangling_symlink_says_so(tmp_path, capsys):
+    link = tmp_path / "gradient_explosion.yaml"
+    link.symlink_to("../gradwatch/default_rules/gradient_explosion.yaml")
+    want = f"{link}: cannot read: dangling symlink to ../gradwatch/default_rules/gradient_explosion.yaml"
+    assert problems_of(str(link)) == [want]
+    assert main(["rules", "check", str(link)]) == 3
+    assert want in capsys.readouterr().err.splitlines()

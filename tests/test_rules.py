@@ -7,7 +7,7 @@ import pytest
 
 from gradwatch.engine import Engine
 from gradwatch.rulefile import load_rules, parse_rules
-from gradwatch.rules import NOT_APPLICABLE, RANK, Match, Num, Rule, Series, Template, human
+from gradwatch.rules import NOT_APPLICABLE, RANK, Match, Num, Pattern, Rule, Series, Template, human
 from gradwatch.yamlconf import load_yaml_text
 
 SEED_STEPS = [100, 200, 300, 400, 500]
@@ -186,6 +186,42 @@ def test_growth_window_stays_bounded_on_a_steadily_rising_series():
     assert len(state.window) <= 201
 
 
+def test_growth_state_stays_small_at_a_constant_step():
+    """1M rising points logged at one step (a trainer that never advances its step) used to keep 1M."""
+    import json
+
+    from gradwatch.state import dump_rule_state
+
+    r = rule(GROWTH)
+    state = r.new_state()
+    for i in range(1_000_000):
+        r.evaluate(state, 7, 0.0, 1.0 + i * 1e-3)
+    assert len(state.window) == 1  # the lowest value at step 7: the only possible base
+    assert len(json.dumps(dump_rule_state(state))) < 200
+    # growth across steps is still seen afterwards
+    assert r.evaluate(state, 8, 0.0, 50.0) == WARNING
+
+
+def test_growth_window_is_bounded_by_count_even_over_a_huge_window():
+    from gradwatch.rules import MAX_GROWTH_WINDOW
+
+    r = rule("""
+  - name: growth
+    growth: {within_steps: 100000000, warning: 10}
+""")
+    state = r.new_state()
+    for step in range(5 * MAX_GROWTH_WINDOW):
+        r.evaluate(state, step, 0.0, 1.0 + step * 1e-6)
+    assert len(state.window) == MAX_GROWTH_WINDOW
+    # the oldest points went: the base is the oldest kept one, and a x10 jump still alerts
+    assert state.window[0][0] == 4 * MAX_GROWTH_WINDOW
+    assert r.evaluate(state, 5 * MAX_GROWTH_WINDOW, 0.0, 20.0) == WARNING
+    # a window restored oversized (an older state row) is cut on the next point
+    state.window.extendleft((-i, 0.5) for i in range(1, 3000))
+    r.evaluate(state, 5 * MAX_GROWTH_WINDOW + 1, 0.0, 30.0)
+    assert len(state.window) <= MAX_GROWTH_WINDOW
+
+
 def test_absent_is_a_gap_in_wall_time_between_points():
     r = rule("""
   - name: stalled
@@ -222,7 +258,7 @@ def test_globs_match_whole_names_and_regexes_search():
     assert m.matches("td3-seed1", "grad_norm")
     assert not m.matches("td3-seed1", "train/grad_norm")  # a glob is the whole name
     assert not m.matches("sac", "grad_norm")
-    r = Match(tag_regex=__import__("re").compile("(?i)grad.*norm"))
+    r = Match(tag_regex=Pattern("(?i)grad.*norm"))
     assert r.matches(".", "train/GradNorm")  # a regex is searched, not anchored
     assert not r.matches(".", "loss")
 
@@ -329,14 +365,19 @@ def test_default_summaries_exist_for_every_kind():
 
 
 def test_growth_fields_carry_ratio_and_window():
-    r = rule(GROWTH + "    annotations: {summary: 'x{ratio:.1f} within {within} steps (>= x{threshold})'}\n")
+    r = rule(GROWTH + "    annotations: {summary: 'x{ratio:.1f} within {within} steps (>= {threshold})'}\n")
     state = r.new_state()
     for step, value in zip(SEED_STEPS[:2], SEED_NORMS[:2]):
         rank = r.evaluate(state, step, 0.0, value)
-    assert (
-        r.render(r.fields("td3", "g", 200, 130486.0, rank, state))["summary"]
-        == "x25.1 within 200 steps (>= x10)"
-    )
+    rendered = r.render(r.fields("td3", "g", 200, 130486.0, rank, state))
+    # a growth level is a factor: "x10" wherever it is shown (console, Slack, webhooks read "threshold")
+    assert rendered == {"summary": "x25.1 within 200 steps (>= x10)", "threshold": "x10"}
+    assert format(r.fields("td3", "g", 200, 1.0, rank, state)["threshold"], ".1f") == "10.0"
+
+
+def test_thresholds_rules_add_no_threshold_annotation():
+    r = rule(THRESHOLDS)
+    assert "threshold" not in r.render(r.fields("td3", "g", 1, 20000.0, WARNING))
 
 
 def test_template_rejects_unknown_and_positional_fields():
@@ -344,8 +385,13 @@ def test_template_rejects_unknown_and_positional_fields():
         Template("{valu}")
     with pytest.raises(ValueError, match="positional"):
         Template("{}")
-    with pytest.raises(ValueError, match="only"):
+    with pytest.raises(ValueError, match="no attribute or index access"):
         Template("{value.real}")
+    with pytest.raises(ValueError, match="no attribute or index access"):
+        Template("{labels.__class__.__init__}")
+    with pytest.raises(ValueError, match="no attribute or index access"):
+        Template("{labels[team][0]}")
+    assert Template("{labels[team]:>20}").fields == {"labels"}
     with pytest.raises(ValueError, match="literal braces"):
         Template("{value")
     assert NOT_APPLICABLE.__format__(".2f") == "n/a"
@@ -377,3 +423,96 @@ def test_engine_calls_the_sink_only_around_alerts():
         500,
         8000,
     )
+
+
+# -- bounded regex cost ---------------------------------------------------------
+
+ATTACK_TAG = "grad" * 32768  # 128 KiB: '(?i)grad.*norm' backtracks O(length^2) on it
+
+
+class CountingPattern:
+    """Wraps a rule's compiled regex and records the length of every name it is asked to search."""
+
+    def __init__(self, pattern) -> None:
+        self.pattern = pattern
+        self.lengths: list[int] = []
+
+    def search(self, name: str) -> bool:
+        self.lengths.append(len(name))
+        return self.pattern.search(name)
+
+
+def test_a_hostile_tag_is_never_matched_and_is_reported_once(caplog):
+    from gradwatch.engine import NAME_TOO_LONG
+    from gradwatch.events.logdir import ProblemLog
+    from gradwatch.rules import MAX_NAME_BYTES
+
+    rules = load_rules(None)
+    spies = []
+    for r in rules:
+        r.match.tag_regex = CountingPattern(r.match.tag_regex)
+        spies.append(r.match.tag_regex)
+    problems = ProblemLog()
+    fired = []
+    engine = Engine(rules, lambda s, i, rank, *a: fired.append(rank), problems=problems)
+    for step in range(50):
+        engine.observe("td3", ATTACK_TAG, step, 1.0, 1e9)
+        engine.observe("td3", "gradients/actor_cnn_norm", step, 1.0, 5.0)
+    # the long tag reached no regex; the real one was matched once per rule (once per series)
+    assert [spy.lengths for spy in spies] == [[24]] * 3
+    assert len(ATTACK_TAG.encode()) > MAX_NAME_BYTES
+    assert engine.runs["td3"][ATTACK_TAG] is None
+    assert not fired  # 1e9 on the hostile tag alerted nothing: it is skipped, not matched
+    assert problems.counts == {NAME_TOO_LONG: 1}
+    (record,) = [r for r in caplog.records if "name too long" in r.getMessage()]
+    assert "run 'td3', tag 'gradgradgrad" in record.getMessage()
+    assert "over 1,024 bytes" in record.getMessage()
+    assert len(record.getMessage()) < 400  # the 128 KiB name is not copied into the log
+
+
+def test_the_cap_counts_utf8_bytes_and_long_run_names_are_skipped_too():
+    from gradwatch.events.logdir import ProblemLog
+    from gradwatch.rules import name_too_long
+
+    assert not name_too_long("g" * 1024)
+    assert name_too_long("g" * 1025)
+    assert name_too_long("é" * 513)  # 1,026 bytes in 513 characters
+    assert name_too_long("run-\udcff" + "x" * 1020)  # undecodable bytes count, never crash
+    problems = ProblemLog()
+    engine = Engine(load_rules(None), lambda *a: None, problems=problems)
+    assert engine.series("r" * 2000, "grad_norm") is None
+    assert engine.series("r" * 2000, "grad_norm2") is None
+    assert problems.total == 1  # one report per run, not per tag
+
+
+@pytest.mark.parametrize(
+    "text", ["(a+)+", "(a*)*b", "(\\w+\\s?)*$", "(?:x|y+)+z", "((ab)*c)*", "(a+){2,}", "(?i)(grad.+)*norm"]
+)
+def test_nested_quantifiers_are_refused(text):
+    with pytest.raises(ValueError, match="repeats a group that holds a repeat"):
+        Pattern(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["(?i)grad.*norm", "^gradients/(actor|critic)_", "(ab?)+", "(a{2})*", "x+y*z?", "(?:ab)+c"]
+)
+def test_ordinary_regexes_are_accepted(text):
+    Pattern(text)
+
+
+def test_patterns_search_names_with_undecodable_bytes():
+    p = Pattern("^run-.$")
+    assert p.search("run-\udcff")  # a run directory named b"run-\xff" (surrogateescape)
+    assert not p.search("run-\udcff\udcfe")
+
+
+def test_re2_runs_the_patterns_when_installed(capfd):
+    try:
+        import re2  # noqa: F401
+    except ImportError:
+        assert Pattern("(?i)grad.*norm").engine == "re"
+    else:
+        assert Pattern("(?i)grad.*norm").engine == "re2"
+        assert Pattern("(a)\\1").engine == "re"  # a backreference RE2 cannot run: Python's re
+        assert Pattern("(a)\\1").search("xaa")
+        assert capfd.readouterr().err == ""  # and RE2 does not log its parse error to stderr

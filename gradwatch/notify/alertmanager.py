@@ -8,7 +8,11 @@ alerts current:
   be re-sent before that (``refresh``), or Alertmanager resolves it by itself;
   so if gradwatch dies, its alerts resolve within that time instead of firing
   forever;
-* a resolved alert is sent with ``endsAt`` = when it resolved;
+* a resolved alert is sent with ``endsAt`` = when it resolved; but an alert
+  that fired and resolved within one group (a crossing and its recovery read
+  in one batch) is sent firing with ``endsAt = now + min_firing``: Alertmanager
+  pages only for alerts still firing when its group_wait ends, so an alert it
+  first hears of as resolved would never reach anyone;
 * severity is a label, so an escalation warning -> critical ends the warning
   alert and starts the critical one (two label sets, as in Prometheus rules);
 * several URLs (an HA cluster) all receive every request. A request counts as
@@ -48,6 +52,8 @@ log = logging.getLogger("gradwatch.notify.alertmanager")
 
 API_PATH = "/api/v2/alerts"
 DEFAULT_RESEND = 60.0
+# longer than Alertmanager's default group_wait (30s), so it pages before the alert ends
+DEFAULT_MIN_FIRING = 60.0
 ENDS_AFTER_RESENDS = 4  # Prometheus: endsAt = 4 x max(resend delay, evaluation interval)
 RESERVED_LABELS = ("alertname", "severity", "run", "tag")
 _LABEL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -79,6 +85,7 @@ class AlertmanagerNotifier(Notifier):
         labels: dict[str, str] | None = None,
         generator_url: str | None = None,
         resend_interval: float = DEFAULT_RESEND,
+        min_firing: float = DEFAULT_MIN_FIRING,
         headers: dict[str, Secret] | None = None,
         bearer_token: Secret | None = None,
         **common: Any,
@@ -90,6 +97,7 @@ class AlertmanagerNotifier(Notifier):
         self.labels = {label_name(k): v for k, v in (labels or {}).items()}
         self.generator_url = generator_url
         self.resend_interval = resend_interval
+        self.min_firing = min_firing
         self.headers = headers or {}
         self.bearer_token = bearer_token
         # per member: {"ok": bool, "error": str | None, "at": epoch seconds}
@@ -99,7 +107,9 @@ class AlertmanagerNotifier(Notifier):
         self._pool = ThreadPoolExecutor(len(self.urls), f"am-{name}") if len(self.urls) > 1 else None
         self._lock = threading.Lock()
         self._last_refresh = 0.0
-        self._last_seq: dict[str, int] = {}
+        # per alert, the (lifecycle start, seq) of the newest event sent: a refresh must not
+        # re-fire an ended lifecycle, and a new lifecycle (seq from 1 again) must be refreshed
+        self._last_sent: dict[str, tuple[float, int]] = {}
 
     @classmethod
     def from_section(cls, sec: Section, common: dict[str, Any]) -> Notifier | None:
@@ -130,6 +140,10 @@ class AlertmanagerNotifier(Notifier):
         resend = sec.duration("resend_interval", default=DEFAULT_RESEND)
         if resend is not None and resend < 1:
             sec.error("resend_interval", "at least 1s")
+        min_firing = sec.duration("min_firing", default=DEFAULT_MIN_FIRING)
+        if min_firing is not None and min_firing <= 0:
+            sec.error("min_firing", "must be more than 0")
+            min_firing = None
         generator_url = link_template(sec)
         headers = get_headers(sec)
         check_headers(sec, headers)
@@ -141,6 +155,7 @@ class AlertmanagerNotifier(Notifier):
             labels=labels,
             generator_url=generator_url,
             resend_interval=max(1.0, resend or DEFAULT_RESEND),
+            min_firing=min_firing or DEFAULT_MIN_FIRING,
             headers=headers,
             bearer_token=bearer,
             **common,
@@ -194,20 +209,24 @@ class AlertmanagerNotifier(Notifier):
         def end(e: AlertEvent, severity: str, at: float, superseded: bool = False) -> None:
             alert = self._alert(e, severity, at, now)
             k = key(alert)
-            if superseded and k in fresh:
-                # a severity replaced within one batch: Alertmanager never needs to see it
+            if k not in fresh:
+                state[k] = alert
+            elif superseded:
+                # a severity replaced within one batch by one that fires: only that one matters
                 del state[k]
                 fresh.discard(k)
             else:
-                state[k] = alert
+                # fired and ended within this batch: resolved at once, it would page nobody
+                state[k]["endsAt"] = rfc3339(now + self.min_firing)
 
         for e in events:
             if e.kind == RESOLVED:
                 end(e, e.severity, e.ends_at or now)
             elif e.kind in (ESCALATED, DEESCALATED):
+                replaced = not self.below_min(e)
                 if e.previous and self.rank_of(e.previous) >= self.min_rank:
-                    end(e, e.previous, now, superseded=True)  # the old severity's alert ends here
-                if not self.below_min(e):
+                    end(e, e.previous, now, superseded=replaced)  # the old severity's alert ends here
+                if replaced:
                     fire(e)
             else:
                 fire(e)
@@ -221,7 +240,7 @@ class AlertmanagerNotifier(Notifier):
         self._post(self.alerts_for(events, now))
         with self._lock:
             for e in events:
-                self._last_seq[e.key] = max(self._last_seq.get(e.key, 0), e.seq)
+                self._last_sent[e.key] = max(self._last_sent.get(e.key, (0.0, 0)), _lifecycle(e))
 
     def refresh_due(self, now: float) -> bool:
         return now - self._last_refresh >= self.resend_interval
@@ -232,6 +251,8 @@ class AlertmanagerNotifier(Notifier):
         ``events``: the latest event of each alert the daemon considers firing.
         An event older than what this channel already sent for its alert is
         skipped, so a refresh taken just before a resolve cannot re-fire it.
+        Order is (lifecycle start, seq): an alert that fires again starts a
+        new lifecycle whose seq counts from 1, and is refreshed.
         """
         self._last_refresh = now
         fresh = []
@@ -239,7 +260,7 @@ class AlertmanagerNotifier(Notifier):
             for e in events:
                 if e.kind == RESOLVED or not super().accepts(e) or self.below_min(e):
                     continue
-                if e.seq < self._last_seq.get(e.key, -1):
+                if _lifecycle(e) < self._last_sent.get(e.key, (0.0, 0)):
                     continue
                 fresh.append(e)
         if not fresh:
@@ -293,6 +314,11 @@ class AlertmanagerNotifier(Notifier):
             log.warning("%s: Alertmanager %s failed, others still receive: %s", self.name, url, err.message)
         elif err is None and was_ok is False:
             log.info("%s: Alertmanager %s accepts alerts again", self.name, url)
+
+
+def _lifecycle(e: AlertEvent) -> tuple[float, int]:
+    """Orders the events of one alert across lifecycles: when it started firing, then seq."""
+    return (e.starts_at, e.seq)
 
 
 def _url_item(sec: Section, i: int, item: Any) -> Secret | None:

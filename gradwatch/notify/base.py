@@ -9,7 +9,6 @@ again can help (:class:`DeliveryError`).
 
 from __future__ import annotations
 
-import email.utils
 import fnmatch
 import importlib
 import inspect
@@ -17,19 +16,22 @@ import logging
 import math
 import re
 import string
-import time
 from collections.abc import Iterable
-from datetime import timezone
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-import requests
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
-
 from gradwatch.alerts import DEESCALATED, REPEAT, RESOLVED, AlertEvent
+from gradwatch.notify.errors import DeliveryError
+from gradwatch.notify.http import (
+    RETRYABLE_4XX,
+    USER_AGENT,
+    make_session,
+    network_reason,
+    parse_retry_after,
+    post,
+)
 from gradwatch.rules import RANK, SEVERITIES, human
-from gradwatch.secrets import Secret, scrub, url_problem
+from gradwatch.secrets import Secret, url_problem
 from gradwatch.yamlconf import Section
 
 log = logging.getLogger("gradwatch.notify")
@@ -37,30 +39,17 @@ log = logging.getLogger("gradwatch.notify")
 TYPES = ("slack", "webhook", "alertmanager", "console")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")
 DEFAULT_TIMEOUT = 10.0
-USER_AGENT = "gradwatch"
-
-
-class DeliveryError(Exception):
-    """A send that did not deliver.
-
-    ``retry_after``: the receiver said when to come back (HTTP 429/503
-    Retry-After), in seconds. ``permanent``: trying the same request again
-    cannot succeed (bad URL, revoked webhook, payload rejected).
-    The message never holds a secret.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        retry_after: float | None = None,
-        permanent: bool = False,
-        status: int | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.retry_after = retry_after
-        self.permanent = permanent
-        self.status = status  # the HTTP status, when the receiver answered
+# re-exported: channels and tests import these from here
+__all__ = [
+    "RETRYABLE_4XX",
+    "USER_AGENT",
+    "DeliveryError",
+    "Notifier",
+    "make_session",
+    "network_reason",
+    "parse_retry_after",
+    "post",
+]
 
 
 class Notifier:
@@ -129,6 +118,28 @@ class Notifier:
     def is_repeat(self, event: AlertEvent) -> bool:
         return event.kind == REPEAT
 
+    def status_for(self, event: AlertEvent) -> str:
+        """Alertmanager's status of ``event`` for this channel: below min_severity is over."""
+        return "resolved" if event.kind == RESOLVED or self.below_min(event) else "firing"
+
+    def status_changes(self, events: list[AlertEvent]) -> list[list[AlertEvent]]:
+        """``events`` cut, in order, before each event that changes its alert's status.
+
+        Payloads that hold one state per alert (webhook) would show only the
+        last of "firing, resolved" read in one batch, and nobody would be paged:
+        each part is sent as its own request, so the receiver sees every status.
+        """
+        parts: list[list[AlertEvent]] = [[]]
+        status: dict[str, str] = {}
+        for e in events:
+            now = self.status_for(e)
+            if status.get(e.key, now) != now:
+                parts.append([])
+                status.clear()
+            status[e.key] = now
+            parts[-1].append(e)
+        return [p for p in parts if p]
+
     # -- delivery --------------------------------------------------------------
     def send(self, events: list[AlertEvent]) -> None:
         """Deliver one group (one run, one window); raise DeliveryError if not delivered."""
@@ -192,97 +203,6 @@ def format_value(v: float | None) -> str:
     if isinstance(v, float) and not math.isfinite(v):
         return "NaN" if v != v else ("+Inf" if v > 0 else "-Inf")
     return human(float(v))
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds from a Retry-After header: delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    if not math.isfinite(seconds):
-        return None
-    return max(0.0, seconds)
-
-
-def make_session() -> requests.Session:
-    """A Session without automatic retries.
-
-    The outbox retries, with backoff, persistence and Retry-After; a POST
-    that urllib3 retried on its own could reach the receiver twice.
-    """
-    s = requests.Session()
-    adapter = HTTPAdapter(max_retries=Retry(total=0, read=False, redirect=0, raise_on_status=False))
-    s.mount("http://", adapter)
-    s.mount("https://", adapter)
-    s.headers["User-Agent"] = USER_AGENT
-    return s
-
-
-RETRYABLE_4XX = (408, 425, 429)
-
-
-def post(
-    session: requests.Session,
-    url: Secret,
-    *,
-    data: bytes,
-    headers: dict[str, str],
-    timeout: float,
-    secrets: list[Secret | None],
-    permanent_codes: tuple[int, ...] | None = None,
-) -> requests.Response:
-    """POST and turn every failure into a DeliveryError whose text holds no secret.
-
-    5xx, 408/425/429 and network errors are retryable; other 4xx are
-    permanent unless ``permanent_codes`` narrows them down.
-    """
-    where = str(url)
-    try:
-        r = session.post(url.reveal(), data=data, headers=headers, timeout=timeout, allow_redirects=False)
-    except requests.Timeout as e:
-        phase = "connecting" if isinstance(e, requests.ConnectTimeout) else "waiting for an answer"
-        raise DeliveryError(f"POST {where}: timed out after {timeout:g} s {phase}") from None
-    except requests.RequestException as e:
-        raise DeliveryError(f"POST {where}: {network_reason(e, [url, *secrets])}") from None
-    if 200 <= r.status_code < 300:
-        return r
-    body = scrub((r.text or "").strip()[:200], [url, *secrets])
-    msg = f"POST {where}: HTTP {r.status_code}{' ' + body if body else ''}"
-    retry_after = parse_retry_after(r.headers.get("Retry-After"))
-    code = r.status_code
-    if 300 <= code < 400:
-        raise DeliveryError(msg + " (redirects are not followed; fix the URL)", permanent=True, status=code)
-    if code >= 500 or code in RETRYABLE_4XX:
-        raise DeliveryError(msg, retry_after=retry_after, status=code)
-    if permanent_codes is not None and code not in permanent_codes:
-        raise DeliveryError(msg, retry_after=retry_after, status=code)
-    raise DeliveryError(msg, permanent=True, status=code)
-
-
-def network_reason(e: BaseException, secrets: list[Secret | None]) -> str:
-    """A short cause ("[Errno 111] Connection refused") from requests' nested exceptions."""
-    text = str(e)
-    m = re.search(r"\[Errno -?\d+\][^'\")]*", text)
-    if m:
-        return m.group(0).strip()
-    for pattern in ("Name or service not known", "Temporary failure in name resolution", "Connection reset"):
-        if pattern in text:
-            return pattern
-    if "RemoteDisconnected" in text or "Connection aborted" in text:
-        return "the receiver closed the connection without answering"
-    if isinstance(e, requests.exceptions.SSLError):
-        return "TLS error: " + scrub(text, secrets)[:200]
-    return f"{type(e).__name__}: {scrub(text, secrets)[:200]}"
 
 
 # -- building from config --------------------------------------------------------

@@ -43,6 +43,11 @@ def _value(v: float | None) -> str:
     return "n/a" if v is None else human(v)
 
 
+def _threshold(e: AlertEvent) -> str:
+    # a growth rule's level is a factor: its rule renders it as "x10" in the annotations
+    return _clean(e.annotations.get("threshold") or _value(e.threshold))
+
+
 class ConsoleNotifier:
     name = "console"
 
@@ -89,7 +94,7 @@ class ConsoleNotifier:
             f"tag={_clean(e.tag)}",
             f"step={e.step}",
             f"value={_value(e.value)}",
-            f"threshold={_value(e.threshold)}",
+            f"threshold={_threshold(e)}",
         ]
         if e.catchup:
             parts.append("(active at start-up)")
@@ -111,7 +116,7 @@ class ConsoleNotifier:
         lines = [
             head,
             f"  run {_clean(e.run)}   tag {_clean(e.tag)}",
-            f"  step {e.step}   value {_value(e.value)}   threshold {_value(e.threshold)}",
+            f"  step {e.step}   value {_value(e.value)}   threshold {_threshold(e)}",
         ]
         if e.annotations.get("summary"):
             lines.append(f"  {_clean(e.annotations['summary'])}")

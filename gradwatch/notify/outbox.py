@@ -390,6 +390,10 @@ class _Channel(threading.Thread):
         try:
             n.send(events)
         except DeliveryError as e:
+            # a group sent as several requests: what went out before the failure stays sent
+            done, rows = rows[: e.delivered], rows[e.delivered :]
+            if done:
+                self._delivered(conn, done)
             if e.permanent:
                 self._mark(conn, rows, FAILED, e.message)
                 with self._lock:
@@ -403,6 +407,10 @@ class _Channel(threading.Thread):
             log.exception("%s: unexpected error while sending", n.name)
             self._retry_later(conn, rows, f"{type(e).__name__} in {n.type} notifier", None)
             return
+        self._delivered(conn, rows)
+
+    def _delivered(self, conn: sqlite3.Connection, rows: list[_Row]) -> None:
+        n = self.notifier
         self._mark(conn, rows, SENT, None)
         with self._lock:
             self.sent += len(rows)

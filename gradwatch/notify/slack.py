@@ -2,7 +2,9 @@
 
 Every string that comes from a metric (run and tag names, rendered
 annotations) is escaped for mrkdwn; ``&``, ``<``, ``>`` and only those, so a
-run called ``exp<1>`` can neither create a link nor ping ``@channel``.
+run called ``exp<1>`` can neither create a link nor ping ``@channel``. Run and
+tag names always sit in a code span (see ``code``), which nothing in a name
+can end, so ``*``, ``_`` and backticks in them show literally.
 Messages respect Slack's limits by construction: long texts are cut before
 escaping (never through an ``&amp;``), and a group with many alerts becomes a
 summary list instead of one section per alert.
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import deque
 from typing import Any
 
 from gradwatch.alerts import DEESCALATED, ESCALATED, RESOLVED, AlertEvent
@@ -39,8 +42,6 @@ DETAIL_MAX = 8  # alerts shown one section each; more become a summary list
 RECOMMENDATIONS_MAX = 3
 
 ICON = {"critical": "\U0001f534", "warning": "\U0001f7e0", "info": "\U0001f535", "resolved": "\u2705"}
-# Slack's documented codes for a request that will never succeed as sent
-PERMANENT = (400, 403, 404, 410)
 
 
 def escape(text: str) -> str:
@@ -69,11 +70,26 @@ def fit(raw: str, limit: int, esc: bool = True) -> str:
     return (escape(raw[:lo]) if esc else raw[:lo]) + "\u2026"
 
 
+# Slack's mrkdwn has no escape for a backtick: one inside a code span ends it, and the
+# rest of the name is read as markup (*bold*, _italic_, a second span). In metric-derived
+# text a backtick is shown as U+02CB, which looks the same; line breaks (a forged
+# "RESOLVED" line), other control characters and bidi overrides (which reorder what the
+# reader sees) as \\xNN / \\uNNNN.
+_NEUTRAL = {
+    ord("`"): "\u02cb",
+    **{c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]},
+    **{c: f"\\u{c:04x}" for c in [0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]},
+}
+
+
 def code(raw: str, limit: int = 300) -> str:
-    """A run/tag name in a code span (keeps ``_`` and ``*`` literal), escaped."""
-    if "`" in raw or "\n" in raw:
-        return fit(raw, limit)
-    return f"`{fit(raw, limit - 2)}`"
+    """A run/tag name in a code span (keeps ``_`` and ``*`` literal), escaped; nothing in it can end it."""
+    return f"`{fit(raw.translate(_NEUTRAL), limit - 2)}`"
+
+
+def free_text(raw: str, limit: int) -> str:
+    """Metric-derived free text (rendered annotations): escaped, cut, unable to open a code span."""
+    return fit(raw.translate(_NEUTRAL), limit)
 
 
 class _Pacer:
@@ -83,13 +99,15 @@ class _Pacer:
         self._lock = threading.Lock()
         self._next: dict[str, float] = {}
 
-    def wait(self, key: str, interval: float) -> None:
+    def wait(self, key: str, interval: float) -> float:
+        """Sleep until this request may go; returns that moment (monotonic), as granted."""
         with self._lock:
             now = time.monotonic()
             at = max(now, self._next.get(key, 0.0))
             self._next[key] = at + interval
         if at > now:
             time.sleep(at - now)
+        return at
 
 
 _pacer = _Pacer()
@@ -118,6 +136,8 @@ class SlackNotifier(Notifier):
         self.username = username
         self.icon_emoji = icon_emoji
         self._session = make_session()
+        # when the pacer let each recent request go (monotonic): what the pacing promise is about
+        self.paced_at: deque[float] = deque(maxlen=32)
 
     @classmethod
     def from_section(cls, sec: Section, common: dict[str, Any]) -> Notifier | None:
@@ -150,7 +170,7 @@ class SlackNotifier(Notifier):
             return
         payload = self.message(events)
         body = json.dumps(payload, ensure_ascii=False).encode()
-        _pacer.wait(self.url.reveal(), self.min_interval)
+        self.paced_at.append(_pacer.wait(self.url.reveal(), self.min_interval))
         try:
             post(
                 self._session,
@@ -159,7 +179,6 @@ class SlackNotifier(Notifier):
                 headers={"Content-Type": "application/json; charset=utf-8"},
                 timeout=self.timeout,
                 secrets=[],
-                permanent_codes=PERMANENT,
             )
         except DeliveryError as e:
             if e.status == 429 and e.retry_after is None:
@@ -218,7 +237,7 @@ class SlackNotifier(Notifier):
             ("Tag", code(e.tag)),
             ("Step", f"{e.step:,}"),
             ("Value", fit(format_value(e.value), 100)),
-            ("Threshold", fit(format_value(e.threshold), 100)),
+            ("Threshold", fit(e.annotations.get("threshold") or format_value(e.threshold), 100)),
             ("Severity", self._severity_text(e)),
         ]
         link = render_link(self.generator_url, e)
@@ -271,15 +290,16 @@ class SlackNotifier(Notifier):
             e = events[0]
             summary = e.annotations.get("summary") or f"{e.rule} on {e.run}/{e.tag}"
             word = "RESOLVED" if self._status(e) == "resolved" else e.severity.upper()
-            return mention + f"[{word}] {fit(e.rule, 200)}: " + fit(summary, TEXT_MAX - 250 - len(mention))
+            head = mention + f"[{word}] {fit(e.rule, 200)}: "
+            return head + free_text(summary, TEXT_MAX - 250 - len(mention))
         rules = ", ".join(sorted({e.rule for e in events}))
         firing = sum(self._status(e) != "resolved" for e in events)
         resolved = len(events) - firing
         parts = [f"{firing} firing"] if firing else []
         if resolved:
             parts.append(f"{resolved} resolved")
-        raw = f"{len(events)} alerts on run {events[0].run} ({', '.join(parts)}): {rules}"
-        return mention + fit(raw, TEXT_MAX - len(mention))
+        head = f"{len(events)} alerts on run {code(events[0].run, 200)} "
+        return mention + head + fit(f"({', '.join(parts)}): {rules}", TEXT_MAX - len(mention) - len(head))
 
 
 def _section(text: str, prefix: str = "") -> dict[str, Any]:
@@ -289,4 +309,4 @@ def _section(text: str, prefix: str = "") -> dict[str, Any]:
 
 def _fitted_section(raw: str, prefix: str) -> dict[str, Any]:
     """A section of metric-derived ``raw`` text, escaped and cut to fit beside ``prefix``."""
-    return _section(fit(raw, SECTION_MAX - len(prefix)), prefix)
+    return _section(free_text(raw, SECTION_MAX - len(prefix)), prefix)

@@ -16,12 +16,14 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from gradwatch.alerts import AlertEvent
 from gradwatch.logjson import rfc3339
 from gradwatch.notify.base import (
     RESERVED_HEADERS,
+    DeliveryError,
     Notifier,
     check_headers,
     event_annotations,
@@ -47,8 +49,27 @@ def sign(secret: bytes, timestamp: str, body: bytes) -> str:
     return "sha256=" + mac.hexdigest()
 
 
-def verify(secret: bytes, timestamp: str, body: bytes, signature: str, max_skew: float = 300.0) -> bool:
-    """What a receiver does: constant-time compare, and reject old timestamps (replays)."""
+def verify(secret: bytes | str, headers: Mapping[str, str], body: bytes, max_skew: float = 300.0) -> bool:
+    """What a receiver does with a request: the call docs/notifications.md documents.
+
+    ``headers``: the request's headers (any mapping; names in any case);
+    ``body``: the raw bytes received. False when a header is missing, the
+    signature differs (compared in constant time) or the timestamp is more
+    than ``max_skew`` seconds away (a replayed request).
+    """
+    found = {k.lower(): v for k, v in headers.items()}
+    timestamp = found.get(TIMESTAMP_HEADER.lower())
+    signature = found.get(SIGNATURE_HEADER.lower())
+    if timestamp is None or signature is None:
+        return False
+    key = secret.encode() if isinstance(secret, str) else secret
+    return verify_signature(key, timestamp, body, signature, max_skew)
+
+
+def verify_signature(
+    secret: bytes, timestamp: str, body: bytes, signature: str, max_skew: float = 300.0
+) -> bool:
+    """:func:`verify` from the two header values (the arguments ``verify`` took before it took headers)."""
     try:
         skew = abs(time.time() - int(timestamp))
     except ValueError:
@@ -139,8 +160,7 @@ class WebhookNotifier(Notifier):
         latest = latest_per_alert(events)
         alerts = []
         for e in latest:
-            status = "resolved" if e.status == "resolved" or self.below_min(e) else "firing"
-            alerts.append(alert_payload(e, status, render_link(self.generator_url, e), now))
+            alerts.append(alert_payload(e, self.status_for(e), render_link(self.generator_url, e), now))
         truncated = 0
         if self.max_alerts and len(alerts) > self.max_alerts:
             truncated = len(alerts) - self.max_alerts
@@ -160,8 +180,17 @@ class WebhookNotifier(Notifier):
         }
 
     def send(self, events: list[AlertEvent]) -> None:
-        if not events:
-            return
+        """One request per status change: a crossing and its recovery in one group are two requests."""
+        delivered = 0
+        for part in self.status_changes(events):
+            try:
+                self._post(part)
+            except DeliveryError as e:
+                e.delivered = delivered  # the outbox marks those sent and retries the rest
+                raise
+            delivered += len(part)
+
+    def _post(self, events: list[AlertEvent]) -> None:
         body = json.dumps(self.payload(events), ensure_ascii=False, allow_nan=False).encode()
         headers = request_headers(self.headers, self.bearer_token)
         if self.hmac_secret is not None:
