@@ -59,6 +59,8 @@ class History:
         if last is not None and step <= last:
             self._rewind(step)  # restarted from a checkpoint: the new points replace the old ones
         self.last_step = step
+        if value != value or value in (_INF, -_INF):
+            return  # the reference reached this step, but NaN/±Inf is no base for a ratio
         if self._skip:
             self._skip -= 1
             return
@@ -163,7 +165,11 @@ class Verdict:
         "outcome",
         "ratio",
         "ref",
+        "refs",
+        "run",
         "since",
+        "skipped",
+        "tag",
         "until",
         "version",
     )
@@ -176,13 +182,22 @@ class Verdict:
         self.lo, self.hi = 0.0, 0.0
         self.ref: History | None = None
         self.gen = self.version = 0
+        # the series judged and where its references are (set by the engine: bind)
+        self.refs: References | None = None
+        self.run = self.tag = ""
+        # points that could not be compared (not reached, no point near, ...), for check output
+        self.skipped = 0
         self.outcome = NO_BASELINE
         self.ratio = 0.0
         self.base = 0.0  # the reference value compared with (the median over several runs)
         self.base_step = 0  # the reference step (NOT_REACHED: the last step the reference logged)
 
+    def bind(self, refs: References, run: str, tag: str) -> None:
+        self.refs, self.run, self.tag = refs, run, tag
+
     def set(self, outcome: str, base_step: int = 0, base: float = 0.0, ratio: float = 0.0) -> int:
         self.outcome, self.base_step, self.base, self.ratio = outcome, base_step, base, ratio
+        self.skipped += 1
         return HOLD
 
     @property

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import math
 import textwrap
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from gradwatch.baseline import Verdict
 from gradwatch.engine import Engine
 from gradwatch.events.logdir import LogdirReader, ProblemLog
-from gradwatch.rules import RANK, SEVERITY_OF_RANK, Rule, Series, display_name, human, json_number
+from gradwatch.rules import RANK, SEVERITY_OF_RANK, Rule, RuleState, Series, display_name, human, json_number
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 _INDENT = " " * 14
@@ -135,6 +137,8 @@ class CheckResult:
     problems: dict[str, int]
     # every tag seen, matched or not, to explain "nothing matched"
     tags_seen: set[str] = field(default_factory=set)
+    # baseline rules' series with points that could not be compared: (rule, run, tag, points, why)
+    uncompared: list[tuple[Rule, str, str, int, str]] = field(default_factory=list)
 
     @property
     def worst(self) -> int:
@@ -169,7 +173,7 @@ def run_check(logdir: str, rules: list[Rule], problems: ProblemLog | None = None
             return
         f.at_rank[rank] = f.at_rank.get(rank, 0) + 1
         state = s.states[i]
-        ratio = state.ratio if rule.kind == "growth" else None
+        ratio = _ratio_of(rule, state)
         for r, sev, _ in rule.levels:
             if r <= rank and sev not in f.first:
                 f.first[sev] = (step, value, ratio)
@@ -185,16 +189,50 @@ def run_check(logdir: str, rules: list[Rule], problems: ProblemLog | None = None
     observe = engine.observe
     engine_runs = engine.runs
     points = 0
-    for run, tag, step, wall_time, value in reader.read_all(final=True):
+    for run, tag, step, wall_time, value in _references_first(reader, engine):
         points += 1
         observe(run, tag, step, wall_time, value)
-        if engine_runs[run][tag] is not None:
+        series = engine_runs[run][tag]
+        if series is not None and series.rules:  # not a baseline's reference that no rule watches
             st = stats.get((run, tag))
             if st is None:
                 st = stats[(run, tag)] = SeriesStats()
             st.add(step, value)
     tags_seen = {tag for tags in engine_runs.values() for tag in tags}
-    return CheckResult(logdir, rules, findings, stats, runs, points, dict(problems.counts), tags_seen)
+    result = CheckResult(logdir, rules, findings, stats, runs, points, dict(problems.counts), tags_seen)
+    result.uncompared = _uncompared(engine)
+    return result
+
+
+def _ratio_of(rule: Rule, state: RuleState) -> float | None:
+    """The ratio check shows next to a finding: growth's, or the value over the baseline's."""
+    if rule.kind == "growth":
+        return state.ratio
+    if isinstance(state.extra, Verdict):
+        return state.extra.ratio
+    return None
+
+
+def _references_first(reader: LogdirReader, engine: Engine) -> Iterator[tuple[str, str, int, float, float]]:
+    """Every point, the runs that baseline rules compare with first: a finished logdir's baseline
+    has reached every step when the other runs are compared with it."""
+    if not engine.has_baselines:
+        yield from reader.read_all(final=True)
+        return
+    paths = sorted(reader.readers, key=lambda p: (reader.readers[p][0], p))
+    reference_runs = {reader.readers[p][0] for p in paths if engine.is_reference_run(reader.readers[p][0])}
+    for path in sorted(paths, key=lambda p: reader.readers[p][0] not in reference_runs):
+        yield from reader.read_file(path, final=True)
+
+
+def _uncompared(engine: Engine) -> list[tuple[Rule, str, str, int, str]]:
+    out = []
+    for s in engine.all_series():
+        for rule, state in zip(s.rules, s.states):
+            v = state.extra
+            if isinstance(v, Verdict) and v.skipped:
+                out.append((rule, s.run, s.tag, v.skipped, v.explain(s.step)))
+    return sorted(out, key=lambda u: (u[1], u[2], u[0].name))
 
 
 def describe_rule(rule: Rule) -> str:
@@ -208,6 +246,17 @@ def describe_rule(rule: Rule) -> str:
         return f"grew {grew} within {rule.within_steps} steps"
     if rule.kind == "absent":
         return f"no point for more than {human(rule.absent_for)} s ({levels[0][1]})"
+    if rule.detector is not None:
+        d = rule.detector
+        away = {"both": "from", "above": "above", "below": "below"}[d.direction]
+        sigmas = ", ".join(f"{human(level)} sd ({sev})" for _, sev, level in levels)
+        scale = " on a log scale" if d.log else ""
+        return f"{sigmas} {away} the last {d.window} points{scale}"
+    if rule.baseline is not None:
+        b = rule.baseline
+        times = ", ".join(f"x{human(level)} ({sev})" for _, sev, level in levels)
+        which = b.runs[0] if len(b.runs) == 1 else "the median of " + " ".join(b.runs)
+        return f"{times} {'below' if b.below else 'above'} {display_name(which)} at the same step"
     return f"NaN or ±Inf ({levels[0][1]})"
 
 
@@ -255,6 +304,7 @@ def write_text(result: CheckResult, out: TextIO) -> None:
                 )
                 + "\n"
             )
+    _write_uncompared(result, out)
     code = result.exit_code
     crit = sum(1 for f in alerted if f.worst >= RANK["critical"])
     warn = sum(1 for f in alerted if RANK["warning"] <= f.worst < RANK["critical"])
@@ -279,6 +329,18 @@ def write_text(result: CheckResult, out: TextIO) -> None:
     out.write(f"\n{STATUS[code]}: {summary}\n")
 
 
+def _write_uncompared(result: CheckResult, out: TextIO) -> None:
+    """Points a baseline rule could not judge: not evidence, but the reader must know."""
+    if not result.uncompared:
+        return
+    out.write("\nnot compared with a baseline (not evidence either way)\n")
+    for rule, run, tag, points, why in result.uncompared:
+        out.write(
+            f"  {rule.name} on run {display_name(run)}, {display_name(tag)}: "
+            f"{points:,} points not compared; at the last point: {why}\n"
+        )
+
+
 def _series_text(st: SeriesStats) -> str:
     peak = st.extreme("max")
     parts = [f"{st.count:,} points"]
@@ -300,6 +362,10 @@ def write_json(result: CheckResult, out: TextIO) -> None:
         "series": len(result.stats),
         "points": result.points,
         "findings": [f.to_json(result.stats[(f.run, f.tag)]) for f in result.alerted()],
+        "not_compared": [
+            {"rule": rule.name, "run": run, "tag": tag, "points": points, "last": why}
+            for rule, run, tag, points, why in result.uncompared
+        ],
         "problems": result.problems,
     }
     json.dump(doc, out, indent=2)
