@@ -18,9 +18,14 @@ therefore the window as it was up to a quarter of a window ago, which only
 matters for a series that changes regime within a few points (and keeps the
 first points of an explosion out of the statistics they are judged against).
 
+A point that reaches a level is kept out of the statistics (``held``), so a
+spike does not inflate the spread it is judged against and an explosion does
+not become its own reference; ``min_points`` alerting points in a row are a
+new level, not a spike, and join the window (the alert can then end).
+
 State is bounded: at most ``window`` numbers plus at most ``window // 4``
-pending ones (``min_points`` during warm-up) per series, whatever the number
-of points read.
+pending ones (``min_points`` during warm-up) and fewer than ``min_points``
+held ones per series, whatever the number of points read.
 """
 
 from __future__ import annotations
@@ -59,7 +64,7 @@ class AnomalyState:
     last point judged outside the band.
     """
 
-    __slots__ = ("center", "due", "hi", "lo", "pending", "scale", "window", "z")
+    __slots__ = ("band", "center", "due", "held", "hi", "lo", "pending", "scale", "window", "z")
 
     def __init__(self, window: int) -> None:
         self.window: deque[float] = deque(maxlen=window)
@@ -71,6 +76,9 @@ class AnomalyState:
         self.z = math.nan
         # the number of pending points that triggers a refresh
         self.due = 1
+        # consecutive alerting points, kept out of the window; the band they closed
+        self.held: list[float] = []
+        self.band = (self.lo, self.hi)
 
 
 def _mean_std(xs: deque[float]) -> tuple[float, float]:
@@ -154,16 +162,37 @@ class Detector:
                 return 0
             st.z = -math.inf
             return self._rank(-math.inf)
-        st.pending.append(value)
         if not warm:  # warm-up: not judged yet
+            st.pending.append(value)
             if len(st.window) + len(st.pending) >= self.min_points:
                 self._refresh(st)
             return 0
         x = math.log(value) if self.log else value
         z = st.z = (x - st.center) / st.scale
+        rank = self._rank(z)
+        if rank:
+            self._hold_out(st, value)
+            return rank
+        if st.held:
+            st.held.clear()  # back to normal: the outliers never join the statistics
+            st.lo, st.hi = st.band
+        st.pending.append(value)
         if len(st.pending) >= st.due:
             self._refresh(st)
-        return self._rank(z)
+        return 0
+
+    def _hold_out(self, st: AnomalyState, value: float) -> None:
+        """Keep an alerting point out of the statistics it is judged against, so an explosion does
+        not become its own reference; ``min_points`` of them in a row are a new level, and join."""
+        held = st.held
+        if not held:
+            st.band = (st.lo, st.hi)
+            st.lo, st.hi = math.inf, -math.inf  # every point to _judge while holding
+        held.append(value)
+        if len(held) >= self.min_points:
+            st.pending.extend(held)
+            held.clear()
+            self._refresh(st)
 
     def _rank(self, z: float) -> int:
         d = self.direction
@@ -200,7 +229,7 @@ class Detector:
     # -- persistence -----------------------------------------------------------
     def dump(self, st: AnomalyState) -> dict[str, Any]:
         """JSON-ready; the statistics are recomputed from the points on load."""
-        return {"window": list(st.window), "pending": list(st.pending)}
+        return {"window": list(st.window), "pending": list(st.pending), "held": list(st.held)}
 
     def load(self, d: dict[str, Any]) -> AnomalyState:
         """A state from :meth:`dump`; bad or foreign data gives a fresh state (warm-up again)."""
@@ -208,12 +237,15 @@ class Detector:
         try:
             window = [float(x) for x in d.get("window", [])]
             pending = [float(x) for x in d.get("pending", [])]
+            held = [float(x) for x in d.get("held", [])]
         except (TypeError, ValueError, AttributeError):
             return st
-        if not all(map(math.isfinite, window + pending)):
+        if not all(map(math.isfinite, window + pending + held)):
             return st
         st.window.extend(window[-self.window :])
         st.pending.extend(pending[-self.window :])
         st.due = min(self.refresh, max(1, len(st.window) // 4))
         self._recompute(st)
+        for value in held[-(self.min_points - 1) :]:
+            self._hold_out(st, value)
         return st

@@ -97,18 +97,30 @@ def test_critical_wins_over_warning():
 
 
 def test_robust_ignores_one_outlier_in_the_window_that_the_mean_does_not():
-    # one huge value in the window inflates the standard deviation but not the MAD
-    points = [10.0, 12.0] * 5 + [1e6] + [11.0] * 3
-    plain, robust = (
-        Detector(LEVELS, window=20, min_points=10),
-        Detector(LEVELS, window=20, min_points=10, robust=True),
-    )
-    for d in (plain, robust):
+    # one huge value among the warm-up points inflates the standard deviation but not the MAD
+    points = [10.0, 12.0] * 4 + [1e6, 11.0]
+    for robust, expected in ((False, 0), (True, CRITICAL)):
+        d = Detector(LEVELS, window=20, min_points=10, robust=robust)
         st = d.new_state()
         for v in points:
             d.observe(st, v)
-        d._refresh(st)  # the outlier is in the window now
-        assert d.observe(st, 40.0) == (0 if d is plain else CRITICAL)
+        assert d.observe(st, 40.0) == expected
+
+
+def test_a_spike_stays_out_of_the_statistics_a_lasting_change_joins_them():
+    d = Detector(LEVELS, window=100, min_points=10)
+    st = d.new_state()
+    for x in [10.0, 12.0] * 5:
+        d.observe(st, x)
+    center, scale = st.center, st.scale
+    assert d.observe(st, 1_000.0) == CRITICAL
+    assert d.observe(st, 11.0) == 0
+    d._refresh(st)
+    assert 1_000.0 not in st.window and st.center == pytest.approx(center, rel=0.01)
+    # ten alerting points in a row (min_points) are a new level: they join and the alert can end
+    ranks = [d.observe(st, 1_000.0 + i) for i in range(12)]
+    assert ranks[:10] == [CRITICAL] * 10 and ranks[10:] == [0, 0]
+    assert st.scale > 10 * scale
 
 
 def test_log_scale_sees_multiplicative_growth_at_any_magnitude():
