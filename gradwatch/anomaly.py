@@ -80,6 +80,10 @@ class AnomalyState:
         self.held: list[float] = []
         self.band = (self.lo, self.hi)
 
+    def dump(self) -> dict[str, Any]:
+        """JSON-ready; the statistics are recomputed from the points on load (Detector.load)."""
+        return {"window": list(self.window), "pending": list(self.pending), "held": list(self.held)}
+
 
 def _mean_std(xs: deque[float]) -> tuple[float, float]:
     n = len(xs)
@@ -227,9 +231,12 @@ class Detector:
         st.lo, st.hi = lo, hi
 
     # -- persistence -----------------------------------------------------------
+    def signature(self) -> tuple:
+        """What a saved state depends on: a state saved under other settings is not loaded."""
+        return (self.window, self.min_points, self.direction, self.log, self.robust)
+
     def dump(self, st: AnomalyState) -> dict[str, Any]:
-        """JSON-ready; the statistics are recomputed from the points on load."""
-        return {"window": list(st.window), "pending": list(st.pending), "held": list(st.held)}
+        return st.dump()
 
     def load(self, d: dict[str, Any]) -> AnomalyState:
         """A state from :meth:`dump`; bad or foreign data gives a fresh state (warm-up again)."""

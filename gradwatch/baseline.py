@@ -27,7 +27,7 @@ NO_BASELINE = "no baseline"  # no reference run has logged this tag yet
 NOT_POSITIVE = "not positive"  # a ratio needs positive values
 NOT_FINITE = "not finite"
 DIRECTIONS = ("above", "below")
-MAX_POINTS = 10_000
+MAX_POINTS = 4096
 # how many reference points a quiet band spans
 BAND_POINTS = 32
 _INF = float("inf")
@@ -111,6 +111,14 @@ class History:
     def load(cls, d: dict, max_points: int = MAX_POINTS) -> History:
         """A history from :meth:`dump`; data that is not what dump wrote gives an empty one."""
         h = cls(max_points)
+        h.restore(d)
+        return h
+
+    def restore(self, d: dict) -> None:
+        """Put the points of :meth:`dump` back in place (the engine's References keep this object);
+        data that is not what dump wrote leaves the history as it is."""
+        h = self
+        max_points = self.max_points
         try:
             steps = array("q", (int(s) for s in d["steps"]))
             values = array("d", (float(v) for v in d["values"]))
@@ -118,12 +126,12 @@ class History:
             last = d.get("last_step")
             last = int(last) if last is not None else None
         except (KeyError, TypeError, ValueError, OverflowError, AttributeError):
-            return h
+            return
         if len(steps) != len(values) or stride < 1 or any(a >= b for a, b in itertools.pairwise(steps)):
-            return h
+            return
         keep = max_points - 1
         h.steps, h.values, h.stride, h.last_step = steps[-keep:], values[-keep:], stride, last
-        return h
+        h.gen += 1
 
 
 class References:
@@ -244,6 +252,10 @@ class Baseline:
         self.tolerance = tolerance
         self.below = direction == "below"
         self._cache: dict[str, tuple[References, int, list[tuple[str, History]]]] = {}
+
+    def signature(self) -> tuple:
+        """What a saved state depends on (the reference runs, tolerance, direction)."""
+        return (tuple(self.runs), self.tolerance, self.below)
 
     def is_reference(self, run: str) -> bool:
         return any(fnmatch.fnmatchcase(run, g) for g in self.runs)

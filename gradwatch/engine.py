@@ -41,9 +41,8 @@ class Engine:
         self.runs: dict[str, dict[str, Series | None]] = {}
         # where a skipped series is reported (a ProblemLog: counted, logged once)
         self.problems = problems or ProblemLog()
-        # the points of baseline rules' reference series, bounded per series
+        # the points of baseline rules' reference series, bounded per series (kept across reloads)
         self.references = References()
-        self._baselines = [r for r in rules if r.baseline is not None]
 
     def series(self, run: str, tag: str) -> Series | None:
         tags = self.runs.setdefault(run, {})
@@ -60,6 +59,16 @@ class Engine:
             if s is not None and self.on_new_series is not None:
                 self.on_new_series(s)
         return tags[tag]
+
+    @property
+    def rules(self) -> list[Rule]:
+        return self._rules
+
+    @rules.setter
+    def rules(self, rules: list[Rule]) -> None:
+        # the daemon's reload assigns new rules: the baseline rules among them go with them
+        self._rules = rules
+        self._baselines = [r for r in rules if r.baseline is not None]
 
     def is_reference(self, run: str, tag: str) -> bool:
         """Whether some baseline rule compares other runs with this series."""
