@@ -18,9 +18,9 @@ Rows:
   same steps (a bisect into its history per point);
 * ``baseline median of 3``: against the median of three reference runs;
 * ``reference history``: ``History.add`` (what each point of a baseline run costs);
-* ``engine:`` rows (when the rule model has the kinds): ``Engine.observe`` with
-  one rule of that kind, minus ``Engine.observe`` with a thresholds rule that
-  never fires: what choosing the kind costs in the daemon.
+* the second table: ``Engine.observe`` on a series with a thresholds rule that
+  never fires, then with one rule of each kind added: what adding the rule
+  costs a healthy series in the daemon and in ``check``.
 """
 
 from __future__ import annotations
@@ -111,30 +111,40 @@ def measure_baseline(loop, points, repeat: int) -> float:
 
 
 def engine_rows(points, repeat: int) -> list[tuple[str, float]]:
-    """Engine.observe with one rule of each kind, when the rule model has them (after phase 2)."""
-    try:
-        from gradwatch.engine import Engine
-        from gradwatch.rulefile import parse_rules
-    except ImportError:
-        return []
-    bodies = {
-        "thresholds": {"thresholds": {"warning": 1e9}},
-        "anomaly": {"anomaly": {}},
-        "anomaly log": {"anomaly": {"log": True}},
-        "baseline": {"baseline": {"run": "ref", "factor": 10}},
+    """Engine.observe on a series with a thresholds rule, then with one rule of each kind added."""
+    from gradwatch.engine import Engine
+    from gradwatch.rulefile import parse_rules
+
+    added = {
+        "thresholds only": [],
+        "+ thresholds": [{"thresholds": {"warning": 2e9}}],
+        "+ anomaly": [{"anomaly": {}}],
+        "+ anomaly log": [{"anomaly": {"log": True}}],
+        "+ anomaly robust": [{"anomaly": {"robust": True}}],
+        "+ baseline": [{"baseline": {"run": "ref", "factor": 10}}],
+        "+ baseline median of 3": [{"baseline": {"runs": "ref*", "factor": 10}}],
     }
     out = []
-    for name, body in bodies.items():
+    for name, extra in added.items():
+        bodies = [{"thresholds": {"warning": 1e9}}, *extra]
         problems: list = []
-        rules = parse_rules({"rules": [{"name": "r", **body}]}, "bench", problems)
-        if problems or not rules:
-            continue
+        doc = {"rules": [{"name": f"r{i}", "match": {"runs": "run"}, **b} for i, b in enumerate(bodies)]}
+        rules = parse_rules(doc, "bench", problems)
+        assert not problems, problems
+        references = 3 if "median" in name else 1
 
-        def loop(points, rules=rules, name=name):
+        def loop(points, rules=rules, references=references):
             engine = Engine(rules, lambda *a: None)
-            if "baseline" in name:
-                for s, v in points:
-                    engine.observe("ref", "norm", s, 0.0, v)
+            rng = random.Random(1)
+            for k in range(references):
+                for s, _ in points:
+                    engine.observe(
+                        f"ref{'' if references == 1 else k}",
+                        "norm",
+                        s,
+                        0.0,
+                        5_000 * (1 + rng.uniform(-0.1, 0.1)),
+                    )
             loop.setup = time.process_time()
             for s, v in points:
                 engine.observe("run", "norm", s, 0.0, v)
@@ -165,10 +175,12 @@ def main() -> None:
     for name, t in rows:
         print(f"| {name} | {t * 1e6:.3f} µs | {(t - floor) * 1e6:.3f} µs |")
     engine = engine_rows(points, args.repeat)
-    if engine:
-        base = dict(engine).get("thresholds", 0.0)
-        for name, t in engine:
-            print(f"| engine: {name} | {t * 1e6:.3f} µs | {(t - base) * 1e6:.3f} µs |")
+    base = dict(engine)["thresholds only"]
+    print("\n`Engine.observe` per point; added: over the same series with its thresholds rule only\n")
+    print("| rules on the series | per point | added |")
+    print("| --- | ---: | ---: |")
+    for name, t in engine:
+        print(f"| {name} | {t * 1e6:.3f} µs | {'' if t is base else f'{(t - base) * 1e6:.3f} µs'} |")
 
 
 if __name__ == "__main__":

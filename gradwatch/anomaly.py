@@ -30,6 +30,7 @@ held ones per series, whatever the number of points read.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from operator import mul
@@ -40,6 +41,8 @@ MAD_TO_SIGMA = 1.482602218505602
 DIRECTIONS = ("both", "above", "below")
 # what observe() returns for NaN/±Inf: not evidence, the caller keeps its severity
 HOLD = -1
+# the window's sums are recomputed exactly after this many windows of points moved in and out
+EXACT_EVERY = 4
 # exp() of more than this overflows a float
 _LOG_MAX = math.log(1.7976931348623157e308)
 DEFAULTS: dict[str, Any] = {
@@ -64,7 +67,20 @@ class AnomalyState:
     last point judged outside the band.
     """
 
-    __slots__ = ("band", "center", "due", "held", "hi", "lo", "pending", "scale", "window", "z")
+    __slots__ = (
+        "band",
+        "center",
+        "due",
+        "held",
+        "hi",
+        "lo",
+        "pending",
+        "scale",
+        "since_exact",
+        "sums",
+        "window",
+        "z",
+    )
 
     def __init__(self, window: int) -> None:
         self.window: deque[float] = deque(maxlen=window)
@@ -79,19 +95,22 @@ class AnomalyState:
         # consecutive alerting points, kept out of the window; the band they closed
         self.held: list[float] = []
         self.band = (self.lo, self.hi)
+        # (sum, sum of squares) of the window, kept up to date between exact recomputations
+        self.sums: tuple[float, float] | None = None
+        self.since_exact = 0
 
     def dump(self) -> dict[str, Any]:
         """JSON-ready; the statistics are recomputed from the points on load (Detector.load)."""
         return {"window": list(self.window), "pending": list(self.pending), "held": list(self.held)}
 
 
-def _mean_std(xs: deque[float]) -> tuple[float, float]:
+def _mean_std(xs: deque[float], total: float, squares: float) -> tuple[float, float]:
+    """Mean and sample standard deviation from the sums of the values and of their squares."""
     n = len(xs)
-    total = sum(xs)
     mean = total / n
-    # one pass with C-level sums; where it would lose digits (spread tiny against the level) two passes
-    var = (sum(map(mul, xs, xs)) - total * mean) / (n - 1)
+    var = (squares - total * mean) / (n - 1)
     if var <= 1e-8 * mean * mean:
+        # where the one-pass formula loses digits (spread tiny against the level): two passes
         var = math.fsum((x - mean) * (x - mean) for x in xs) / (n - 1)
     return mean, math.sqrt(var)
 
@@ -208,9 +227,26 @@ class Detector:
 
     def _refresh(self, st: AnomalyState) -> None:
         """Move the pending points into the window and recompute the statistics."""
-        st.window.extend(map(math.log, st.pending) if self.log else st.pending)
-        st.pending.clear()
-        st.due = min(self.refresh, max(1, len(st.window) // 4))
+        new = list(map(math.log, st.pending)) if self.log else st.pending
+        st.pending = []
+        window = st.window
+        drop = len(window) + len(new) - self.window
+        if self.robust or drop >= len(window) or st.since_exact + len(new) >= EXACT_EVERY * self.window:
+            window.extend(new)
+            st.sums = None  # recomputed exactly now and then: float sums drift
+        elif st.sums is not None:
+            # the sums move by what joins minus what leaves: O(points moved), not O(window)
+            gone = list(itertools.islice(window, drop)) if drop > 0 else []
+            window.extend(new)
+            s1, s2 = st.sums
+            st.sums = (
+                s1 + sum(new) - sum(gone),
+                s2 + sum(map(mul, new, new)) - sum(map(mul, gone, gone)),
+            )
+            st.since_exact += len(new)
+        else:
+            window.extend(new)
+        st.due = min(self.refresh, max(1, len(window) // 4))
         self._recompute(st)
 
     def _recompute(self, st: AnomalyState) -> None:
@@ -218,7 +254,13 @@ class Detector:
         window = st.window
         if len(window) < self.min_points:
             return
-        center, scale = _median_mad(window) if self.robust else _mean_std(window)
+        if self.robust:
+            center, scale = _median_mad(window)
+        else:
+            if st.sums is None:
+                st.sums = (sum(window), sum(map(mul, window, window)))
+                st.since_exact = 0
+            center, scale = _mean_std(window, *st.sums)
         # a constant window has no spread: any change is infinitely unusual, say so with a tiny scale
         scale = max(scale, abs(center) * 1e-12, 1e-300)
         st.center, st.scale = center, scale

@@ -485,6 +485,8 @@ class Rule:
             # (raw 0 means every streak is already 0)
             return 0
         mode = self._mode
+        if mode >= _ANOMALY and not state.raw and self._quiet(state, step, value):
+            return 0  # the same shortcut for the kinds whose quiet range is per series
         raw = 0
         if mode <= _ABSOLUTE:
             if not _isfinite(value):
@@ -566,6 +568,25 @@ class Rule:
             else:
                 streaks[i] = 0
         return best
+
+    def _quiet(self, state: RuleState, step: int, value: float) -> bool:
+        """Inside the quiet band the detector or the baseline keeps per series (see their modules);
+        the anomaly detector still records the point."""
+        extra = state.extra
+        if self._mode == _ANOMALY:
+            if not extra.lo < value < extra.hi:  # type: ignore[union-attr]
+                return False
+            pending = extra.pending  # type: ignore[union-attr]
+            pending.append(value)
+            if len(pending) >= extra.due:  # type: ignore[union-attr]
+                self.detector._refresh(extra)  # type: ignore[union-attr, arg-type]
+            return True
+        return (
+            extra.since <= step <= extra.until  # type: ignore[union-attr]
+            and extra.lo < value < extra.hi  # type: ignore[union-attr]
+            and extra.version == extra.refs.version  # type: ignore[union-attr]
+            and extra.gen == extra.ref.gen  # type: ignore[union-attr]
+        )
 
     def _held(self, state: RuleState) -> int:
         """The rank after the last finite point (from ``raw`` and the streaks)."""
