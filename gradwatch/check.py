@@ -17,7 +17,8 @@ from typing import Any, TextIO
 from gradwatch.baseline import Verdict
 from gradwatch.engine import Engine
 from gradwatch.events.logdir import LogdirReader, ProblemLog
-from gradwatch.rules import RANK, SEVERITY_OF_RANK, Rule, RuleState, Series, display_name, human, json_number
+from gradwatch.fmt import escape
+from gradwatch.rules import RANK, SEVERITY_OF_RANK, Rule, RuleState, Series, human, json_number
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 _INDENT = " " * 14
@@ -256,14 +257,14 @@ def describe_rule(rule: Rule) -> str:
         b = rule.baseline
         times = ", ".join(f"x{human(level)} ({sev})" for _, sev, level in levels)
         which = b.runs[0] if len(b.runs) == 1 else "the median of " + " ".join(b.runs)
-        return f"{times} {'below' if b.below else 'above'} {display_name(which)} at the same step"
+        return f"{times} {'below' if b.below else 'above'} {escape(which)} at the same step"
     return f"NaN or ±Inf ({levels[0][1]})"
 
 
 def write_text(result: CheckResult, out: TextIO) -> None:
     n_series = len(result.stats)
     out.write(
-        f"gradwatch check {result.logdir}: {len(result.rules)} rules, {len(result.runs)} runs, "
+        f"gradwatch check {escape(result.logdir)}: {len(result.rules)} rules, {len(result.runs)} runs, "
         f"{n_series} matching series, {result.points:,} points read\n"
     )
     alerted = result.alerted()
@@ -272,10 +273,10 @@ def write_text(result: CheckResult, out: TextIO) -> None:
         st = result.stats[(f.run, f.tag)]
         if f.run != run:
             run, tag = f.run, None
-            out.write(f"\nrun {display_name(f.run)}\n")
+            out.write(f"\nrun {escape(f.run)}\n")
         if f.tag != tag:
             tag = f.tag
-            out.write(f"  {display_name(f.tag)}: {_series_text(st)}\n")
+            out.write(f"  {escape(f.tag)}: {_series_text(st)}\n")
         rule = f.rule
         out.write(f"    {SEVERITY_OF_RANK[f.worst].upper():9} {rule.name}: {describe_rule(rule)}\n")
         present = [(rank, sev) for rank, sev, _ in sorted(rule.levels) if sev in f.first]
@@ -296,7 +297,7 @@ def write_text(result: CheckResult, out: TextIO) -> None:
         if recommendation:
             out.write(
                 textwrap.fill(
-                    recommendation,
+                    escape(recommendation),
                     width=110,
                     initial_indent=_INDENT + "-> ",
                     subsequent_indent=_INDENT + "   ",
@@ -315,7 +316,7 @@ def write_text(result: CheckResult, out: TextIO) -> None:
         summary = "the event files hold no scalar points"
     elif not result.stats:
         seen = sorted(result.tags_seen)
-        shown = ", ".join(seen[:10]) + (f" and {len(seen) - 10} more" if len(seen) > 10 else "")
+        shown = ", ".join(map(escape, seen[:10])) + (f" and {len(seen) - 10} more" if len(seen) > 10 else "")
         summary = f"no series matched the rules, nothing was checked (tags seen: {shown})"
     elif not alerted:
         summary = f"all {n_series} matching series stayed within the rules"
@@ -336,7 +337,7 @@ def _write_uncompared(result: CheckResult, out: TextIO) -> None:
     out.write("\nnot compared with a baseline (not evidence either way)\n")
     for rule, run, tag, points, why in result.uncompared:
         out.write(
-            f"  {rule.name} on run {display_name(run)}, {display_name(tag)}: "
+            f"  {rule.name} on run {escape(run)}, {escape(tag)}: "
             f"{points:,} points not compared; at the last point: {why}\n"
         )
 

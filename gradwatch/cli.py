@@ -17,6 +17,8 @@ from typing import TextIO
 from gradwatch import __version__
 from gradwatch.check import UNKNOWN
 from gradwatch.events.logdir import LogdirError, ProblemLog
+from gradwatch.fmt import escape
+from gradwatch.logjson import JsonFormatter, TextFormatter
 from gradwatch.yamlconf import ConfigError
 
 log = logging.getLogger("gradwatch")
@@ -250,12 +252,8 @@ def cmd_rules_test(args) -> int:
 def setup_logging(verbose: bool = False, quiet: bool = False, fmt: str = "text") -> None:
     level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        from gradwatch.logjson import JsonFormatter
-
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("gradwatch: %(levelname)s: %(message)s"))
+    # both formatters escape run names and every other argument (gradwatch/logjson.py)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger("gradwatch")
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -281,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         print(str(e), file=sys.stderr)
         return UNKNOWN
     except (LogdirError, UsageError) as e:
-        print(f"gradwatch: {e}", file=sys.stderr)
+        print(f"gradwatch: {escape(e)}", file=sys.stderr)  # may quote run names and tags
         return UNKNOWN
     except BrokenPipeError:
         # `gradwatch export ... | head`: the reader went away, not an error

@@ -54,10 +54,24 @@ class Config:
 
 
 def parse_listen(text: str) -> tuple[str, int] | None:
+    """``HOST:PORT`` or ``[V6]:PORT``; None when malformed. ``:PORT`` is refused: listening on
+    every interface must be said (``0.0.0.0:PORT``, ``[::]:PORT``), never implied."""
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
         return None
-    return host.strip("[]") or "0.0.0.0", int(port)
+    return host, int(port)
+
+
+def listen_usage(text: object) -> str:
+    """Why ``text`` is no listen address, and what to write instead."""
+    port = text[1:] if isinstance(text, str) and text.startswith(":") else ""
+    if port.isdigit():
+        return (
+            f"{text!r} has no host; say which: 127.0.0.1:{port} (this machine only), "
+            f"0.0.0.0:{port} or [::]:{port} (every interface)"
+        )
+    return f"expected HOST:PORT like 127.0.0.1:9723, got {text!r}"
 
 
 def load_config(path: str) -> Config:
@@ -86,7 +100,7 @@ def load_config(path: str) -> Config:
     if listen in (None, False, ""):
         cfg.listen = None
     elif not isinstance(listen, str) or parse_listen(listen) is None:
-        top.error("listen", f"expected HOST:PORT like 127.0.0.1:9723, got {listen!r}")
+        top.error("listen", listen_usage(listen))
     else:
         cfg.listen = listen
     cfg.tensorboard_flags = top.boolean("tensorboard_flags", False)

@@ -24,7 +24,14 @@ from typing import TextIO
 from gradwatch import sdnotify
 from gradwatch.actions import FlagWriter, StopFileWriter
 from gradwatch.alerts import ACTIVE, FIRING, AlertBook, AlertEvent, alert_key
-from gradwatch.config import Config, build_notifiers, check_stop_file_template, load_config, parse_listen
+from gradwatch.config import (
+    Config,
+    build_notifiers,
+    check_stop_file_template,
+    listen_usage,
+    load_config,
+    parse_listen,
+)
 from gradwatch.engine import Engine
 from gradwatch.events.logdir import (
     UNREADABLE_DIRECTORY,
@@ -861,7 +868,9 @@ def add_arguments(sub) -> None:
     )
     w.add_argument("--state-dir", metavar="DIR", help="where the state DB lives (default: per logdir)")
     w.add_argument(
-        "--listen", metavar="HOST:PORT", help="metrics/health endpoint (default 127.0.0.1:9723; '' off)"
+        "--listen",
+        metavar="HOST:PORT",
+        help="metrics/health endpoint (default 127.0.0.1:9723; every interface: 0.0.0.0:PORT; '' off)",
     )
     w.add_argument("--poll", type=float, metavar="SECONDS", help="poll instead of inotify (NFS, network FS)")
     w.add_argument(
@@ -896,7 +905,7 @@ def config_from_args(args) -> Config:
     if args.listen is not None:
         cfg.listen = args.listen or None
         if cfg.listen and parse_listen(cfg.listen) is None:
-            raise ConfigError([_usage(f"--listen: expected HOST:PORT, got {args.listen!r}")])
+            raise ConfigError([_usage(f"--listen: {listen_usage(args.listen)}")])
     if args.poll is not None:
         if not args.poll > 0:
             raise ConfigError([_usage("--poll: expected a positive number of seconds")])

@@ -1,10 +1,24 @@
-"""JSON log lines for log pipelines (``--log-format json``)."""
+"""Log line formatters for stderr: text and ``--log-format json``.
+
+Both escape what a record carries (its arguments, a message without
+arguments, the exception text) with :func:`gradwatch.fmt.escape`, so a run
+name holding a newline or a terminal escape cannot forge a log line or
+recolour the operator's terminal, whichever call site logged it. Only the
+format string of a call with arguments is kept as written: it is ours.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
+import numbers
+import traceback
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
+from typing import Any
+
+from gradwatch.fmt import escape, json_dumps
+
+TEXT_FORMAT = "gradwatch: %(levelname)s: %(message)s"
 
 
 def rfc3339(t: float) -> str:
@@ -12,14 +26,96 @@ def rfc3339(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+class _Escaped:
+    """An argument shown through ``%s`` or ``%r`` only as escaped text."""
+
+    __slots__ = ("_obj",)
+
+    def __init__(self, obj: object) -> None:
+        self._obj = obj
+
+    def __str__(self) -> str:
+        return escape(self._obj)
+
+    def __repr__(self) -> str:
+        return escape(repr(self._obj))
+
+
+def _escape_arg(arg: Any) -> Any:
+    # numbers keep working with %d and %.2f; everything else may hold a name
+    if isinstance(arg, numbers.Number):
+        return arg
+    return _Escaped(arg)
+
+
+def escaped_message(record: logging.LogRecord) -> str:
+    """The record's message with every argument (or the whole argument-less message) escaped."""
+    args = record.args
+    if not args:
+        return escape(record.msg)  # an f-string call site: all of it may be untrusted
+    if isinstance(args, Mapping):
+        escaped: Any = {k: _escape_arg(v) for k, v in args.items()}
+    else:
+        escaped = tuple(_escape_arg(a) for a in args)
+    try:
+        return str(record.msg) % escaped
+    except (TypeError, ValueError):  # a call site's format mistake: show it rather than lose the line
+        return escape(f"{record.msg} {args!r}")
+
+
+def _escape_lines(text: str) -> str:
+    return "\n".join(escape(line) for line in text.split("\n"))
+
+
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+
+
+def format_exception(ei: Any) -> str:
+    """A traceback whose lines are ours, but whose exception messages may quote a run name
+    (with newlines in it): each message is escaped whole, then every line."""
+    text = "".join(traceback.format_exception(*ei)).rstrip("\n")
+    for exc in _chain(ei[1]):
+        only = "".join(traceback.format_exception_only(type(exc), exc)).rstrip("\n")
+        text = text.replace(only, escape(only))
+    return _escape_lines(text)
+
+
+class TextFormatter(logging.Formatter):
+    """``gradwatch: LEVEL: message``, escaped."""
+
+    def __init__(self, fmt: str = TEXT_FORMAT) -> None:
+        super().__init__(fmt)
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.exc_text = None  # another handler may have cached its own, unescaped traceback
+        return super().format(record)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escaped_message(record)
+        return super().formatMessage(record)
+
+    def formatException(self, ei) -> str:
+        return format_exception(ei)
+
+    def formatStack(self, stack_info: str) -> str:
+        return _escape_lines(super().formatStack(stack_info))
+
+
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line; the message is escaped as in the text format."""
+
     def format(self, record: logging.LogRecord) -> str:
         doc = {
             "time": rfc3339(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": escaped_message(record),
         }
         if record.exc_info:
-            doc["exception"] = self.formatException(record.exc_info)
-        return json.dumps(doc)
+            doc["exception"] = format_exception(record.exc_info)
+        return json_dumps(doc)

@@ -16,6 +16,8 @@ per-point path does no metric work and nothing can drift out of sync::
     )
     metrics = Metrics(daemon)          # the same, from a gradwatch.daemon.Daemon's attributes
     metrics.serve("127.0.0.1", 9723)   # background thread; port 0 = any free port; OSError if taken
+                                       # (gradwatch/metrics_http.py: /metrics rendered at most once a
+                                       # second and on each push below, whatever the clients do)
     metrics.port                       # the bound port
     metrics.records_read(n, points=m)  # once per read pass, not per record (without ``counts``)
     metrics.transition(event)          # each AlertEvent after it is committed
@@ -41,20 +43,16 @@ from __future__ import annotations
 import logging
 import math
 import platform
-import socket
-import socketserver
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import (
     CollectorRegistry,
     GCCollector,
     PlatformCollector,
     ProcessCollector,
-    make_wsgi_app,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -62,6 +60,7 @@ from prometheus_client.registry import Collector
 from gradwatch import __version__
 from gradwatch.alerts import DEESCALATED, ESCALATED, FIRING, REPEAT, RESOLVED, AlertEvent
 from gradwatch.events import logdir
+from gradwatch.metrics_http import MetricsServer
 from gradwatch.rules import RANK, SEVERITY_OF_RANK, Rule, Series
 
 log = logging.getLogger("gradwatch.metrics")
@@ -281,6 +280,9 @@ class Metrics:
         self._runs = 0
         self._files = 0
         self._ready = False
+        # bumped by each rare pushed change (alert, reload, readiness, rules), so the HTTP side
+        # never serves a cached /metrics body rendered before one (gradwatch/metrics_http.py)
+        self.changes = 0
         self._reload_ok = True
         self._reload_time = time.time()
         self._last: dict[str, Any] = {}  # source name -> its last good copy
@@ -296,7 +298,8 @@ class Metrics:
     # -- HTTP -----------------------------------------------------------------
 
     def serve(self, host: str = "127.0.0.1", port: int = 9723) -> MetricsServer:
-        """Start serving /metrics, /-/healthy and /-/ready; raises OSError when the address is taken."""
+        """Start serving /metrics, /-/healthy and /-/ready (gradwatch/metrics_http.py); raises
+        OSError when the address is taken."""
         server = MetricsServer(self, host, port)
         server.start()
         self.server = server
@@ -317,6 +320,7 @@ class Metrics:
 
     def set_rules(self, rules: Iterable[Rule]) -> None:
         """Count the rules and pre-set their transition counters to 0 (so increase() sees the first)."""
+        self.changes += 1
         rules = list(rules)
         with self._lock:
             self._rules = len(rules)
@@ -336,6 +340,7 @@ class Metrics:
 
     def transition(self, event: AlertEvent) -> None:
         """Count a committed transition; without an ``alerts`` source also track the alert's state."""
+        self.changes += 1
         key = (event.rule, event.severity, event.kind)
         with self._lock:
             self._transitions[key] = self._transitions.get(key, 0) + 1
@@ -346,6 +351,7 @@ class Metrics:
 
     def set_alert(self, rule: str, run: str, tag: str, severity: str | None) -> None:
         """The alert's current severity; ``None`` (resolved) removes its series, as Prometheus does."""
+        self.changes += 1
         with self._lock:
             if severity:
                 self._alerts[(rule, run, tag)] = severity
@@ -354,6 +360,7 @@ class Metrics:
 
     def clear_alerts(self) -> None:
         """Forget every pushed alert (e.g. before restoring the set from the state DB)."""
+        self.changes += 1
         with self._lock:
             self._alerts.clear()
 
@@ -362,6 +369,7 @@ class Metrics:
             self._runs, self._files = runs, files
 
     def set_ready(self, ready: bool = True) -> None:
+        self.changes += 1
         self._ready = bool(ready)
 
     @property
@@ -369,6 +377,7 @@ class Metrics:
         return self._ready
 
     def config_reloaded(self, ok: bool) -> None:
+        self.changes += 1
         with self._lock:
             self._reload_ok = bool(ok)
             if ok:
@@ -512,134 +521,4 @@ class _Collector(Collector):
         return self._metrics.collect()
 
 
-# -- HTTP ---------------------------------------------------------------------
-
-
-class _Server(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind calls socket.getfqdn(), a reverse DNS lookup
-        # that can hang for seconds on a box without DNS; the name is unused.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name, self.server_port = str(host), int(port)
-        self.setup_environ()
-
-    def handle_error(self, request, client_address) -> None:
-        log.debug("metrics: error serving %s", client_address, exc_info=True)
-
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
-
-
-class _Handler(WSGIRequestHandler):
-    def log_message(self, format: str, *args) -> None:
-        log.debug("metrics: %s %s", self.address_string(), format % args)
-
-
-_INDEX = b"""<html><head><title>gradwatch</title></head><body>
-<h1>gradwatch</h1>
-<ul><li><a href="/metrics">/metrics</a></li><li><a href="/-/healthy">/-/healthy</a></li>
-<li><a href="/-/ready">/-/ready</a></li></ul></body></html>
-"""
-
-
-def make_app(metrics: Metrics) -> Callable:
-    """WSGI app: ``/metrics``, ``/-/healthy``, ``/-/ready`` and an index page."""
-    metrics_app = make_wsgi_app(metrics.registry)
-
-    def app(environ, start_response):
-        path = environ.get("PATH_INFO") or "/"
-        method = environ.get("REQUEST_METHOD", "GET")
-        if path == "/metrics":
-            return metrics_app(environ, start_response)
-        if path == "/-/healthy":
-            status, body = "200 OK", b"gradwatch is healthy.\n"
-        elif path == "/-/ready":
-            if metrics.ready:
-                status, body = "200 OK", b"gradwatch is ready.\n"
-            else:
-                status, body = (
-                    "503 Service Unavailable",
-                    b"gradwatch is catching up on existing event files.\n",
-                )
-        elif path == "/":
-            start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
-            return [_INDEX]
-        else:
-            status, body = "404 Not Found", b"not found; try /metrics, /-/healthy or /-/ready\n"
-        if method not in ("GET", "HEAD"):
-            status, body = "405 Method Not Allowed", b"use GET\n"
-        headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
-        if status.startswith("405"):
-            headers.append(("Allow", "GET, HEAD"))
-        start_response(status, headers)
-        return [b"" if method == "HEAD" else body]
-
-    return app
-
-
-class MetricsServer:
-    """Serves :func:`make_app` on a background thread."""
-
-    def __init__(self, metrics: Metrics, host: str = "127.0.0.1", port: int = 9723) -> None:
-        self.metrics = metrics
-        self.host = host
-        self.requested_port = port
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        """Bind and serve; raises OSError (e.g. address in use) with the address in the message."""
-        cls = _Server6 if ":" in self.host else _Server
-        try:
-            server = cls((self.host, self.requested_port), _Handler)
-        except OSError as e:
-            raise OSError(e.errno, f"cannot listen on {self.address_text()}: {e.strerror or e}") from None
-        server.set_app(make_app(self.metrics))
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="gradwatch-http", daemon=True
-        )
-        self._thread.start()
-        log.info("serving /metrics, /-/healthy and /-/ready on %s", self.address_text())
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("MetricsServer.port is known only after start()")
-        return self._server.server_address[1]
-
-    def address_text(self) -> str:
-        port = self.port if self._server is not None else self.requested_port
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{port}"
-
-    @property
-    def url(self) -> str:
-        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
-        host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self.port}"
-
-    def stop(self, timeout: float = 5.0) -> None:
-        server, thread = self._server, self._thread
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout)
-        self._server = self._thread = None
-
-    def __enter__(self) -> MetricsServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
-__all__ = ["FAMILIES", "PROBLEM_KINDS", "Metrics", "MetricsServer", "make_app"]
+__all__ = ["FAMILIES", "PROBLEM_KINDS", "Metrics", "MetricsServer"]

@@ -16,7 +16,8 @@ from typing import TextIO
 from gradwatch.engine import Engine
 from gradwatch.events.logdir import ProblemLog, read_logdir
 from gradwatch.export import csv_name, csv_value
-from gradwatch.rules import Rule, Series, display_name, human, json_number
+from gradwatch.fmt import escape
+from gradwatch.rules import Rule, Series, human, json_number
 
 DEFAULT_ROWS = 10
 
@@ -143,7 +144,7 @@ def _ratio_cell(v: float | None) -> str:
 
 
 def write_text(report: Report, out: TextIO) -> None:
-    runs = [display_name(r) for r in report.runs]
+    runs = [escape(r) for r in report.runs]  # run names are the trainer's: never raw on a terminal
     header = ["step", *runs, *(f"{r} / {runs[0]}" for r in runs[1:])]
     rows = [
         [
@@ -154,12 +155,12 @@ def write_text(report: Report, out: TextIO) -> None:
         for step in report.steps
     ]
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
-    out.write(f"{display_name(report.tag)}\n")
+    out.write(f"{escape(report.tag)}\n")
     out.write("  ".join(h.rjust(w) for h, w in zip(header, widths)) + "\n")
     for step, row in zip(report.steps, rows):
         line = "  ".join(c.rjust(w) for c, w in zip(row, widths))
         firsts = report.first_alerts.get(step)
-        out.write(line + (f"  <- first {display_name('; '.join(firsts))}" if firsts else "") + "\n")
+        out.write(line + (f"  <- first {escape('; '.join(firsts))}" if firsts else "") + "\n")
 
 
 def write_csv(report: Report, out: TextIO) -> None:

@@ -35,6 +35,7 @@ from typing import Any
 
 from gradwatch.anomaly import AnomalyState, Detector
 from gradwatch.baseline import Baseline, History, Verdict
+from gradwatch.fmt import escape
 
 try:  # linear-time matching when the optional extra is installed (pip install 'gradwatch[re2]')
     import re2 as _re2
@@ -226,27 +227,10 @@ def name_too_long(name: str) -> bool:
 
 
 def shown_name(name: str, limit: int = 60) -> str:
-    """A possibly huge name for a log line: quoted, escaped as by :func:`display_name`, cut to ``limit``."""
+    """A possibly huge name for a log line: quoted, escaped by ``fmt.escape``, cut to ``limit``."""
     if len(name) <= limit:
-        return f"'{display_name(name)}'"
-    return f"'{display_name(name[:limit])}'... ({len(name):,} characters)"
-
-
-def display_name(name: str) -> str:
-    """A run or tag for text output: bytes that are not UTF-8 as ``\\xNN``, control and bidi
-    characters escaped (``\\n``, ``\\x1b``, ``\\u202e``), so a name can neither crash a strict
-    UTF-8 stdout nor move the cursor or forge a line."""
-    if name.isprintable():
-        return name
-    return "".join(_display_char(c) for c in name)
-
-
-def _display_char(c: str) -> str:
-    if c.isprintable():
-        return c
-    if "\udc80" <= c <= "\udcff":  # an undecodable byte, held by surrogateescape
-        return f"\\x{ord(c) - 0xDC00:02x}"
-    return repr(c)[1:-1]
+        return f"'{escape(name)}'"
+    return f"'{escape(name[:limit])}'... ({len(name):,} characters)"
 
 
 _REPEATS = (_sre_parse.MAX_REPEAT, _sre_parse.MIN_REPEAT, getattr(_sre_parse, "POSSESSIVE_REPEAT", None))

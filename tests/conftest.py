@@ -46,19 +46,21 @@ def writer():
     w.stop()
 
 
+def require(condition: bool, why: str) -> None:
+    """Skip a test this machine cannot run; in CI the same lack is a failure, never a silent skip."""
+    if not condition:
+        if IN_CI:
+            pytest.fail(f"{why}; CI must provide it")
+        pytest.skip(why)
+
+
 def require_binary(name: str) -> str:
     """Path of a system binary the test needs; in CI its absence is a failure, not a skip."""
     path = shutil.which(name)
-    if path is None:
-        if IN_CI:
-            pytest.fail(f"{name} is not installed; .ci/run should have installed it")
-        pytest.skip(f"{name} is not installed (.ci/run installs it: {PACKAGES.get(name, name)})")
-    return path
+    require(path is not None, f"{name} is not installed (.ci/run installs it: {PACKAGES.get(name, name)})")
+    return path  # type: ignore[return-value]
 
 
 def require_root() -> None:
     """For a test that plays a root daemon against an unprivileged trainer; in CI (root) it must run."""
-    if os.geteuid() != 0:
-        if IN_CI:
-            pytest.fail("this test needs root (the daemon side of an attack); CI runs as root")
-        pytest.skip("needs root: it plays a root daemon against a trainer running as nobody")
+    require(os.geteuid() == 0, "needs root: it plays a root daemon against a trainer running as nobody")

@@ -248,6 +248,18 @@ class Daemon:
         self._err.close()
 
 
+def run_gradwatch(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """A one-shot ``python -m gradwatch ARGS`` (check, report, a watch that must refuse to start)."""
+    return subprocess.run(
+        [PYTHON, "-m", "gradwatch", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def watch_args(logdir: str, state_dir: str, *extra: str) -> list[str]:
     return [str(logdir), "--state-dir", str(state_dir), "--listen", "", *extra]
 

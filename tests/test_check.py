@@ -337,7 +337,7 @@ def test_hostile_and_undecodable_names_are_shown_escaped(tmp_path):
     out = p.stdout.decode("utf-8")  # valid UTF-8 on a strict UTF-8 stdout
     assert p.returncode == CRITICAL, p.stderr.decode()
     assert "\nrun run-\\xff\\x1b[2J\n" in out
-    assert "  grad_norm\\nOK: forged: 1 points" in out
+    assert "  grad_norm\\x0aOK: forged: 1 points" in out
     assert "\x1b" not in out and "\nOK: forged" not in out
     report = subprocess.run(
         [*gradwatch_command(), "report", str(tmp_path), "--tag", "grad_norm\nOK: forged"],
@@ -347,6 +347,6 @@ def test_hostile_and_undecodable_names_are_shown_escaped(tmp_path):
     )
     assert report.returncode == 0, report.stderr.decode()
     assert report.stdout.decode("utf-8").splitlines()[:2] == [
-        "grad_norm\\nOK: forged",
+        "grad_norm\\x0aOK: forged",
         "step  run-\\xff\\x1b[2J",
     ]

@@ -92,7 +92,8 @@ def test_state_dir_defaults_to_one_directory_per_logdir(monkeypatch, tmp_path):
     ("text", "parsed"),
     [
         ("127.0.0.1:9723", ("127.0.0.1", 9723)),
-        (":9723", ("0.0.0.0", 9723)),
+        (":9723", None),  # every interface must be said: 0.0.0.0:9723 (tests/test_listen.py)
+        ("0.0.0.0:9723", ("0.0.0.0", 9723)),
         ("[::1]:0", ("::1", 0)),
         ("localhost", None),
         ("host:99999", None),
@@ -177,7 +178,7 @@ def test_config_check_of_a_missing_file(tmp_path, capsys):
     [
         (["--poll", "0"], "--poll: expected a positive number of seconds"),
         (["--poll", "nan"], "--poll: expected a positive number of seconds"),
-        (["--listen", "nowhere"], "--listen: expected HOST:PORT, got 'nowhere'"),
+        (["--listen", "nowhere"], "--listen: expected HOST:PORT like 127.0.0.1:9723, got 'nowhere'"),
         (["--stop-file", "{run_dir}/{oops}"], "--stop-file: bad template"),
         (["--stop-file", "{run_dir}/{run.nope}"], "--stop-file: bad template"),  # was an AttributeError
         (["--rules", "/nonexistent/rules.yaml"], "/nonexistent/rules.yaml"),

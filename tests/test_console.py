@@ -125,7 +125,7 @@ def test_json_lines_for_log_pipelines():
         "critical",
         200,
     )
-    assert fired["value"] == "nan" and fired["threshold"] == 50000.0
+    assert fired["value"] == "NaN" and fired["threshold"] == 50000.0  # as check --json and export spell it
     assert fired["annotations"]["recommendation"].startswith("Stop training")
     assert fired["time"] == "2023-11-14T22:13:20.000Z"
     assert (resolved["status"], resolved["time"]) == ("resolved", "2023-11-14T22:14:20.000Z")

@@ -7,7 +7,6 @@ CNN's gradient norm 5,191 -> 130,486 -> 826,256 at steps 100..300.
 
 import json
 import re
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -29,10 +28,8 @@ DASHBOARD = DEPLOY / "grafana" / "gradwatch.json"
 DEADLINE = 30.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# Prometheus binds port 0 itself and logs the port it got: no port is probed and handed on
+LISTENING = re.compile(r'msg="Listening on" address=127\.0\.0\.1:(\d+)')
 
 
 def api(base: str, path: str, **params) -> dict:
@@ -84,36 +81,37 @@ def prometheus(gradwatch, tmp_path_factory):
             }
         )
     )
-    for _ in range(3):  # the free port may be taken between probe and bind
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        log = (d / "prometheus.log").open("w")
+    log_path = d / "prometheus.log"
+    with log_path.open("w") as log:
         proc = subprocess.Popen(
             [
                 binary,
                 f"--config.file={config}",
                 f"--storage.tsdb.path={d / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                f"--web.external-url={base}",
-                "--log.level=warn",
+                "--web.listen-address=127.0.0.1:0",
+                "--log.level=info",  # the "Listening on" line is at info
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=d,
         )
-        end = time.monotonic() + DEADLINE
-        while time.monotonic() < end and proc.poll() is None:
-            try:
-                with urllib.request.urlopen(base + "/-/ready", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.05)
-        if proc.poll() is None:
-            break
-        log.close()
-    else:
-        pytest.fail("prometheus did not start:\n" + (d / "prometheus.log").read_text())
+
+    def port() -> str | None:
+        if proc.poll() is not None:
+            pytest.fail("prometheus did not start:\n" + log_path.read_text())
+        found = LISTENING.search(log_path.read_text())
+        return found.group(1) if found else None
+
+    base = f"http://127.0.0.1:{poll('the port prometheus listens on, in its log', port)}"
+
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(base + "/-/ready", timeout=2) as r:
+                return r.status == 200
+        except OSError:  # 503 until ready
+            return False
+
+    poll("prometheus ready", ready)
     yield base
     proc.terminate()
     try:
@@ -121,7 +119,6 @@ def prometheus(gradwatch, tmp_path_factory):
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-    log.close()
 
 
 def query(base: str, promql: str) -> list:

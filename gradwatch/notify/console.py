@@ -15,19 +15,16 @@ import time
 from typing import TextIO
 
 from gradwatch.alerts import DEESCALATED, ESCALATED, FIRING, REPEAT, RESOLVED, AlertEvent
+from gradwatch.fmt import escape, json_dumps
 from gradwatch.logjson import rfc3339
 from gradwatch.rules import human
 
 _COLOURS = {"critical": "\033[1;31m", "warning": "\033[1;33m", "info": "\033[1;36m", "resolved": "\033[1;32m"}
 _RESET = "\033[0m"
 # Run and tag names come from the training job's files: a control character in them (ESC, CR,
-# newline) must not move the cursor, recolour or forge lines on the operator's terminal or in
-# journald. They are shown as \xNN escapes.
-_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]}
-
-
-def _clean(text: str) -> str:
-    return text.translate(_CONTROLS)
+# newline, U+202E) must not move the cursor, recolour, reorder or forge lines on the operator's
+# terminal or in journald. fmt.escape is the one escaping every human-facing output uses.
+_clean = escape
 
 
 _VERB = {
@@ -126,6 +123,7 @@ class ConsoleNotifier:
 
     def _json(self, e: AlertEvent) -> str:
         doc = json.loads(e.to_json())
+        doc["value"], doc["threshold"] = e.value, e.threshold  # NaN/Inf spelled as every JSON output does
         doc["status"] = e.status
         doc["time"] = rfc3339(e.ends_at or e.starts_at or 0)
-        return json.dumps(doc, sort_keys=True) + "\n"
+        return json_dumps(doc, sort_keys=True) + "\n"

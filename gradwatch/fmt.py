@@ -1,0 +1,75 @@
+"""The one policy for text a human reads and for numbers JSON cannot hold.
+
+Run and tag names come from the trainer's files (DESIGN.md: untrusted, bytes
+decoded with ``surrogateescape``). Before one reaches a terminal, a log line or
+a report, :func:`escape` makes sure it cannot start a new line (forging a
+``FIRING CRITICAL`` line in journald), send a terminal escape sequence, or
+reorder what the operator sees with bidi controls (U+202E makes
+``run-gpj.exe`` read as ``run-exe.jpg``).
+
+JSON has no NaN or Infinity: :func:`json_number` is the one spelling for every
+JSON output (``"NaN"``, ``"Infinity"``, ``"-Infinity"``: what ``float()`` reads
+back and what JavaScript's ``Number()`` understands).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+# Bidi embeddings/overrides (U+202A-U+202E), isolates (U+2066-U+2069), marks
+# (U+200E/U+200F) and the Arabic letter mark (U+061C): invisible, and they
+# reorder the text around them.
+_BIDI = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+
+
+def _escape_table() -> dict[int, str]:
+    table = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}  # C0, DEL, C1
+    table.update({c: f"\\u{c:04x}" for c in _BIDI})
+    # U+DC80-U+DCFF is how surrogateescape keeps an undecodable byte: show the byte
+    table.update({c: f"\\x{c - 0xDC00:02x}" for c in range(0xDC80, 0xDD00)})
+    # any other lone surrogate cannot be encoded at all: show its code point
+    table.update({c: f"\\u{c:04x}" for c in range(0xD800, 0xE000) if c not in table})
+    return table
+
+
+_ESCAPES = _escape_table()
+
+
+def escape(text: object) -> str:
+    """``text`` safe to show to a human: controls, bidi marks and lone surrogates as ``\\xNN``/``\\uNNNN``.
+
+    Printable text (any script, emoji) is kept as it is; the result always
+    encodes as UTF-8 and holds no line break.
+    """
+    return str(text).translate(_ESCAPES)
+
+
+def json_number(v: float | None) -> float | str | None:
+    """JSON has no NaN/Inf: they become the strings "NaN", "Infinity", "-Infinity"."""
+    if v is None or math.isfinite(v):
+        return v
+    if v != v:
+        return "NaN"
+    return "Infinity" if v > 0 else "-Infinity"
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float (at any depth) spelled by :func:`json_number`."""
+    if isinstance(obj, float):
+        return json_number(obj)
+    if isinstance(obj, Mapping):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def json_dumps(obj: Any, **kwargs: Any) -> str:
+    """``json.dumps`` that never writes the invalid tokens ``NaN``/``Infinity``."""
+    return json.dumps(json_safe(obj), allow_nan=False, **kwargs)
+
+
+__all__ = ["escape", "json_dumps", "json_number", "json_safe"]
