@@ -469,8 +469,17 @@ class Rule:
             # (raw 0 means every streak is already 0)
             return 0
         mode = self._mode
-        if mode >= _ANOMALY and not state.raw and self._quiet(state, step, value):
-            return 0  # the same shortcut for the kinds whose quiet range is per series
+        # the same shortcut for the kinds whose quiet range is per series (inline: a call costs)
+        if mode == _ANOMALY and not state.raw:
+            extra = state.extra
+            if extra.lo < value < extra.hi:  # type: ignore[union-attr]
+                pending = extra.pending  # type: ignore[union-attr]
+                pending.append(value)  # the detector's window still records the point
+                if len(pending) >= extra.due:  # type: ignore[union-attr]
+                    self.detector._refresh(extra)  # type: ignore[union-attr, arg-type]
+                return 0
+        elif mode == _BASELINE and not state.raw and self._quiet(state.extra, step, value):  # type: ignore[arg-type]
+            return 0
         raw = 0
         if mode <= _ABSOLUTE:
             if not _isfinite(value):
@@ -553,23 +562,14 @@ class Rule:
                 streaks[i] = 0
         return best
 
-    def _quiet(self, state: RuleState, step: int, value: float) -> bool:
-        """Inside the quiet band the detector or the baseline keeps per series (see their modules);
-        the anomaly detector still records the point."""
-        extra = state.extra
-        if self._mode == _ANOMALY:
-            if not extra.lo < value < extra.hi:  # type: ignore[union-attr]
-                return False
-            pending = extra.pending  # type: ignore[union-attr]
-            pending.append(value)
-            if len(pending) >= extra.due:  # type: ignore[union-attr]
-                self.detector._refresh(extra)  # type: ignore[union-attr, arg-type]
-            return True
+    @staticmethod
+    def _quiet(v: Verdict, step: int, value: float) -> bool:
+        """Inside the quiet band of a baseline rule's last comparison (gradwatch/baseline.py)."""
         return (
-            extra.since <= step <= extra.until  # type: ignore[union-attr]
-            and extra.lo < value < extra.hi  # type: ignore[union-attr]
-            and extra.version == extra.refs.version  # type: ignore[union-attr]
-            and extra.gen == extra.ref.gen  # type: ignore[union-attr]
+            v.since <= step <= v.until
+            and v.lo < value < v.hi
+            and v.version == v.refs.version  # type: ignore[union-attr]
+            and v.gen == v.ref.gen  # type: ignore[union-attr]
         )
 
     def _held(self, state: RuleState) -> int:
