@@ -166,3 +166,17 @@ def test_gradwatch_check_cli_exit_code(tmp_path, capsys):
     write_run(logdir, "run3", clipped(every=100))
     assert main(["check", str(logdir), "--rules", rules]) == WARNING
     assert "WARNING   vs_clipped: x10 (warning) above run3 at the same step" in capsys.readouterr().out
+
+
+def test_report_marks_where_a_baseline_rule_first_fired(tmp_path, capsys):
+    rules = write_rules(tmp_path, BASELINE_RULES)
+    logdir = tmp_path / "logs"
+    write_run(logdir, "run2", sorted(SEED.items()))
+    write_run(logdir, "run3", clipped(every=100))
+    # run2 first (the report's baseline column), run3 second: the rule still needs run3's points first
+    assert (
+        main(["report", str(logdir), "--tag", TAG, "--run", "run2", "--run", "run3", "--rules", rules]) == 0
+    )
+    rows = {row.split()[0]: row for row in capsys.readouterr().out.splitlines()[2:]}
+    assert rows["200"].endswith("<- first run2: vs_clipped warning")
+    assert "<-" not in rows["100"]
