@@ -148,18 +148,29 @@ CSV_COLUMNS = (
 
 
 def write_csv(found: list[Episode], out: TextIO, now: float, since: float) -> None:
-    """One row per notification; an alert nothing was sent for has one row with empty channel columns."""
+    """One row per notification; an alert nothing was sent for has one row with empty channel columns.
+    Names are escaped as in the table (a run name that is not UTF-8 shows its bytes as ``\\xNN``)."""
     w = csv.writer(out)
     w.writerow(CSV_COLUMNS)
     for ep in found:
         alert = [
-            iso(ep.starts_at), iso(ep.ends_at), round(ep.duration(now), 3), ep.worst, ep.rule, ep.run,
-            ep.tag, ep.first_step, ep.first_value, ep.last_step, ep.last_value,
+            iso(ep.starts_at), iso(ep.ends_at), round(ep.duration(now), 3), ep.worst, escape(ep.rule),
+            escape(ep.run), escape(ep.tag), ep.first_step, ep.first_value, ep.last_step, ep.last_value,
         ]  # fmt: skip
         for d in ep.deliveries or [None]:
-            sent = (
-                [d.channel, d.kind, d.status, d.attempts, iso(d.enqueued_at), iso(d.done_at), d.error or ""]
-                if d is not None
-                else [""] * 7
+            if d is None:
+                w.writerow([*alert, *[""] * 7])
+                continue
+            error = escape(d.error or "")
+            w.writerow(
+                [
+                    *alert,
+                    escape(d.channel),
+                    d.kind,
+                    d.status,
+                    d.attempts,
+                    iso(d.enqueued_at),
+                    iso(d.done_at),
+                    error,
+                ]
             )
-            w.writerow(alert + sent)

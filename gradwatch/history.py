@@ -96,7 +96,7 @@ def record(conn: sqlite3.Connection, events: Iterable[AlertEvent], now: float) -
                     e.step,
                     _value(e.value),
                     int(e.catchup),
-                    e.annotations.get("summary", ""),
+                    db_text(e.annotations.get("summary", "")),  # it names the run: maybe not UTF-8
                 ),
             )
             opened = True
@@ -220,7 +220,7 @@ def episodes(conn: sqlite3.Connection, query: Query) -> list[Episode]:
     for r in rows:
         ep = Episode(
             r[0], from_db_text(r[1]), from_db_text(r[2]), r[3], r[4], r[5], r[6],
-            r[7], float(r[8]), r[9], float(r[10]), r[11], bool(r[12]), r[13],
+            r[7], float(r[8]), r[9], float(r[10]), r[11], bool(r[12]), from_db_text(r[13]),
         )  # fmt: skip
         if query.wants(ep):
             out.append(ep)

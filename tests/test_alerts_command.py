@@ -133,7 +133,9 @@ def test_episodes_follow_escalation_and_resolution_and_keep_undecodable_run_name
     conn = sqlite3.connect(":memory:")
     create_schema(conn)
     run = "seed-\udcff"  # a run directory whose name is not UTF-8
-    record(conn, [event("firing", 1000.0, run=run)], now=1000.0)
+    record(
+        conn, [event("firing", 1000.0, run=run, annotations={"summary": f"t = 1 on run {run}"})], now=1000.0
+    )
     record(conn, [event("escalated", 1000.0, "critical", run=run, step=2, value=float("nan"))], now=1001.0)
     record(conn, [event("resolved", 1000.0, "critical", run=run, step=3, ends_at=1010.0)], now=1010.0)
     (ep,) = episodes(conn, Query(since=0.0))
@@ -141,6 +143,7 @@ def test_episodes_follow_escalation_and_resolution_and_keep_undecodable_run_name
         run, "critical", "critical", 1, 3, 1010.0,
     )  # fmt: skip
     assert ep.transitions == 3 and ep.duration(now=5000.0) == 10.0
+    assert ep.summary == f"t = 1 on run {run}"
     assert episodes(conn, Query(since=1011.0)) == []  # ended before "since"
 
 
