@@ -4,8 +4,10 @@ One thread reads and evaluates (this loop); the watcher, the HTTP endpoint
 and each notification channel have their own. Every batch commits file
 offsets, rule states, alert states and queued notifications in one SQLite
 transaction, so a restart (also after kill -9) neither repeats nor misses a
-notification. Commits happen between files, never inside one: the offset of a
-record holding several values is only exact once all of them are observed.
+notification. The console line comes first, before the commit: it never
+waits for the state DB, and a kill -9 in between prints it again. Commits
+happen between files, never inside one: the offset of a record holding
+several values is only exact once all of them are observed.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from gradwatch import history, sdnotify
+from gradwatch import history as alert_history
+from gradwatch import sdnotify
 from gradwatch.actions import FlagWriter, StopFileWriter
 from gradwatch.alerts import ACTIVE, FIRING, AlertBook, AlertEvent, alert_key
 from gradwatch.config import (
@@ -41,11 +44,12 @@ from gradwatch.events.logdir import (
     ProblemLog,
     scan,
 )
+from gradwatch.fmt import escape as clean_name
 from gradwatch.notify.console import ConsoleNotifier
 from gradwatch.rulefile import load_rules
 from gradwatch.rules import SEVERITIES, Rule, Series
 from gradwatch.state import StateDB, StateError, restore_series, rule_signature
-from gradwatch.watcher import POLL, RESCAN, Watcher, dir_snapshot
+from gradwatch.watcher import MARKERS, NEW_DIR, POLL, RESCAN, Watcher, dir_snapshot
 from gradwatch.yamlconf import ConfigError, Problem
 
 log = logging.getLogger("gradwatch")
@@ -90,7 +94,7 @@ class Daemon:
         self.problems = ProblemLog()
         try:
             self.state = StateDB(config.resolved_state_dir())
-            history.create_schema(self.state.conn)
+            alert_history.create_schema(self.state.conn)
         except (StateError, sqlite3.Error) as e:
             raise ConfigError([Problem("gradwatch watch", 0, "state_dir", str(e))]) from None
         try:
@@ -142,6 +146,10 @@ class Daemon:
         self._unreadable_dirs: set[str] = set()
         self._missing: dict[str, float] = {}  # run -> monotonic time it was first missed
         self._logdir_missing_since: float | None = None
+        # the logdir did not exist at start-up: all of it is written after we started, nothing is history
+        self._logdir_created_after_start = False
+        # runs already checked for "no series matches any rule" (each is warned about once)
+        self._checked_runs: set[str] = set()
         self._dirs: dict[str, int] = {}  # polling: directory -> mtime_ns
         self._want_rescan = False
         # a file whose reading a stop interrupted: nothing since the last commit may be committed
@@ -151,6 +159,8 @@ class Daemon:
         self._watcher_restarted = -WATCHER_RESTART_WINDOW
         self._console_failed = False
         self._db_error: str | None = None
+        # transitions printed and acted on, whose notifications wait for a commit that works
+        self._unsaved_events: list[AlertEvent] = []
         self._last_ping = time.monotonic()
         self._committed_at = 0.0
         self._watchdog_every: float | None = None
@@ -263,6 +273,8 @@ class Daemon:
                 unreadable.add(path)
             self.problems(kind, path, offset, detail)
 
+        # polling: directory times from *before* the scan, so what appears during it shows as a change
+        dirs = dir_snapshot(self.logdir) if self.watcher.mode == "poll" else None
         try:
             runs = scan(self.logdir, problems)  # type: ignore[arg-type]
         except LogdirError as e:
@@ -299,7 +311,7 @@ class Daemon:
         if periodic and new and self.watcher.mode == "inotify" and self.ready.is_set():
             self._check_missed_new(new)
         if self.watcher.mode == "poll":
-            self._dirs = dir_snapshot(self.logdir)
+            self._dirs = dirs if dirs is not None else dir_snapshot(self.logdir)
         for p in new:
             if self._stop.is_set():
                 break  # catching up when told to stop: the rest is read next time
@@ -320,8 +332,13 @@ class Daemon:
                 return
 
     def _inotify_missed(self, what: str) -> None:
-        self.watcher.fall_back(f"{what}; out of inotify watches, or a network filesystem")
+        self._poll_instead(f"{what}; out of inotify watches, or a network filesystem")
+
+    def _poll_instead(self, reason: str) -> None:
+        self.watcher.fall_back(reason)
         self._dirs = dir_snapshot(self.logdir)
+        # what appeared while inotify did not see it, since the last scan, is found by the next one
+        self._want_rescan = True
 
     def check_files(self, periodic: bool = False) -> None:
         """Read every known file that changed since we last read it (polling, safety net)."""
@@ -444,14 +461,24 @@ class Daemon:
         for path in changed:
             if path in readers:
                 self.read_file(path)
-            elif path not in (RESCAN, POLL):
+            elif path not in MARKERS:
                 rescan = True  # a file we do not know yet
         if rescan:
             self.rescan()
+            if NEW_DIR in changed:
+                self._check_watches()
         elif time.monotonic() - self._last_rescan >= self.config.rescan_interval:
             self.rescan(periodic=True)
             if self._logdir_missing_since is None:
                 self.check_files(periodic=True)
+                self._check_watches()
+
+    def _check_watches(self) -> None:
+        """inotify: poll at once when a directory went unwatched (out of watches), not ~25 s later."""
+        if self._watching and self.watcher.mode == "inotify":
+            reason = self.watcher.unwatched_reason()
+            if reason is not None:
+                self._poll_instead(reason)
 
     # -- committing and acting ----------------------------------------------
     def checkpoint(self, meta: dict[str, str] | None = None, lazy: bool = False) -> bool:
@@ -470,6 +497,7 @@ class Daemon:
         changes = self.book.take_changes()
         if not (
             events
+            or self._unsaved_events
             or changes
             or meta
             or self._dirty_files
@@ -481,8 +509,10 @@ class Daemon:
         for e in events:
             self._stop_file(e)
         self._stop_files_still_wanted()
-        # rendered now so that only one write separates the commit from the console line
-        text = self._render(events)
+        # the operator hears of a transition when it is decided, whatever the state DB says (a full
+        # disk); a kill -9 before the commit below prints it again after the restart: at-least-once
+        self._act(events, self._render(events))
+        unsaved = self._unsaved_events + events
         readers = self.reader.readers
         rows = []
         for p in self._dirty_files:
@@ -502,35 +532,55 @@ class Daemon:
             state.save_series(series)
             state.save_alerts(changes)
             if events:
-                history.record(state.conn, events, time.time())  # `gradwatch alerts` reads it
+                alert_history.record(state.conn, events, time.time())  # `gradwatch alerts` reads it
             for key, value in (meta or {}).items():
                 state.set_meta(key, value)
-            if self.outbox is not None and events:
-                self.outbox.enqueue(state.conn, events)
+            if self.outbox is not None and unsaved:
+                self.outbox.enqueue(state.conn, unsaved)
             state.commit()
         except sqlite3.Error as e:
             self._rollback()
-            # keep everything for the next attempt; the stop-file writer skips what it already wrote
-            self.book.events[:0] = events
+            # keep the rest for the next attempt; the operator is told now, not when the disk has room
             self.book.changed.update(changes)
-            if str(e) != self._db_error:
-                self._db_error = str(e)
-                log.error("cannot save state to %s: %s; retrying", state.path, e)
+            self._unsaved_events = unsaved
+            self._save_failed(e)
             return False
         except BaseException:
             self._rollback()
             raise
         self._committed_at = time.monotonic()
-        if self._db_error is not None:
-            self._db_error = None
-            log.info("state saved to %s again", state.path)
+        self._unsaved_events = []
+        self._saved()
         self._dirty_files.clear()
         self._dirty_runs.clear()
         self._forgotten_files.clear()
         self._forgotten_runs.clear()
-        if events:
-            self._after_commit(events, text)
+        if unsaved and self.outbox is not None:
+            self.outbox.wake()
         return True
+
+    def _save_failed(self, e: sqlite3.Error) -> None:
+        if str(e) != self._db_error:
+            self._db_error = str(e)
+            log.error(
+                "cannot save state to %s: %s; retrying (alerts still reach the console; "
+                "notifications wait until it works)",
+                self.state.path,
+                e,
+            )
+            # what `systemctl status gradwatch` shows
+            sdnotify.status(f"cannot save state to {self.state.path}: {e}; notifications wait")
+        if self.metrics is not None:
+            self.metrics.state_save_failed(self._db_error)
+
+    def _saved(self) -> None:
+        if self._db_error is None:
+            return
+        self._db_error = None
+        log.info("state saved to %s again", self.state.path)
+        sdnotify.status(self._watching_status())
+        if self.metrics is not None:
+            self.metrics.state_save_failed(None)
 
     def _rollback(self) -> None:
         try:
@@ -575,7 +625,10 @@ class Daemon:
             log.exception("cannot render alerts for the console")
             return ""
 
-    def _after_commit(self, events: list[AlertEvent], text: str) -> None:
+    def _act(self, events: list[AlertEvent], text: str) -> None:
+        """Console, flags and metrics when a transition is decided, before and whatever the commit."""
+        if not events:
+            return
         try:
             self.console.write(text)
         except (OSError, ValueError) as e:  # stdout closed or a broken pipe: keep watching
@@ -588,8 +641,6 @@ class Daemon:
                 self.flags.handle(e, self._severities(e.rule))
             if self.metrics is not None:
                 self.metrics.transition(e)
-        if self.outbox is not None:
-            self.outbox.wake()
 
     # -- lifecycle -----------------------------------------------------------
     def catch_up(self) -> bool:
@@ -598,7 +649,9 @@ class Daemon:
         Returns False when stopped before the end (the next start goes on from the saved offsets).
         """
         t0 = time.monotonic()
-        self.book.suppress = self.first_start
+        # what a trainer wrote before we started is history; into a logdir we waited for, nothing is
+        history = self.first_start and not self._logdir_created_after_start
+        self.book.suppress = history
         try:
             self.rescan()
         finally:
@@ -606,20 +659,58 @@ class Daemon:
         if self._stop.is_set():
             self.checkpoint()
             return False
-        summary = self.book.catchup_summary() if self.first_start and self.config.catchup_notify else []
+        summary = self.book.catchup_summary() if history and self.config.catchup_notify else []
         self.book.events.extend(summary)
         self.checkpoint(meta={"catchup_done": "1"})
         self.first_start = False
         log.info(
-            "caught up on %s: %d runs, %d files, %d points in %.2fs; %d alerts firing",
+            "caught up on %s: %d runs, %d files, %d points in %.2fs; %d series watched; %d alerts firing",
             self.logdir,
             len({r for r, _ in self.reader.readers.values()}),
             len(self.reader.readers),
             self.points,
             time.monotonic() - t0,
+            self.series_watched,
             len(self.book.firing()),
         )
+        runs = list(self.engine.runs)
+        self._checked_runs.update(runs)
+        if self.series_watched == 0 and (tags := self._unmatched_tags(runs)):
+            log.warning(
+                "no series matches any rule (%d rules loaded): nothing here can alert; tags seen: %s. "
+                "Point the rules' match: at your tag names (docs/rules.md)",
+                len(self.rules),
+                tags,
+            )
         return True
+
+    @property
+    def series_watched(self) -> int:
+        """Series (run, tag) that at least one rule evaluates."""
+        return sum(1 for s in self.engine.all_series() if s.rules)
+
+    def _unmatched_tags(self, runs: list[str], most: int = 20) -> str:
+        """The tags of ``runs`` that no rule matches, escaped, for a log line ("" if none)."""
+        tags = sorted(
+            {
+                tag
+                for run in runs
+                for tag, s in self.engine.runs.get(run, {}).items()
+                if s is None or not s.rules
+            }
+        )
+        more = f" and {len(tags) - most} more" if len(tags) > most else ""
+        return ", ".join(clean_name(t) for t in tags[:most]) + more
+
+    def _check_new_runs(self) -> None:
+        """Warn once about a run that appeared after the catch-up and has no series any rule matches."""
+        for run in self.engine.runs.keys() - self._checked_runs:
+            self._checked_runs.add(run)
+            if any(s is not None and s.rules for s in self.engine.runs[run].values()):
+                continue
+            tags = self._unmatched_tags([run])
+            if tags:
+                log.warning("run %s: no series matches any rule; tags seen: %s", clean_name(run), tags)
 
     def start_services(self) -> None:
         if self.metrics is not None:
@@ -655,6 +746,7 @@ class Daemon:
                 return True
             if not told:
                 told = True
+                self._logdir_created_after_start = True
                 log.warning("%s: %s; waiting for it", self.logdir, problem)
                 # up and doing its job: systemd must not time the start out
                 sdnotify.ready(f"waiting for {self.logdir} ({problem})")
@@ -669,7 +761,7 @@ class Daemon:
         self.ready.set()
         if self.metrics is not None:
             self.metrics.set_ready(True)
-        sdnotify.ready(f"watching {len(self.reader.readers)} event files in {self.logdir}")
+        sdnotify.ready(self._watching_status())
         log.info("watching %s (%s)", self.logdir, self.watcher.mode)
         last_tick = time.monotonic()
         while not self._stop.is_set():
@@ -700,10 +792,14 @@ class Daemon:
 
     def _tick(self, now: float) -> None:
         self.book.tick(self._absent.values())
+        self._check_new_runs()
         if self._missing:
             self._expire_missing(now)
         if self.outbox is not None and hasattr(self.outbox, "resend_firing"):
             self.outbox.resend_firing(self.book)
+
+    def _watching_status(self) -> str:
+        return f"watching {len(self.reader.readers)} event files in {self.logdir}"
 
     def _ping(self) -> None:
         if self._watchdog_every and time.monotonic() - self._last_ping >= self._watchdog_every:
@@ -713,8 +809,7 @@ class Daemon:
     def _watcher_died(self) -> None:
         now = time.monotonic()
         if now - self._watcher_restarted < WATCHER_RESTART_WINDOW:
-            self.watcher.fall_back("the inotify observer stopped twice within a minute")
-            self._dirs = dir_snapshot(self.logdir)
+            self._poll_instead("the inotify observer stopped twice within a minute")
         else:
             log.warning("file watcher stopped; restarting it")
             self._watcher_restarted = now
@@ -766,23 +861,31 @@ class Daemon:
         """SIGHUP: new rules and config; an invalid one is reported and the old one kept."""
         sdnotify.reloading("reloading the configuration")
         ok = self._reload_config()
-        sdnotify.ready(f"watching {len(self.reader.readers)} event files in {self.logdir}")
+        sdnotify.ready(self._watching_status())
         if self.metrics is not None:
             self.metrics.config_reloaded(ok)
         return ok
 
     def _reload_config(self) -> bool:
         log.info("reloading the configuration")
+        loading = self.config.source or "the command line"
         try:
             config = self._load_config()
+            loading = ", ".join(config.rules or ["the packaged default rules"])
             rules = load_rules(config.rules)
         except (ConfigError, LogdirError) as e:
             log.error("reload failed, keeping the running configuration:\n%s", e)
             return False
-        except OSError as e:
-            log.error("reload failed, keeping the running configuration: %s", e)
+        except Exception as e:
+            # an OSError, a RecursionError from a deeply nested YAML, a bug: SIGHUP must never kill us
+            log.error("reload failed, keeping the running configuration: %s: %s", loading, _reason(e))
+            log.debug("reload failure", exc_info=True)
             return False
-        self._apply(config, rules)
+        try:
+            self._apply(config, rules)
+        except Exception:
+            log.exception("internal error while applying the reloaded configuration; going on")
+            return False
         return True
 
     def _apply(self, config: Config, rules: list[Rule]) -> None:
@@ -849,6 +952,13 @@ class Daemon:
         if self.outbox is not None:
             self.outbox.start()
         log.info("notifiers: %s", ", ".join(n.name for n in notifiers) or "console only")
+
+
+def _reason(e: BaseException) -> str:
+    """One line for a log: what failed and why, without a traceback."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    return f"{type(e).__name__}: {e}"
 
 
 def _logdir_problem(logdir: str) -> str | None:

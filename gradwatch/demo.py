@@ -116,6 +116,9 @@ def run_demo(keep: str | None = None, speed: float = 1.0, out=None) -> int:
                         continue  # the trainer saw the stop-file and stopped
                     last_step = step
                 writers[run].scalars(step, values)
+            # a real trainer's steps take seconds; at --speed 50 on a loaded machine the simulated
+            # one must not outrun the daemon, or the story depends on the scheduler
+            _wait_read(daemon, [w.path for w in writers.values()], timeout=10)
             time.sleep(pause)
     finally:
         for w in writers.values():

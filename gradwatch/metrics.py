@@ -23,6 +23,7 @@ per-point path does no metric work and nothing can drift out of sync::
     metrics.transition(event)          # each AlertEvent after it is committed
     metrics.set_ready(True)            # first catch-up done: /-/ready turns 200
     metrics.config_reloaded(ok)        # after each SIGHUP
+    metrics.state_save_failed(error)   # the state DB refused a commit (None: works again); /-/healthy says so
     metrics.stop()                     # stops the HTTP server
 
 Every source is optional; without one, the matching push method keeps the
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import platform
 import threading
 import time
@@ -99,6 +101,7 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
         (),
         "Series (run, tag) kept in memory: rule-matched tags plus metrics.export_tags.",
     ),
+    "gradwatch_series_watched": ("gauge", (), "Series (run, tag) that at least one rule evaluates."),
     "gradwatch_scalar_value": (
         "gauge",
         ("run", "tag"),
@@ -147,6 +150,12 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
         ("channel",),
         "Notifications waiting in the outbox per channel.",
     ),
+    "gradwatch_state_save_failing": (
+        "gauge",
+        (),
+        "1 while the state DB refuses commits (a full disk): alerts reach the console, notifications wait.",
+    ),
+    "gradwatch_state_save_errors_total": ("counter", (), "Commits of the state DB that failed."),
     "gradwatch_config_last_reload_successful": (
         "gauge",
         (),
@@ -179,15 +188,20 @@ def _possible_transitions(rule: Rule) -> Iterator[tuple[str, str, str]]:
             yield (rule.name, severity, kind)
 
 
+def _label(name: str) -> str:
+    """A run or tag name as a label value: bytes that are not UTF-8 (Linux names) shown as \\xNN."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def _series_copy(series: Iterable[Series]) -> list[tuple[str, str, int, float, float]]:
-    return [(s.run, s.tag, s.step, s.wall_time, s.value) for s in series]
+    return [(_label(s.run), _label(s.tag), s.step, s.wall_time, s.value) for s in series]
 
 
 def _alerts_copy(alerts: Iterable[tuple[str, str, str, str]]) -> dict[tuple[str, str, str], str]:
     # one severity per alert: the highest if a source repeats one
     out: dict[tuple[str, str, str], str] = {}
     for rule, run, tag, severity in alerts:
-        key = (str(rule), str(run), str(tag))
+        key = (str(rule), _label(str(run)), _label(str(tag)))
         if RANK.get(severity, 0) >= RANK.get(out.get(key, ""), 0):
             out[key] = str(severity)
     return out
@@ -227,7 +241,11 @@ def _daemon_sources(daemon: Any) -> tuple[Callable[[], Any], ...]:
         lambda: daemon.problems.counts,
         lambda: daemon.rules,
         watch,
-        lambda: {"points": daemon.points, "records": getattr(daemon, "records", 0)},
+        lambda: {
+            "points": daemon.points,
+            "records": getattr(daemon, "records", 0),
+            "series_watched": getattr(daemon, "series_watched", 0),
+        },
     )
 
 
@@ -284,6 +302,8 @@ class Metrics:
         # never serves a cached /metrics body rendered before one (gradwatch/metrics_http.py)
         self.changes = 0
         self._reload_ok = True
+        self.state_save_error: str | None = None  # set by the daemon while commits fail
+        self._state_save_errors = 0
         self._reload_time = time.time()
         self._last: dict[str, Any] = {}  # source name -> its last good copy
         self._warned_over_limit = False
@@ -376,6 +396,13 @@ class Metrics:
     def ready(self) -> bool:
         return self._ready
 
+    def state_save_failed(self, error: str | None) -> None:
+        """The daemon's last commit failed with ``error`` (counted), or worked again (None)."""
+        with self._lock:
+            self.state_save_error = error
+            if error is not None:
+                self._state_save_errors += 1
+
     def config_reloaded(self, ok: bool) -> None:
         self.changes += 1
         with self._lock:
@@ -407,11 +434,13 @@ class Metrics:
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             records_total, points_total = self._records, self._points
+            series_watched = 0
             pushed_problems = dict(self._problems)
             transitions = dict(self._transitions)
             pushed_alerts = dict(self._alerts)
             n_rules, runs, files = self._rules, self._runs, self._files
             reload_ok, reload_time = self._reload_ok, self._reload_time
+            save_failing, save_errors = self.state_save_error is not None, self._state_save_errors
         snap = self._read("series", self.series_source, _series_copy) or []
         alerts = (
             pushed_alerts
@@ -436,6 +465,7 @@ class Metrics:
             totals = self._read("counts", self.counts_source, _counts_copy) or {}
             records_total = totals.get("records", records_total)
             points_total = totals.get("points", points_total)
+            series_watched = totals.get("series_watched", 0)
 
         info = _family("gradwatch_build_info")
         info.add_metric([__version__, platform.python_version()], 1)
@@ -446,8 +476,11 @@ class Metrics:
             ("gradwatch_runs", runs),
             ("gradwatch_event_files", files),
             ("gradwatch_series_tracked", len(snap)),
+            ("gradwatch_series_watched", series_watched),
             ("gradwatch_config_last_reload_successful", float(reload_ok)),
             ("gradwatch_config_last_reload_success_timestamp_seconds", reload_time),
+            ("gradwatch_state_save_failing", float(save_failing)),
+            ("gradwatch_state_save_errors_total", save_errors),
         ):
             fam = _family(name)
             fam.add_metric([], value)

@@ -38,6 +38,8 @@ from urllib.parse import parse_qs, urlsplit
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
+from gradwatch.fmt import escape
+
 if TYPE_CHECKING:
     from gradwatch.metrics import Metrics
 
@@ -136,13 +138,18 @@ _BUSY = http_response(
 )
 
 
-def simple_response(request: _Request, ready: bool) -> bytes:
+def simple_response(request: _Request, ready: bool, state_save_error: str | None = None) -> bytes:
     """Every answer but /metrics': cheap, given by the loop itself."""
     head_only = request.method == "HEAD"
     if request.method not in ("GET", "HEAD"):
         return http_response("405 Method Not Allowed", [*_TEXT, ("Allow", "GET, HEAD")], b"use GET\n")
     if request.path == "/-/healthy":
-        return http_response("200 OK", _TEXT, b"gradwatch is healthy.\n", head_only)
+        if state_save_error is None:
+            return http_response("200 OK", _TEXT, b"gradwatch is healthy.\n", head_only)
+        # said, not failed: a liveness probe's restart cannot free the disk, and a daemon that
+        # cannot open its state DB does not start at all (no alerts whatsoever)
+        body = f"gradwatch is running but cannot save its state: {escape(state_save_error)}\n".encode()
+        return http_response("200 OK", _TEXT, body, head_only)
     if request.path == "/-/ready":
         if ready:
             return http_response("200 OK", _TEXT, b"gradwatch is ready.\n", head_only)
@@ -326,7 +333,7 @@ class MetricsServer:
             await self._send_metrics(request, writer)
             return
         else:
-            response = simple_response(request, self.metrics.ready)
+            response = simple_response(request, self.metrics.ready, self.metrics.state_save_error)
         await self._send(writer, response)
 
     async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:

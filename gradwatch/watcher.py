@@ -9,6 +9,8 @@ known file at a slow periodic rescan as a safety net.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import logging
 import os
 import queue
@@ -21,7 +23,11 @@ log = logging.getLogger("gradwatch.watch")
 
 RESCAN = "\0rescan"  # marker: directories changed, look for new or vanished runs and files
 POLL = "\0poll"  # marker (polling): stat every known file and directory now
+NEW_DIR = "\0newdir"  # marker (inotify): a directory appeared; did watchdog manage to watch it?
+MARKERS = (RESCAN, POLL, NEW_DIR)
 DEFAULT_POLL = 1.0
+# seconds a directory may stay unwatched before we stop blaming watchdog's queue for it
+UNWATCHED_GRACE = 2.0
 
 # Events we never need: our own reads open and close the files.
 _IGNORED = frozenset(("opened", "closed_no_write"))
@@ -45,9 +51,14 @@ class Watcher:
         if self.mode == "inotify":
             try:
                 self._start_inotify()
-                return
             except (OSError, ImportError) as e:
                 self.fall_back(getattr(e, "strerror", None) or str(e))
+            else:
+                # watchdog ignores a failed watch below the root: out of watches must be seen here
+                reason = self.unwatched_reason()
+                if reason is None:
+                    return
+                self.fall_back(reason)
         self._next_poll = time.monotonic()
 
     def fall_back(self, reason: str, poll: float | None = None) -> None:
@@ -99,6 +110,8 @@ class Watcher:
                 if event.is_directory:
                     if kind != "modified":
                         q.put(RESCAN)
+                    if kind in ("created", "moved"):
+                        q.put(NEW_DIR)
                     return
                 if not is_event_file(os.path.basename(path)):
                     return
@@ -129,6 +142,32 @@ class Watcher:
         observer.daemon = True
         observer.start()
         self._observer = observer
+
+    def unwatched_reason(self) -> str | None:
+        """Why inotify does not see every directory of the logdir, or None when it does.
+
+        watchdog adds a watch for each new directory and drops the error when the kernel refuses
+        (ENOSPC once fs.inotify.max_user_watches is used up): the kernel's list of our watches
+        (/proc/self/fdinfo) is compared with the directories, and one watch is tried here to get
+        the kernel's reason. A directory created a moment ago may still be on watchdog's queue:
+        it counts only once the kernel says ENOSPC or it has gone unwatched for a while.
+        """
+        if self.mode != "inotify" or self._observer is None:
+            return None
+        watched = _inotify_watched_inodes()
+        if watched is None:
+            return None  # no /proc: the periodic safety net still notices missed changes
+        dirs = dir_snapshot(self.logdir)
+        missing = [d for d in dirs if _inode(d) not in watched and _inode(d) is not None]
+        if not missing:
+            return None
+        what = f"{len(missing)} of {len(dirs)} directories unwatched, e.g. {missing[0]}"
+        error = _try_watch(missing[0])
+        if error == errno.ENOSPC:
+            return f"inotify watch limit reached: {what}"
+        if any(_age(d) > UNWATCHED_GRACE for d in missing):
+            return f"inotify does not watch every directory ({what})"
+        return None
 
     @property
     def alive(self) -> bool:
@@ -191,3 +230,55 @@ def dir_snapshot(logdir: str) -> dict[str, int]:
         except OSError:
             continue
     return out
+
+
+def _inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+def _age(path: str) -> float:
+    try:
+        return time.time() - os.stat(path).st_ctime
+    except OSError:
+        return 0.0
+
+
+def _inotify_watched_inodes() -> set[int] | None:
+    """Inode numbers that this process's inotify instances watch, from /proc/self/fdinfo."""
+    inodes: set[int] = set()
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return None
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify":
+                continue
+            with open(f"/proc/self/fdinfo/{fd}") as f:
+                lines = [line for line in f if line.startswith("inotify wd:")]
+        except OSError:
+            continue  # closed meanwhile
+        for line in lines:
+            # "inotify wd:3 ino:1a2b sdev:800001 mask:... ": the inode in hexadecimal
+            fields = dict(part.split(":", 1) for part in line.split()[1:] if ":" in part)
+            if "ino" in fields:
+                inodes.add(int(fields["ino"], 16))
+    return inodes
+
+
+def _try_watch(path: str) -> int | None:
+    """errno of adding an inotify watch on ``path`` in an instance of our own (None: it worked)."""
+    libc = ctypes.CDLL(None, use_errno=True)  # the C library already loaded: no ldconfig subprocess
+    fd = libc.inotify_init1(os.O_CLOEXEC)
+    if fd < 0:
+        return ctypes.get_errno()
+    try:
+        in_create = 0x100
+        if libc.inotify_add_watch(fd, os.fsencode(path), in_create) < 0:
+            return ctypes.get_errno()
+        return None
+    finally:
+        os.close(fd)

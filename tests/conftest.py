@@ -14,6 +14,7 @@ PACKAGES = {
     "setpriv": "util-linux",
     "systemd-analyze": "systemd",
     "systemd-sysusers": "systemd",
+    "systemd-escape": "systemd",
 }
 
 
@@ -62,5 +63,13 @@ def require_binary(name: str) -> str:
 
 
 def require_root() -> None:
-    """For a test that plays a root daemon against an unprivileged trainer; in CI (root) it must run."""
-    require(os.geteuid() == 0, "needs root: it plays a root daemon against a trainer running as nobody")
+    """For tests that play a root daemon against a trainer running as nobody, or drop capabilities
+    with setpriv --bounding-set (only root can); CI runs as root."""
+    require(os.geteuid() == 0, "this test needs root (setpriv as the untrusted trainer); CI runs as root")
+
+
+def require_module(name: str) -> None:
+    """For tests that need an optional package, e.g. torch (`pip install -e '.[torch]'`)."""
+    import importlib.util
+
+    require(importlib.util.find_spec(name) is not None, f"{name} is not installed (pip install {name})")

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -157,12 +158,13 @@ class Daemon:
         name: str = "daemon",
         prefix: list[str] | None = None,
         verbose: bool = False,
+        env: dict[str, str] | None = None,
     ):
         self.out_path = os.path.join(workdir, f"{name}.out")
         self.err_path = os.path.join(workdir, f"{name}.err")
         self._out = open(self.out_path, "ab")  # noqa: SIM115 - closed in stop()
         self._err = open(self.err_path, "ab")  # noqa: SIM115
-        env = dict(os.environ, PYTHONUNBUFFERED="1", NO_COLOR="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", NO_COLOR="1", **(env or {}))
         self.proc = subprocess.Popen(
             [*(prefix or []), PYTHON, "-m", "gradwatch", *(["-v"] if verbose else []), "watch", *args],
             stdout=self._out,
@@ -266,3 +268,35 @@ def watch_args(logdir: str, state_dir: str, *extra: str) -> list[str]:
 
 def event_files(run_dir: str) -> list[str]:
     return sorted(os.path.join(run_dir, n) for n in os.listdir(run_dir) if "tfevents" in n)
+
+
+def inotify_watch_limit(max_watches: int) -> list[str]:
+    """A command prefix: run in a user namespace of its own whose inotify watch limit is ``max_watches``.
+
+    ``/proc/sys/user/max_inotify_watches`` is per user namespace, so the daemon really runs
+    out of watches (ENOSPC from inotify_add_watch) while fs.inotify.max_user_watches, which every
+    other process on the machine shares, stays as it is.
+    """
+    return [
+        "unshare",
+        "--user",
+        "--map-root-user",
+        "sh",
+        "-c",
+        f'echo {max_watches} > /proc/sys/user/max_inotify_watches && exec "$@"',
+        "sh",
+    ]
+
+
+def outbox_rows(state_dir: str) -> list[tuple[str, str, str]]:
+    """(alertname, kind, state) of every row of the daemon's notification outbox, in queue order.
+
+    A row is only ever sent while it is pending: with none pending, nothing more goes out
+    (webhook and Slack channels do not re-send on their own).
+    """
+    db = sqlite3.connect(os.path.join(state_dir, "gradwatch.db"))
+    try:
+        rows = db.execute("SELECT event, state FROM notify_outbox ORDER BY id").fetchall()
+    finally:
+        db.close()
+    return [(json.loads(event)["rule"], json.loads(event)["kind"], state) for event, state in rows]

@@ -8,7 +8,7 @@ import os
 import re
 import shutil
 
-from conftest import require_binary
+from conftest import require_binary, require_root
 from daemon_support import Daemon, wait_for, watch_args
 
 TAG = "gradients/actor_cnn_norm"
@@ -48,6 +48,7 @@ def test_polling_json_logs_and_a_logdir_created_late(tmp_path, writer):
 
 
 def test_permission_errors_are_logged_once_retried_and_never_fatal(tmp_path, writer):
+    require_root()
     setpriv = require_binary("setpriv")
     logdir = tmp_path / "logdir"
     writer.write(logdir / "locked-run", 100, {TAG: 60000.0})

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import require_binary
+from snippets import snippet
 
 from gradwatch.actions import stop_path
 
@@ -159,3 +160,45 @@ def test_command_line_flags_exist():
         argv = parse_unit((SYSTEMD / name).read_text())["Service.ExecStart"][-1].split()
         for flag in (a for a in argv if a.startswith("--")):
             assert flag in p.stdout, f"{name}: gradwatch watch has no {flag}"
+
+
+def instance_env_file_is_read(env_line: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """Run the documented line that writes the instance's env file (under a scratch /etc), then ask
+    systemd whether the template's EnvironmentFile= path, expanded for that instance, exists."""
+    etc = tmp_path / "etc"
+    (etc / "gradwatch").mkdir(parents=True)
+    subprocess.run(["bash", "-e", "-c", env_line.replace("/etc/gradwatch/", f"{etc}/gradwatch/")], check=True)
+    (env_file,) = [
+        v
+        for v in parse_unit((SYSTEMD / "gradwatch@.service").read_text())["Service.EnvironmentFile"]
+        if "%i" in v
+    ]
+    # systemd-analyze condition evaluates a unit's conditions with its specifiers expanded, as
+    # systemd does for EnvironmentFile=: a probe template that only checks that path exists
+    probe = etc / "systemd" / "system" / "gradwatch@.service"
+    probe.parent.mkdir(parents=True)
+    path = env_file.lstrip("-").replace("/etc/gradwatch/", f"{etc}/gradwatch/")
+    probe.write_text(f"[Unit]\nConditionPathExists={path}\n[Service]\nExecStart=/bin/true\n")
+    escape = require_binary("systemd-escape")
+    name = subprocess.run(
+        [escape, "--path", "/srv/training/team-b"], capture_output=True, text=True, check=True
+    )
+    instance = f"gradwatch@{name.stdout.strip()}.service"
+    return analyze("condition", f"--root={tmp_path}", f"--unit={instance}")
+
+
+def test_documented_instance_env_file_is_the_one_systemd_reads(tmp_path):
+    """docs/deployment.md once wrote /etc/gradwatch/srv-training-team-b.env: systemd reads
+    srv-training-team\\x2db.env for /srv/training/team-b, so the port setting was ignored."""
+    (env_line,) = [
+        line for line in snippet("docs/deployment.md", "systemd-instances").splitlines() if ".env" in line
+    ]
+    p = instance_env_file_is_read(env_line, tmp_path)
+    assert p.returncode == 0 and "succeeded" in p.stdout + p.stderr, p.stdout + p.stderr
+
+
+def test_an_unescaped_env_file_name_would_be_caught(tmp_path):
+    p = instance_env_file_is_read(
+        "echo GRADWATCH_LISTEN=127.0.0.1:9724 > /etc/gradwatch/srv-training-team-b.env", tmp_path
+    )
+    assert p.returncode != 0 and "failed" in p.stdout + p.stderr

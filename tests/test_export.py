@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import require_module
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 from tensorboardX import SummaryWriter as XWriter
@@ -29,6 +30,7 @@ def gradwatch_command() -> list[str]:
 @pytest.fixture(scope="module")
 def logdir(tmp_path_factory):
     """Runs written by tensorboardX and by torch (simple_value, tensor float32, tensor float64)."""
+    require_module("torch")  # an optional extra: skips without it, fails in CI
     from torch.utils.tensorboard import SummaryWriter as TorchWriter
 
     root = tmp_path_factory.mktemp("logs")

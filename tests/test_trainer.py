@@ -10,7 +10,7 @@ import sys
 import tempfile
 
 import pytest
-from conftest import IN_CI
+from conftest import require_module
 
 from gradwatch import trainer
 from gradwatch.events.logdir import read_logdir
@@ -330,10 +330,7 @@ except ImportError:  # a test dependency; without it the stop-file tests above s
 
 @pytest.fixture
 def needs_torch() -> None:
-    if torch is None:
-        if IN_CI:
-            pytest.fail("torch is not installed; it is a test dependency")
-        pytest.skip("torch is not installed")
+    require_module("torch")  # an optional extra: skips without it, fails in CI
 
 
 def two_part_model(seed: int = 0):
@@ -434,9 +431,10 @@ def test_clear_in_a_directory_the_trainer_cannot_write_says_why(tmp_path):
     import subprocess
     import sys
 
-    from conftest import require_binary
+    from conftest import require_binary, require_root
 
     # root bypasses directory permissions: the child drops the capabilities that let it
+    require_root()
     setpriv = require_binary("setpriv")
     stop_dir = tmp_path / "stop"
     stop_dir.mkdir()

@@ -19,6 +19,7 @@ import os
 import struct
 from collections.abc import Iterable
 
+from conftest import require_module
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
 
 from gradwatch.events.logdir import ProblemLog, read_logdir
@@ -46,6 +47,7 @@ class RealWriter:
 
             self._w = SummaryWriter(logdir, filename_suffix=filename_suffix, flush_secs=3600)
         elif kind.startswith("torch"):
+            require_module("torch")  # an optional extra: skips without it, fails in CI
             from torch.utils.tensorboard import SummaryWriter
 
             self._w = SummaryWriter(logdir, filename_suffix=filename_suffix, flush_secs=3600)

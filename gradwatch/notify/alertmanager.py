@@ -269,7 +269,7 @@ class AlertmanagerNotifier(Notifier):
         self._post([self._alert(e, e.severity, firing_until, now) for e in fresh])
 
     def _post(self, alerts: list[dict[str, Any]]) -> None:
-        body = json.dumps(alerts, ensure_ascii=False).encode()
+        body = json.dumps(alerts).encode()
         headers = request_headers(self.headers, self.bearer_token)
 
         def one(i: int) -> DeliveryError | None:

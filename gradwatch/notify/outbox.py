@@ -40,6 +40,7 @@ from typing import Any
 
 from gradwatch.alerts import REPEAT, AlertEvent
 from gradwatch.notify.base import DeliveryError, Notifier
+from gradwatch.state import db_text
 
 log = logging.getLogger("gradwatch.notify.outbox")
 
@@ -87,6 +88,7 @@ class _Row:
     run: str
     enqueued_at: float
     event: str
+    alert_key: str | bytes = ""
 
 
 class Outbox:
@@ -148,14 +150,15 @@ class Outbox:
                     if last is None:
                         got = conn.execute(
                             f"SELECT MAX(enqueued_at) FROM {TABLE} WHERE channel=? AND alert_key=?",
-                            (n.name, e.key),
+                            (n.name, db_text(e.key)),
                         ).fetchone()
                         last = got[0] if got else None
                     if last is not None and now - last < n.repeat_interval:
                         continue
                 if text is None:
                     text = e.to_json()
-                rows.append((n.name, e.key, e.run, e.seq, text, now))
+                # names may not be valid UTF-8 (bytes on Linux): stored as the state DB stores them
+                rows.append((n.name, db_text(e.key), db_text(e.run), e.seq, text, now))
                 recent[(n.name, e.key)] = now
         if rows:
             conn.executemany(
@@ -341,7 +344,7 @@ class _Channel(threading.Thread):
         rows = [
             _Row(*r)
             for r in conn.execute(
-                f"SELECT id, run, enqueued_at, event FROM {TABLE} WHERE channel=? AND state=? "
+                f"SELECT id, run, enqueued_at, event, alert_key FROM {TABLE} WHERE channel=? AND state=? "
                 f"ORDER BY id LIMIT {BATCH}",
                 (n.name, PENDING),
             )
@@ -360,11 +363,17 @@ class _Channel(threading.Thread):
         if not draining and now < window_end:
             return window_end - now
         group: list[_Row] = []
+        alerts: set[str | bytes] = set()
         for r in rows:
             if r.run != head.run:
                 continue
             if r.enqueued_at > window_end and not draining:
                 break  # later rows of this run wait for their own window (keeps order)
+            if r.alert_key in alerts:
+                # a payload holds one state per alert: a second transition (resolved, then firing
+                # again) goes in the next send, or the first would never be delivered
+                break
+            alerts.add(r.alert_key)
             group.append(r)
         pause = self._last_send + n.min_interval - time.monotonic()
         if pause > 0:

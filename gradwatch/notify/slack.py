@@ -169,7 +169,7 @@ class SlackNotifier(Notifier):
         if not events:
             return
         payload = self.message(events)
-        body = json.dumps(payload, ensure_ascii=False).encode()
+        body = json.dumps(payload).encode()
         self.paced_at.append(_pacer.wait(self.url.reveal(), self.min_interval))
         try:
             post(

@@ -191,7 +191,7 @@ class WebhookNotifier(Notifier):
             delivered += len(part)
 
     def _post(self, events: list[AlertEvent]) -> None:
-        body = json.dumps(self.payload(events), ensure_ascii=False, allow_nan=False).encode()
+        body = json.dumps(self.payload(events), allow_nan=False).encode()
         headers = request_headers(self.headers, self.bearer_token)
         if self.hmac_secret is not None:
             ts = str(int(time.time()))
