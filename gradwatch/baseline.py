@@ -42,7 +42,7 @@ class History:
     known, so "not reached yet" stays exact.
     """
 
-    __slots__ = ("_skip", "gen", "last_step", "max_points", "steps", "stride", "values")
+    __slots__ = ("_skip", "last_step", "max_points", "owner", "steps", "stride", "values")
 
     def __init__(self, max_points: int = MAX_POINTS) -> None:
         self.steps = array("q")
@@ -51,8 +51,9 @@ class History:
         self.stride = 1
         self._skip = 0
         self.last_step: int | None = None
-        # bumped when stored points are dropped (thinning, rewind): quiet bands built on them are stale
-        self.gen = 0
+        # the References this history belongs to: told when stored points are dropped or replaced
+        # (thinning, rewind, restore), which makes every quiet band built on them stale
+        self.owner: References | None = None
 
     def add(self, step: int, value: float) -> None:
         last = self.last_step
@@ -71,14 +72,18 @@ class History:
             self.steps = self.steps[::2]
             self.values = self.values[::2]
             self.stride *= 2
-            self.gen += 1
+            self._changed()
 
     def _rewind(self, step: int) -> None:
         keep = bisect.bisect_left(self.steps, step)
         del self.steps[keep:]
         del self.values[keep:]
         self._skip = 0
-        self.gen += 1
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.owner is not None:
+            self.owner.version += 1
 
     def nearest(self, step: int, tolerance: int | None) -> tuple[str, int, float]:
         """(outcome, reference step, reference value) for ``step``."""
@@ -131,7 +136,7 @@ class History:
             return
         keep = max_points - 1
         h.steps, h.values, h.stride, h.last_step = steps[-keep:], values[-keep:], stride, last
-        h.gen += 1
+        h._changed()
 
 
 class References:
@@ -140,7 +145,8 @@ class References:
     def __init__(self, max_points: int = MAX_POINTS) -> None:
         self.max_points = max_points
         self.by_tag: dict[str, dict[str, History]] = {}
-        # bumped when a history is added, so Baseline's per-tag caches know to look again
+        # bumped when a history is added, removed, thinned or rewound: Baseline's per-tag caches and
+        # the quiet bands of every Verdict built before are stale
         self.version = 0
 
     def history(self, run: str, tag: str) -> History:
@@ -148,6 +154,7 @@ class References:
         h = runs.get(run)
         if h is None:
             h = runs[run] = History(self.max_points)
+            h.owner = self
             self.version += 1
         return h
 
@@ -167,12 +174,10 @@ class Verdict:
     __slots__ = (
         "base",
         "base_step",
-        "gen",
         "hi",
         "lo",
         "outcome",
         "ratio",
-        "ref",
         "refs",
         "run",
         "since",
@@ -185,11 +190,10 @@ class Verdict:
     def __init__(self) -> None:
         # the quiet band: a point at a step in [since, until] with a value in (lo, hi) is below every
         # level, whichever reference point is nearest; built after a quiet point, valid while the
-        # reference's points (ref.gen) and the set of references (version) are unchanged
+        # references (their runs and stored points: References.version) are unchanged
         self.since, self.until = 0, -1
         self.lo, self.hi = 0.0, 0.0
-        self.ref: History | None = None
-        self.gen = self.version = 0
+        self.version = 0
         # the series judged and where its references are (set by the engine: bind)
         self.refs: References | None = None
         self.run = self.tag = ""
@@ -271,19 +275,13 @@ class Baseline:
     def judge(self, v: Verdict, refs: References, run: str, tag: str, step: int, value: float) -> int:
         """The severity rank of one point of (run, tag) against the reference(s) at its step, or
         HOLD when it is not evidence; ``v`` is the series' verdict, updated in place."""
-        if (
-            v.since <= step <= v.until
-            and v.lo < value < v.hi
-            and v.version == refs.version
-            and v.gen == v.ref.gen  # type: ignore[union-attr]
-        ):
+        if v.since <= step <= v.until and v.lo < value < v.hi and v.version == refs.version:
             return 0  # healthy, and the band says so without a lookup
         v.until = -1
         if value != value or value in (_INF, -_INF):
             return v.set(NOT_FINITE)
         found = self._references(refs, tag)
-        single = len(found) == 1 and found[0][0] != run
-        if single:
+        if len(found) == 1 and found[0][0] != run:
             # the common case, one reference run: no lists
             outcome, base_step, base = found[0][1].nearest(step, self.tolerance)
             if outcome != COMPARED:
@@ -302,28 +300,29 @@ class Baseline:
         for rank, _, factor in self.levels:
             if ratio > factor:
                 return rank
-        if single:
-            self._quiet_band(v, found[0][1], step, refs.version)
+        self._quiet_band(v, [h for r, h in found if r != run], step, refs.version)
         return 0
 
-    def _quiet_band(self, v: Verdict, h: History, step: int, version: int) -> None:
-        """After a quiet point: the values that stay quiet over the next BAND_POINTS reference points."""
-        steps = h.steps
-        first = max(0, bisect.bisect_right(steps, step) - 1)
-        last = min(first + BAND_POINTS, len(steps) - 1)
-        if steps[last] <= step:
-            return  # at the reference's end: new points may come, keep looking them up
-        # for any step in [step, steps[last]] the nearest reference point is one of first..last
-        values = h.values[first : last + 1]
+    def _quiet_band(self, v: Verdict, histories: list[History], step: int, version: int) -> None:
+        """After a quiet point: the values that stay quiet until each reference's BAND_POINTS-th
+        point ahead. For a step in that range each reference's nearest point is one of those, and
+        a median of some of them lies between their smallest and largest value."""
+        if not histories:
+            return
+        until, low, high = _INF, _INF, 0.0
+        for h in histories:
+            steps = h.steps
+            first = max(0, bisect.bisect_right(steps, step) - 1)
+            last = min(first + BAND_POINTS, len(steps) - 1)
+            if steps[last] <= step:
+                return  # at a reference's end: new points may come, keep looking them up
+            values = h.values[first : last + 1]
+            until, low, high = min(until, steps[last]), min(low, *values), max(high, *values)
+        if low <= 0:
+            return  # a ratio to a non-positive baseline is no evidence: keep judging each point
         factor = self.levels[-1][2]  # the lowest level
-        if self.below:
-            v.lo, v.hi = max(values) / factor, _INF
-        else:
-            low = min(values)
-            if low <= 0:
-                return
-            v.lo, v.hi = 0.0, low * factor
-        v.since, v.until, v.ref, v.gen, v.version = step, steps[last], h, h.gen, version
+        v.lo, v.hi = (high / factor, _INF) if self.below else (0.0, low * factor)
+        v.since, v.until, v.version = step, int(until), version
 
 
 def _why_not(v: Verdict, looked: Iterable[tuple[str, int, float]]) -> int:

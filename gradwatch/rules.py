@@ -565,12 +565,7 @@ class Rule:
     @staticmethod
     def _quiet(v: Verdict, step: int, value: float) -> bool:
         """Inside the quiet band of a baseline rule's last comparison (gradwatch/baseline.py)."""
-        return (
-            v.since <= step <= v.until
-            and v.lo < value < v.hi
-            and v.version == v.refs.version  # type: ignore[union-attr]
-            and v.gen == v.ref.gen  # type: ignore[union-attr]
-        )
+        return v.since <= step <= v.until and v.lo < value < v.hi and v.version == v.refs.version  # type: ignore[union-attr]
 
     def _held(self, state: RuleState) -> int:
         """The rank after the last finite point (from ``raw`` and the streaks)."""

@@ -217,3 +217,21 @@ def test_a_quiet_band_is_dropped_when_the_reference_rewinds_or_thins():
     h.add(70, 100.0)  # the eighth point: every other one is dropped, step 10 with them
     assert list(h.steps) == [0, 20, 40, 60]
     assert b.judge(v, refs, "run", "norm", 10, 500.0) == WARNING  # nearest is step 0 (a tie goes earlier)
+
+
+def test_a_quiet_band_over_several_references_covers_each_of_them():
+    # the median of three drops x100 at step 100, because two of them do; the last one does not
+    b = Baseline([(WARNING, "warning", 3.0), (CRITICAL, "critical", 30.0)], ["ref*"])
+    refs = refs_with(
+        {
+            "ref-a": [(s, 100.0 if s < 100 else 1.0) for s in range(0, 600, 10)],
+            "ref-b": [(s, 100.0 if s < 100 else 1.0) for s in range(0, 600, 10)],
+            "ref-c": [(s, 100.0) for s in range(0, 600, 10)],
+        }
+    )
+    v = Verdict()
+    assert b.judge(v, refs, "run", "norm", 0, 150.0) == 0  # x1.5 the median of 100s
+    assert b.judge(v, refs, "run", "norm", 100, 150.0) == CRITICAL  # x150 the median (1.0)
+    # and a band over several references does save the lookups where it can
+    v = Verdict()
+    assert b.judge(v, refs, "run", "norm", 200, 2.0) == 0 and v.until >= 300
