@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from gradwatch.anomaly import AnomalyState
 from gradwatch.baseline import Verdict
 from gradwatch.engine import Engine
 from gradwatch.events.logdir import LogdirReader, ProblemLog
@@ -76,7 +77,8 @@ class Finding:
     rule: Rule
     run: str
     tag: str
-    # severity -> (step, value, growth ratio or None) of the first point at that severity or worse
+    # severity -> (step, value, measure) of the first point at that severity or worse; the measure is
+    # the growth ratio, the ratio to the baseline, the anomaly's z-score, or None
     first: dict[str, tuple[int, float, float | None]] = field(default_factory=dict)
     worst: int = 0
     # rank -> points at that rank; "points at warning or worse" sums the ranks >= warning
@@ -99,7 +101,10 @@ class Finding:
             "run": self.run,
             "tag": self.tag,
             "severity": SEVERITY_OF_RANK[self.worst],
-            "first": {sev: _json_first(*first) for sev, first in self.first.items()},
+            "first": {
+                sev: _json_first(*first, "zscore" if self.rule.kind == "anomaly" else "ratio")
+                for sev, first in self.first.items()
+            },
             "points_at": {
                 sev: self.points_at(rank) for rank, sev, _ in self.rule.levels if sev in self.first
             },
@@ -115,10 +120,10 @@ class Finding:
         }
 
 
-def _json_first(step: int, value: float, ratio: float | None) -> dict[str, Any]:
+def _json_first(step: int, value: float, ratio: float | None, name: str = "ratio") -> dict[str, Any]:
     out: dict[str, Any] = {"step": step, "value": json_number(value)}
     if ratio is not None:
-        out["ratio"] = json_number(ratio)
+        out[name] = json_number(ratio)
     return out
 
 
@@ -206,11 +211,14 @@ def run_check(logdir: str, rules: list[Rule], problems: ProblemLog | None = None
 
 
 def _ratio_of(rule: Rule, state: RuleState) -> float | None:
-    """The ratio check shows next to a finding: growth's, or the value over the baseline's."""
+    """The measure check shows next to a finding: growth's ratio, the value over the baseline's,
+    or the anomaly's z-score."""
     if rule.kind == "growth":
         return state.ratio
     if isinstance(state.extra, Verdict):
         return state.extra.ratio
+    if isinstance(state.extra, AnomalyState):
+        return state.extra.z
     return None
 
 
@@ -282,7 +290,7 @@ def write_text(result: CheckResult, out: TextIO) -> None:
         present = [(rank, sev) for rank, sev, _ in sorted(rule.levels) if sev in f.first]
         for _, sev in present:
             step, value, ratio = f.first[sev]
-            extra = f" (x{human(ratio)})" if ratio is not None else ""
+            extra = "" if ratio is None else f" ({ratio:.1f} sd)" if rule.detector else f" (x{human(ratio)})"
             out.write(f"{_INDENT}{sev:8} first at step {step}: {human(value)}{extra}\n")
         counts = ", ".join(
             f"{f.points_at(rank):,}"

@@ -59,6 +59,7 @@ def test_anomaly_with_defaults_fires_on_the_seed_explosion_before_50000_and_not_
     assert result.exit_code in (WARNING, 2)
     assert "standard deviations from its recent points" in doc["findings"][0]["annotations"]["summary"]
     assert "sd (warning)" in text and "from the last 100 points" in text
+    assert first["zscore"] > 6 and f"first at step {first['step']}: " in text and " sd)\n" in text
 
 
 BASELINE_RULES = f"""
