@@ -181,3 +181,20 @@ def test_report_marks_where_a_baseline_rule_first_fired(tmp_path, capsys):
     rows = {row.split()[0]: row for row in capsys.readouterr().out.splitlines()[2:]}
     assert rows["200"].endswith("<- first run2: vs_clipped warning")
     assert "<-" not in rows["100"]
+
+
+def test_a_baseline_rule_keeps_check_in_one_process_where_runs_meet(tmp_path, monkeypatch):
+    # check reads groups of runs on other cores when a logdir is big; a baseline rule compares runs of
+    # different groups, so with one the whole logdir is read together
+    from gradwatch.events import parallel
+
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_BYTES", 0)
+    monkeypatch.setattr(parallel, "usable_cores", lambda: 2)
+    rules = write_rules(tmp_path, BASELINE_RULES)
+    logdir = tmp_path / "logs"
+    write_run(logdir, "run2", sorted(SEED.items()))
+    write_run(logdir, "run3", clipped(every=100))
+    write_run(logdir, "zz-other", [(100, 1.0)])
+    _, _, doc = check(logdir, rules)
+    assert [f["first"]["warning"]["step"] for f in doc["findings"]] == [200]
+    assert doc["not_compared"] == []
