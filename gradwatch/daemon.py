@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
+from gradwatch import history as alert_history
 from gradwatch import sdnotify
 from gradwatch.actions import FlagWriter, StopFileWriter
 from gradwatch.alerts import ACTIVE, FIRING, AlertBook, AlertEvent, alert_key
@@ -95,7 +96,8 @@ class Daemon:
         self.problems = ProblemLog()
         try:
             self.state = StateDB(config.resolved_state_dir())
-        except StateError as e:
+            alert_history.create_schema(self.state.conn)
+        except (StateError, sqlite3.Error) as e:
             raise ConfigError([Problem("gradwatch watch", 0, "state_dir", str(e))]) from None
         try:
             self._setup(out)
@@ -552,6 +554,8 @@ class Daemon:
             state.save_offsets(rows)
             state.save_series(series)
             state.save_alerts(changes)
+            if events:
+                alert_history.record(state.conn, events, time.time())  # `gradwatch alerts` reads it
             for key, value in (meta or {}).items():
                 state.set_meta(key, value)
             if self.outbox is not None and unsaved:
