@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 
 import pytest
-from conftest import require_binary
+from conftest import require_binary, require_root
 from writers import event, simple, write_scalars
 
 from gradwatch.events.logdir import ProblemLog
@@ -34,8 +34,7 @@ BUDGET = 64 * MiB
 @pytest.fixture
 def trainer_dir():
     """A run directory the unprivileged trainer owns, in a logdir it can reach."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to play the trainer as nobody")
+    require_root()  # to play the trainer as nobody
     setpriv = require_binary("setpriv")
     nobody = pwd.getpwnam("nobody")
     root = tempfile.mkdtemp(prefix="gradwatch-sparse-")
