@@ -350,3 +350,12 @@ def test_hostile_and_undecodable_names_are_shown_escaped(tmp_path):
         "grad_norm\\x0aOK: forged",
         "step  run-\\xff\\x1b[2J",
     ]
+
+
+def test_the_unknown_status_line_is_escaped(tmp_path, capsys):
+    """Review 12: the first line of the error reached stdout raw; a logdir name with an escape
+    sequence could clear the operator's terminal or forge a second status line."""
+    missing = tmp_path / "nope\x1b[2J\u202e"
+    assert main(["check", str(missing)]) == UNKNOWN
+    out = capsys.readouterr().out
+    assert out == f"UNKNOWN: {tmp_path}/nope\\x1b[2J\\u202e: no such directory\n"
