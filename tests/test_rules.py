@@ -494,10 +494,18 @@ def test_nested_quantifiers_are_refused(text):
 
 
 @pytest.mark.parametrize(
-    "text", ["(?i)grad.*norm", "^gradients/(actor|critic)_", "(ab?)+", "(a{2})*", "x+y*z?", "(?:ab)+c"]
+    ("text", "sample"),
+    [
+        ("(?i)grad.*norm", "train/GRAD_norm"),
+        ("^gradients/(actor|critic)_", "gradients/critic_mlp_norm"),
+        ("(ab?)+", "xaab"),
+        ("(a{2})*", ""),
+        ("x+y*z?", "xxz"),
+        ("(?:ab)+c", "ababc"),
+    ],
 )
-def test_ordinary_regexes_are_accepted(text):
-    Pattern(text)
+def test_ordinary_regexes_are_accepted(text, sample):
+    assert Pattern(text).search(sample)
 
 
 def test_patterns_search_names_with_undecodable_bytes():
