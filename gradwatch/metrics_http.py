@@ -292,7 +292,9 @@ class MetricsServer:
     # -- one connection ---------------------------------------------------------
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._admit(writer)
+        if not self._admit(writer):
+            writer.transport.abort()  # refused: every connection at the limit is being answered
+            return
         done = False
         try:
             await self._answer(reader, writer)
@@ -309,14 +311,18 @@ class MetricsServer:
             else:
                 writer.transport.abort()
 
-    def _admit(self, writer: asyncio.StreamWriter) -> None:
-        """Track a new connection; at the limit, drop the oldest one still sending its head."""
-        if len(self._open) >= self.max_connections and self._reading:
+    def _admit(self, writer: asyncio.StreamWriter) -> bool:
+        """Track a new connection; at the limit, drop the oldest one still sending its head, or
+        refuse this one (False) when every open connection is already being answered."""
+        if len(self._open) >= self.max_connections:
+            if not self._reading:
+                return False
             oldest = next(iter(self._reading))
             del self._reading[oldest]
             oldest.transport.abort()
         self._open.add(writer)
         self._reading[writer] = None
+        return True
 
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -140,6 +140,35 @@ def test_at_the_connection_limit_the_oldest_unfinished_request_makes_room(counte
             close_all(socks)
 
 
+def test_at_the_limit_with_every_connection_answered_a_new_one_is_refused():
+    """Review 26: with no open connection still sending its head, new ones were admitted past
+    max_connections. Five scrapes whose render is held (a series source that blocks) fill the
+    five slots past their head; the sixth connection is closed, not served."""
+    import threading
+
+    release = threading.Event()
+    source = CountingSource(n_series=10)
+
+    def blocking_source() -> list[Series]:
+        release.wait(60)
+        return source()
+
+    metrics = Metrics(series=blocking_source, process_metrics=False)
+    with MetricsServer(metrics, "127.0.0.1", 0, max_connections=5, max_metrics_in_flight=5) as srv:
+        held = open_attackers(srv.port, COMPLETE, n=5)
+        try:
+            wait_for(lambda: len(srv._open) == 5 and not srv._reading, "five connections past their head")
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as sixth:
+                with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+                    sixth.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: gradwatch\r\n\r\n")
+                assert closed_by_server(sixth)
+            release.set()
+            assert all(s.recv(12) == b"HTTP/1.1 200" for s in held)  # the five are still served
+        finally:
+            release.set()
+            close_all(held)
+
+
 def test_too_many_metrics_responses_at_once_get_503(counted):
     _, metrics = counted
     with MetricsServer(metrics, "127.0.0.1", 0, max_metrics_in_flight=0) as srv:
