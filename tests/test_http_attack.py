@@ -100,6 +100,27 @@ def test_many_complete_scrapes_at_once_share_one_render(counted):
         assert srv.renderer.renders == 1
 
 
+def test_varying_name_filters_share_one_render_and_keep_the_plain_body_cached(counted):
+    """Review 5: name[] values were part of the cache key as sent (unsorted, repeated): each
+    distinct set forced a render, and at 16 keys the plain /metrics body was evicted."""
+    source, metrics = counted
+    with MetricsServer(metrics, "127.0.0.1", 0, render_interval=3600) as srv:
+        status, plain = get(srv.url + "/metrics")
+        assert status == 200
+        for i in range(100):
+            query = f"name[]=gradwatch_scalar_value&name[]=gradwatch_ready&name[]=x{i}"
+            status, body = get(f"{srv.url}/metrics?{query}")
+            assert status == 200 and b"gradwatch_ready 0.0" in body and b"gradwatch_scalar_value{" in body
+            assert b"gradwatch_rules" not in body  # filtered
+        # the same set in another order, repeated, is the same cache entry
+        key_count = len(srv.renderer._cache)
+        get(f"{srv.url}/metrics?name[]=x99&name[]=gradwatch_ready&name[]=gradwatch_scalar_value&name[]=x99")
+        assert len(srv.renderer._cache) == key_count
+        assert source.calls == 1 and srv.renderer.renders == 1
+        assert any(not names for _, _, names in srv.renderer._cache)  # the plain body was kept
+        assert get(srv.url + "/metrics") == (200, plain)
+
+
 def test_a_scrape_after_the_interval_renders_again(counted):
     source, metrics = counted
     with MetricsServer(metrics, "127.0.0.1", 0, render_interval=0) as srv:
