@@ -16,7 +16,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from gradwatch.rules import SEVERITY_OF_RANK, Rule, RuleState, Series
+from gradwatch.rules import Rule, RuleState, Series
+from gradwatch.severity import PENDING_RANK, Severity
 
 # kinds of transition that reach people
 FIRING = "firing"
@@ -91,8 +92,6 @@ def _num(v: float) -> Any:
 
 PENDING = "pending"
 ACTIVE = "firing"
-# Series.ranks value of a rule whose alert is pending (no severity yet)
-PENDING_RANK = -1
 
 
 class Alert:
@@ -344,7 +343,7 @@ class AlertBook:
         annotations = rule.render(fields)
         if rule.description:
             annotations.setdefault("description", rule.description)
-        severity = SEVERITY_OF_RANK.get(alert.rank, "warning")
+        severity = Severity.of_rank(alert.rank, "warning")
         labels = {
             **rule.labels,
             "alertname": rule.name,
@@ -361,7 +360,7 @@ class AlertBook:
             tag=alert.tag,
             kind=kind,
             severity=severity,
-            previous=SEVERITY_OF_RANK.get(previous) if previous else None,
+            previous=Severity.of_rank(previous, None) if previous else None,
             step=alert.step,
             value=alert.value,
             wall_time=alert.wall_time,

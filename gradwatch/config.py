@@ -11,7 +11,8 @@ import os
 from dataclasses import dataclass, field
 
 from gradwatch.actions import DEFAULT_STOP_FILE
-from gradwatch.rules import SEVERITIES, template_fields
+from gradwatch.rules import template_fields
+from gradwatch.severity import SEVERITY_NAMES
 from gradwatch.yamlconf import ConfigError, Problem, Section, load_yaml_file
 
 DEFAULT_LISTEN = "127.0.0.1:9723"
@@ -108,7 +109,7 @@ def load_config(path: str) -> Config:
 
     stop = top.section("stop_file")
     cfg.stop_file = stop.string("path", DEFAULT_STOP_FILE)
-    sev = stop.choice("severity", (*SEVERITIES, "never"), "critical")
+    sev = stop.choice("severity", (*SEVERITY_NAMES, "never"), "critical")
     cfg.stop_severity = None if sev == "never" else sev
     cfg.stop_severity_override = sev == "never"
     if cfg.stop_file:

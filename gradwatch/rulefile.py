@@ -13,7 +13,8 @@ import os
 import re
 from importlib import resources
 
-from gradwatch.rules import DIRECTIONS, RANK, SEVERITIES, Match, Num, Pattern, Rule, Template
+from gradwatch.rules import DIRECTIONS, Match, Num, Pattern, Rule, Template
+from gradwatch.severity import SEVERITY_NAMES, Severity
 from gradwatch.yamlconf import ConfigError, Problem, Section, load_yaml_file, parse_duration
 
 DEFAULT_RULES = "gradient_explosion.yaml"
@@ -141,16 +142,16 @@ def _levels(
 ) -> list[tuple[int, str, float]]:
     """Severity levels of a section; a higher severity must be further from normal."""
     levels: list[tuple[int, str, float]] = []
-    for severity in SEVERITIES:
+    for severity in SEVERITY_NAMES:
         value = sec.number(severity)
         if value is None:
             continue
         if factor and value <= 1:
             sec.error(severity, f"expected a growth factor above 1, got {value:g}")
             continue
-        levels.append((RANK[severity], severity, value))
+        levels.append((int(Severity.parse(severity)), severity, value))
     if not levels and not any(p.path.startswith(sec.path + ".") for p in sec.problems):
-        sec.error("", f"{key} needs at least one of {', '.join(SEVERITIES)} with {what}")
+        sec.error("", f"{key} needs at least one of {', '.join(SEVERITY_NAMES)} with {what}")
     # each severity must be reached strictly after the one below it, or it can never fire
     for (_, low_sev, low), (_, high_sev, high) in itertools.pairwise(levels):
         if (high >= low) if descending else (high <= low):
@@ -164,8 +165,8 @@ def _levels(
 
 
 def _severity(sec: Section, key: str, default: str) -> list[tuple[int, str, float]]:
-    sev = sec.choice(key, SEVERITIES, default=default) or default
-    return [(RANK[sev], sev, 0.0)]
+    sev = sec.choice(key, SEVERITY_NAMES, default=default) or default
+    return [(int(Severity.parse(sev)), sev, 0.0)]
 
 
 def _compile(sec: Section, key: str) -> Pattern | None:
@@ -268,7 +269,7 @@ def _parse_rule(sec: Section) -> Rule | None:
     repeat = sec.duration("repeat_interval")
     if repeat is not None and repeat <= 0:
         sec.error("repeat_interval", "expected a duration above zero")
-    stop = sec.choice("stop", (*SEVERITIES, "never"), default=None)
+    stop = sec.choice("stop", (*SEVERITY_NAMES, "never"), default=None)
     labels = sec.mapping("labels")
     for key in labels:
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):

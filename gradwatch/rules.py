@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gradwatch.fmt import escape
+from gradwatch.severity import SEVERITY_NAMES, Severity
 
 try:  # linear-time matching when the optional extra is installed (pip install 'gradwatch[re2]')
     import re2 as _re2
@@ -41,10 +42,10 @@ try:
 except ImportError:  # pragma: no cover
     import sre_parse as _sre_parse  # type: ignore[no-redef]
 
-SEVERITIES = ("info", "warning", "critical")
-# rank 0 means "no condition"; higher rank wins
-RANK = {name: i + 1 for i, name in enumerate(SEVERITIES)}
-SEVERITY_OF_RANK = {i + 1: name for i, name in enumerate(SEVERITIES)}
+# the tables the layers above still import (issue 11: they move to Severity, then these go)
+SEVERITIES = SEVERITY_NAMES
+RANK = {s.label: int(s) for s in Severity if s}
+SEVERITY_OF_RANK = {int(s): s.label for s in Severity if s}
 
 KINDS = ("thresholds", "nonfinite", "growth", "absent")
 DIRECTIONS = ("above", "below", "absolute")
@@ -537,7 +538,7 @@ class Rule:
             "step": step,
             "value": Num(value),
             "threshold": threshold,
-            "severity": SEVERITY_OF_RANK.get(rank, "ok"),
+            "severity": Severity.of_rank(rank),
             "labels": self.labels,
             "ratio": Num(state.ratio) if state is not None and self.kind == "growth" else NOT_APPLICABLE,
             "for": self.for_points,

@@ -30,8 +30,9 @@ from gradwatch.notify.http import (
     parse_retry_after,
     post,
 )
-from gradwatch.rules import RANK, SEVERITIES, human
+from gradwatch.rules import human
 from gradwatch.secrets import Secret, url_problem
+from gradwatch.severity import SEVERITY_NAMES, Severity
 from gradwatch.yamlconf import Section
 
 log = logging.getLogger("gradwatch.notify")
@@ -77,11 +78,11 @@ class Notifier:
         timeout: float = DEFAULT_TIMEOUT,
         max_age: float | None = None,
     ) -> None:
-        if min_severity not in RANK:
-            raise ValueError(f"min_severity must be one of {', '.join(SEVERITIES)}")
+        if min_severity not in SEVERITY_NAMES:
+            raise ValueError(f"min_severity must be one of {', '.join(SEVERITY_NAMES)}")
         self.name = name
         self.min_severity = min_severity
-        self.min_rank = RANK[min_severity]
+        self.min_rank = int(Severity.parse(min_severity))
         self.rules = rules or ["*"]
         self.runs = runs or ["*"]
         self.tags = tags or ["*"]
@@ -109,7 +110,7 @@ class Notifier:
 
     @staticmethod
     def rank_of(severity: str | None) -> int:
-        return RANK.get(severity or "", 0)
+        return int(Severity.parse(severity))
 
     def below_min(self, event: AlertEvent) -> bool:
         """A de-escalation under this channel's min_severity: for it, the alert is over."""
@@ -265,7 +266,7 @@ def read_common(sec: Section, default_group_wait: float) -> dict[str, Any] | Non
     if name is not None and not _NAME.match(name):
         sec.error("name", "use letters, digits, '_', '.', ':' and '-' only (it becomes a metric label)")
         name = None
-    min_severity = sec.choice("min_severity", SEVERITIES, default="info")
+    min_severity = sec.choice("min_severity", SEVERITY_NAMES, default="info")
     match = sec.section("match")
     rules = match.strings("rules")
     runs = match.strings("runs")
