@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from gradwatch.fmt import stored_number
 from gradwatch.rules import Rule, RuleState, Series
 from gradwatch.severity import PENDING_RANK, Severity
 
@@ -69,7 +70,7 @@ class AlertEvent:
 
     def to_json(self) -> str:
         d = asdict(self)
-        d["value"] = _num(self.value)
+        d["value"] = stored_number(self.value)
         return json.dumps(d, sort_keys=True)
 
     @classmethod
@@ -77,15 +78,6 @@ class AlertEvent:
         d: dict[str, Any] = json.loads(text)
         d["value"] = float(d["value"])
         return cls(**d)
-
-
-def _num(v: float) -> Any:
-    # JSON has no NaN/Inf; float("nan"), float("inf") read these back
-    if v != v:
-        return "nan"
-    if v in (float("inf"), float("-inf")):
-        return "inf" if v > 0 else "-inf"
-    return v
 
 
 # -- lifecycle -----------------------------------------------------------------
@@ -132,8 +124,8 @@ class Alert:
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__slots__}
-        d["value"] = _num(self.value)
-        d["ratio"] = _num(self.ratio)
+        d["value"] = stored_number(self.value)
+        d["ratio"] = stored_number(self.ratio)
         return d
 
     @classmethod

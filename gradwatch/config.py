@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass, field
 
 from gradwatch.actions import DEFAULT_STOP_FILE
-from gradwatch.rules import template_fields
 from gradwatch.severity import SEVERITY_NAMES
+from gradwatch.templates import template_fields
 from gradwatch.yamlconf import ConfigError, Problem, Section, load_yaml_file
 
 DEFAULT_LISTEN = "127.0.0.1:9723"

@@ -9,7 +9,11 @@ reorder what the operator sees with bidi controls (U+202E makes
 
 JSON has no NaN or Infinity: :func:`json_number` is the one spelling for every
 JSON output (``"NaN"``, ``"Infinity"``, ``"-Infinity"``: what ``float()`` reads
-back and what JavaScript's ``Number()`` understands).
+back and what JavaScript's ``Number()`` understands). Numbers a human reads
+(alerts, reports, Slack) go through :func:`human`; numbers stored in the state
+DB and the outbox go through :func:`stored_number` (Python's own spelling,
+``"nan"``/``"inf"``/``"-inf"``: the stored format, which must not change
+without a migration).
 """
 
 from __future__ import annotations
@@ -56,6 +60,33 @@ def json_number(v: float | None) -> float | str | None:
     return "Infinity" if v > 0 else "-Infinity"
 
 
+def human(x: float) -> str:
+    """826256.0 -> ``826,256``; 0.5 -> ``0.5``; 1.5e-05 -> ``1.5e-05``; NaN -> ``NaN``; ±Inf -> ``±Inf``."""
+    if x != x:
+        return "NaN"
+    if x in (math.inf, -math.inf):
+        return "+Inf" if x > 0 else "-Inf"
+    if x == int(x) and abs(x) < 1e15:
+        return f"{int(x):,}"
+    if 1e-3 <= abs(x) < 1e15:
+        return f"{x:,.4g}" if abs(x) < 1000 else f"{x:,.2f}"
+    return f"{x:.4g}"
+
+
+def human_or_na(v: float | None) -> str:
+    """:func:`human`, or ``n/a`` when there is no value (an event without a threshold)."""
+    return "n/a" if v is None else human(float(v))
+
+
+# how the state DB and the outbox spell the numbers JSON cannot hold; float() reads them back
+STORED_NONFINITE = frozenset(("nan", "inf", "-inf"))
+
+
+def stored_number(v: float) -> float | str:
+    """A number for a stored JSON document: itself, or ``"nan"``/``"inf"``/``"-inf"`` (``repr``)."""
+    return v if math.isfinite(v) else repr(float(v))
+
+
 def json_safe(obj: Any) -> Any:
     """``obj`` with every non-finite float (at any depth) spelled by :func:`json_number`."""
     if isinstance(obj, float):
@@ -72,4 +103,13 @@ def json_dumps(obj: Any, **kwargs: Any) -> str:
     return json.dumps(json_safe(obj), allow_nan=False, **kwargs)
 
 
-__all__ = ["escape", "json_dumps", "json_number", "json_safe"]
+__all__ = [
+    "STORED_NONFINITE",
+    "escape",
+    "human",
+    "human_or_na",
+    "json_dumps",
+    "json_number",
+    "json_safe",
+    "stored_number",
+]

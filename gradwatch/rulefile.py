@@ -13,8 +13,9 @@ import os
 import re
 from importlib import resources
 
-from gradwatch.rules import DIRECTIONS, Match, Num, Pattern, Rule, Template
+from gradwatch.rules import DIRECTIONS, Match, Pattern, Rule
 from gradwatch.severity import SEVERITY_NAMES, Severity
+from gradwatch.templates import Num, Template
 from gradwatch.yamlconf import ConfigError, Problem, Section, load_yaml_file, parse_duration
 
 DEFAULT_RULES = "gradient_explosion.yaml"

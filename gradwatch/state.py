@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from gradwatch.alerts import alert_key
+from gradwatch.fmt import STORED_NONFINITE, stored_number
 from gradwatch.rules import Rule, RuleState, Series
 
 log = logging.getLogger("gradwatch.state")
@@ -111,11 +112,6 @@ def shown(name: str) -> str:
     return repr(name)
 
 
-# -- numbers in JSON --------------------------------------------------------------
-def _num(v: float) -> Any:
-    return v if v == v and v not in (float("inf"), float("-inf")) else repr(v)
-
-
 def _unnum(v: Any) -> float:
     return float(v)
 
@@ -134,8 +130,8 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_number(v: Any) -> bool:
-    """A number as ``_num`` writes it: int, float, or the repr of NaN/±Inf."""
-    return _is_int(v) or isinstance(v, float) or v in ("nan", "inf", "-inf")
+    """A number as ``stored_number`` writes it: int, float, or the repr of NaN/±Inf."""
+    return _is_int(v) or isinstance(v, float) or v in STORED_NONFINITE
 
 
 def _check_fields(d: Any, spec: dict[str, Callable[[Any], bool]], what: str) -> None:
@@ -153,9 +149,6 @@ def _int_list(v: Any) -> bool:
     return isinstance(v, list) and all(_is_int(x) for x in v)
 
 
-_NONFINITE = frozenset(("nan", "inf", "-inf"))
-
-
 def _window(v: Any) -> bool:
     """A list of [step, value] pairs; checked with map and set, a window holds up to 1,024 points."""
     if not isinstance(v, list):
@@ -169,7 +162,7 @@ def _window(v: Any) -> bool:
         return False
     kinds = set(map(type, values))
     return kinds <= {int, float, str} and (
-        str not in kinds or set(x for x in values if type(x) is str) <= _NONFINITE
+        str not in kinds or set(x for x in values if type(x) is str) <= STORED_NONFINITE
     )
 
 
@@ -225,11 +218,11 @@ def check_alert_doc(key: str, d: Any) -> None:
 def dump_rule_state(state: RuleState) -> dict[str, Any]:
     return {
         "streaks": state.streaks,
-        "window": [[s, _num(v)] for s, v in state.window] if state.window is not None else None,
+        "window": [[s, stored_number(v)] for s, v in state.window] if state.window is not None else None,
         "last_wall": state.last_wall,
         "last_step": state.last_step,
         "raw": state.raw,
-        "ratio": _num(state.ratio),
+        "ratio": stored_number(state.ratio),
     }
 
 
@@ -280,7 +273,7 @@ def dump_series(s: Series) -> str:
         {
             "step": s.step,
             "wall_time": s.wall_time,
-            "value": _num(s.value),
+            "value": stored_number(s.value),
             "rules": {
                 r.name: {"rank": s.ranks[i], "sig": rule_signature(r), "state": dump_rule_state(s.states[i])}
                 for i, r in enumerate(s.rules)

@@ -13,7 +13,6 @@ import fnmatch
 import importlib
 import inspect
 import logging
-import math
 import re
 import string
 from collections.abc import Iterable
@@ -21,6 +20,7 @@ from typing import Any, ClassVar
 from urllib.parse import quote
 
 from gradwatch.alerts import DEESCALATED, REPEAT, RESOLVED, AlertEvent
+from gradwatch.fmt import human_or_na
 from gradwatch.notify.errors import DeliveryError
 from gradwatch.notify.http import (
     RETRYABLE_4XX,
@@ -30,7 +30,6 @@ from gradwatch.notify.http import (
     parse_retry_after,
     post,
 )
-from gradwatch.rules import human
 from gradwatch.secrets import Secret, url_problem
 from gradwatch.severity import SEVERITY_NAMES, Severity
 from gradwatch.yamlconf import Section
@@ -198,12 +197,8 @@ def latest_per_alert(events: Iterable[AlertEvent]) -> list[AlertEvent]:
     return list(out.values())
 
 
-def format_value(v: float | None) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, float) and not math.isfinite(v):
-        return "NaN" if v != v else ("+Inf" if v > 0 else "-Inf")
-    return human(float(v))
+# a channel's spelling of a value or threshold: fmt's, the one every output uses
+format_value = human_or_na
 
 
 # -- building from config --------------------------------------------------------

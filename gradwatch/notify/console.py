@@ -15,9 +15,8 @@ import time
 from typing import TextIO
 
 from gradwatch.alerts import DEESCALATED, ESCALATED, FIRING, REPEAT, RESOLVED, AlertEvent
-from gradwatch.fmt import escape, json_dumps
+from gradwatch.fmt import escape, human, json_dumps
 from gradwatch.logjson import rfc3339
-from gradwatch.rules import human
 
 _COLOURS = {"critical": "\033[1;31m", "warning": "\033[1;33m", "info": "\033[1;36m", "resolved": "\033[1;32m"}
 _RESET = "\033[0m"
