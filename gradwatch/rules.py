@@ -28,17 +28,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gradwatch.fmt import escape, human, json_number
+# "X as X": re-exported for the one-shot commands, the daemon and tests (templates moved out)
+from gradwatch.fmt import escape
+from gradwatch.fmt import human as human
+from gradwatch.fmt import json_number as json_number
 from gradwatch.severity import SEVERITY_NAMES, Severity
-from gradwatch.templates import (
-    MAX_FORMAT_WIDTH,
-    NOT_APPLICABLE,
-    TEMPLATE_FIELDS,
-    Factor,
-    Num,
-    Template,
-    template_fields,
-)
+from gradwatch.templates import MAX_FORMAT_WIDTH as MAX_FORMAT_WIDTH
+from gradwatch.templates import NOT_APPLICABLE, Factor, Num
+from gradwatch.templates import TEMPLATE_FIELDS as TEMPLATE_FIELDS
+from gradwatch.templates import Template as Template
+from gradwatch.templates import template_fields as template_fields
 
 try:  # linear-time matching when the optional extra is installed (pip install 'gradwatch[re2]')
     import re2 as _re2
@@ -60,20 +59,6 @@ DIRECTIONS = ("above", "below", "absolute")
 
 _isfinite = math.isfinite
 
-# re-exported: the one-shot commands, the daemon and tests import these from here
-__all__ = [
-    "MAX_FORMAT_WIDTH",
-    "NOT_APPLICABLE",
-    "TEMPLATE_FIELDS",
-    "Factor",
-    "Num",
-    "Rule",
-    "Series",
-    "Template",
-    "human",
-    "json_number",
-    "template_fields",
-]
 
 # evaluation modes, decided once per rule so ``evaluate`` branches on an int
 _ABOVE, _BELOW, _ABSOLUTE, _NONFINITE, _GROWTH, _ABSENT = range(6)
