@@ -33,6 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from gradwatch.alerts import DEESCALATED, ESCALATED, RESOLVED, AlertEvent
+from gradwatch.config.secrets import Secret, expand, get_headers, get_secret, secret_url, url_problem
+from gradwatch.config.yaml import Section
 from gradwatch.logjson import rfc3339
 from gradwatch.notify.base import (
     DeliveryError,
@@ -45,8 +47,6 @@ from gradwatch.notify.base import (
     render_link,
     request_headers,
 )
-from gradwatch.secrets import Secret, expand, get_headers, get_secret, secret_url, url_problem
-from gradwatch.yamlconf import Section
 
 log = logging.getLogger("gradwatch.notify.alertmanager")
 

@@ -20,6 +20,8 @@ from typing import Any, ClassVar
 from urllib.parse import quote
 
 from gradwatch.alerts import DEESCALATED, REPEAT, RESOLVED, AlertEvent
+from gradwatch.config.secrets import Secret, url_problem
+from gradwatch.config.yaml import Section
 from gradwatch.fmt import human_or_na
 from gradwatch.notify.errors import DeliveryError
 from gradwatch.notify.http import (
@@ -30,9 +32,7 @@ from gradwatch.notify.http import (
     parse_retry_after,
     post,
 )
-from gradwatch.secrets import Secret, url_problem
 from gradwatch.severity import SEVERITY_NAMES, Severity
-from gradwatch.yamlconf import Section
 
 log = logging.getLogger("gradwatch.notify")
 

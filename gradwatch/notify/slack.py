@@ -19,6 +19,8 @@ from collections import deque
 from typing import Any
 
 from gradwatch.alerts import DEESCALATED, ESCALATED, RESOLVED, AlertEvent
+from gradwatch.config.secrets import Secret, get_secret
+from gradwatch.config.yaml import Section
 from gradwatch.logjson import rfc3339
 from gradwatch.notify.base import (
     DeliveryError,
@@ -29,8 +31,6 @@ from gradwatch.notify.base import (
     post,
     render_link,
 )
-from gradwatch.secrets import Secret, get_secret
-from gradwatch.yamlconf import Section
 
 HEADER_MAX = 150
 SECTION_MAX = 3000

@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from gradwatch.alerts import AlertEvent
+from gradwatch.config.secrets import Secret, get_headers, get_secret
+from gradwatch.config.yaml import Section
 from gradwatch.logjson import rfc3339
 from gradwatch.notify.base import (
     RESERVED_HEADERS,
@@ -34,8 +36,6 @@ from gradwatch.notify.base import (
     render_link,
     request_headers,
 )
-from gradwatch.secrets import Secret, get_headers, get_secret
-from gradwatch.yamlconf import Section
 
 ZERO_TIME = "0001-01-01T00:00:00Z"  # what Alertmanager sends as endsAt of a firing alert
 TIMESTAMP_HEADER = "X-Gradwatch-Timestamp"

@@ -10,10 +10,10 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 
-from gradwatch.actions import DEFAULT_STOP_FILE
+from gradwatch.config.yaml import ConfigError, Problem, Section, load_yaml_file
 from gradwatch.severity import SEVERITY_NAMES
 from gradwatch.templates import template_fields
-from gradwatch.yamlconf import ConfigError, Problem, Section, load_yaml_file
+from gradwatch.trainer import DEFAULT_STOP_FILE
 
 DEFAULT_LISTEN = "127.0.0.1:9723"
 DEFAULT_RESCAN = 30.0
