@@ -28,7 +28,6 @@ from gradwatch.actions import FlagWriter, StopFileWriter
 from gradwatch.alerts import ACTIVE, FIRING, AlertBook, AlertEvent, alert_key
 from gradwatch.config import (
     Config,
-    build_notifiers,
     check_stop_file_template,
     listen_usage,
     load_config,
@@ -45,6 +44,7 @@ from gradwatch.events.logdir import (
 )
 from gradwatch.fmt import escape as clean_name
 from gradwatch.notify.console import ConsoleNotifier
+from gradwatch.notify.registry import build_notifiers
 from gradwatch.rulefile import load_rules
 from gradwatch.rules import SEVERITIES, Rule, Series
 from gradwatch.state import StateDB, StateError, restore_series, rule_signature

@@ -10,6 +10,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 
+from gradwatch.config.channels import ChannelConfig, read_channels
 from gradwatch.config.yaml import ConfigError, Problem, Section, load_yaml_file
 from gradwatch.severity import SEVERITY_NAMES
 from gradwatch.templates import template_fields
@@ -38,9 +39,8 @@ class Config:
     export_tags: list[str] = field(default_factory=list)
     catchup_notify: bool = True  # after first catch-up, notify what is still firing (once)
     outbox_max_age: float = DEFAULT_OUTBOX_MAX_AGE
-    notifiers: list[Section] = field(default_factory=list)
-    # the notifier objects built (once) from ``notifiers`` by load_config; None: not built yet
-    channels: list | None = None
+    # one typed, checked config per channel; gradwatch.notify.registry builds the channels from them
+    notifiers: list[ChannelConfig] = field(default_factory=list)
     source: str | None = None
 
     def resolved_state_dir(self) -> str:
@@ -130,25 +130,13 @@ def load_config(path: str) -> Config:
         cfg.outbox_max_age = DEFAULT_OUTBOX_MAX_AGE
     outbox.finish()
 
-    cfg.notifiers = list(top.sections("notifiers"))
+    sections = list(top.sections("notifiers"))
     top.finish()
-    # built (and so validated, secrets read) once, here: the daemon and `config check` use these
-    cfg.channels = _build_channels(cfg, problems)
+    # read and checked (secrets read) once, here: the daemon and `config check` build from these
+    cfg.notifiers = read_channels(sections)
     if problems:
-        for channel in cfg.channels:
-            channel.close()
         raise ConfigError(sorted(problems, key=lambda p: p.line))
     return cfg
-
-
-def build_notifiers(cfg: Config) -> list:
-    """The config's notifier objects (built by load_config; a Config made in code builds them here)."""
-    if cfg.channels is None:
-        problems: list[Problem] = []
-        cfg.channels = _build_channels(cfg, problems)
-        if problems:
-            raise ConfigError(problems)
-    return cfg.channels
 
 
 STOP_FILE_FIELDS = ("run_dir", "run", "logdir")
@@ -158,13 +146,3 @@ def check_stop_file_template(text: str) -> None:
     """ValueError unless ``text`` uses only {run_dir}, {run}, {logdir}: no attributes, bounded widths."""
     template_fields(text, STOP_FILE_FIELDS)
     text.format(run_dir="r", run="r", logdir="l")  # what parsing cannot see: a bad format spec
-
-
-def _build_channels(cfg: Config, problems: list[Problem]) -> list:
-    if not cfg.notifiers:
-        return []
-    from gradwatch.notify.base import build_notifiers as build
-
-    for sec in cfg.notifiers:
-        sec.problems = problems
-    return build(cfg.notifiers)

@@ -19,14 +19,12 @@ from collections import deque
 from typing import Any
 
 from gradwatch.alerts import DEESCALATED, ESCALATED, RESOLVED, AlertEvent
-from gradwatch.config.secrets import Secret, get_secret
-from gradwatch.config.yaml import Section
+from gradwatch.config.secrets import Secret
 from gradwatch.logjson import rfc3339
 from gradwatch.notify.base import (
     DeliveryError,
     Notifier,
     format_value,
-    link_template,
     make_session,
     post,
     render_link,
@@ -138,26 +136,6 @@ class SlackNotifier(Notifier):
         self._session = make_session()
         # when the pacer let each recent request go (monotonic): what the pacing promise is about
         self.paced_at: deque[float] = deque(maxlen=32)
-
-    @classmethod
-    def from_section(cls, sec: Section, common: dict[str, Any]) -> Notifier | None:
-        url = get_secret(sec, "url", required=True, url=True)
-        mention = sec.string("mention")
-        generator_url = link_template(sec)
-        username = sec.string("username")
-        icon_emoji = sec.string("icon_emoji")
-        if icon_emoji is not None and not (icon_emoji.startswith(":") and icon_emoji.endswith(":")):
-            sec.error("icon_emoji", "expected an emoji name like :rotating_light:")
-        if url is None:
-            return None
-        return cls(
-            url=url,
-            mention=mention,
-            generator_url=generator_url,
-            username=username,
-            icon_emoji=icon_emoji,
-            **common,
-        )
 
     def target(self) -> str:
         return str(self.url)

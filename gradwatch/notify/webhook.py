@@ -20,17 +20,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from gradwatch.alerts import AlertEvent
-from gradwatch.config.secrets import Secret, get_headers, get_secret
-from gradwatch.config.yaml import Section
+from gradwatch.config.channels import SIGNATURE_HEADER, TIMESTAMP_HEADER
+from gradwatch.config.secrets import Secret
 from gradwatch.logjson import rfc3339
 from gradwatch.notify.base import (
-    RESERVED_HEADERS,
     DeliveryError,
     Notifier,
-    check_headers,
     event_annotations,
     latest_per_alert,
-    link_template,
     make_session,
     post,
     render_link,
@@ -38,9 +35,6 @@ from gradwatch.notify.base import (
 )
 
 ZERO_TIME = "0001-01-01T00:00:00Z"  # what Alertmanager sends as endsAt of a firing alert
-TIMESTAMP_HEADER = "X-Gradwatch-Timestamp"
-SIGNATURE_HEADER = "X-Gradwatch-Signature"
-_RESERVED = RESERVED_HEADERS | {TIMESTAMP_HEADER.lower(), SIGNATURE_HEADER.lower()}
 
 
 def sign(secret: bytes, timestamp: str, body: bytes) -> str:
@@ -125,29 +119,6 @@ class WebhookNotifier(Notifier):
         self.generator_url = generator_url
         self.external_url = external_url
         self._session = make_session()
-
-    @classmethod
-    def from_section(cls, sec: Section, common: dict[str, Any]) -> Notifier | None:
-        url = get_secret(sec, "url", required=True, url=True)
-        headers = get_headers(sec)
-        check_headers(sec, headers, _RESERVED)
-        bearer = get_secret(sec, "bearer_token")
-        secret = get_secret(sec, "hmac_secret")
-        max_alerts = sec.integer("max_alerts", default=0)
-        generator_url = link_template(sec)
-        external_url = sec.string("external_url", default="")
-        if url is None:
-            return None
-        return cls(
-            url=url,
-            headers=headers,
-            bearer_token=bearer,
-            hmac_secret=secret,
-            max_alerts=max_alerts or 0,
-            generator_url=generator_url,
-            external_url=external_url or "",
-            **common,
-        )
 
     def target(self) -> str:
         return str(self.url)
