@@ -42,6 +42,7 @@ from gradwatch.events.logdir import (
     ProblemLog,
     scan,
 )
+from gradwatch.events.records import DEFAULT_READ_BUDGET
 from gradwatch.fmt import escape as clean_name
 from gradwatch.notify.console import ConsoleNotifier
 from gradwatch.notify.registry import build_notifiers
@@ -55,6 +56,7 @@ log = logging.getLogger("gradwatch")
 
 # points between two looks at the stop flag and the systemd watchdog while reading one big file
 BATCH_POINTS = 50_000
+READ_BUDGET = DEFAULT_READ_BUDGET  # bytes of one file per turn of the loop; then the others
 TICK_SECONDS = 1.0
 # most seconds between two commits when no alert changes (offsets and series states only)
 COMMIT_EVERY = 1.0
@@ -141,6 +143,7 @@ class Daemon:
         # path -> (size, mtime_ns) seen just before the last read: polls read only what changed
         self._seen: dict[str, tuple[int, int]] = {}
         self._unreadable: set[str] = set()
+        self._read_again: set[str] = set()  # files whose last read stopped at READ_BUDGET
         self._unreadable_dirs: set[str] = set()
         self._missing: dict[str, float] = {}  # run -> monotonic time it was first missed
         self._logdir_missing_since: float | None = None
@@ -202,8 +205,9 @@ class Daemon:
         self._known_runs.add(s.run)
 
     # -- reading -------------------------------------------------------------
-    def read_file(self, path: str, st: os.stat_result | None = None) -> int:
-        """Read what is new in one known event file; returns the number of points."""
+    def read_file(self, path: str, st: os.stat_result | None = None, whole: bool = False) -> int:
+        """Read what is new in one known event file, READ_BUDGET bytes of it unless
+        ``whole``; returns the number of points."""
         entry = self.reader.readers.get(path)
         if entry is None or self._abandoned is not None:
             return 0
@@ -220,7 +224,7 @@ class Daemon:
         n = 0
         check_at = BATCH_POINTS
         records_before = reader.tail.records
-        points = reader.read()
+        points = reader.read(budget=None if whole else READ_BUDGET)
         try:
             for tag, step, wall_time, value in points:
                 observe(run, tag, step, wall_time, value)
@@ -246,6 +250,8 @@ class Daemon:
         finally:
             points.close()
             self.records += reader.tail.records - records_before
+            if reader.pending:
+                self._read_again.add(path)
         if n:
             self._dirty_runs.add(run)
             self.points += n
@@ -313,7 +319,7 @@ class Daemon:
         for p in new:
             if self._stop.is_set():
                 break  # catching up when told to stop: the rest is read next time
-            self.read_file(p)
+            self.read_file(p, whole=True)  # read whole: a first catch-up summarises its alerts
             self._ping()
             # between files offsets are exact: a long catch-up keeps its progress
             self.checkpoint(lazy=True)
@@ -452,6 +458,8 @@ class Daemon:
 
     def _handle(self, changed: set[str]) -> None:
         readers = self.reader.readers
+        changed |= self._read_again  # round robin: what one turn left unread, beside the rest
+        self._read_again = set()
         rescan = RESCAN in changed or self._want_rescan or self._logdir_missing_since is not None
         if POLL in changed and self._logdir_missing_since is None:
             self.check_files()
@@ -765,6 +773,8 @@ class Daemon:
             timeout = min(TICK_SECONDS, self._last_rescan + self.config.rescan_interval - now)
             if self._watchdog_every:
                 timeout = min(timeout, self._last_ping + self._watchdog_every - now)
+            if self._read_again:
+                timeout = 0
             changed = self.watcher.wait(max(0.01, timeout))
             self._drained_at = time.time()
             if self._stop.is_set():
