@@ -35,60 +35,26 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from gradwatch.alerts import REPEAT, AlertEvent
 from gradwatch.notify.base import DeliveryError, Notifier
-from gradwatch.state import db_text
+from gradwatch.store import db as store_db
+from gradwatch.store import outbox_rows as rows_sql
 
 log = logging.getLogger("gradwatch.notify.outbox")
 
-TABLE = "notify_outbox"
-SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS {TABLE} (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    channel TEXT NOT NULL,
-    alert_key TEXT NOT NULL,
-    run TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    event TEXT NOT NULL,
-    enqueued_at REAL NOT NULL,
-    state TEXT NOT NULL DEFAULT 'pending',
-    attempts INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT,
-    done_at REAL
-);
-CREATE INDEX IF NOT EXISTS {TABLE}_pending ON {TABLE} (channel, state, id);
-CREATE INDEX IF NOT EXISTS {TABLE}_alert ON {TABLE} (channel, alert_key, enqueued_at);
-"""
-PENDING, SENT, FAILED, DROPPED = "pending", "sent", "failed", "dropped"
-BUSY_TIMEOUT_MS = 10_000
-BATCH = 500  # rows read per cycle, and the largest group one send gets
+# re-exported: tests and the daemon import these from here
+TABLE, BATCH = rows_sql.TABLE, rows_sql.BATCH
+PENDING, SENT, FAILED, DROPPED = rows_sql.PENDING, rows_sql.SENT, rows_sql.FAILED, rows_sql.DROPPED
 
 
 def connect(db_path: str) -> sqlite3.Connection:
-    """A connection in autocommit mode, WAL, waiting (not failing) on a busy database."""
-    conn = sqlite3.connect(db_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA journal_mode=WAL")
-    # WAL + NORMAL survives a process kill; only a power cut may lose the last marks (-> resend)
-    conn.execute("PRAGMA synchronous=NORMAL")
-    return conn
+    """A dispatcher's own connection: the store's one connect, with a shorter busy wait."""
+    return store_db.connect(db_path, busy_timeout=rows_sql.BUSY_TIMEOUT)
 
 
-def create_schema(conn: sqlite3.Connection) -> None:
-    """The outbox table and indexes (idempotent); state.py may call it in its migrations."""
-    conn.executescript(SCHEMA)
-
-
-@dataclass
-class _Row:
-    id: int
-    run: str
-    enqueued_at: float
-    event: str
-    alert_key: str | bytes = ""
+_Row = rows_sql.Row
 
 
 class Outbox:
@@ -117,7 +83,7 @@ class Outbox:
         self.keep_done = keep_done
         conn = connect(db_path)
         try:
-            create_schema(conn)
+            rows_sql.create_tables(conn)
             self._retire_unknown_channels(conn, set(names))
         finally:
             conn.close()
@@ -148,24 +114,15 @@ class Outbox:
                 if e.kind == REPEAT and n.repeat_interval:
                     last = recent.get((n.name, e.key))
                     if last is None:
-                        got = conn.execute(
-                            f"SELECT MAX(enqueued_at) FROM {TABLE} WHERE channel=? AND alert_key=?",
-                            (n.name, db_text(e.key)),
-                        ).fetchone()
-                        last = got[0] if got else None
+                        last = rows_sql.last_enqueued(conn, n.name, e.key)
                     if last is not None and now - last < n.repeat_interval:
                         continue
                 if text is None:
                     text = e.to_json()
-                # names may not be valid UTF-8 (bytes on Linux): stored as the state DB stores them
-                rows.append((n.name, db_text(e.key), db_text(e.run), e.seq, text, now))
+                rows.append((n.name, e.key, e.run, e.seq, text, now))
                 recent[(n.name, e.key)] = now
         if rows:
-            conn.executemany(
-                f"INSERT INTO {TABLE} (channel, alert_key, run, seq, event, enqueued_at) "
-                "VALUES (?,?,?,?,?,?)",
-                rows,
-            )
+            rows_sql.insert(conn, rows)
         return len(rows)
 
     def wake(self) -> None:
@@ -247,20 +204,12 @@ class Outbox:
 
     # -- internals -----------------------------------------------------------------
     def _retire_unknown_channels(self, conn: sqlite3.Connection, names: set[str]) -> None:
-        rows = conn.execute(
-            f"SELECT channel, COUNT(*) FROM {TABLE} WHERE state=? GROUP BY channel", (PENDING,)
-        ).fetchall()
-        for channel, count in rows:
-            if channel not in names:
-                conn.execute(
-                    f"UPDATE {TABLE} SET state=?, done_at=?, last_error=? WHERE channel=? AND state=?",
-                    (DROPPED, time.time(), "channel no longer configured", channel, PENDING),
-                )
-                log.warning(
-                    "dropped %d queued notification(s) for channel '%s', which is no longer configured",
-                    count,
-                    channel,
-                )
+        for channel, count in rows_sql.retire_channels(conn, names):
+            log.warning(
+                "dropped %d queued notification(s) for channel '%s', which is no longer configured",
+                count,
+                channel,
+            )
 
     def backoff(self, attempts: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -341,14 +290,7 @@ class _Channel(threading.Thread):
         if now_mono < self._next_attempt:
             self.idle = False
             return self._next_attempt - now_mono
-        rows = [
-            _Row(*r)
-            for r in conn.execute(
-                f"SELECT id, run, enqueued_at, event, alert_key FROM {TABLE} WHERE channel=? AND state=? "
-                f"ORDER BY id LIMIT {BATCH}",
-                (n.name, PENDING),
-            )
-        ]
+        rows = rows_sql.pending(conn, n.name)
         self._count(conn, len(rows))
         rows = self._drop_old(conn, rows, now)
         if not rows:
@@ -438,12 +380,7 @@ class _Channel(threading.Thread):
             self.failed += 1
         delay = self.outbox.backoff(self._attempts, retry_after)
         self._next_attempt = time.monotonic() + delay
-        ids = [r.id for r in rows]
-        self._write(
-            conn,
-            f"UPDATE {TABLE} SET attempts=attempts+1, last_error=? WHERE id IN ({','.join('?' * len(ids))})",
-            (message, *ids),
-        )
+        rows_sql.add_attempt(conn, [r.id for r in rows], message, self.name)
         if not self._outage_logged:
             # once per outage; the next success logs how it ended
             log.warning("%s: delivery failed, retrying with backoff: %s", self.notifier.name, message)
@@ -490,54 +427,18 @@ class _Channel(threading.Thread):
         self._refresh_failing = False
 
     def _count(self, conn: sqlite3.Connection, seen: int) -> None:
-        if seen < BATCH:
-            total = seen
-        else:
-            total = conn.execute(
-                f"SELECT COUNT(*) FROM {TABLE} WHERE channel=? AND state=?", (self.notifier.name, PENDING)
-            ).fetchone()[0]
+        total = seen if seen < BATCH else rows_sql.count_pending(conn, self.notifier.name)
         with self._lock:
             self.queued = total
 
     def _mark(self, conn: sqlite3.Connection, rows: list[_Row], state: str, error: str | None) -> None:
-        ids = [r.id for r in rows]
-        tried = 0 if state == DROPPED else 1
-        for i in range(0, len(ids), BATCH):
-            chunk = ids[i : i + BATCH]
-            self._write(
-                conn,
-                f"UPDATE {TABLE} SET state=?, done_at=?, attempts=attempts+?, last_error=? "
-                f"WHERE id IN ({','.join('?' * len(chunk))})",
-                (state, time.time(), tried, error, *chunk),
-            )
+        rows_sql.mark(conn, [r.id for r in rows], state, error, self.name)
         if state != PENDING:
             with self._lock:
                 self.queued = max(0, self.queued - len(rows))
 
-    def _write(self, conn: sqlite3.Connection, sql: str, params: tuple) -> None:
-        # a mark that does not land means a duplicate after restart: insist (busy_timeout waits too)
-        for attempt in range(50):
-            try:
-                conn.execute(sql, params)
-                return
-            except sqlite3.OperationalError as e:
-                if "locked" not in str(e) and "busy" not in str(e):
-                    raise
-                log.warning("%s: outbox database busy, retrying the update (%d)", self.name, attempt + 1)
-                time.sleep(0.2)
-        conn.execute(sql, params)
-
     def _prune(self, conn: sqlite3.Connection, now: float) -> None:
         # housekeeping only: if the daemon holds the write lock, try again later
         keep = max(self.outbox.keep_done, self.notifier.repeat_interval or 0.0)
-        conn.execute("PRAGMA busy_timeout=200")
-        try:
-            conn.execute(
-                f"DELETE FROM {TABLE} WHERE channel=? AND state!=? AND done_at < ?",
-                (self.notifier.name, PENDING, now - keep),
-            )
-        except sqlite3.OperationalError as e:
-            log.debug("%s: pruning skipped: %s", self.name, e)
+        if not rows_sql.prune(conn, self.notifier.name, now - keep, self.name):
             self._next_prune = time.monotonic() + 5
-        finally:
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
