@@ -36,15 +36,8 @@ from gradwatch.alerts import DEESCALATED, ESCALATED, RESOLVED, AlertEvent
 from gradwatch.config.channels import DEFAULT_MIN_FIRING, DEFAULT_RESEND, LABEL_NAME
 from gradwatch.config.secrets import Secret, secret_url
 from gradwatch.logjson import rfc3339
-from gradwatch.notify.base import (
-    DeliveryError,
-    Notifier,
-    event_annotations,
-    make_session,
-    post,
-    render_link,
-    request_headers,
-)
+from gradwatch.notify.base import DeliveryError, Notifier, make_session, post
+from gradwatch.notify.payloads import event_annotations, render_link, request_headers
 
 log = logging.getLogger("gradwatch.notify.alertmanager")
 

@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from collections.abc import Iterable
 from typing import ClassVar
-from urllib.parse import quote
 
 from gradwatch.alerts import DEESCALATED, REPEAT, RESOLVED, AlertEvent
 from gradwatch.config.channels import DEFAULT_TIMEOUT, RESERVED_HEADERS, check_headers, link_template
-from gradwatch.config.secrets import Secret
-from gradwatch.fmt import human_or_na
 from gradwatch.notify.errors import DeliveryError
 from gradwatch.notify.http import (
     RETRYABLE_4XX,
@@ -170,46 +166,3 @@ class Notifier:
 
 def _glob(value: str, globs: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(value, g) for g in globs)
-
-
-# -- helpers for channels ------------------------------------------------------
-
-
-def latest_per_alert(events: Iterable[AlertEvent]) -> list[AlertEvent]:
-    """The last event of each alert, in order of first appearance (state, not history)."""
-    out: dict[str, AlertEvent] = {}
-    for e in events:
-        out[e.key] = e
-    return list(out.values())
-
-
-# a channel's spelling of a value or threshold: fmt's, the one every output uses
-format_value = human_or_na
-
-
-# -- links and payload parts ----------------------------------------------------
-
-
-def event_annotations(e: AlertEvent) -> dict[str, str]:
-    """The event's annotations plus value, step and threshold (Alertmanager-shaped payloads)."""
-    annotations = dict(e.annotations)
-    annotations.setdefault("value", format_value(e.value))
-    annotations.setdefault("step", str(e.step))
-    if e.threshold is not None:
-        annotations.setdefault("threshold", format_value(e.threshold))
-    return annotations
-
-
-def request_headers(headers: dict[str, Secret], bearer_token: Secret | None) -> dict[str, str]:
-    """The user's headers, JSON content type and the bearer token, secrets revealed (never logged)."""
-    out = {k: v.reveal() for k, v in headers.items()}
-    out["Content-Type"] = "application/json"
-    if bearer_token is not None:
-        out["Authorization"] = "Bearer " + bearer_token.reveal()
-    return out
-
-
-def render_link(template: str | None, event: AlertEvent) -> str:
-    if not template:
-        return ""
-    return template.format(run=quote(event.run, safe=""), tag=quote(event.tag, safe=""), rule=event.rule)

@@ -21,14 +21,8 @@ from typing import Any
 from gradwatch.alerts import DEESCALATED, ESCALATED, RESOLVED, AlertEvent
 from gradwatch.config.secrets import Secret
 from gradwatch.logjson import rfc3339
-from gradwatch.notify.base import (
-    DeliveryError,
-    Notifier,
-    format_value,
-    make_session,
-    post,
-    render_link,
-)
+from gradwatch.notify.base import DeliveryError, Notifier, make_session, post
+from gradwatch.notify.payloads import format_value, render_link
 
 HEADER_MAX = 150
 SECTION_MAX = 3000

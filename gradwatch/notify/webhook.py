@@ -22,19 +22,14 @@ from typing import Any
 from gradwatch.alerts import AlertEvent
 from gradwatch.config.channels import SIGNATURE_HEADER, TIMESTAMP_HEADER
 from gradwatch.config.secrets import Secret
-from gradwatch.logjson import rfc3339
-from gradwatch.notify.base import (
-    DeliveryError,
-    Notifier,
-    event_annotations,
+from gradwatch.notify.base import DeliveryError, Notifier, make_session, post
+from gradwatch.notify.payloads import (
+    alert_payload,
+    common_items,
     latest_per_alert,
-    make_session,
-    post,
     render_link,
     request_headers,
 )
-
-ZERO_TIME = "0001-01-01T00:00:00Z"  # what Alertmanager sends as endsAt of a firing alert
 
 
 def sign(secret: bytes, timestamp: str, body: bytes) -> str:
@@ -69,28 +64,6 @@ def verify_signature(
     except ValueError:
         return False
     return skew <= max_skew and hmac.compare_digest(sign(secret, timestamp, body), signature)
-
-
-def alert_payload(e: AlertEvent, status: str, generator_url: str, now: float) -> dict[str, Any]:
-    """One entry of ``alerts`` in Alertmanager's webhook and v2 API shapes."""
-    return {
-        "status": status,
-        "labels": dict(e.labels),
-        "annotations": event_annotations(e),
-        "startsAt": rfc3339(e.starts_at),
-        "endsAt": rfc3339(e.ends_at or now) if status == "resolved" else ZERO_TIME,
-        "generatorURL": generator_url,
-        "fingerprint": e.fingerprint,
-    }
-
-
-def _common(maps: list[dict[str, str]]) -> dict[str, str]:
-    if not maps:
-        return {}
-    out = dict(maps[0])
-    for m in maps[1:]:
-        out = {k: v for k, v in out.items() if m.get(k) == v}
-    return out
 
 
 class WebhookNotifier(Notifier):
@@ -142,8 +115,8 @@ class WebhookNotifier(Notifier):
             "status": "firing" if any(a["status"] == "firing" for a in alerts) else "resolved",
             "alerts": alerts,
             "groupLabels": {"run": run},
-            "commonLabels": _common([a["labels"] for a in alerts]),
-            "commonAnnotations": _common([a["annotations"] for a in alerts]),
+            "commonLabels": common_items([a["labels"] for a in alerts]),
+            "commonAnnotations": common_items([a["annotations"] for a in alerts]),
             "externalURL": self.external_url,
             "version": "4",
             "groupKey": "{}:{run=" + json.dumps(run) + "}",
