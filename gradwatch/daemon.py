@@ -861,7 +861,7 @@ class Daemon:
             config = load_config(self.config.source)
             config.logdir = config.logdir or self.config.logdir
             return config
-        return dataclasses.replace(self.config, channels=None)  # fresh channels: the old ones close
+        return dataclasses.replace(self.config)  # a copy: build_notifiers makes fresh channels from it
 
     def reload(self) -> bool:
         """SIGHUP: new rules and config; an invalid one is reported and the old one kept."""
