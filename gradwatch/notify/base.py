@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+from collections import deque
 from typing import ClassVar
 
 from gradwatch.alerts import DEESCALATED, REPEAT, RESOLVED, AlertEvent
@@ -50,7 +51,8 @@ class Notifier:
     type: ClassVar[str] = "?"
     # the default grouping window: alerts of one run that fire within it go out together
     default_group_wait: ClassVar[float] = 2.0
-    # minimum seconds between two requests to this channel (Slack: 1 message/s per webhook)
+    # minimum seconds between two requests to this channel's receiver (``pace_key``; Slack: 1/s
+    # per webhook URL); the outbox's dispatcher waits for it, ``send`` never sleeps
     min_interval: ClassVar[float] = 0.0
     # whether the daemon should hand currently firing alerts to refresh() (Alertmanager)
     wants_refresh: ClassVar[bool] = False
@@ -83,6 +85,8 @@ class Notifier:
         self.timeout = timeout
         # None: the outbox's default (the config's outbox.max_age)
         self.max_age = max_age
+        # when the outbox let each recent request go (monotonic): what the pacing promise is about
+        self.paced_at: deque[float] = deque(maxlen=32)
 
     # -- filtering -------------------------------------------------------------
     def accepts(self, event: AlertEvent) -> bool:
@@ -142,6 +146,10 @@ class Notifier:
 
     def refresh_due(self, now: float) -> bool:
         return False
+
+    def pace_key(self) -> str:
+        """The receiver ``min_interval`` applies to; channels with the same key are paced together."""
+        return "channel " + self.name
 
     def close(self) -> None:
         """Release connections; the notifier is not used afterwards."""

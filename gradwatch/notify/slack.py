@@ -12,10 +12,8 @@ summary list instead of one section per alert.
 
 from __future__ import annotations
 
+import hashlib
 import json
-import threading
-import time
-from collections import deque
 from typing import Any
 
 from gradwatch.alerts import DEESCALATED, ESCALATED, RESOLVED, AlertEvent
@@ -84,27 +82,6 @@ def free_text(raw: str, limit: int) -> str:
     return fit(raw.translate(_NEUTRAL), limit)
 
 
-class _Pacer:
-    """At most one request per ``interval`` per webhook URL, across channels sharing it."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._next: dict[str, float] = {}
-
-    def wait(self, key: str, interval: float) -> float:
-        """Sleep until this request may go; returns that moment (monotonic), as granted."""
-        with self._lock:
-            now = time.monotonic()
-            at = max(now, self._next.get(key, 0.0))
-            self._next[key] = at + interval
-        if at > now:
-            time.sleep(at - now)
-        return at
-
-
-_pacer = _Pacer()
-
-
 class SlackNotifier(Notifier):
     type = "slack"
     default_group_wait = 2.0
@@ -128,11 +105,13 @@ class SlackNotifier(Notifier):
         self.username = username
         self.icon_emoji = icon_emoji
         self._session = make_session()
-        # when the pacer let each recent request go (monotonic): what the pacing promise is about
-        self.paced_at: deque[float] = deque(maxlen=32)
 
     def target(self) -> str:
         return str(self.url)
+
+    def pace_key(self) -> str:
+        # Slack's limit is one message per second per webhook URL, whichever channel sends it
+        return "slack " + hashlib.sha256(self.url.reveal().encode()).hexdigest()
 
     def close(self) -> None:
         self._session.close()
@@ -142,7 +121,6 @@ class SlackNotifier(Notifier):
             return
         payload = self.message(events)
         body = json.dumps(payload).encode()
-        self.paced_at.append(_pacer.wait(self.url.reveal(), self.min_interval))
         try:
             post(
                 self._session,
