@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
+from gradwatch import history as alert_history
 from gradwatch import sdnotify
 from gradwatch.actions import FlagWriter, StopFileWriter
 from gradwatch.alerts import ACTIVE, FIRING, AlertBook, AlertEvent, alert_key
@@ -95,7 +96,8 @@ class Daemon:
         self.problems = ProblemLog()
         try:
             self.state = StateDB(config.resolved_state_dir())
-        except StateError as e:
+            alert_history.create_schema(self.state.conn)
+        except (StateError, sqlite3.Error) as e:
             raise ConfigError([Problem("gradwatch watch", 0, "state_dir", str(e))]) from None
         try:
             self._setup(out)
@@ -144,6 +146,7 @@ class Daemon:
         self._seen: dict[str, tuple[int, int]] = {}
         self._unreadable: set[str] = set()
         self._read_again: set[str] = set()  # files whose last read stopped at READ_BUDGET
+        self.effect_failures: dict[str, int] = {}  # side effect -> times it raised (logged once)
         self._unreadable_dirs: set[str] = set()
         self._missing: dict[str, float] = {}  # run -> monotonic time it was first missed
         self._logdir_missing_since: float | None = None
@@ -205,9 +208,9 @@ class Daemon:
         self._known_runs.add(s.run)
 
     # -- reading -------------------------------------------------------------
-    def read_file(self, path: str, st: os.stat_result | None = None, whole: bool = False) -> int:
-        """Read what is new in one known event file, READ_BUDGET bytes of it unless
-        ``whole``; returns the number of points."""
+    def read_file(self, path: str, st: os.stat_result | None = None) -> int:
+        """Read what is new in one known event file, READ_BUDGET bytes of it; returns the number
+        of points (the rest is read on the next turn: ``_read_again``)."""
         entry = self.reader.readers.get(path)
         if entry is None or self._abandoned is not None:
             return 0
@@ -224,7 +227,7 @@ class Daemon:
         n = 0
         check_at = BATCH_POINTS
         records_before = reader.tail.records
-        points = reader.read(budget=None if whole else READ_BUDGET)
+        points = reader.read(budget=READ_BUDGET)
         try:
             for tag, step, wall_time, value in points:
                 observe(run, tag, step, wall_time, value)
@@ -319,9 +322,23 @@ class Daemon:
         for p in new:
             if self._stop.is_set():
                 break  # catching up when told to stop: the rest is read next time
-            self.read_file(p, whole=True)  # read whole: a first catch-up summarises its alerts
+            if self.ready.is_set():
+                self.read_file(p)  # live: a budget per turn, round robin with every other file
+            else:
+                self._read_through(p)  # the first catch-up reads each file to its end
             self._ping()
             # between files offsets are exact: a long catch-up keeps its progress
+            self.checkpoint(lazy=True)
+
+    def _read_through(self, path: str) -> None:
+        """Read ``path`` to its end a budget at a time, so a multi-GB file of images still answers
+        systemd's watchdog and SIGTERM and keeps its progress (offsets are exact between reads)."""
+        while not self._stop.is_set():
+            self.read_file(path)
+            if path not in self._read_again:
+                return
+            self._read_again.discard(path)
+            self._ping()
             self.checkpoint(lazy=True)
 
     def _check_missed_new(self, new: list[str]) -> None:
@@ -513,8 +530,8 @@ class Daemon:
         ):
             return True
         for e in events:
-            self._stop_file(e)
-        self._stop_files_still_wanted()
+            self._guarded("writing the stop-file", self._stop_file, e)
+        self._guarded("rewriting a stop-file", self._stop_files_still_wanted)
         # the operator hears of a transition when it is decided, whatever the state DB says (a full
         # disk); a kill -9 before the commit below prints it again after the restart: at-least-once
         self._act(events, self._render(events))
@@ -537,6 +554,8 @@ class Daemon:
             state.save_offsets(rows)
             state.save_series(series)
             state.save_alerts(changes)
+            if events:
+                alert_history.record(state.conn, events, time.time())  # `gradwatch alerts` reads it
             for key, value in (meta or {}).items():
                 state.set_meta(key, value)
             if self.outbox is not None and unsaved:
@@ -642,9 +661,23 @@ class Daemon:
         self.transitions += len(events)
         for e in events:
             if self.flags is not None:
-                self.flags.handle(e, self._severities(e.rule))
+                self._guarded(
+                    "writing the TensorBoard alert flags", self.flags.handle, e, self._severities(e.rule)
+                )
             if self.metrics is not None:
                 self.metrics.transition(e)
+
+    def _guarded(self, what: str, effect: Callable[..., object], *args: object) -> None:
+        """Run one side effect of a transition. Its failure (a bug, an odd name the OS refuses) is
+        logged with its traceback once per kind, then counted: the transition still reaches the
+        console and the outbox, and the loop goes on."""
+        try:
+            effect(*args)
+        except Exception:
+            n = self.effect_failures.get(what, 0)
+            self.effect_failures[what] = n + 1
+            if n == 0:
+                log.exception("%s failed; the alert still goes to the console and the notifiers", what)
 
     # -- lifecycle -----------------------------------------------------------
     def catch_up(self) -> bool:
@@ -788,10 +821,10 @@ class Daemon:
                 if now - last_tick >= TICK_SECONDS:
                     last_tick = now
                     self._tick(now)
+                self.checkpoint(lazy=True)
             except Exception:
                 # a bug must not stop the watch; what was read is not read again
                 log.exception("internal error while watching %s; going on", self.logdir)
-            self.checkpoint(lazy=True)
             self._ping()
             if not self.watcher.alive and self._logdir_missing_since is None:
                 self._watcher_died()

@@ -75,6 +75,9 @@ TEMPLATE_FIELDS = (
     "for",
     "direction",
     "within",
+    "zscore",
+    "baseline",
+    "baseline_step",
 )
 
 

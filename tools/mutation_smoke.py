@@ -65,10 +65,10 @@ MUTATIONS = (
     Mutation(
         "retry-after-date-ignored",
         "notifications.md: Retry-After is honoured in both forms, seconds and an HTTP date",
-        "gradwatch/notify/base.py",
+        "gradwatch/notify/http.py",
         "seconds = when.timestamp() - (time.time() if now is None else now)",
         "return None",
-        ("tests/test_notify_slack.py", "tests/test_notify_webhook.py", "tests/test_outbox.py"),
+        ("tests/test_notify_contract.py", "tests/test_notify_slack.py", "tests/test_outbox.py"),
     ),
     Mutation(
         "retention-without-repeat-interval",
@@ -92,7 +92,7 @@ MUTATIONS = (
         "gradwatch/daemon.py",
         "            self.checkpoint()\n        finally:",
         "            pass\n        finally:",
-        ("tests/test_daemon_live.py", "tests/test_daemon_restart.py", "tests/test_daemon_inprocess.py"),
+        ("tests/test_daemon_shutdown.py", "tests/test_daemon_restart.py", "tests/test_daemon_inprocess.py"),
     ),
     Mutation(
         "shutdown-without-stopping",
@@ -114,9 +114,10 @@ MUTATIONS = (
         "reload-invalid-config-is-fatal",
         "configuration.md: an invalid new config on SIGHUP is logged, the running one stays in force",
         "gradwatch/daemon.py",
-        '        except (ConfigError, LogdirError) as e:\n            log.error("reload failed',
-        '        except (LogdirError,) as e:\n            log.error("reload failed',
-        ("tests/test_daemon_live.py", "tests/test_daemon_inprocess.py", "tests/test_metrics_daemon.py"),
+        '            log.error("reload failed, keeping the running configuration:\\n%s", e)\n'
+        "            return False",
+        "            raise",
+        ("tests/test_daemon_reload.py", "tests/test_daemon_inprocess.py", "tests/test_metrics_daemon.py"),
     ),
     Mutation(
         "reload-keeps-the-old-outbox",

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gradwatch.alerts import alert_key
+from gradwatch.anomaly import AnomalyState
 from gradwatch.fmt import STORED_NONFINITE, stored_number
 from gradwatch.rules import Rule, RuleState, Series
 
@@ -130,6 +131,8 @@ def dump_rule_state(state: RuleState) -> dict[str, Any]:
         "last_step": state.last_step,
         "raw": state.raw,
         "ratio": stored_number(state.ratio),
+        # anomaly rules: the window of recent points (gradwatch/anomaly.py)
+        "anomaly": state.extra.dump() if isinstance(state.extra, AnomalyState) else None,
     }
 
 
@@ -169,6 +172,8 @@ def rule_signature(rule: Rule) -> str:
             rule.within_steps,
             rule.absent_for,
             rule.min_value,
+            # anomaly and baseline settings; other kinds keep the signature they had
+            *(x.signature() for x in (rule.detector, rule.baseline) if x is not None),
         )
     )
     _signatures[id(rule)] = (rule, sig)
@@ -181,6 +186,8 @@ def dump_series(s: Series) -> str:
             "step": s.step,
             "wall_time": s.wall_time,
             "value": stored_number(s.value),
+            # a baseline's reference series: its points, which a restart does not read again
+            "history": s.history.dump() if s.history is not None else None,
             "rules": {
                 r.name: {"rank": s.ranks[i], "sig": rule_signature(r), "state": dump_rule_state(s.states[i])}
                 for i, r in enumerate(s.rules)
@@ -206,6 +213,10 @@ def restore_series(s: Series, text: str) -> None:
             continue
         s.ranks[i] = int(got["rank"])
         load_rule_state(s.states[i], got["state"])
+        if r.detector is not None and isinstance(got["state"].get("anomaly"), dict):
+            s.states[i].extra = r.detector.load(got["state"]["anomaly"])
+    if s.history is not None and isinstance(d.get("history"), dict):
+        s.history.restore(d["history"])
 
 
 def parse_alert_row(key: tuple[str, ...], text: str) -> dict[str, Any]:
