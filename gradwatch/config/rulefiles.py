@@ -19,7 +19,8 @@ from gradwatch.anomaly import Detector
 from gradwatch.baseline import DIRECTIONS as BASELINE_DIRECTIONS
 from gradwatch.baseline import Baseline
 from gradwatch.config.yaml import ConfigError, Problem, Section, load_yaml_file, parse_duration
-from gradwatch.rules import DIRECTIONS, Match, Pattern, Rule
+from gradwatch.match import Match, Pattern
+from gradwatch.rules import DIRECTIONS, Rule
 from gradwatch.severity import SEVERITY_NAMES, Severity
 from gradwatch.templates import Num, Template
 
