@@ -27,11 +27,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import gradwatch.store.outbox_rows as rows_sql
 from gradwatch.alerts import AlertEvent
-from gradwatch.notify import policy
 from gradwatch.notify.base import DeliveryError, Notifier
-from gradwatch.store import db as store_db
-from gradwatch.store import outbox_rows as rows_sql
+from gradwatch.notify.policy import Pacer, backoff, next_group
+from gradwatch.store.db import connect as db_connect
 from gradwatch.store.outbox_rows import BATCH, DROPPED, FAILED, PENDING, SENT, Row
 
 # the dispatchers' log lines keep the name operators know
@@ -40,7 +40,7 @@ log = logging.getLogger("gradwatch.notify.outbox")
 
 def connect(db_path: str) -> sqlite3.Connection:
     """A dispatcher's own connection: the store's one connect, with a shorter busy wait."""
-    return store_db.connect(db_path, busy_timeout=rows_sql.BUSY_TIMEOUT)
+    return db_connect(db_path, busy_timeout=rows_sql.BUSY_TIMEOUT)
 
 
 @dataclass
@@ -53,12 +53,12 @@ class Delivery:
     backoff_base: float
     backoff_max: float
     keep_done: float
-    pacer: policy.Pacer = field(default_factory=policy.Pacer)
+    pacer: Pacer = field(default_factory=Pacer)
     stopping: threading.Event = field(default_factory=threading.Event)
     deadline: float = math.inf  # monotonic; set by stop()
 
     def backoff(self, attempts: int, retry_after: float | None) -> float:
-        return policy.backoff(attempts, retry_after, self.backoff_base, self.backoff_max)
+        return backoff(attempts, retry_after, self.backoff_base, self.backoff_max)
 
 
 class Dispatcher(threading.Thread):
@@ -141,7 +141,7 @@ class Dispatcher(threading.Thread):
             self.idle = True
             return None
         self.idle = False
-        group, wait = policy.next_group(rows, n.group_wait, now, draining)
+        group, wait = next_group(rows, n.group_wait, now, draining)
         if not group:
             return wait
         granted = time.monotonic()

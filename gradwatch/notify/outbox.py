@@ -27,10 +27,10 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+import gradwatch.store.outbox_rows as rows_sql
 from gradwatch.alerts import REPEAT, AlertEvent
 from gradwatch.notify.base import Notifier
 from gradwatch.notify.dispatcher import Delivery, Dispatcher, connect
-from gradwatch.store import outbox_rows as rows_sql
 
 log = logging.getLogger("gradwatch.notify.outbox")
 

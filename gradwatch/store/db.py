@@ -20,7 +20,7 @@ import os
 import sqlite3
 from collections.abc import Callable
 
-from gradwatch.store import outbox_rows
+from gradwatch.store.outbox_rows import create_tables as create_outbox_tables
 
 # the state's log lines keep the name operators know
 log = logging.getLogger("gradwatch.state")
@@ -95,7 +95,7 @@ def _ensure_tables(conn: sqlite3.Connection, path: str) -> None:
     for statement in SCHEMA.split(";"):
         if statement.strip():
             conn.execute(statement)
-    outbox_rows.create_tables(conn)
+    create_outbox_tables(conn)
 
 
 def _number_the_unversioned(conn: sqlite3.Connection, path: str) -> None:
