@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from datetime import datetime, timezone
 from typing import Any
 
 # Bidi embeddings/overrides (U+202A-U+202E), isolates (U+2066-U+2069), marks
@@ -87,6 +88,11 @@ def stored_number(v: float) -> float | str:
     return v if math.isfinite(v) else repr(float(v))
 
 
+def rfc3339(t: float) -> str:
+    """Epoch seconds as RFC 3339 UTC with milliseconds (logs, stop-files, Alertmanager, webhooks)."""
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def json_safe(obj: Any) -> Any:
     """``obj`` with every non-finite float (at any depth) spelled by :func:`json_number`."""
     if isinstance(obj, float):
@@ -111,5 +117,6 @@ __all__ = [
     "json_dumps",
     "json_number",
     "json_safe",
+    "rfc3339",
     "stored_number",
 ]

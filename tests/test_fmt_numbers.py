@@ -1,4 +1,4 @@
-"""fmt.py is the one number policy: human text, JSON, and the spelling stored in the state DB/outbox."""
+"""fmt.py is the one number and time policy: human text, JSON, the stored spelling, RFC 3339."""
 
 from __future__ import annotations
 
@@ -54,3 +54,12 @@ def test_the_old_import_paths_still_work():
     # the layers above import these from rules until they move (issue 11)
     assert rules.human is fmt.human and rules.json_number is fmt.json_number
     assert rules.Template is templates.Template and rules.template_fields is templates.template_fields
+
+
+def test_times_have_one_spelling_too():
+    # logs, stop-files, Alertmanager and webhook payloads: RFC 3339, UTC, milliseconds
+    assert fmt.rfc3339(0.0) == "1970-01-01T00:00:00.000Z"
+    assert fmt.rfc3339(1700000000.1234) == "2023-11-14T22:13:20.123Z"
+    from gradwatch import logjson
+
+    assert logjson.rfc3339 is fmt.rfc3339  # the old import path (actions.py) is the same function

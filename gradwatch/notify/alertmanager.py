@@ -35,7 +35,7 @@ from typing import Any
 from gradwatch.alerts import DEESCALATED, ESCALATED, RESOLVED, AlertEvent
 from gradwatch.config.channels import DEFAULT_MIN_FIRING, DEFAULT_RESEND, LABEL_NAME
 from gradwatch.config.secrets import Secret, secret_url
-from gradwatch.logjson import rfc3339
+from gradwatch.fmt import rfc3339
 from gradwatch.notify.base import DeliveryError, Notifier, make_session, post
 from gradwatch.notify.payloads import event_annotations, render_link, request_headers
 

@@ -15,8 +15,7 @@ import time
 from typing import Any, TextIO
 
 from gradwatch.alerts import DEESCALATED, ESCALATED, FIRING, REPEAT, RESOLVED, AlertEvent
-from gradwatch.fmt import escape, human_or_na, json_dumps
-from gradwatch.logjson import rfc3339
+from gradwatch.fmt import escape, human_or_na, json_dumps, rfc3339
 from gradwatch.notify.base import Notifier
 
 _COLOURS = {"critical": "\033[1;31m", "warning": "\033[1;33m", "info": "\033[1;36m", "resolved": "\033[1;32m"}

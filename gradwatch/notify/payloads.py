@@ -14,8 +14,7 @@ from urllib.parse import quote
 
 from gradwatch.alerts import AlertEvent
 from gradwatch.config.secrets import Secret
-from gradwatch.fmt import human_or_na
-from gradwatch.logjson import rfc3339
+from gradwatch.fmt import human_or_na, rfc3339
 
 ZERO_TIME = "0001-01-01T00:00:00Z"  # what Alertmanager sends as endsAt of a firing alert
 

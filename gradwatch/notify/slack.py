@@ -18,7 +18,7 @@ from typing import Any
 
 from gradwatch.alerts import DEESCALATED, ESCALATED, RESOLVED, AlertEvent
 from gradwatch.config.secrets import Secret
-from gradwatch.logjson import rfc3339
+from gradwatch.fmt import rfc3339
 from gradwatch.notify.base import DeliveryError, Notifier, make_session, post
 from gradwatch.notify.payloads import format_value, render_link
 
