@@ -52,6 +52,13 @@ def escape(text: object) -> str:
     return str(text).translate(_ESCAPES)
 
 
+def shown_name(name: str, limit: int = 60) -> str:
+    """A possibly huge name for a log line: quoted, escaped by :func:`escape`, cut to ``limit`` characters."""
+    if len(name) <= limit:
+        return f"'{escape(name)}'"
+    return f"'{escape(name[:limit])}'... ({len(name):,} characters)"
+
+
 def json_number(v: float | None) -> float | str | None:
     """JSON has no NaN/Inf: they become the strings "NaN", "Infinity", "-Infinity"."""
     if v is None or math.isfinite(v):
@@ -118,5 +125,6 @@ __all__ = [
     "json_number",
     "json_safe",
     "rfc3339",
+    "shown_name",
     "stored_number",
 ]

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gradwatch.fmt import escape
+from gradwatch.fmt import shown_name as shown_name  # re-exported: the engine and rules import it here
 
 try:  # linear-time matching when the optional extra is installed (pip install 'gradwatch[re2]')
     import re2 as _re2
@@ -39,13 +39,6 @@ def name_too_long(name: str) -> bool:
         return True
     # surrogatepass: run names carry undecodable bytes as lone surrogates (surrogateescape)
     return len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES
-
-
-def shown_name(name: str, limit: int = 60) -> str:
-    """A possibly huge name for a log line: quoted, escaped by ``fmt.escape``, cut to ``limit``."""
-    if len(name) <= limit:
-        return f"'{escape(name)}'"
-    return f"'{escape(name[:limit])}'... ({len(name):,} characters)"
 
 
 _REPEATS = (_sre_parse.MAX_REPEAT, _sre_parse.MIN_REPEAT, getattr(_sre_parse, "POSSESSIVE_REPEAT", None))

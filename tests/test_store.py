@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import time
@@ -86,3 +87,16 @@ def test_pruning_gives_up_while_another_connection_writes(tmp_path):
     finally:
         other.close()
         state.close()
+
+
+def test_a_bad_row_is_logged_with_its_name_escaped_as_every_output_shows_names(tmp_path, caplog):
+    # one escaping (fmt.escape): the undecodable byte as \xff, the newline as \x0a; never a raw
+    # line break in the log, never Python's \udcff
+    state = StateDB(str(tmp_path))
+    path = b"/logs/run-\xff\nFIRING"
+    state.conn.execute("INSERT INTO files VALUES (?, ?, -1)", (path, b"run"))
+    with caplog.at_level(logging.WARNING, "gradwatch.state"):
+        assert state.files() == {os.fsdecode(path): ("run", 0)}  # an impossible offset: read again
+    state.close()
+    (record,) = caplog.records
+    assert "'/logs/run-\\xff\\x0aFIRING'" in record.getMessage()

@@ -26,8 +26,3 @@ def db_text(name: str) -> str | bytes:
 def from_db_text(value: str | bytes) -> str:
     """The in-memory name of a stored one (os.fsdecode's rule for bytes): lossless."""
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
-
-
-def shown(name: str) -> str:
-    """A name for a log line: quoted, control characters and undecodable bytes escaped."""
-    return repr(name)

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from gradwatch.fmt import shown_name as shown
 from gradwatch.rules import Series
 from gradwatch.store.db import (
     DB_NAME,
@@ -40,7 +41,7 @@ from gradwatch.store.documents import (
     parse_alert_row,
     parse_series_row,
 )
-from gradwatch.store.names import db_text, from_db_text, shown
+from gradwatch.store.names import db_text, from_db_text
 
 log = logging.getLogger("gradwatch.state")
 
