@@ -79,18 +79,39 @@ def load_config(path: str) -> Config:
     problems: list[Problem] = []
     data = load_yaml_file(path)
     top = Section(data, path, "", problems, line=1)
-    base = os.path.dirname(os.path.abspath(path))
+    cfg = Config(source=path)
+    _read_paths(top, cfg, os.path.dirname(os.path.abspath(path)))
+    _read_watching(top, cfg)
+    _read_stop_file(top.section("stop_file"), cfg)
+    metrics = top.section("metrics")
+    cfg.export_tags = metrics.strings("export_tags", [])
+    metrics.finish()
+    _read_outbox(top.section("outbox"), cfg)
+    sections = list(top.sections("notifiers"))
+    top.finish()
+    # read and checked (secrets read) once, here: the daemon and `config check` build from these
+    cfg.notifiers = read_channels(sections)
+    if problems:
+        raise ConfigError(sorted(problems, key=lambda p: p.line))
+    return cfg
+
+
+def _read_paths(top: Section, cfg: Config, base: str) -> None:
+    """logdir, rules, state_dir: relative to the config file, as Prometheus does for rule_files."""
 
     def rel(p: str) -> str:
         return p if os.path.isabs(p) else os.path.join(base, p)
 
-    cfg = Config(source=path)
     logdir = top.string("logdir")
     cfg.logdir = rel(logdir) if logdir else None
     rules = top.strings("rules")
     cfg.rules = [rel(r) for r in rules] if rules else None
     state_dir = top.string("state_dir")
     cfg.state_dir = rel(state_dir) if state_dir else None
+
+
+def _read_watching(top: Section, cfg: Config) -> None:
+    """How the daemon watches, logs and listens."""
     cfg.poll = top.duration("poll")
     if cfg.poll is not None and cfg.poll <= 0:
         top.error("poll", "expected a positive interval")
@@ -107,7 +128,8 @@ def load_config(path: str) -> Config:
     cfg.tensorboard_flags = top.boolean("tensorboard_flags", False)
     cfg.catchup_notify = top.boolean("catchup_notify", True)
 
-    stop = top.section("stop_file")
+
+def _read_stop_file(stop: Section, cfg: Config) -> None:
     cfg.stop_file = stop.string("path", DEFAULT_STOP_FILE)
     sev = stop.choice("severity", (*SEVERITY_NAMES, "never"), "critical")
     cfg.stop_severity = None if sev == "never" else sev
@@ -119,24 +141,13 @@ def load_config(path: str) -> Config:
             stop.error("path", f"bad template (fields: {{run_dir}}, {{run}}, {{logdir}}): {e}")
     stop.finish()
 
-    metrics = top.section("metrics")
-    cfg.export_tags = metrics.strings("export_tags", [])
-    metrics.finish()
 
-    outbox = top.section("outbox")
+def _read_outbox(outbox: Section, cfg: Config) -> None:
     cfg.outbox_max_age = outbox.duration("max_age", DEFAULT_OUTBOX_MAX_AGE)
     if cfg.outbox_max_age <= 0:
         outbox.error("max_age", "must be more than 0 (0 would drop every notification unsent)")
         cfg.outbox_max_age = DEFAULT_OUTBOX_MAX_AGE
     outbox.finish()
-
-    sections = list(top.sections("notifiers"))
-    top.finish()
-    # read and checked (secrets read) once, here: the daemon and `config check` build from these
-    cfg.notifiers = read_channels(sections)
-    if problems:
-        raise ConfigError(sorted(problems, key=lambda p: p.line))
-    return cfg
 
 
 STOP_FILE_FIELDS = ("run_dir", "run", "logdir")

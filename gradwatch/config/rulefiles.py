@@ -11,7 +11,9 @@ import glob
 import itertools
 import os
 import re
+from collections.abc import Callable
 from importlib import resources
+from typing import Any
 
 from gradwatch.anomaly import DEFAULTS as ANOMALY_DEFAULTS
 from gradwatch.anomaly import DIRECTIONS as ANOMALY_DIRECTIONS
@@ -217,53 +219,12 @@ def _parse_rule(sec: Section) -> Rule | None:
     name = sec.string("name", required=True)
     if name is not None and not _NAME.match(name):
         sec.error("name", f"expected a name of letters, digits and _.:- starting with a letter, got {name!r}")
-    kinds = [kind for key, kind in CONDITION_KEYS.items() if sec.has(key)]
-    if not kinds:
-        *most, last = CONDITION_KEYS
-        sec.error("", f"a rule needs one condition: {', '.join(most)} or {last}")
-    elif len(kinds) > 1:
-        keys = [k for k in CONDITION_KEYS if sec.has(k)]
-        sec.error("", f"a rule has one condition, this one has {' and '.join(keys)}: split it into rules")
-    kind = kinds[0] if len(kinds) == 1 else "thresholds"
-
+    kind, one = _rule_kind(sec)
     match = _parse_match(sec.section("match")) if sec.has("match") else Match()
-    direction = "above"
-    within = 0
-    absent_for = 0.0
-    min_value = 0.0
-    levels: list[tuple[int, str, float]] = []
-    detector: Detector | None = None
-    baseline: Baseline | None = None
-    if len(kinds) != 1:
-        pass  # reported above; parsing a guessed kind would only add noise
-    elif kind == "thresholds":
-        th = sec.section("thresholds")
-        direction = th.choice("direction", DIRECTIONS, default="above") or "above"
-        levels = _levels(th, "thresholds", "a value", descending=direction == "below")
-        if direction == "absolute":
-            for _, sev, level in levels:
-                if level < 0:
-                    th.error(sev, f"with direction absolute the level is a magnitude, got {Num(level)}")
-        th.finish()
-    elif kind == "nonfinite":
-        levels = _severity(sec, "nonfinite", "critical")
-    elif kind == "growth":
-        gr = sec.section("growth")
-        within = gr.integer("within_steps", required=True, minimum=1) or 0
-        min_value = gr.number("min_value", default=0.0)
-        levels = _levels(gr, "growth", "a factor such as 10", factor=True)
-        gr.finish()
-    elif kind == "anomaly":
-        levels, detector = _parse_anomaly(sec.section("anomaly"))
-    elif kind == "baseline":
-        levels, baseline = _parse_baseline(sec.section("baseline"))
-    else:
-        absent_for = sec.duration("absent_for", required=True)
-        if absent_for is not None and absent_for <= 0:
-            sec.error("absent_for", "expected a duration above zero")
-        absent_for = absent_for or 0.0
+    # reported by _rule_kind when not exactly one; parsing a guessed kind would only add noise
+    condition = _CONDITIONS[kind](sec) if one else {}
     if kind == "absent":
-        levels = _severity(sec, "severity", "warning")
+        condition["levels"] = _severity(sec, "severity", "warning")
     elif sec.has("severity"):
         sec.error(
             "severity",
@@ -271,32 +232,18 @@ def _parse_rule(sec: Section) -> Rule | None:
             "per level, "
             "nonfinite takes it as its value (nonfinite: critical)",
         )
-
     for_points = sec.get(
         "for",
         lambda v: v if isinstance(v, int) and not isinstance(v, bool) and v >= 1 else None,
         "a number of consecutive points (a whole number >= 1)",
         default=1,
     )
-    keep = sec.raw("keep_firing_for")
-    keep_points, keep_seconds = 0, 0.0
-    if keep is not None:
-        if isinstance(keep, int) and not isinstance(keep, bool) and keep >= 0:
-            keep_points = keep
-        elif isinstance(keep, str) and parse_duration(keep) is not None:
-            keep_seconds = parse_duration(keep) or 0.0
-        else:
-            sec.error("keep_firing_for", f"expected a number of points or a duration like 5m, got {keep!r}")
+    keep_points, keep_seconds = _keep_firing_for(sec)
     repeat = sec.duration("repeat_interval")
     if repeat is not None and repeat <= 0:
         sec.error("repeat_interval", "expected a duration above zero")
     stop = sec.choice("stop", (*SEVERITY_NAMES, "never"), default=None)
-    labels = sec.mapping("labels")
-    for key in labels:
-        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
-            sec.error(
-                "labels", f"label name {key!r}: expected letters, digits and _ (Prometheus label names)"
-            )
+    labels = _labels(sec)
     description = sec.string("description", default="")
     annotations = _parse_annotations(sec, kind)
     sec.finish()
@@ -306,13 +253,8 @@ def _parse_rule(sec: Section) -> Rule | None:
         name=name,
         kind=kind,
         match=match,
-        levels=levels,
-        below=direction == "below",
-        absolute=direction == "absolute",
+        levels=condition.pop("levels", []),
         for_points=for_points,
-        within_steps=within,
-        min_value=min_value,
-        absent_for=absent_for,
         keep_firing_for_points=keep_points,
         keep_firing_for_seconds=keep_seconds,
         repeat_interval=repeat,
@@ -321,11 +263,100 @@ def _parse_rule(sec: Section) -> Rule | None:
         annotations=annotations,
         description=description,
         source=f"{sec.file}:{sec.line}",
-        detector=detector,
-        baseline=baseline,
+        **condition,
     )
     _check_templates(sec, rule)
     return rule if len(sec.problems) == before else None
+
+
+def _rule_kind(sec: Section) -> tuple[str, bool]:
+    """The rule's condition kind, and whether it has exactly one (else that is reported)."""
+    kinds = [kind for key, kind in CONDITION_KEYS.items() if sec.has(key)]
+    if not kinds:
+        *most, last = CONDITION_KEYS
+        sec.error("", f"a rule needs one condition: {', '.join(most)} or {last}")
+    elif len(kinds) > 1:
+        keys = [k for k in CONDITION_KEYS if sec.has(k)]
+        sec.error("", f"a rule has one condition, this one has {' and '.join(keys)}: split it into rules")
+    return (kinds[0], True) if len(kinds) == 1 else ("thresholds", False)
+
+
+# -- each condition kind: the Rule fields it sets ------------------------------------
+
+
+def _thresholds(sec: Section) -> dict[str, Any]:
+    th = sec.section("thresholds")
+    direction = th.choice("direction", DIRECTIONS, default="above") or "above"
+    levels = _levels(th, "thresholds", "a value", descending=direction == "below")
+    if direction == "absolute":
+        for _, sev, level in levels:
+            if level < 0:
+                th.error(sev, f"with direction absolute the level is a magnitude, got {Num(level)}")
+    th.finish()
+    return {"levels": levels, "below": direction == "below", "absolute": direction == "absolute"}
+
+
+def _nonfinite(sec: Section) -> dict[str, Any]:
+    return {"levels": _severity(sec, "nonfinite", "critical")}
+
+
+def _growth(sec: Section) -> dict[str, Any]:
+    gr = sec.section("growth")
+    within = gr.integer("within_steps", required=True, minimum=1) or 0
+    min_value = gr.number("min_value", default=0.0)
+    levels = _levels(gr, "growth", "a factor such as 10", factor=True)
+    gr.finish()
+    return {"levels": levels, "within_steps": within, "min_value": min_value}
+
+
+def _anomaly(sec: Section) -> dict[str, Any]:
+    levels, detector = _parse_anomaly(sec.section("anomaly"))
+    return {"levels": levels, "detector": detector}
+
+
+def _baseline(sec: Section) -> dict[str, Any]:
+    levels, baseline = _parse_baseline(sec.section("baseline"))
+    return {"levels": levels, "baseline": baseline}
+
+
+def _absent(sec: Section) -> dict[str, Any]:
+    absent_for = sec.duration("absent_for", required=True)
+    if absent_for is not None and absent_for <= 0:
+        sec.error("absent_for", "expected a duration above zero")
+    return {"absent_for": absent_for or 0.0}  # its severity is read by _parse_rule
+
+
+_CONDITIONS: dict[str, Callable[[Section], dict[str, Any]]] = {
+    "thresholds": _thresholds,
+    "nonfinite": _nonfinite,
+    "growth": _growth,
+    "anomaly": _anomaly,
+    "baseline": _baseline,
+    "absent": _absent,
+}
+
+
+def _keep_firing_for(sec: Section) -> tuple[int, float]:
+    """``keep_firing_for``: a number of points or a duration; (points, seconds)."""
+    keep = sec.raw("keep_firing_for")
+    if keep is None:
+        return 0, 0.0
+    if isinstance(keep, int) and not isinstance(keep, bool) and keep >= 0:
+        return keep, 0.0
+    if isinstance(keep, str) and parse_duration(keep) is not None:
+        return 0, parse_duration(keep) or 0.0
+    sec.error("keep_firing_for", f"expected a number of points or a duration like 5m, got {keep!r}")
+    return 0, 0.0
+
+
+def _labels(sec: Section) -> dict[str, str]:
+    labels = sec.mapping("labels")
+    for key in labels:
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+            sec.error(
+                "labels", f"label name {key!r}: expected letters, digits and _ (Prometheus label names)"
+            )
+    return labels
 
 
 def _parse_anomaly(sec: Section) -> tuple[list[tuple[int, str, float]], Detector | None]:
