@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from gradwatch.fmt import shown_name as shown
+from gradwatch.fmt import shown_name
 from gradwatch.rules import Series
 from gradwatch.store.db import (
     DB_NAME,
@@ -44,6 +44,12 @@ from gradwatch.store.documents import (
 from gradwatch.store.names import db_text, from_db_text
 
 log = logging.getLogger("gradwatch.state")
+
+
+def shown(name: str) -> str:
+    """A name for a log line: quoted and escaped as every other log line shows names; a path
+    (up to PATH_MAX) is shown whole, so the dropped row can be found."""
+    return shown_name(name, limit=4096)
 
 
 class StateDB:
