@@ -29,7 +29,6 @@ from gradwatch.actions import FlagWriter, StopFileWriter
 from gradwatch.alerts import ACTIVE, FIRING, AlertBook, AlertEvent, alert_key
 from gradwatch.config import (
     Config,
-    build_notifiers,
     check_stop_file_template,
     listen_usage,
     load_config,
@@ -47,6 +46,7 @@ from gradwatch.events.logdir import (
 from gradwatch.events.records import DEFAULT_READ_BUDGET
 from gradwatch.fmt import escape as clean_name
 from gradwatch.notify.console import ConsoleNotifier
+from gradwatch.notify.registry import build_notifiers
 from gradwatch.rulefile import load_rules
 from gradwatch.rules import SEVERITIES, Rule, Series
 from gradwatch.state import StateDB, StateError, restore_series, rule_signature
@@ -894,7 +894,7 @@ class Daemon:
             config = load_config(self.config.source)
             config.logdir = config.logdir or self.config.logdir
             return config
-        return dataclasses.replace(self.config, channels=None)  # fresh channels: the old ones close
+        return dataclasses.replace(self.config)  # a copy: build_notifiers makes fresh channels from it
 
     def reload(self) -> bool:
         """SIGHUP: new rules and config; an invalid one is reported and the old one kept."""

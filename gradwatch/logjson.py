@@ -13,17 +13,11 @@ import logging
 import numbers
 import traceback
 from collections.abc import Iterator, Mapping
-from datetime import datetime, timezone
 from typing import Any
 
-from gradwatch.fmt import escape, json_dumps
+from gradwatch.fmt import escape, json_dumps, rfc3339  # rfc3339: re-exported (actions)
 
 TEXT_FORMAT = "gradwatch: %(levelname)s: %(message)s"
-
-
-def rfc3339(t: float) -> str:
-    """Epoch seconds as RFC 3339 UTC with milliseconds (logs, stop-files, Alertmanager)."""
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class _Escaped:

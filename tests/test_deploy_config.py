@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from gradwatch.actions import stop_path
-from gradwatch.config import build_notifiers, load_config
+from gradwatch.config import load_config
+from gradwatch.notify.registry import build_notifiers
 from gradwatch.rulefile import load_rules
 from gradwatch.yamlconf import ConfigError
 

@@ -7,9 +7,9 @@ import logging
 
 import pytest
 
-from gradwatch.notify import build_notifiers
 from gradwatch.notify.alertmanager import AlertmanagerNotifier
 from gradwatch.notify.base import DeliveryError, Notifier
+from gradwatch.notify.registry import build_from_sections as build_notifiers
 from gradwatch.notify.slack import SlackNotifier
 from gradwatch.notify.webhook import WebhookNotifier
 from gradwatch.secrets import Secret, redact, scrub

@@ -525,8 +525,8 @@ def test_re2_runs_the_patterns(capfd):
 
 
 def test_without_re2_the_patterns_run_on_pythons_re(monkeypatch):
-    import gradwatch.rules
+    import gradwatch.match
 
-    monkeypatch.setattr(gradwatch.rules, "_re2", None)  # as on a machine without google-re2
+    monkeypatch.setattr(gradwatch.match, "_re2", None)  # as on a machine without google-re2
     assert Pattern("(?i)grad.*norm").engine == "re"
     assert Pattern("(?i)grad.*norm").search("train/GRAD_norm")

@@ -24,8 +24,8 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util.retry import Retry
 
+from gradwatch.config.secrets import Secret, scrub
 from gradwatch.notify.errors import DeliveryError
-from gradwatch.secrets import Secret, scrub
 
 USER_AGENT = "gradwatch"
 RETRYABLE_4XX = (408, 425, 429)
