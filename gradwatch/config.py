@@ -10,8 +10,8 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 
-from gradwatch.actions import DEFAULT_STOP_FILE
 from gradwatch.rules import SEVERITIES, template_fields
+from gradwatch.trainer import DEFAULT_STOP_FILE
 from gradwatch.yamlconf import ConfigError, Problem, Section, load_yaml_file
 
 DEFAULT_LISTEN = "127.0.0.1:9723"

@@ -23,8 +23,6 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from gradwatch import sdnotify
-from gradwatch.actions import FlagWriter, StopFileWriter
 from gradwatch.alerts import ACTIVE, FIRING, AlertBook, AlertEvent, alert_key
 from gradwatch.config import (
     Config,
@@ -34,6 +32,9 @@ from gradwatch.config import (
     load_config,
     parse_listen,
 )
+from gradwatch.daemon import sdnotify
+from gradwatch.daemon.watcher import MARKERS, NEW_DIR, POLL, RESCAN, Watcher, dir_snapshot
+from gradwatch.daemon.writers import FlagWriter, StopFileWriter
 from gradwatch.engine import Engine
 from gradwatch.events.logdir import (
     UNREADABLE_DIRECTORY,
@@ -48,7 +49,6 @@ from gradwatch.notify.console import ConsoleNotifier
 from gradwatch.rulefile import load_rules
 from gradwatch.rules import SEVERITIES, Rule, Series
 from gradwatch.state import StateDB, StateError, restore_series, rule_signature
-from gradwatch.watcher import MARKERS, NEW_DIR, POLL, RESCAN, Watcher, dir_snapshot
 from gradwatch.yamlconf import ConfigError, Problem
 
 log = logging.getLogger("gradwatch")
