@@ -18,7 +18,7 @@ from gradwatch import __version__
 from gradwatch.check import UNKNOWN
 from gradwatch.events.logdir import LogdirError, ProblemLog
 from gradwatch.fmt import escape
-from gradwatch.logjson import JsonFormatter, TextFormatter
+from gradwatch.logjson import setup_logging
 from gradwatch.yamlconf import ConfigError
 
 log = logging.getLogger("gradwatch")
@@ -115,11 +115,11 @@ def _log_flags_after_commands(sub) -> None:
 
 
 def _add_daemon_commands(sub) -> None:
-    try:
-        from gradwatch.daemon import add_arguments
-    except ImportError:
-        return
-    add_arguments(sub)
+    from gradwatch import demo
+    from gradwatch.daemon import command
+
+    command.add_arguments(sub)
+    demo.add_arguments(sub)
 
 
 @contextlib.contextmanager
@@ -247,17 +247,6 @@ def cmd_rules_test(args) -> int:
         return UNKNOWN
     print("SUCCESS" if not failed else f"FAILED: {failed} tests failed")
     return 1 if failed else 0
-
-
-def setup_logging(verbose: bool = False, quiet: bool = False, fmt: str = "text") -> None:
-    level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
-    # both formatters escape run names and every other argument (gradwatch/logjson.py)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    root = logging.getLogger("gradwatch")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ import pytest
 from daemon_support import parse_alert_lines, wait_for
 from tensorboard.compat.proto import event_pb2, summary_pb2
 
-import gradwatch.daemon.loop as daemon_module
+import gradwatch.daemon.follower as daemon_module
 from gradwatch.config import Config
 from gradwatch.daemon import Daemon
 from gradwatch.events.records import frame

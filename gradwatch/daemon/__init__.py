@@ -3,23 +3,22 @@
 The names tests and the command line import are re-exported here.
 """
 
-from gradwatch.daemon.loop import (
-    Daemon,
-    ListenError,
+from gradwatch.daemon.command import (
     add_arguments,
     cmd_config_check,
-    cmd_demo,
     cmd_watch,
     config_from_args,
     install_signals,
 )
+from gradwatch.daemon.loop import Daemon, ListenError
+from gradwatch.daemon.status import Status
 
 __all__ = [
     "Daemon",
     "ListenError",
+    "Status",
     "add_arguments",
     "cmd_config_check",
-    "cmd_demo",
     "cmd_watch",
     "config_from_args",
     "install_signals",

@@ -44,6 +44,7 @@ class Watcher:
         self._queue: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._observer = None
         self._next_poll = 0.0
+        self._dirs: dict[str, int] = {}  # polling: directory -> mtime_ns
 
     def start(self) -> None:
         """Start watching; falls back to polling when inotify is unavailable."""
@@ -74,6 +75,28 @@ class Watcher:
             reason,
             self.poll,
         )
+        self._dirs = dir_snapshot(self.logdir)
+
+    # -- polling: directory times show new runs and files without listing every directory
+    def dir_times(self) -> dict[str, int] | None:
+        """Polling: every directory's mtime now (taken before a scan, so what appears during it
+        shows as a change next time); None with inotify."""
+        return dir_snapshot(self.logdir) if self.mode == "poll" else None
+
+    def remember_dirs(self, dirs: dict[str, int] | None) -> None:
+        """Polling: compare later polls with ``dirs`` (None: with the directories as they are now)."""
+        if self.mode == "poll":
+            self._dirs = dirs if dirs is not None else dir_snapshot(self.logdir)
+
+    def dirs_changed(self) -> bool:
+        """Polling: a directory changed (or vanished) since ``remember_dirs``."""
+        for d, mtime in self._dirs.items():
+            try:
+                if os.stat(d).st_mtime_ns != mtime:
+                    return True
+            except OSError:
+                return True
+        return not self._dirs
 
     def _start_inotify(self) -> None:
         from watchdog.events import (
