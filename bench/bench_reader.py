@@ -12,6 +12,9 @@ Data sets (generated once into bench/data/, which git ignores):
 * ``runs``: 200 runs x 5,000 ``simple_value`` events;
 * ``simple-200k``: the first 200,000 events of ``simple``: same 5 series, a fifth of the
   points, to show which readers' memory grows with points and which with series.
+* ``mixed``: 4 runs x 5,000 steps written by tensorboardX itself: 10 scalars a step,
+  12 histograms (4,096 samples) every 10 steps, 3 images (96x96 RGB) and a text every
+  100 steps; 253 MB, 200,000 scalar points (about 2 minutes to generate).
 
 The records are serialized from the same Event protos the writers build (writing 1M events
 through tensorboardX takes minutes);
@@ -20,7 +23,13 @@ byte-identical to tensorboardX's and tensorboard's files.
 
 Each reader runs in a subprocess of its own, so peak memory (``ru_maxrss`` of that child,
 from ``os.wait4``) is comparable; time is the reading only (imports excluded), the median
-over ``--repeat`` runs.
+over ``--repeat`` runs, readers alternating within each repeat. ``check``, ``watch`` and
+``rustboard`` are timed as whole processes (start-up included): ``gradwatch check`` to
+its exit, the daemon to its "caught up" line, RustBoard's ``server --reload once`` to its
+"Finished load cycle" line; the last column is each reader's time over RustBoard's.
+
+    .venv/bin/python bench/bench_reader.py --datasets simple,tensor,runs,mixed \
+        --readers gradwatch,check,watch,rustboard --repeat 3    # issue 12's table
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import importlib
 import json
 import os
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -57,6 +67,7 @@ DATASETS: dict[str, tuple[str, str, int, int]] = {
     "tensor": ("1M events, TF2 tensor, 1 file", "tensor", 1, 1_000_000),
     "runs": ("200 runs x 5,000 events", "simple", 200, 5_000),
     "simple-200k": ("200k events, simple_value, 1 file", "simple", 1, 200_000),
+    "mixed": ("4 tensorboardX runs: scalars, histograms, images, text", "mixed", 4, 5_000),
 }
 
 READERS: dict[str, str] = {
@@ -64,7 +75,15 @@ READERS: dict[str, str] = {
     "accumulator": "TensorBoard `EventAccumulator` (scalars=0, tensors=0: every point kept)",
     "efl": "TensorBoard `EventFileLoader` (parsed Events, not kept)",
     "raw": "TensorBoard `RawEventFileLoader` (record bytes, not kept)",
+    "check": "`gradwatch check` (whole process: start-up, reading, rules)",
+    "watch": "`gradwatch watch` (whole process, until its 'caught up' line: the daemon's catch-up)",
+    "rustboard": "RustBoard `server --reload once` (whole process, until its 'Finished load cycle' line)",
 }
+# Whole processes: timed from spawn to exit (or to RustBoard's line); the others time
+# the reading only, in a child of this script.
+WHOLE_PROCESS = ("check", "watch", "rustboard")
+# the line each long-running process prints when it has read everything
+DONE_LINE = {"watch": "caught up on", "rustboard": "Finished load cycle"}
 
 
 # ---------------------------------------------------------------- data
@@ -123,6 +142,32 @@ def bench_points(n: int, seed: int) -> Iterator[tuple[str, int, float, float]]:
         yield TAGS[i % len(TAGS)], step, rng.uniform(0, 1e4), BASE_WALL_TIME + step * 0.01
 
 
+# 10 scalars a step, four of them what the default rules watch
+MIXED_SCALARS = (*TAGS[:4], *(f"train/scalar_{k}" for k in range(6)))
+
+
+def write_mixed_run(run_dir: str, steps: int, seed: int) -> None:
+    """What a vision RL job logs, through tensorboardX itself: 10 scalars a step,
+    12 histograms of 4,096 samples every 10 steps, 3 images (96x96 RGB) and a text
+    every 100 steps (about 64 MB per 5,000 steps, 50,000 scalar points)."""
+    import numpy as np
+    from tensorboardX import SummaryWriter
+
+    rng = np.random.default_rng(seed)
+    w = SummaryWriter(run_dir, flush_secs=3600, max_queue=1000)
+    for step in range(1, steps + 1):
+        for tag in MIXED_SCALARS:
+            w.add_scalar(tag, float(rng.uniform(0, 1e4)), step)
+        if step % 10 == 0:
+            for k in range(12):
+                w.add_histogram(f"weights/layer_{k}", rng.standard_normal(4096), step)
+        if step % 100 == 0:
+            for k in range(3):
+                w.add_image(f"obs/camera_{k}", rng.integers(0, 256, (3, 96, 96), dtype=np.uint8), step)
+            w.add_text("notes", f"step {step}: lr 0.001", step)
+    w.close()
+
+
 def generate(data_dir: str, names: Iterable[str]) -> None:
     for name in names:
         _, form, runs, per_run = DATASETS[name]
@@ -134,6 +179,9 @@ def generate(data_dir: str, names: Iterable[str]) -> None:
         t0 = time.perf_counter()
         for r in range(runs):
             run_dir = os.path.join(root, f"run{r:03d}") if runs > 1 else root
+            if form == "mixed":
+                write_mixed_run(run_dir, per_run, seed=r)
+                continue
             os.makedirs(run_dir, exist_ok=True)
             path = os.path.join(run_dir, f"events.out.tfevents.{int(BASE_WALL_TIME)}.bench.{form}")
             with open(path, "wb") as f:
@@ -221,8 +269,61 @@ def child(reader: str, path: str) -> None:
     print(json.dumps({"seconds": t1 - t0, "cpu_seconds": c1 - c0, "points": n}))
 
 
+def rustboard_binary() -> str:
+    import tensorboard_data_server
+
+    return tensorboard_data_server.server_binary()
+
+
+def measure_process(reader: str, path: str) -> dict:
+    """Time a whole process: ``gradwatch check`` to its exit, the daemon to its catch-up,
+    RustBoard to the end of its one load cycle (then they are stopped). Peak RSS from
+    wait4, as for the others."""
+    import tempfile
+
+    state = tempfile.mkdtemp(prefix="bench-state-")
+    if reader == "check":
+        argv = [sys.executable, "-m", "gradwatch", "check", "--json", path]
+    elif reader == "watch":
+        argv = [sys.executable, "-m", "gradwatch", "watch", "--listen", "", "--state-dir", state]
+        argv += ["--stop-severity", "never", path]
+    else:
+        argv = [rustboard_binary(), "--logdir", path, "--reload", "once", "--port", "0", "-v"]
+    t0 = time.perf_counter()
+    # only check's stdout is read: the daemon's console alerts would fill an unread pipe
+    stdout = subprocess.PIPE if reader == "check" else subprocess.DEVNULL
+    proc = subprocess.Popen(argv, stdout=stdout, stderr=subprocess.PIPE, cwd=os.path.dirname(HERE), text=True)
+    points = 0
+    if reader == "check":
+        out = proc.stdout.read()
+        seconds = time.perf_counter() - t0
+        points = json.loads(out)["points"]
+    else:
+        for line in proc.stderr:
+            if DONE_LINE[reader] in line:
+                read = re.search(r"(\d+) points in", line)  # the daemon's says how many
+                points = int(read.group(1)) if read else 0
+                break
+        else:
+            raise SystemExit(f"{reader} on {path} ended before it had read everything")
+        seconds = time.perf_counter() - t0
+        proc.terminate()
+        proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    if reader == "check" and os.waitstatus_to_exitcode(status) not in (0, 1, 2):
+        raise SystemExit(f"check on {path} failed: {proc.stderr.read()}")
+    if proc.stdout:
+        proc.stdout.close()
+    proc.stderr.close()
+    shutil.rmtree(state)
+    cpu = usage.ru_utime + usage.ru_stime
+    return {"seconds": seconds, "cpu_seconds": cpu, "points": points, "peak_rss_mib": usage.ru_maxrss / 1024}
+
+
 def measure(reader: str, path: str) -> dict:
     """Run one reader in a child; its own peak RSS comes from wait4's rusage."""
+    if reader in WHOLE_PROCESS:
+        return measure_process(reader, path)
     proc = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "--child", reader, path],
         stdout=subprocess.PIPE,
@@ -245,20 +346,25 @@ def measure(reader: str, path: str) -> dict:
 def table(results: dict[str, dict[str, dict]], datasets: list[str], readers: list[str]) -> str:
     lines = [
         "| data set | reader | points | seconds | CPU s | points/s | µs/point | peak RSS "
-        "| vs EventAccumulator |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| EventAccumulator / this | this / RustBoard |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name in datasets:
         base = results[name].get("accumulator")
+        rust = results[name].get("rustboard")
         for reader in readers:
             r = results[name].get(reader)
             if r is None:
                 continue
             ratio = f"{base['seconds'] / r['seconds']:.1f}x" if base else "-"
+            vs_rust = f"{r['seconds'] / rust['seconds']:.2f}x" if rust else "-"
+            n, secs, cpu = r["points"], r["seconds"], r["cpu_seconds"]
+            if n:
+                cells = f"{n:,} | {secs:.2f} | {cpu:.2f} | {n / secs:,.0f} | {1e6 * secs / n:.2f}"
+            else:  # RustBoard does not say how many points it read
+                cells = f"- | {secs:.2f} | {cpu:.2f} | - | -"
             lines.append(
-                f"| {name} | {reader} | {r['points']:,} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | "
-                f"{r['points'] / r['seconds']:,.0f} | {1e6 * r['seconds'] / max(r['points'], 1):.2f} | "
-                f"{r['peak_rss_mib']:.0f} MiB | {ratio} |"
+                f"| {name} | {reader} | {cells} | {r['peak_rss_mib']:.0f} MiB | {ratio} | {vs_rust} |"
             )
     return "\n".join(lines)
 
@@ -310,17 +416,17 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, dict]] = {}
     for name in datasets:
         path = os.path.join(args.data, name)
-        results[name] = {}
-        for reader in readers:
-            runs = [measure(reader, path) for _ in range(args.repeat)]
-            best = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
-            best["seconds"] = statistics.median(r["seconds"] for r in runs)
-            best["cpu_seconds"] = statistics.median(r["cpu_seconds"] for r in runs)
-            best["peak_rss_mib"] = max(r["peak_rss_mib"] for r in runs)
-            results[name][reader] = best
+        # readers alternate within each repeat, so a burst of load on the machine
+        # falls on all of them rather than on one
+        runs: dict[str, list[dict]] = {reader: [] for reader in readers}
+        for _ in range(args.repeat):
+            for reader in readers:
+                runs[reader].append(measure(reader, path))
+        results[name] = {reader: summarise(rs) for reader, rs in runs.items()}
+        for reader, best in results[name].items():
             print(
                 f"{name:12} {reader:12} {best['points']:>9,} points {best['seconds']:7.2f} s "
-                f"{best['points'] / best['seconds']:>11,.0f} points/s {best['peak_rss_mib']:6.0f} MiB",
+                f"{best['peak_rss_mib']:6.0f} MiB",
                 file=sys.stderr,
             )
     out = table(results, datasets, readers)
@@ -329,6 +435,15 @@ def main(argv: list[str] | None = None) -> int:
         write_readme(readme_section(args, datasets, readers, out))
         print(f"wrote the results into {README}", file=sys.stderr)
     return 0
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Median time and CPU over repeats, the largest peak RSS."""
+    best = dict(sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2])
+    best["seconds"] = statistics.median(r["seconds"] for r in runs)
+    best["cpu_seconds"] = statistics.median(r["cpu_seconds"] for r in runs)
+    best["peak_rss_mib"] = max(r["peak_rss_mib"] for r in runs)
+    return best
 
 
 def readme_section(args, datasets: list[str], readers: list[str], out: str) -> str:

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from gradwatch.engine import Engine
-from gradwatch.events.logdir import LogdirReader, ProblemLog
+from gradwatch.events.logdir import LogdirReader, ProblemLog, scan
+from gradwatch.events.parallel import fork_map, split_runs
 from gradwatch.fmt import escape
 from gradwatch.rules import RANK, SEVERITY_OF_RANK, Rule, Series, human, json_number
 
@@ -155,6 +156,30 @@ class CheckResult:
 
 
 def run_check(logdir: str, rules: list[Rule], problems: ProblemLog | None = None) -> CheckResult:
+    """Evaluate every point of ``logdir``; groups of runs on other cores when it pays
+    (gradwatch/events/parallel.py), merged in run order: the same result as one process."""
+    problems = problems or ProblemLog()
+    runs = scan(logdir, problems)
+    parts = fork_map(lambda group: _check_runs(logdir, rules, group), split_runs(runs))
+    by_name = {rule.name: rule for rule in rules}
+
+    def in_run_order(items, run_of):
+        # each run is in one part only: a stable sort keeps each run's own order
+        return dict(sorted(items, key=run_of))
+
+    findings = in_run_order([kf for part in parts for kf in part.findings.items()], lambda kf: kf[0][1])
+    for f in findings.values():
+        f.rule = by_name[f.rule.name]  # the caller's own Rule, not a child's copy
+    stats = in_run_order([ks for part in parts for ks in part.stats.items()], lambda ks: ks[0][0])
+    for part in parts:
+        for kind, n in part.problems.items():
+            problems.counts[kind] = problems.counts.get(kind, 0) + n
+    points = sum(part.points for part in parts)
+    tags_seen = set().union(*(part.tags_seen for part in parts))
+    return CheckResult(logdir, rules, findings, stats, sorted(runs), points, dict(problems.counts), tags_seen)
+
+
+def _check_runs(logdir: str, rules: list[Rule], runs: dict[str, list[str]]) -> CheckResult:
     findings: dict[tuple[str, str, str], Finding] = {}
 
     def sink(s: Series, i: int, rank: int, previous: int, step: int, wall_time: float, value: float) -> None:
@@ -178,10 +203,12 @@ def run_check(logdir: str, rules: list[Rule], problems: ProblemLog | None = None
             f.worst = rank
             f.annotations = rule.render(rule.fields(s.run, s.tag, step, value, rank, state))
 
-    problems = problems or ProblemLog()
+    problems = ProblemLog()
     engine = Engine(rules, sink, problems=problems)
     reader = LogdirReader(logdir, problems=problems)
-    runs = sorted(reader.refresh())
+    for run, paths in runs.items():
+        for path in paths:
+            reader.reader(run, path)
     stats: dict[tuple[str, str], SeriesStats] = {}
     observe = engine.observe
     engine_runs = engine.runs
@@ -195,7 +222,7 @@ def run_check(logdir: str, rules: list[Rule], problems: ProblemLog | None = None
                 st = stats[(run, tag)] = SeriesStats()
             st.add(step, value)
     tags_seen = {tag for tags in engine_runs.values() for tag in tags}
-    return CheckResult(logdir, rules, findings, stats, runs, points, dict(problems.counts), tags_seen)
+    return CheckResult(logdir, rules, findings, stats, sorted(runs), points, dict(problems.counts), tags_seen)
 
 
 def describe_rule(rule: Rule) -> str:

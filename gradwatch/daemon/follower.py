@@ -26,11 +26,13 @@ from gradwatch.events.logdir import (
     ProblemLog,
     scan,
 )
+from gradwatch.events.records import DEFAULT_READ_BUDGET
 
 log = logging.getLogger("gradwatch")
 
 # points between two looks at the stop flag and the systemd watchdog while reading one big file
 BATCH_POINTS = 50_000
+READ_BUDGET = DEFAULT_READ_BUDGET  # bytes of one file per turn of the loop; then the others
 # inotify delivers within a millisecond; a change older than this that it never reported was missed
 MISSED_AFTER = 2.0
 # an inotify observer that dies again this soon after a restart is given up for polling
@@ -73,6 +75,7 @@ class Follower:
         # path -> (size, mtime_ns) seen just before the last read: polls read only what changed
         self.seen: dict[str, tuple[int, int]] = {}
         self.unreadable: set[str] = set()
+        self.read_again: set[str] = set()  # files whose last read stopped at READ_BUDGET
         self.unreadable_dirs: set[str] = set()
         self.missing: dict[str, float] = {}  # run -> monotonic time it was first missed
         self.logdir_missing_since: float | None = None
@@ -89,8 +92,9 @@ class Follower:
         self.records = 0  # TFRecords verified, for gradwatch_records_read_total
 
     # -- reading -------------------------------------------------------------
-    def read_file(self, path: str, st: os.stat_result | None = None) -> int:
-        """Read what is new in one known event file; returns the number of points."""
+    def read_file(self, path: str, st: os.stat_result | None = None, whole: bool = False) -> int:
+        """Read what is new in one known event file, READ_BUDGET bytes of it unless
+        ``whole``; returns the number of points."""
         entry = self.reader.readers.get(path)
         if entry is None or self.abandoned is not None:
             return 0
@@ -104,7 +108,7 @@ class Follower:
         # recorded before reading: bytes appended while we read show up as a change next time
         self.seen[path] = (st.st_size, st.st_mtime_ns)
         records_before = reader.tail.records
-        points = reader.read()
+        points = reader.read(budget=None if whole else READ_BUDGET)
         try:
             self._observe(run, path, points)
         except OSError as e:
@@ -121,6 +125,8 @@ class Follower:
         finally:
             points.close()
             self.records += reader.tail.records - records_before
+            if reader.pending:
+                self.read_again.add(path)
         n = self._observed
         self.uow.read(run, path, n)
         self.points += n
@@ -217,7 +223,7 @@ class Follower:
         for p in new:
             if self._stopping.is_set():
                 break  # catching up when told to stop: the rest is read next time
-            self.read_file(p)
+            self.read_file(p, whole=True)  # read whole: a first catch-up summarises its alerts
             self._ping()
             # between files offsets are exact: a long catch-up keeps its progress
             self._checkpoint(lazy=True)
@@ -348,6 +354,8 @@ class Follower:
     def handle(self, changed: set[str]) -> None:
         """Read what the watcher says may have changed; rescan when a directory did or it is time."""
         readers = self.reader.readers
+        changed |= self.read_again  # round robin: what one turn left unread, beside the rest
+        self.read_again = set()
         rescan = RESCAN in changed or self.want_rescan or self.logdir_missing_since is not None
         if POLL in changed and self.logdir_missing_since is None:
             self.check_files()

@@ -374,6 +374,8 @@ class Daemon:
         timeout = min(TICK_SECONDS, self.follower.last_rescan + self.config.rescan_interval - now)
         if self._watchdog_every:
             timeout = min(timeout, self._last_ping + self._watchdog_every - now)
+        if self.follower.read_again:
+            timeout = 0  # a file has more to read: look at the others, then go on with it
         return max(0.01, timeout)
 
     def _tick(self, now: float) -> None:

@@ -31,6 +31,7 @@ PROBLEM_KINDS = (
     records.SHRUNK,
     records.REPLACED,
     records.UNDECODABLE,
+    records.SPARSE_HOLE,
     UNREADABLE_DIRECTORY,
     UNREADABLE_FILE,
     VANISHED_FILE,
@@ -135,10 +136,14 @@ class LogdirReader:
     def forget(self, path: str) -> None:
         self.readers.pop(path, None)
 
-    def read_file(self, path: str, final: bool = False) -> Iterator[tuple[str, str, int, float, float]]:
+    def read_file(
+        self, path: str, final: bool = False, budget: int | None = None
+    ) -> Iterator[tuple[str, str, int, float, float]]:
+        """New points of one file; with a ``budget`` (bytes) it may stop early and
+        set the reader's ``pending`` (see RecordTail.read)."""
         run, reader = self.readers[path]
         try:
-            yield from reader.read_run(run, final)
+            yield from reader.read_run(run, final, budget)
         except FileNotFoundError:
             self.problems(VANISHED_FILE, path, -1, "file disappeared while being read")
             self.forget(path)

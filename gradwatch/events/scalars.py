@@ -10,6 +10,12 @@ Two encodings carry scalars in the wild:
 Everything else (histograms, images, text, hparams, non-0-d tensors) is
 ignored. TF2 writers attach the plugin metadata only to the first value of a
 tag, so the decision "is this tag a scalar" is remembered per tag.
+
+Memory depends on tags and templates, never on bytes read: an Event whose
+bytes already say it holds no scalar (a histogram, image, audio, a tensor of
+another plugin, a graph, run metadata) is skipped by walking its wire format
+without a protobuf parse, and every other slow-path parse uses a fresh Event,
+so no upb arena outlives the record it was parsed from.
 """
 
 from __future__ import annotations
@@ -101,6 +107,9 @@ MAX_TEMPLATES = 4096
 # byte and a varint of 1..10 bytes.
 _SUMMARY_STARTS = range(11, 21)
 _readers: dict[str, object] = {}
+# Summaries longer than this are never learnt as templates: a template keeps its
+# summary's bytes, and scalar summaries are short (tag, metadata, value).
+MAX_TEMPLATE_SUMMARY_BYTES = 512
 
 
 def _wall_time_and_value(value_at: int, code: str):
@@ -141,6 +150,95 @@ def _encode_varint(value: int) -> bytes:
     return bytes(out)
 
 
+def _uvarint(data: bytes, pos: int, end: int) -> tuple[int, int]:
+    """An unsigned varint at ``pos`` that must end by ``end``; IndexError when it does not."""
+    result = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise IndexError("bad varint")
+        b = data[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+
+
+# wire type -> fixed size of the value (varints and length-delimited are read)
+_FIXED = {1: 8, 5: 4}
+_LENGTH_DELIMITED = 2
+
+
+# (field number, wire type, start, stop of its value)
+Field = tuple[int, int, int, int]
+
+
+def _wire_fields(data: bytes, pos: int, end: int) -> list[Field] | None:
+    """The fields of the message in ``data[pos:end]`` as (number, wire type, start, stop)
+    of each value (for a length-delimited field, its payload), or None when the bytes
+    are not a well-formed message this walker understands (groups included)."""
+    out = []
+    try:
+        while pos < end:
+            key, pos = _uvarint(data, pos, end)
+            number, wire_type = key >> 3, key & 7
+            start = pos
+            if wire_type == 0:
+                _, pos = _uvarint(data, pos, end)
+            elif wire_type == _LENGTH_DELIMITED:
+                size, start = _uvarint(data, pos, end)
+                pos = start + size
+            elif wire_type in _FIXED:
+                pos += _FIXED[wire_type]
+            else:
+                return None
+            if pos > end or not 0 < number < 1 << 29:
+                return None
+            out.append((number, wire_type, start, pos))
+    except IndexError:
+        return None
+    return out
+
+
+# Event.summary; Summary.value; Summary.Value fields
+_EVENT_SUMMARY = 5
+_SUMMARY_VALUE = 1
+_VALUE_TAG = 1
+_VALUE_SIMPLE = 2
+_VALUE_TENSOR = 8
+_VALUE_METADATA = 9
+# Summary.Value's oneof: obsolete histogram, image, histo, audio never carry a scalar
+_VALUE_NOT_SCALAR = frozenset({3, 4, 5, 6})
+_VALUE_ONEOF = _VALUE_NOT_SCALAR | {_VALUE_SIMPLE, _VALUE_TENSOR}
+_SCALAR_PLUGINS = (b"", b"scalars")
+
+
+def _only(fields: list[Field], number: int) -> Field | bool | None:
+    """The one length-delimited field ``number`` (None when absent); False when it is
+    repeated or not length-delimited, which the walker leaves to the proto parse."""
+    found = [f for f in fields if f[0] == number]
+    if not found:
+        return None
+    if len(found) > 1 or found[0][1] != _LENGTH_DELIMITED:
+        return False
+    return found[0]
+
+
+def _plugin_name(data: bytes, metadata: Field) -> bytes | None:
+    """SummaryMetadata.plugin_data.plugin_name, or None when the walker cannot tell."""
+    fields = _wire_fields(data, metadata[2], metadata[3])
+    plugin_data = None if fields is None else _only(fields, 1)
+    if plugin_data is False or fields is None:
+        return None
+    if plugin_data is None:
+        return b""
+    fields = _wire_fields(data, plugin_data[2], plugin_data[3])
+    name = None if fields is None else _only(fields, 1)
+    if name is False or fields is None:
+        return None
+    return b"" if name is None else data[name[2] : name[3]]
+
+
 # A template: what follows the value (None when nothing), the tag, and per
 # summary start one unpack_from giving (wall_time, value).
 Template = tuple[bytes | None, str, list]
@@ -160,12 +258,11 @@ class ScalarDecoder:
     so the fast path can never disagree with them.
     """
 
-    __slots__ = ("_event", "_more_templates", "_template_count", "_templates", "_tensor_tags")
+    __slots__ = ("_more_templates", "_template_count", "_templates", "_tensor_tags")
 
     def __init__(self) -> None:
         # tag -> True (scalar plugin or none) / False (another plugin)
         self._tensor_tags: dict[str, bool] = {}
-        self._event = _Event()
         # summary length -> (value offset in the summary, {summary bytes before the value -> Template})
         self._templates: dict[int, tuple[int, dict[bytes, Template]]] = {}
         # templates whose summary length is taken by one with another value
@@ -187,13 +284,76 @@ class ScalarDecoder:
                             return [(hit[1], step, wall_time, value)]
         except IndexError:
             pass
+        if self.skips(payload):
+            return []
         points = self._parse(payload)
         if len(points) == 1 and self._template_count < MAX_TEMPLATES:
             self._learn(payload, points[0])
         return points
 
+    def skips(self, payload: bytes) -> bool:
+        """Whether the bytes alone show that this Event holds no scalar point.
+
+        Only well-formed shapes are judged; anything unusual (a repeated field
+        in a value, a group, an unknown plugin seen for the first time) is left
+        to the proto parse, which also keeps the per-tag plugin decisions, so
+        skipping never changes what is decoded. A damaged body inside a skipped
+        value (a histogram, an image) is not noticed: its checksum was right
+        and it could never have held a scalar.
+        """
+        fields = _wire_fields(payload, 0, len(payload))
+        if fields is None:
+            return False
+        for number, wire_type, start, stop in fields:
+            if number != _EVENT_SUMMARY:
+                continue  # wall_time, step, file_version, graph_def, run metadata...
+            if wire_type != _LENGTH_DELIMITED:
+                return False
+            values = _wire_fields(payload, start, stop)
+            if values is None:
+                return False
+            for v_number, v_wire_type, v_start, v_stop in values:
+                if v_number != _SUMMARY_VALUE:
+                    continue
+                if v_wire_type != _LENGTH_DELIMITED or not self._value_skips(payload, v_start, v_stop):
+                    return False
+        return True
+
+    def _value_skips(self, payload: bytes, start: int, stop: int) -> bool:
+        """Whether one Summary.Value certainly holds no scalar (see ``skips``)."""
+        fields = _wire_fields(payload, start, stop)
+        if fields is None:
+            return False
+        oneof = [f for f in fields if f[0] in _VALUE_ONEOF]
+        if not oneof:
+            return True  # no value at all
+        if len(oneof) > 1 or oneof[0][1] != _LENGTH_DELIMITED:
+            return False
+        if oneof[0][0] in _VALUE_NOT_SCALAR:
+            return True
+        if oneof[0][0] != _VALUE_TENSOR:
+            return False
+        # A tensor: skipped only for a tag already known to belong to another
+        # plugin, and only when this value does not claim the scalars plugin.
+        tag = _only(fields, _VALUE_TAG)
+        metadata = _only(fields, _VALUE_METADATA)
+        if tag is False or metadata is False:
+            return False
+        try:
+            name = "" if tag is None else payload[tag[2] : tag[3]].decode()
+        except UnicodeDecodeError:
+            return False
+        if self._tensor_tags.get(name) is not False:
+            return False
+        if metadata is None:
+            return True
+        plugin = _plugin_name(payload, metadata)
+        return plugin is not None and plugin not in _SCALAR_PLUGINS
+
     def _parse(self, payload: bytes) -> list[tuple[str, int, float, float]]:
-        ev = self._event
+        # A fresh Event each time: upb keeps what a message parsed in its arena
+        # until the message is dropped, so a reused one grows with every record.
+        ev = _Event()
         try:
             ev.ParseFromString(payload)
         except (DecodeError, RuntimeError) as e:
@@ -243,6 +403,8 @@ class ScalarDecoder:
         except IndexError:
             return
         summary = payload[s:]
+        if len(summary) > MAX_TEMPLATE_SUMMARY_BYTES:
+            return
         for unpacker, code in ((_F32_, "f"), (_F64_, "d")):
             try:
                 encoded = unpacker.pack(value)
@@ -318,21 +480,28 @@ class EventFileReader:
     def offset(self) -> int:
         return self.tail.offset
 
-    def read(self, final: bool = False) -> Iterator[tuple[str, int, float, float]]:
-        """Each new point as (tag, step, wall_time, value)."""
-        return self._read(final, None)
+    def read(self, final: bool = False, budget: int | None = None) -> Iterator[tuple[str, int, float, float]]:
+        """Each new point as (tag, step, wall_time, value); ``budget``: see RecordTail.read."""
+        return self._read(final, None, budget)
 
-    def read_run(self, run: str, final: bool = False) -> Iterator[tuple[str, str, int, float, float]]:
+    def read_run(
+        self, run: str, final: bool = False, budget: int | None = None
+    ) -> Iterator[tuple[str, str, int, float, float]]:
         """Each new point as (run, tag, step, wall_time, value): what a logdir reader yields."""
-        return self._read(final, run)
+        return self._read(final, run, budget)
 
-    def _read(self, final: bool, run: str | None) -> Iterator[tuple]:
+    @property
+    def pending(self) -> bool:
+        """The last read stopped at its budget; more of the file is waiting."""
+        return self.tail.pending
+
+    def _read(self, final: bool, run: str | None, budget: int | None) -> Iterator[tuple]:
         decoder = self.decoder
         templates = decoder._templates
         tail = self.tail
         # The template fast path of ScalarDecoder.decode, inlined: this loop
         # is where the daemon and the one-shot commands spend their time.
-        for end, batch in tail.read_batches(final):
+        for end, batch in tail.read_batches(final, budget):
             for p in batch:
                 end += len(p) + 16
                 try:

@@ -1,0 +1,103 @@
+"""Runs read on several cores give exactly what one process gives.
+
+``gradwatch check`` splits a large logdir's runs into groups read in forked
+children (gradwatch/events/parallel.py); the merge must not change a byte of
+its report, nor lose a problem.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+
+import pytest
+from tensorboardX import SummaryWriter
+
+import gradwatch.events.parallel as parallel
+from gradwatch.check import run_check, write_json, write_text
+from gradwatch.events.logdir import ProblemLog, scan
+from gradwatch.events.parallel import ChildFailed, fork_map, split_runs
+from gradwatch.rulefile import load_rules
+
+WALL = 1_700_000_000.0
+
+
+def write_run(logdir, run: str, seed: int) -> None:
+    """Gradient norms that cross the default rules at run-dependent steps, and a loss."""
+    w = SummaryWriter(os.path.join(str(logdir), run), flush_secs=3600)
+    for step in range(1, 301):
+        norm = 100.0 * step if (step + seed) % 97 else 1e6 + seed
+        w.add_scalar("gradients/actor_cnn_norm", norm, step, walltime=WALL + step)
+        w.add_scalar("gradients/critic_mlp_norm", float(step % (10 + seed)), step, walltime=WALL + step)
+        w.add_scalar("loss", 1.0 / step, step, walltime=WALL + step)
+    w.close()
+
+
+@pytest.fixture(scope="module")
+def logdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    for i, run in enumerate(["b", "a/1", "a/2", "c", "d", "e/x/y", "f"]):
+        write_run(root, run, i)
+    # a damaged record in one run: counted once, whichever process reads it
+    (path,) = (root / "c").iterdir()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return str(root)
+
+
+def report(logdir: str) -> tuple:
+    """The text and JSON reports, the problems, and the result's own order of series."""
+    problems = ProblemLog()
+    result = run_check(logdir, load_rules(None), problems)
+    text, doc = io.StringIO(), io.StringIO()
+    write_text(result, text)
+    write_json(result, doc)
+    return text.getvalue(), doc.getvalue(), problems.counts, list(result.findings), list(result.stats)
+
+
+def test_check_on_two_cores_reports_exactly_what_one_process_does(logdir, monkeypatch):
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_BYTES", 1 << 60)
+    one = report(logdir)
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_BYTES", 0)
+    monkeypatch.setattr(parallel, "usable_cores", lambda: 2)
+    groups = split_runs(scan(logdir, ProblemLog()))
+    assert len(groups) == 2 and all(groups)  # the runs really were split
+    two = report(logdir)
+    assert two == one
+    assert one[2] == {"corrupt_record": 1}
+    assert "CRITICAL" in one[0]
+
+
+def test_groups_are_balanced_by_bytes_and_deterministic(tmp_path):
+    sizes = {"big": 50 << 20, "mid": 30 << 20, "small1": 10 << 20, "small2": 10 << 20}
+    runs = {}
+    for run, size in sizes.items():
+        path = tmp_path / f"{run}.tfevents"
+        with open(path, "wb") as f:
+            f.truncate(size)  # sparse: the size is all split_runs looks at
+        runs[run] = [str(path)]
+    groups = split_runs(runs, cores=2)
+    assert groups == [
+        {"big": runs["big"]},
+        {"mid": runs["mid"], "small1": runs["small1"], "small2": runs["small2"]},
+    ]
+    assert split_runs(dict(reversed(runs.items())), cores=2) == groups
+    assert split_runs(runs, cores=1) == [runs]
+    assert split_runs({"big": runs["big"]}, cores=2) == [{"big": runs["big"]}]  # one run: no fork
+
+
+def test_fork_map_runs_the_first_group_here_and_reports_a_child_that_fails():
+    pids = fork_map(lambda group: (os.getpid(), sorted(group)), [{"a": []}, {"b": []}, {"c": []}])
+    assert [g for _, g in pids] == [["a"], ["b"], ["c"]]
+    assert pids[0][0] == os.getpid() and len({p for p, _ in pids}) == 3
+
+    def fails_in_child(group):
+        if "b" in group:
+            raise ValueError("bad group")
+        return 1
+
+    with pytest.raises(ChildFailed, match="ValueError: bad group"):
+        fork_map(fails_in_child, [{"a": []}, {"b": []}])
+    with pytest.raises(ChildFailed, match="died"):
+        fork_map(lambda group: os._exit(3) if "b" in group else 1, [{"a": []}, {"b": []}])
