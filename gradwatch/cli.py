@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from typing import TextIO
 
 from gradwatch import __version__
-from gradwatch.check import UNKNOWN
 from gradwatch.events.logdir import LogdirError, ProblemLog
 from gradwatch.fmt import escape
 from gradwatch.logjson import setup_logging
+from gradwatch.oneshot.check import UNKNOWN
 from gradwatch.yamlconf import ConfigError
 
 log = logging.getLogger("gradwatch")
@@ -146,7 +146,7 @@ def _load_rules(paths: list[str] | None):
 
 
 def cmd_check(args) -> int:
-    from gradwatch import check
+    from gradwatch.oneshot import check
 
     try:
         rules = _load_rules(args.rules)
@@ -163,7 +163,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from gradwatch.export import export
+    from gradwatch.oneshot.export import export
 
     problems = ProblemLog()
     with _output(args.output) as out:
@@ -177,7 +177,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from gradwatch import report
+    from gradwatch.oneshot import report
 
     rules = _load_rules(args.rules)
     rep = report.build_report(args.logdir, args.tag, args.run, args.steps, ProblemLog(), rules)
@@ -229,7 +229,7 @@ def cmd_rules_check(args) -> int:
 
 def cmd_rules_test(args) -> int:
     """Like ``promtool test rules``: 0 all passed, 1 a test failed, 3 a test file is unusable."""
-    from gradwatch.ruletest import run_tests
+    from gradwatch.oneshot.ruletest import run_tests
 
     failed = broken = 0
     for path in args.files:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from tensorboardX import SummaryWriter
 
-from gradwatch.check import CRITICAL, OK, UNKNOWN, WARNING, run_check, write_json, write_text
 from gradwatch.cli import main
+from gradwatch.oneshot.check import CRITICAL, OK, UNKNOWN, WARNING, run_check, write_json, write_text
 from gradwatch.rulefile import load_rules
 
 SEED_STEPS = [100, 200, 300, 400, 500]

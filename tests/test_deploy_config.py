@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gradwatch.actions import stop_path
 from gradwatch.config import build_notifiers, load_config
+from gradwatch.daemon.writers import stop_path
 from gradwatch.rulefile import load_rules
 from gradwatch.yamlconf import ConfigError
 

@@ -307,6 +307,9 @@ def test_build_context_is_enough_to_build_the_package(tmp_path):
     assert p.returncode == 0, p.stdout + p.stderr
     (wheel,) = (tmp_path / "dist").glob("gradwatch-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "gradwatch/default_rules/gradient_explosion.yaml" in names and "gradwatch/metrics.py" in names
+    assert (
+        "gradwatch/default_rules/gradient_explosion.yaml" in names
+        and "gradwatch/exporter/collector.py" in names
+    )
     entry = [n for n in names if n.endswith("entry_points.txt")]
     assert "gradwatch = gradwatch.cli:main" in zipfile.ZipFile(wheel).read(entry[0]).decode()

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gradwatch.actions import stop_path
 from gradwatch.config import load_config
+from gradwatch.daemon.writers import stop_path
 from gradwatch.rulefile import load_rules
 
 ROOT = Path(__file__).resolve().parent.parent

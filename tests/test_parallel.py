@@ -14,9 +14,9 @@ import pytest
 from tensorboardX import SummaryWriter
 
 import gradwatch.events.parallel as parallel
-from gradwatch.check import run_check, write_json, write_text
 from gradwatch.events.logdir import ProblemLog, scan
 from gradwatch.events.parallel import ChildFailed, fork_map, split_runs
+from gradwatch.oneshot.check import run_check, write_json, write_text
 from gradwatch.rulefile import load_rules
 
 WALL = 1_700_000_000.0

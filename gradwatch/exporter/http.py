@@ -32,16 +32,26 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
+from gradwatch.daemon.status import Status
 from gradwatch.fmt import escape
 
-if TYPE_CHECKING:
-    from gradwatch.exporter.collector import Metrics
+
+class Served(Protocol):
+    """What the server needs of gradwatch.exporter.collector.Metrics (no import back up to it)."""
+
+    registry: CollectorRegistry
+
+    @property
+    def changes(self) -> int: ...
+
+    def status(self) -> Status: ...
+
 
 log = logging.getLogger("gradwatch.metrics")
 
@@ -176,7 +186,7 @@ class MetricsServer:
 
     def __init__(
         self,
-        metrics: Metrics,
+        metrics: Served,
         host: str = "127.0.0.1",
         port: int = 9723,
         *,
