@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("files", nargs="+", metavar="FILE")
     rt.set_defaults(func=cmd_rules_test)
 
+    _add_alerts_command(sub)
     _add_daemon_commands(sub)
     _log_flags_after_commands(sub)
     return p
@@ -112,6 +113,51 @@ def _log_flags_after_commands(sub) -> None:
         parser.add_argument(
             "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="log only errors"
         )
+
+
+def _add_alerts_command(sub) -> None:
+    a = sub.add_parser("alerts", help="alert history from the daemon's state: what fired, what was sent")
+    a.add_argument("logdir", nargs="?", help="the logdir the daemon watched (to find its state directory)")
+    a.add_argument("--config", metavar="FILE", help="the daemon's gradwatch.yaml (its logdir and state_dir)")
+    a.add_argument("--state-dir", metavar="DIR", help="the daemon's state directory")
+    a.add_argument(
+        "--since", default="24h", metavar="DURATION", help="alerts firing since then (default 24h)"
+    )
+    a.add_argument("--run", action="append", metavar="GLOB", help="only runs matching GLOB (repeatable)")
+    a.add_argument("--rule", action="append", metavar="GLOB", help="only rules matching GLOB (repeatable)")
+    a.add_argument("--severity", choices=("info", "warning", "critical"), help="only alerts reaching it")
+    fmt = a.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true")
+    fmt.add_argument("--csv", action="store_true")
+    a.set_defaults(func=cmd_alerts)
+
+
+def cmd_alerts(args) -> int:
+    """``gradwatch alerts``: 0 when the history could be read (whatever it holds), 3 when not."""
+    import time
+
+    from gradwatch import alertlog
+    from gradwatch.config import Config, load_config
+    from gradwatch.history import Query
+    from gradwatch.yamlconf import parse_duration
+
+    since = parse_duration(args.since)
+    if since is None or since < 0:
+        raise UsageError(f"--since: expected a duration like 30m, 2h or 7d, got {args.since!r}")
+    cfg = load_config(args.config) if args.config else Config()
+    cfg.logdir = args.logdir or cfg.logdir
+    cfg.state_dir = args.state_dir or cfg.state_dir
+    if not (cfg.logdir or cfg.state_dir):
+        raise UsageError("give the logdir the daemon watched, --state-dir DIR or --config FILE")
+    now = time.time()
+    query = Query(now - since, args.run or [], args.rule or [], args.severity)
+    try:
+        found = alertlog.load(cfg.resolved_state_dir(), query)
+    except alertlog.AlertLogError as e:
+        raise UsageError(str(e)) from None
+    writer = alertlog.write_json if args.json else alertlog.write_csv if args.csv else alertlog.write_table
+    writer(found, sys.stdout, now, query.since)
+    return 0
 
 
 def _add_daemon_commands(sub) -> None:

@@ -155,6 +155,8 @@ STOP_FILE_FIELDS = ("run_dir", "run", "logdir")
 
 def check_stop_file_template(text: str) -> None:
     """ValueError unless ``text`` uses only {run_dir}, {run}, {logdir}: no attributes, bounded widths."""
+    if "\0" in text:
+        raise ValueError("a path cannot hold a NUL byte")
     template_fields(text, STOP_FILE_FIELDS)
     text.format(run_dir="r", run="r", logdir="l")  # what parsing cannot see: a bad format spec
 

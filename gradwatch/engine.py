@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable
 
+from gradwatch.baseline import References
 from gradwatch.events.logdir import ProblemLog
 from gradwatch.rules import MAX_NAME_BYTES, Rule, Series, name_too_long, series_rules, shown_name
 
@@ -40,6 +41,8 @@ class Engine:
         self.runs: dict[str, dict[str, Series | None]] = {}
         # where a skipped series is reported (a ProblemLog: counted, logged once)
         self.problems = problems or ProblemLog()
+        # the points of baseline rules' reference series, bounded per series (kept across reloads)
+        self.references = References()
 
     def series(self, run: str, tag: str) -> Series | None:
         tags = self.runs.setdefault(run, {})
@@ -48,11 +51,43 @@ class Engine:
                 tags[tag] = None
                 return None
             matched = series_rules(self.rules, run, tag)
-            tracked = matched or any(fnmatch.fnmatchcase(tag, g) for g in self.export_tags)
+            reference = self.is_reference(run, tag)
+            tracked = matched or reference or any(fnmatch.fnmatchcase(tag, g) for g in self.export_tags)
             s = tags[tag] = Series(run, tag, matched) if tracked else None
+            if s is not None:
+                self._bind_baselines(s, reference)
             if s is not None and self.on_new_series is not None:
                 self.on_new_series(s)
         return tags[tag]
+
+    @property
+    def rules(self) -> list[Rule]:
+        return self._rules
+
+    @rules.setter
+    def rules(self, rules: list[Rule]) -> None:
+        # the daemon's reload assigns new rules: the baseline rules among them go with them
+        self._rules = rules
+        self._baselines = [r for r in rules if r.baseline is not None]
+
+    def is_reference(self, run: str, tag: str) -> bool:
+        """Whether some baseline rule compares other runs with this series."""
+        return any(r.baseline.is_reference(run) and r.match.matches_tag(tag) for r in self._baselines)  # type: ignore[union-attr]
+
+    def is_reference_run(self, run: str) -> bool:
+        """Whether some baseline rule compares other runs with this run (any tag)."""
+        return any(r.baseline.is_reference(run) for r in self._baselines)  # type: ignore[union-attr]
+
+    @property
+    def has_baselines(self) -> bool:
+        return bool(self._baselines)
+
+    def _bind_baselines(self, s: Series, reference: bool) -> None:
+        if reference:
+            s.history = self.references.history(s.run, s.tag)
+        for rule, state in zip(s.rules, s.states):
+            if rule.baseline is not None:
+                state.extra.bind(self.references, s.run, s.tag)  # type: ignore[union-attr]
 
     def _too_long(self, run: str, tag: str) -> bool:
         """Names over MAX_NAME_BYTES never reach a rule's regex: reported once (the series is cached)."""
@@ -75,6 +110,9 @@ class Engine:
         s.step = step
         s.wall_time = wall_time
         s.value = value
+        history = s.history
+        if history is not None:
+            history.add(step, value)
         ranks = s.ranks
         states = s.states
         for i, rule in enumerate(s.rules):
@@ -89,6 +127,7 @@ class Engine:
 
     def forget_run(self, run: str) -> None:
         self.runs.pop(run, None)
+        self.references.forget_run(run)
 
     def all_series(self):
         # copies: the metrics thread iterates while the daemon thread adds series

@@ -13,6 +13,11 @@ import os
 import re
 from importlib import resources
 
+from gradwatch.anomaly import DEFAULTS as ANOMALY_DEFAULTS
+from gradwatch.anomaly import DIRECTIONS as ANOMALY_DIRECTIONS
+from gradwatch.anomaly import Detector
+from gradwatch.baseline import DIRECTIONS as BASELINE_DIRECTIONS
+from gradwatch.baseline import Baseline
 from gradwatch.rules import DIRECTIONS, RANK, SEVERITIES, Match, Num, Pattern, Rule, Template
 from gradwatch.yamlconf import ConfigError, Problem, Section, load_yaml_file, parse_duration
 
@@ -25,6 +30,8 @@ CONDITION_KEYS = {
     "nonfinite": "nonfinite",
     "growth": "growth",
     "absent_for": "absent",
+    "anomaly": "anomaly",
+    "baseline": "baseline",
 }
 RULE_KEYS = (
     "name",
@@ -45,6 +52,10 @@ DEFAULT_ANNOTATIONS = {
     "nonfinite": "{tag} = {value} at step {step} on run {run}: not a finite number",
     "growth": "{tag} = {value} at step {step} on run {run}: grew x{ratio:.1f} within {within} steps",
     "absent": "{tag} on run {run} has not logged for {threshold} s (last step {step})",
+    "anomaly": "{tag} = {value} at step {step} on run {run}: {zscore:.1f} standard deviations "
+    "from its recent points",
+    "baseline": "{tag} = {value} at step {step} on run {run}: x{ratio:.1f} the baseline's {baseline} "
+    "at step {baseline_step}",
 }
 
 
@@ -205,7 +216,8 @@ def _parse_rule(sec: Section) -> Rule | None:
         sec.error("name", f"expected a name of letters, digits and _.:- starting with a letter, got {name!r}")
     kinds = [kind for key, kind in CONDITION_KEYS.items() if sec.has(key)]
     if not kinds:
-        sec.error("", "a rule needs one condition: thresholds, nonfinite, growth or absent_for")
+        *most, last = CONDITION_KEYS
+        sec.error("", f"a rule needs one condition: {', '.join(most)} or {last}")
     elif len(kinds) > 1:
         keys = [k for k in CONDITION_KEYS if sec.has(k)]
         sec.error("", f"a rule has one condition, this one has {' and '.join(keys)}: split it into rules")
@@ -217,6 +229,8 @@ def _parse_rule(sec: Section) -> Rule | None:
     absent_for = 0.0
     min_value = 0.0
     levels: list[tuple[int, str, float]] = []
+    detector: Detector | None = None
+    baseline: Baseline | None = None
     if len(kinds) != 1:
         pass  # reported above; parsing a guessed kind would only add noise
     elif kind == "thresholds":
@@ -236,6 +250,10 @@ def _parse_rule(sec: Section) -> Rule | None:
         min_value = gr.number("min_value", default=0.0)
         levels = _levels(gr, "growth", "a factor such as 10", factor=True)
         gr.finish()
+    elif kind == "anomaly":
+        levels, detector = _parse_anomaly(sec.section("anomaly"))
+    elif kind == "baseline":
+        levels, baseline = _parse_baseline(sec.section("baseline"))
     else:
         absent_for = sec.duration("absent_for", required=True)
         if absent_for is not None and absent_for <= 0:
@@ -246,7 +264,8 @@ def _parse_rule(sec: Section) -> Rule | None:
     elif sec.has("severity"):
         sec.error(
             "severity",
-            "only absent_for rules take 'severity'; thresholds and growth name it per level, "
+            "only absent_for rules take 'severity'; thresholds, growth, anomaly and baseline name it "
+            "per level, "
             "nonfinite takes it as its value (nonfinite: critical)",
         )
 
@@ -299,9 +318,64 @@ def _parse_rule(sec: Section) -> Rule | None:
         annotations=annotations,
         description=description,
         source=f"{sec.file}:{sec.line}",
+        detector=detector,
+        baseline=baseline,
     )
     _check_templates(sec, rule)
     return rule if len(sec.problems) == before else None
+
+
+def _parse_anomaly(sec: Section) -> tuple[list[tuple[int, str, float]], Detector | None]:
+    """``anomaly:`` -- every key optional (``anomaly: {}`` is the defaults); levels in standard deviations."""
+    before = len(sec.problems)
+    window = sec.integer("window", default=ANOMALY_DEFAULTS["window"], minimum=2)
+    min_points = sec.integer("min_points", minimum=2)
+    direction = sec.choice("direction", ANOMALY_DIRECTIONS, default=ANOMALY_DEFAULTS["direction"])
+    log = sec.boolean("log", default=False)
+    robust = sec.boolean("robust", default=False)
+    if any(sec.has(severity) for severity in SEVERITIES):
+        levels = _levels(sec, "anomaly", "a number of standard deviations")
+        for _, severity, sigmas in levels:
+            if sigmas <= 0:
+                sec.error(severity, f"expected a number of standard deviations above 0, got {Num(sigmas)}")
+    else:
+        levels = [(RANK[sev], sev, float(ANOMALY_DEFAULTS[sev])) for sev in ("critical", "warning")]
+    if min_points is not None and window is not None and min_points > window:
+        sec.error("min_points", f"min_points ({min_points}) cannot be above window ({window})")
+    sec.finish()
+    if len(sec.problems) > before or window is None:
+        return levels, None
+    return levels, Detector(levels, window, min_points, direction, bool(log), bool(robust))
+
+
+def _parse_baseline(sec: Section) -> tuple[list[tuple[int, str, float]], Baseline | None]:
+    """``baseline:`` -- ``run`` (one name) or ``runs`` (globs, the median), ``factor`` or levels."""
+    before = len(sec.problems)
+    run = sec.string("run")
+    runs = sec.strings("runs")
+    if (run is None) == (runs is None) and len(sec.problems) == before:
+        sec.error("", "name the reference: either run (one run) or runs (globs: the median of those runs)")
+    references = [glob.escape(run)] if run is not None else runs or []
+    tolerance = sec.integer("tolerance")
+    direction = sec.choice("direction", BASELINE_DIRECTIONS, default="above")
+    if sec.has("factor"):
+        if any(sec.has(severity) for severity in SEVERITIES):
+            sec.error("factor", "use either factor (with severity) or factors per severity, not both")
+            sec.allow(*SEVERITIES)
+        factor = sec.number("factor", required=True)
+        severity = sec.choice("severity", SEVERITIES, default="warning") or "warning"
+        levels = [(RANK[severity], severity, factor)] if factor is not None else []
+        if factor is not None and factor <= 1:
+            sec.error("factor", f"expected a factor above 1, got {Num(factor)}")
+    else:
+        sec.allow("severity")
+        if sec.has("severity"):
+            sec.error("severity", "severity goes with factor; with per-severity factors it is their key")
+        levels = _levels(sec, "baseline", "a factor such as 10 (or factor: 10)", factor=True)
+    sec.finish()
+    if len(sec.problems) > before or not levels:
+        return levels, None
+    return levels, Baseline(levels, references, tolerance, direction)
 
 
 def _parse_annotations(sec: Section, kind: str) -> dict[str, Template]:

@@ -10,7 +10,11 @@ A rule has one condition kind:
 * ``growth``: the value grew by a factor within a window of steps (levels are
   factors), the exponential blow-up that precedes any threshold;
 * ``absent``: the series stopped logging for a duration (evaluated on a timer
-  by the daemon, as gaps in wall time by one-shot commands).
+  by the daemon, as gaps in wall time by one-shot commands);
+* ``anomaly``: a point far from the series' own recent points, in standard
+  deviations (gradwatch/anomaly.py);
+* ``baseline``: a point more than a factor away from a reference run's value
+  at the same step (gradwatch/baseline.py; the engine keeps the references).
 
 ``for: N`` needs N consecutive points at a severity before it counts.
 Evaluation is per point and per (rule, series) state object; the no-alert
@@ -29,6 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gradwatch.anomaly import AnomalyState, Detector
+from gradwatch.baseline import Baseline, History, Verdict
 from gradwatch.fmt import escape
 
 try:  # linear-time matching when the optional extra is installed (pip install 'gradwatch[re2]')
@@ -46,13 +52,13 @@ SEVERITIES = ("info", "warning", "critical")
 RANK = {name: i + 1 for i, name in enumerate(SEVERITIES)}
 SEVERITY_OF_RANK = {i + 1: name for i, name in enumerate(SEVERITIES)}
 
-KINDS = ("thresholds", "nonfinite", "growth", "absent")
+KINDS = ("thresholds", "nonfinite", "growth", "absent", "anomaly", "baseline")
 DIRECTIONS = ("above", "below", "absolute")
 
 _isfinite = math.isfinite
 
 # evaluation modes, decided once per rule so ``evaluate`` branches on an int
-_ABOVE, _BELOW, _ABSOLUTE, _NONFINITE, _GROWTH, _ABSENT = range(6)
+_ABOVE, _BELOW, _ABSOLUTE, _NONFINITE, _GROWTH, _ABSENT, _ANOMALY, _BASELINE = range(8)
 
 
 class Num(float):
@@ -134,6 +140,9 @@ TEMPLATE_FIELDS = (
     "for",
     "direction",
     "within",
+    "zscore",
+    "baseline",
+    "baseline_step",
 )
 
 
@@ -325,6 +334,15 @@ class Match:
             return False
         return not any(fnmatch.fnmatchcase(tag, g) for g in self.exclude_tags)
 
+    def matches_tag(self, tag: str) -> bool:
+        """The tag half of :meth:`matches` (a baseline rule's reference runs are chosen by name)."""
+        if self.tag_regex is not None:
+            if not self.tag_regex.search(tag):
+                return False
+        elif not any(fnmatch.fnmatchcase(tag, g) for g in self.tags):
+            return False
+        return not any(fnmatch.fnmatchcase(tag, g) for g in self.exclude_tags)
+
 
 # Most points a growth rule remembers per series. The window normally holds only the rising points
 # within ``within_steps``; a series that keeps rising at one step, or over a huge window, would grow
@@ -352,9 +370,11 @@ class RuleState:
     rule, increasing in both; ``ratio`` is the last growth ratio computed.
     """
 
-    __slots__ = ("last_step", "last_wall", "ratio", "raw", "streaks", "window")
+    __slots__ = ("extra", "last_step", "last_wall", "ratio", "raw", "streaks", "window")
 
     def __init__(self, levels: int) -> None:
+        # anomaly: the detector's AnomalyState; baseline: the series' Verdict
+        self.extra: AnomalyState | Verdict | None = None
         self.streaks = [0] * levels
         self.window: deque | None = None
         self.last_wall: float | None = None
@@ -387,13 +407,22 @@ class Rule:
     absolute: bool = False
     # growth: only values above this can alert (tiny values at start-up grow by large factors)
     min_value: float = 0.0
+    # anomaly: the z-score settings; baseline: the reference run(s) and factors
+    detector: Detector | None = None
+    baseline: Baseline | None = None
 
     def __post_init__(self) -> None:
         self.levels = sorted(self.levels, reverse=True)
         if self.kind == "thresholds":
             self._mode = _ABSOLUTE if self.absolute else _BELOW if self.below else _ABOVE
         else:
-            self._mode = {"nonfinite": _NONFINITE, "growth": _GROWTH, "absent": _ABSENT}[self.kind]
+            self._mode = {
+                "nonfinite": _NONFINITE,
+                "growth": _GROWTH,
+                "absent": _ABSENT,
+                "anomaly": _ANOMALY,
+                "baseline": _BASELINE,
+            }[self.kind]
         self._ranks = tuple(r for r, _, _ in self.levels)
         self._indexed = tuple(enumerate(self._ranks))
         self._top = self._ranks[0] if self._ranks else 0
@@ -413,12 +442,18 @@ class Rule:
 
     @property
     def direction(self) -> str:
+        if self.detector is not None:
+            return self.detector.direction
         return "absolute" if self.absolute else "below" if self.below else "above"
 
     def new_state(self) -> RuleState:
         state = RuleState(len(self.levels))
         if self.kind == "growth":
             state.window = deque()
+        elif self.detector is not None:
+            state.extra = self.detector.new_state()
+        elif self.baseline is not None:
+            state.extra = Verdict()  # the engine binds it to its references and the series
         return state
 
     def level_of(self, rank: int) -> float | None:
@@ -435,6 +470,17 @@ class Rule:
             # (raw 0 means every streak is already 0)
             return 0
         mode = self._mode
+        # the same shortcut for the kinds whose quiet range is per series (inline: a call costs)
+        if mode == _ANOMALY and not state.raw:
+            extra = state.extra
+            if extra.lo < value < extra.hi:  # type: ignore[union-attr]
+                pending = extra.pending  # type: ignore[union-attr]
+                pending.append(value)  # the detector's window still records the point
+                if len(pending) >= extra.due:  # type: ignore[union-attr]
+                    self.detector._refresh(extra)  # type: ignore[union-attr, arg-type]
+                return 0
+        elif mode == _BASELINE and not state.raw and self._quiet(state.extra, step, value):  # type: ignore[arg-type]
+            return 0
         raw = 0
         if mode <= _ABSOLUTE:
             if not _isfinite(value):
@@ -459,6 +505,15 @@ class Rule:
         elif mode == _NONFINITE:
             if not _isfinite(value):
                 raw = self._top
+        elif mode == _ANOMALY:
+            raw = self.detector.observe(state.extra, value)  # type: ignore[union-attr, arg-type]
+            if raw < 0:  # NaN/±Inf: not evidence
+                return self._held(state)
+        elif mode == _BASELINE:
+            v = state.extra
+            raw = self.baseline.judge(v, v.refs, v.run, v.tag, step, value)  # type: ignore[union-attr]
+            if raw < 0:  # not compared (the baseline has not reached this step, ...): not evidence
+                return self._held(state)
         elif mode == _GROWTH:
             if not _isfinite(value):
                 return self._held(state)
@@ -508,6 +563,11 @@ class Rule:
                 streaks[i] = 0
         return best
 
+    @staticmethod
+    def _quiet(v: Verdict, step: int, value: float) -> bool:
+        """Inside the quiet band of a baseline rule's last comparison (gradwatch/baseline.py)."""
+        return v.since <= step <= v.until and v.lo < value < v.hi and v.version == v.refs.version  # type: ignore[union-attr]
+
     def _held(self, state: RuleState) -> int:
         """The rank after the last finite point (from ``raw`` and the streaks)."""
         n = self.for_points
@@ -527,8 +587,10 @@ class Rule:
         threshold: Any = NOT_APPLICABLE
         if self.kind == "thresholds" and level is not None:
             threshold = Num(level)
-        elif self.kind == "growth" and level is not None:
+        elif self.kind in ("growth", "baseline") and level is not None:
             threshold = Factor(level)
+        elif self.kind == "anomaly" and level is not None:
+            threshold = Num(level)
         elif self.kind == "absent":
             threshold = Num(self.absent_for)
         return {
@@ -540,10 +602,29 @@ class Rule:
             "threshold": threshold,
             "severity": SEVERITY_OF_RANK.get(rank, "ok"),
             "labels": self.labels,
-            "ratio": Num(state.ratio) if state is not None and self.kind == "growth" else NOT_APPLICABLE,
+            "ratio": self._ratio(state),
             "for": self.for_points,
             "direction": self.direction,
             "within": self.within_steps,
+            **self._kind_fields(state),
+        }
+
+    def _ratio(self, state: RuleState | None) -> Any:
+        if state is None:
+            return NOT_APPLICABLE
+        if self.kind == "growth":
+            return Num(state.ratio)
+        if self.kind == "baseline" and isinstance(state.extra, Verdict):
+            return Num(state.extra.ratio)
+        return NOT_APPLICABLE
+
+    def _kind_fields(self, state: RuleState | None) -> dict[str, Any]:
+        """{zscore} (anomaly), {baseline} and {baseline_step} (baseline); n/a for other kinds."""
+        extra = state.extra if state is not None else None
+        return {
+            "zscore": Num(extra.z) if isinstance(extra, AnomalyState) else NOT_APPLICABLE,
+            "baseline": Num(extra.base) if isinstance(extra, Verdict) else NOT_APPLICABLE,
+            "baseline_step": extra.base_step if isinstance(extra, Verdict) else NOT_APPLICABLE,
         }
 
     def render(self, fields: dict[str, Any]) -> dict[str, str]:
@@ -557,7 +638,7 @@ class Rule:
 class Series:
     """One (run, tag) and the rules that match it, with their states."""
 
-    __slots__ = ("ranks", "rules", "run", "states", "step", "tag", "value", "wall_time")
+    __slots__ = ("history", "ranks", "rules", "run", "states", "step", "tag", "value", "wall_time")
 
     def __init__(self, run: str, tag: str, rules: list[Rule]) -> None:
         self.run = run
@@ -570,6 +651,8 @@ class Series:
         self.step = 0
         self.wall_time = 0.0
         self.value = math.nan
+        # a baseline rule's reference series: its points are kept here (gradwatch/baseline.py)
+        self.history: History | None = None
 
 
 def series_rules(rules: list[Rule], run: str, tag: str) -> list[Rule]:

@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from gradwatch.alerts import alert_key
+from gradwatch.anomaly import AnomalyState
 from gradwatch.rules import Rule, RuleState, Series
 
 log = logging.getLogger("gradwatch.state")
@@ -230,6 +231,8 @@ def dump_rule_state(state: RuleState) -> dict[str, Any]:
         "last_step": state.last_step,
         "raw": state.raw,
         "ratio": _num(state.ratio),
+        # anomaly rules: the window of recent points (gradwatch/anomaly.py)
+        "anomaly": state.extra.dump() if isinstance(state.extra, AnomalyState) else None,
     }
 
 
@@ -269,6 +272,8 @@ def rule_signature(rule: Rule) -> str:
             rule.within_steps,
             rule.absent_for,
             rule.min_value,
+            # anomaly and baseline settings; other kinds keep the signature they had
+            *(x.signature() for x in (rule.detector, rule.baseline) if x is not None),
         )
     )
     _signatures[id(rule)] = (rule, sig)
@@ -281,6 +286,8 @@ def dump_series(s: Series) -> str:
             "step": s.step,
             "wall_time": s.wall_time,
             "value": _num(s.value),
+            # a baseline's reference series: its points, which a restart does not read again
+            "history": s.history.dump() if s.history is not None else None,
             "rules": {
                 r.name: {"rank": s.ranks[i], "sig": rule_signature(r), "state": dump_rule_state(s.states[i])}
                 for i, r in enumerate(s.rules)
@@ -306,6 +313,10 @@ def restore_series(s: Series, text: str) -> None:
             continue
         s.ranks[i] = int(got["rank"])
         load_rule_state(s.states[i], got["state"])
+        if r.detector is not None and isinstance(got["state"].get("anomaly"), dict):
+            s.states[i].extra = r.detector.load(got["state"]["anomaly"])
+    if s.history is not None and isinstance(d.get("history"), dict):
+        s.history.restore(d["history"])
 
 
 # -- schema versions -------------------------------------------------------------

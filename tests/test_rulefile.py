@@ -241,7 +241,10 @@ BAD = {
     ),
     "no condition": (
         "rules:\n  - name: t\n    labels: {a: b}\n",
-        ["{f}:2: rules[0]: a rule needs one condition: thresholds, nonfinite, growth or absent_for"],
+        [
+            "{f}:2: rules[0]: a rule needs one condition: "
+            "thresholds, nonfinite, growth, absent_for, anomaly or baseline"
+        ],
     ),
     "typo in a condition": (
         "rules:\n  - name: t\n    tresholds: {warning: 5}\n",

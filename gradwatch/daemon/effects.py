@@ -9,6 +9,7 @@ by the commit (gradwatch/daemon/unit_of_work.py).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TextIO
 
 from gradwatch.alerts import FIRING, AlertBook, AlertEvent
@@ -32,6 +33,7 @@ class Effects:
         )
         self.flags = FlagWriter(logdir) if config.tensorboard_flags else None
         self._console_failed = False
+        self.failures: dict[str, int] = {}  # side effect -> times it raised (logged once)
 
     def configure(self, config: Config) -> None:
         """After a reload; the same stop-file writer: its counters and once-per-run problem log survive."""
@@ -43,8 +45,8 @@ class Effects:
 
     def before_commit(self, events: list[AlertEvent], dirty_runs: set[str]) -> None:
         for e in events:
-            self._stop_file(e)
-        self._stop_files_still_wanted(dirty_runs)
+            self._guarded("writing the stop-file", self._stop_file, e)
+        self._guarded("rewriting a stop-file", self._stop_files_still_wanted, dirty_runs)
         # the operator hears of a transition when it is decided, whatever the state DB says (a full
         # disk); a kill -9 before the commit prints it again after the restart: at-least-once
         self._act(events, self._render(events))
@@ -99,4 +101,18 @@ class Effects:
         if self.flags is None:
             return
         for e in events:
-            self.flags.handle(e, self._severities(e.rule))
+            self._guarded(
+                "writing the TensorBoard alert flags", self.flags.handle, e, self._severities(e.rule)
+            )
+
+    def _guarded(self, what: str, effect: Callable[..., object], *args: object) -> None:
+        """Run one side effect of a transition. Its failure (a bug, an odd name the OS refuses) is
+        logged with its traceback once per kind, then counted: the transition still reaches the
+        console and the outbox, and the loop goes on."""
+        try:
+            effect(*args)
+        except Exception:
+            n = self.failures.get(what, 0)
+            self.failures[what] = n + 1
+            if n == 0:
+                log.exception("%s failed; the alert still goes to the console and the notifiers", what)

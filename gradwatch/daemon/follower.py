@@ -92,9 +92,9 @@ class Follower:
         self.records = 0  # TFRecords verified, for gradwatch_records_read_total
 
     # -- reading -------------------------------------------------------------
-    def read_file(self, path: str, st: os.stat_result | None = None, whole: bool = False) -> int:
-        """Read what is new in one known event file, READ_BUDGET bytes of it unless
-        ``whole``; returns the number of points."""
+    def read_file(self, path: str, st: os.stat_result | None = None) -> int:
+        """Read what is new in one known event file, READ_BUDGET bytes of it; returns the number
+        of points (the rest is read on the next turn: ``read_again``)."""
         entry = self.reader.readers.get(path)
         if entry is None or self.abandoned is not None:
             return 0
@@ -108,7 +108,7 @@ class Follower:
         # recorded before reading: bytes appended while we read show up as a change next time
         self.seen[path] = (st.st_size, st.st_mtime_ns)
         records_before = reader.tail.records
-        points = reader.read(budget=None if whole else READ_BUDGET)
+        points = reader.read(budget=READ_BUDGET)
         try:
             self._observe(run, path, points)
         except OSError as e:
@@ -223,9 +223,23 @@ class Follower:
         for p in new:
             if self._stopping.is_set():
                 break  # catching up when told to stop: the rest is read next time
-            self.read_file(p, whole=True)  # read whole: a first catch-up summarises its alerts
+            if self._ready.is_set():
+                self.read_file(p)  # live: a budget per turn, round robin with every other file
+            else:
+                self._read_through(p)  # the first catch-up reads each file to its end
             self._ping()
             # between files offsets are exact: a long catch-up keeps its progress
+            self._checkpoint(lazy=True)
+
+    def _read_through(self, path: str) -> None:
+        """Read ``path`` to its end a budget at a time, so a multi-GB file of images still answers
+        systemd's watchdog and SIGTERM and keeps its progress (offsets are exact between reads)."""
+        while not self._stopping.is_set():
+            self.read_file(path)
+            if path not in self.read_again:
+                return
+            self.read_again.discard(path)
+            self._ping()
             self._checkpoint(lazy=True)
 
     def _check_missed_new(self, new: list[str]) -> None:

@@ -18,11 +18,13 @@ import dataclasses
 import errno
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from typing import TextIO
 
+from gradwatch import history as alert_history
 from gradwatch.alerts import ACTIVE, AlertBook, alert_key
 from gradwatch.config import Config, build_notifiers, parse_listen
 from gradwatch.daemon import reload as reloading
@@ -65,7 +67,8 @@ class Daemon:
         self.problems = ProblemLog()
         try:
             self.state = StateDB(config.resolved_state_dir())
-        except StateError as e:
+            alert_history.create_schema(self.state.conn)
+        except (StateError, sqlite3.Error) as e:
             raise ConfigError([Problem("gradwatch watch", 0, "state_dir", str(e))]) from None
         try:
             self._setup(out)
@@ -100,8 +103,8 @@ class Daemon:
             {p: run for p, (run, _) in saved_files.items()},
             self._stop,
             self.ready,
-            self._ping,
-            self.checkpoint,
+            lambda: self._ping(),  # looked up at each call: tests count pings and commits
+            lambda **kw: self.checkpoint(**kw),
             self._forget_run_state,
         )
         # series of earlier runs come back at once, so a stall or a resolution needs no new point first
@@ -130,6 +133,10 @@ class Daemon:
     @property
     def stopper(self):
         return self.effects.stopper
+
+    @property
+    def effect_failures(self) -> dict[str, int]:
+        return self.effects.failures
 
     @property
     def points(self) -> int:
@@ -360,10 +367,10 @@ class Daemon:
                 if now - last_tick >= TICK_SECONDS:
                     last_tick = now
                     self._tick(now)
+                self.checkpoint(lazy=True)
             except Exception:
                 # a bug must not stop the watch; what was read is not read again
                 log.exception("internal error while watching %s; going on", self.logdir)
-            self.checkpoint(lazy=True)
             self.publish()
             self._ping()
             if not self.watcher.alive and follower.logdir_missing_since is None:

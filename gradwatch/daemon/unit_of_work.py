@@ -15,6 +15,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping
 
+from gradwatch import history as alert_history
 from gradwatch.alerts import AlertEvent
 from gradwatch.daemon import sdnotify
 from gradwatch.engine import Engine
@@ -94,7 +95,7 @@ class UnitOfWork:
         state = self.state
         try:
             state.begin()
-            self._write(changes, meta, reader, engine)
+            self._write(events, changes, meta, reader, engine)
             if outbox is not None and unsaved:
                 outbox.enqueue(state.conn, unsaved)
             state.commit()
@@ -111,7 +112,12 @@ class UnitOfWork:
         return True
 
     def _write(
-        self, changes: Iterable, meta: Mapping[str, str] | None, reader: LogdirReader, engine: Engine
+        self,
+        events: list[AlertEvent],
+        changes: Iterable,
+        meta: Mapping[str, str] | None,
+        reader: LogdirReader,
+        engine: Engine,
     ) -> None:
         readers = reader.readers
         rows = []
@@ -127,6 +133,8 @@ class UnitOfWork:
         state.save_offsets(rows)
         state.save_series(series)
         state.save_alerts(changes)
+        if events:
+            alert_history.record(state.conn, events, time.time())  # `gradwatch alerts` reads it
         for key, value in (meta or {}).items():
             state.set_meta(key, value)
 

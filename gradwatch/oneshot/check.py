@@ -10,14 +10,17 @@ from __future__ import annotations
 import json
 import math
 import textwrap
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from gradwatch.anomaly import AnomalyState
+from gradwatch.baseline import Verdict
 from gradwatch.engine import Engine
 from gradwatch.events.logdir import LogdirReader, ProblemLog, scan
 from gradwatch.events.parallel import fork_map, split_runs
 from gradwatch.fmt import escape
-from gradwatch.rules import RANK, SEVERITY_OF_RANK, Rule, Series, human, json_number
+from gradwatch.rules import RANK, SEVERITY_OF_RANK, Rule, RuleState, Series, human, json_number
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 _INDENT = " " * 14
@@ -75,7 +78,8 @@ class Finding:
     rule: Rule
     run: str
     tag: str
-    # severity -> (step, value, growth ratio or None) of the first point at that severity or worse
+    # severity -> (step, value, measure) of the first point at that severity or worse; the measure is
+    # the growth ratio, the ratio to the baseline, the anomaly's z-score, or None
     first: dict[str, tuple[int, float, float | None]] = field(default_factory=dict)
     worst: int = 0
     # rank -> points at that rank; "points at warning or worse" sums the ranks >= warning
@@ -98,7 +102,10 @@ class Finding:
             "run": self.run,
             "tag": self.tag,
             "severity": SEVERITY_OF_RANK[self.worst],
-            "first": {sev: _json_first(*first) for sev, first in self.first.items()},
+            "first": {
+                sev: _json_first(*first, "zscore" if self.rule.kind == "anomaly" else "ratio")
+                for sev, first in self.first.items()
+            },
             "points_at": {
                 sev: self.points_at(rank) for rank, sev, _ in self.rule.levels if sev in self.first
             },
@@ -114,10 +121,10 @@ class Finding:
         }
 
 
-def _json_first(step: int, value: float, ratio: float | None) -> dict[str, Any]:
+def _json_first(step: int, value: float, ratio: float | None, name: str = "ratio") -> dict[str, Any]:
     out: dict[str, Any] = {"step": step, "value": json_number(value)}
     if ratio is not None:
-        out["ratio"] = json_number(ratio)
+        out[name] = json_number(ratio)
     return out
 
 
@@ -137,6 +144,8 @@ class CheckResult:
     problems: dict[str, int]
     # every tag seen, matched or not, to explain "nothing matched"
     tags_seen: set[str] = field(default_factory=set)
+    # baseline rules' series with points that could not be compared: (rule, run, tag, points, why)
+    uncompared: list[tuple[Rule, str, str, int, str]] = field(default_factory=list)
 
     @property
     def worst(self) -> int:
@@ -160,7 +169,9 @@ def run_check(logdir: str, rules: list[Rule], problems: ProblemLog | None = None
     (gradwatch/events/parallel.py), merged in run order: the same result as one process."""
     problems = problems or ProblemLog()
     runs = scan(logdir, problems)
-    parts = fork_map(lambda group: _check_runs(logdir, rules, group), split_runs(runs))
+    # a baseline rule compares runs with each other: they must all be in the one process
+    groups = [runs] if runs and any(r.baseline is not None for r in rules) else split_runs(runs)
+    parts = fork_map(lambda group: _check_runs(logdir, rules, group), groups)
     by_name = {rule.name: rule for rule in rules}
 
     def in_run_order(items, run_of):
@@ -176,7 +187,11 @@ def run_check(logdir: str, rules: list[Rule], problems: ProblemLog | None = None
             problems.counts[kind] = problems.counts.get(kind, 0) + n
     points = sum(part.points for part in parts)
     tags_seen = set().union(*(part.tags_seen for part in parts))
-    return CheckResult(logdir, rules, findings, stats, sorted(runs), points, dict(problems.counts), tags_seen)
+    result = CheckResult(
+        logdir, rules, findings, stats, sorted(runs), points, dict(problems.counts), tags_seen
+    )
+    result.uncompared = [(by_name[u[0].name], *u[1:]) for part in parts for u in part.uncompared]
+    return result
 
 
 def _check_runs(logdir: str, rules: list[Rule], runs: dict[str, list[str]]) -> CheckResult:
@@ -195,7 +210,7 @@ def _check_runs(logdir: str, rules: list[Rule], runs: dict[str, list[str]]) -> C
             return
         f.at_rank[rank] = f.at_rank.get(rank, 0) + 1
         state = s.states[i]
-        ratio = state.ratio if rule.kind == "growth" else None
+        ratio = _ratio_of(rule, state)
         for r, sev, _ in rule.levels:
             if r <= rank and sev not in f.first:
                 f.first[sev] = (step, value, ratio)
@@ -213,16 +228,55 @@ def _check_runs(logdir: str, rules: list[Rule], runs: dict[str, list[str]]) -> C
     observe = engine.observe
     engine_runs = engine.runs
     points = 0
-    for run, tag, step, wall_time, value in reader.read_all(final=True):
+    for run, tag, step, wall_time, value in _references_first(reader, engine):
         points += 1
         observe(run, tag, step, wall_time, value)
-        if engine_runs[run][tag] is not None:
+        series = engine_runs[run][tag]
+        if series is not None and series.rules:  # not a baseline's reference that no rule watches
             st = stats.get((run, tag))
             if st is None:
                 st = stats[(run, tag)] = SeriesStats()
             st.add(step, value)
     tags_seen = {tag for tags in engine_runs.values() for tag in tags}
-    return CheckResult(logdir, rules, findings, stats, sorted(runs), points, dict(problems.counts), tags_seen)
+    result = CheckResult(
+        logdir, rules, findings, stats, sorted(runs), points, dict(problems.counts), tags_seen
+    )
+    result.uncompared = _uncompared(engine)
+    return result
+
+
+def _ratio_of(rule: Rule, state: RuleState) -> float | None:
+    """The measure check shows next to a finding: growth's ratio, the value over the baseline's,
+    or the anomaly's z-score."""
+    if rule.kind == "growth":
+        return state.ratio
+    if isinstance(state.extra, Verdict):
+        return state.extra.ratio
+    if isinstance(state.extra, AnomalyState):
+        return state.extra.z
+    return None
+
+
+def _references_first(reader: LogdirReader, engine: Engine) -> Iterator[tuple[str, str, int, float, float]]:
+    """Every point, the runs that baseline rules compare with first: a finished logdir's baseline
+    has reached every step when the other runs are compared with it."""
+    if not engine.has_baselines:
+        yield from reader.read_all(final=True)
+        return
+    paths = sorted(reader.readers, key=lambda p: (reader.readers[p][0], p))
+    reference_runs = {reader.readers[p][0] for p in paths if engine.is_reference_run(reader.readers[p][0])}
+    for path in sorted(paths, key=lambda p: reader.readers[p][0] not in reference_runs):
+        yield from reader.read_file(path, final=True)
+
+
+def _uncompared(engine: Engine) -> list[tuple[Rule, str, str, int, str]]:
+    out = []
+    for s in engine.all_series():
+        for rule, state in zip(s.rules, s.states):
+            v = state.extra
+            if isinstance(v, Verdict) and v.skipped:
+                out.append((rule, s.run, s.tag, v.skipped, v.explain(s.step)))
+    return sorted(out, key=lambda u: (u[1], u[2], u[0].name))
 
 
 def describe_rule(rule: Rule) -> str:
@@ -236,6 +290,17 @@ def describe_rule(rule: Rule) -> str:
         return f"grew {grew} within {rule.within_steps} steps"
     if rule.kind == "absent":
         return f"no point for more than {human(rule.absent_for)} s ({levels[0][1]})"
+    if rule.detector is not None:
+        d = rule.detector
+        away = {"both": "from", "above": "above", "below": "below"}[d.direction]
+        sigmas = ", ".join(f"{human(level)} sd ({sev})" for _, sev, level in levels)
+        scale = " on a log scale" if d.log else ""
+        return f"{sigmas} {away} the last {d.window} points{scale}"
+    if rule.baseline is not None:
+        b = rule.baseline
+        times = ", ".join(f"x{human(level)} ({sev})" for _, sev, level in levels)
+        which = b.runs[0] if len(b.runs) == 1 else "the median of " + " ".join(b.runs)
+        return f"{times} {'below' if b.below else 'above'} {escape(which)} at the same step"
     return f"NaN or ±Inf ({levels[0][1]})"
 
 
@@ -260,7 +325,7 @@ def write_text(result: CheckResult, out: TextIO) -> None:
         present = [(rank, sev) for rank, sev, _ in sorted(rule.levels) if sev in f.first]
         for _, sev in present:
             step, value, ratio = f.first[sev]
-            extra = f" (x{human(ratio)})" if ratio is not None else ""
+            extra = "" if ratio is None else f" ({ratio:.1f} sd)" if rule.detector else f" (x{human(ratio)})"
             out.write(f"{_INDENT}{sev:8} first at step {step}: {human(value)}{extra}\n")
         counts = ", ".join(
             f"{f.points_at(rank):,}"
@@ -283,6 +348,7 @@ def write_text(result: CheckResult, out: TextIO) -> None:
                 )
                 + "\n"
             )
+    _write_uncompared(result, out)
     code = result.exit_code
     crit = sum(1 for f in alerted if f.worst >= RANK["critical"])
     warn = sum(1 for f in alerted if RANK["warning"] <= f.worst < RANK["critical"])
@@ -307,6 +373,18 @@ def write_text(result: CheckResult, out: TextIO) -> None:
     out.write(f"\n{STATUS[code]}: {summary}\n")
 
 
+def _write_uncompared(result: CheckResult, out: TextIO) -> None:
+    """Points a baseline rule could not judge: not evidence, but the reader must know."""
+    if not result.uncompared:
+        return
+    out.write("\nnot compared with a baseline (not evidence either way)\n")
+    for rule, run, tag, points, why in result.uncompared:
+        out.write(
+            f"  {rule.name} on run {escape(run)}, {escape(tag)}: "
+            f"{points:,} points not compared; at the last point: {why}\n"
+        )
+
+
 def _series_text(st: SeriesStats) -> str:
     peak = st.extreme("max")
     parts = [f"{st.count:,} points"]
@@ -328,6 +406,10 @@ def write_json(result: CheckResult, out: TextIO) -> None:
         "series": len(result.stats),
         "points": result.points,
         "findings": [f.to_json(result.stats[(f.run, f.tag)]) for f in result.alerted()],
+        "not_compared": [
+            {"rule": rule.name, "run": run, "tag": tag, "points": points, "last": why}
+            for rule, run, tag, points, why in result.uncompared
+        ],
         "problems": result.problems,
     }
     json.dump(doc, out, indent=2)

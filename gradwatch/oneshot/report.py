@@ -99,7 +99,8 @@ def first_alerts(tag: str, values: dict[str, dict[int, float]], rules: list[Rule
                 found.setdefault(step, {}).setdefault(s.run, {})[rule.name] = sev
 
     engine = Engine(rules, sink)
-    for run, points in values.items():
+    # a baseline rule's reference runs first: a finished baseline has then reached every step
+    for run, points in sorted(values.items(), key=lambda item: not engine.is_reference_run(item[0])):
         for step in sorted(points):
             # wall time is not kept here: absence rules (gaps in wall time) never fire in a report
             engine.observe(run, tag, step, 0.0, points[step])

@@ -179,13 +179,14 @@ def run_case(rules, case: Case) -> list[Alert]:
             actual.append(Alert(rule.name, s.run, s.tag, severity, step, tuple(sorted(rendered.items()))))
 
     engine = Engine(rules, sink)
-    # interleave the series by wall time, as a trainer would write them
+    # interleave the series by wall time, as a trainer would write them; at the same time a
+    # baseline rule's reference goes first (it has reached the step another run logs with it)
     points = sorted(
-        (w, k, s.run, s.tag, step, v)
+        (w, not engine.is_reference(s.run, s.tag), k, s.run, s.tag, step, v)
         for k, s in enumerate(case.series)
         for step, v, w in zip(s.steps, s.values, s.wall_times)
     )
-    for w, _, run, tag, step, v in points:
+    for w, _, _, run, tag, step, v in points:
         engine.observe(run, tag, step, w, v)
     return actual
 
