@@ -134,7 +134,7 @@ def test_the_daemon_goes_round_its_files_while_one_has_much_to_read(tmp_path, mo
     import numpy as np
     from tensorboardX import SummaryWriter
 
-    import gradwatch.daemon.follower as daemon_module
+    import gradwatch.daemon.reading as daemon_module
     from gradwatch.config import Config
     from gradwatch.daemon import Daemon
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from tensorboardX import SummaryWriter
 
-import gradwatch.daemon.follower as daemon_module
+import gradwatch.daemon.reading as daemon_module
 from gradwatch.config import Config, check_stop_file_template
 from gradwatch.daemon import Daemon
 from gradwatch.events.records import CHUNK_BYTES

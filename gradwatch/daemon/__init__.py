@@ -10,7 +10,8 @@ from gradwatch.daemon.command import (
     config_from_args,
     install_signals,
 )
-from gradwatch.daemon.loop import Daemon, ListenError
+from gradwatch.daemon.errors import ListenError
+from gradwatch.daemon.loop import Daemon
 from gradwatch.daemon.status import Status
 
 __all__ = [

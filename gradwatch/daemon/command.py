@@ -15,7 +15,8 @@ from gradwatch.config import (
     load_config,
     parse_listen,
 )
-from gradwatch.daemon.loop import Daemon, ListenError
+from gradwatch.daemon.errors import ListenError
+from gradwatch.daemon.loop import Daemon
 from gradwatch.logjson import setup_logging
 from gradwatch.rulefile import load_rules
 from gradwatch.yamlconf import ConfigError, Problem

@@ -12,27 +12,23 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from gradwatch.config import Config
+from gradwatch.daemon.reading import FileReads
 from gradwatch.daemon.unit_of_work import UnitOfWork
 from gradwatch.daemon.watcher import MARKERS, NEW_DIR, POLL, RESCAN, Watcher
 from gradwatch.engine import Engine
 from gradwatch.events.logdir import (
     UNREADABLE_DIRECTORY,
-    UNREADABLE_FILE,
     LogdirError,
     LogdirReader,
     ProblemLog,
     scan,
 )
-from gradwatch.events.records import DEFAULT_READ_BUDGET
 
 log = logging.getLogger("gradwatch")
 
-# points between two looks at the stop flag and the systemd watchdog while reading one big file
-BATCH_POINTS = 50_000
-READ_BUDGET = DEFAULT_READ_BUDGET  # bytes of one file per turn of the loop; then the others
 # inotify delivers within a millisecond; a change older than this that it never reported was missed
 MISSED_AFTER = 2.0
 # an inotify observer that dies again this soon after a restart is given up for polling
@@ -60,7 +56,6 @@ class Follower:
         self.logdir = logdir
         self.config = config  # replaced on reload (poll, forget_after, rescan_interval)
         self.reader = reader
-        self.engine = engine
         self.problems = problems
         self.uow = uow
         self._stopping = stopping
@@ -68,97 +63,29 @@ class Follower:
         self._ping = ping
         self._checkpoint = checkpoint
         self._forget_run_state = forget_run_state
+        self.reads = FileReads(reader, engine, problems, uow, stopping, ping, self._vanished)
         self.watcher = Watcher(logdir, config.poll)
         self.watching = False
         self.saved_files: dict[str, str] | None = saved_files  # path -> run, until the first scan
         self.known_runs: set[str] = set(saved_files.values())
-        # path -> (size, mtime_ns) seen just before the last read: polls read only what changed
-        self.seen: dict[str, tuple[int, int]] = {}
-        self.unreadable: set[str] = set()
-        self.read_again: set[str] = set()  # files whose last read stopped at READ_BUDGET
         self.unreadable_dirs: set[str] = set()
         self.missing: dict[str, float] = {}  # run -> monotonic time it was first missed
         self.logdir_missing_since: float | None = None
         # the logdir did not exist at start-up: all of it is written after we started, nothing is history
         self.logdir_created_after_start = False
         self.want_rescan = False
-        # a file whose reading a stop interrupted: nothing since the last commit may be committed
-        self.abandoned: str | None = None
         self.last_rescan = 0.0
         self.drained_at = time.time()
         self._watcher_restarted = -WATCHER_RESTART_WINDOW
-        self._observed = 0  # points of the last read pass
-        self.points = 0
-        self.records = 0  # TFRecords verified, for gradwatch_records_read_total
 
     # -- reading -------------------------------------------------------------
-    def read_file(self, path: str, st: os.stat_result | None = None) -> int:
-        """Read what is new in one known event file, READ_BUDGET bytes of it; returns the number
-        of points (the rest is read on the next turn: ``read_again``)."""
-        entry = self.reader.readers.get(path)
-        if entry is None or self.abandoned is not None:
-            return 0
-        run, reader = entry
-        if st is None:
-            try:
-                st = os.stat(path)
-            except OSError as e:
-                self._read_error(path, e)
-                return 0
-        # recorded before reading: bytes appended while we read show up as a change next time
-        self.seen[path] = (st.st_size, st.st_mtime_ns)
-        records_before = reader.tail.records
-        points = reader.read(budget=READ_BUDGET)
-        try:
-            self._observe(run, path, points)
-        except OSError as e:
-            self._read_error(path, e)
-        except Exception:
-            if path not in self.unreadable:
-                log.exception("%s: offset %d: cannot read this file; will retry", path, reader.offset)
-            self.unreadable.add(path)
-            self.seen.pop(path, None)
-        else:
-            if path in self.unreadable:
-                self.unreadable.discard(path)
-                log.info("%s: readable again", path)
-        finally:
-            points.close()
-            self.records += reader.tail.records - records_before
-            if reader.pending:
-                self.read_again.add(path)
-        n = self._observed
-        self.uow.read(run, path, n)
-        self.points += n
-        return n
+    def _vanished(self) -> None:
+        self.want_rescan = True
 
-    def _observe(self, run: str, path: str, points: Iterator[tuple[str, int, float, float]]) -> None:
-        """The hot loop: every point of a read pass into the engine; the count lands in
-        ``_observed`` even when the reader fails halfway (what was observed is marked dirty)."""
-        observe = self.engine.observe
-        n = 0
-        check_at = BATCH_POINTS
-        try:
-            for tag, step, wall_time, value in points:
-                observe(run, tag, step, wall_time, value)
-                n += 1
-                if n == check_at:
-                    # a long catch-up still answers systemd's watchdog and SIGTERM
-                    check_at += BATCH_POINTS
-                    self._ping()
-                    if self._stopping.is_set():
-                        self.abandoned = path
-                        break
-        finally:
-            self._observed = n
-
-    def _read_error(self, path: str, e: OSError) -> None:
-        self.seen.pop(path, None)  # so the next poll or safety check tries again
-        if isinstance(e, (FileNotFoundError, NotADirectoryError)):
-            self.want_rescan = True  # the rescan tells a deleted file from a deleted run
-            return
-        self.unreadable.add(path)
-        self.problems(UNREADABLE_FILE, path, -1, f"{e.strerror or e}; will retry")
+    @property
+    def read_again(self) -> set[str]:
+        """Files whose last read stopped at the byte budget (read on the next turn)."""
+        return self.reads.read_again
 
     def rescan(self, periodic: bool = False) -> None:
         """Find new and vanished runs and files; read the new files."""
@@ -224,7 +151,7 @@ class Follower:
             if self._stopping.is_set():
                 break  # catching up when told to stop: the rest is read next time
             if self._ready.is_set():
-                self.read_file(p)  # live: a budget per turn, round robin with every other file
+                self.reads.read_file(p)  # live: a budget per turn, round robin with every other file
             else:
                 self._read_through(p)  # the first catch-up reads each file to its end
             self._ping()
@@ -234,11 +161,12 @@ class Follower:
     def _read_through(self, path: str) -> None:
         """Read ``path`` to its end a budget at a time, so a multi-GB file of images still answers
         systemd's watchdog and SIGTERM and keeps its progress (offsets are exact between reads)."""
+        read_again = self.reads.read_again
         while not self._stopping.is_set():
-            self.read_file(path)
-            if path not in self.read_again:
+            self.reads.read_file(path)
+            if path not in read_again:
                 return
-            self.read_again.discard(path)
+            read_again.discard(path)
             self._ping()
             self._checkpoint(lazy=True)
 
@@ -265,18 +193,19 @@ class Follower:
         """Read every known file that changed since we last read it (polling, safety net)."""
         missed = 0
         limit = self.drained_at - MISSED_AFTER
+        reads = self.reads
         for path, (run, _) in list(self.reader.readers.items()):
             if run in self.missing:
                 continue
             try:
                 st = os.stat(path)
             except OSError as e:
-                self._read_error(path, e)
+                reads.read_error(path, e)
                 continue
-            if (st.st_size, st.st_mtime_ns) != self.seen.get(path):
-                if periodic and path not in self.unreadable and st.st_mtime < limit and path in self.seen:
+            if (st.st_size, st.st_mtime_ns) != reads.seen.get(path):
+                if periodic and path not in reads.unreadable and st.st_mtime < limit and path in reads.seen:
                     missed += 1
-                self.read_file(path, st)
+                reads.read_file(path, st)
         if missed and self.watcher.mode == "inotify":
             self._inotify_missed(f"it did not report changes to {missed} event file(s)")
 
@@ -320,8 +249,7 @@ class Follower:
 
     def _forget_file(self, path: str) -> None:
         self.reader.forget(path)
-        self.seen.pop(path, None)
-        self.unreadable.discard(path)
+        self.reads.forget(path)
         self.uow.forget_file(path)
 
     def _forget_run(self, run: str) -> None:
@@ -368,15 +296,15 @@ class Follower:
     def handle(self, changed: set[str]) -> None:
         """Read what the watcher says may have changed; rescan when a directory did or it is time."""
         readers = self.reader.readers
-        changed |= self.read_again  # round robin: what one turn left unread, beside the rest
-        self.read_again = set()
+        changed |= self.reads.read_again  # round robin: what one turn left unread, beside the rest
+        self.reads.read_again.clear()
         rescan = RESCAN in changed or self.want_rescan or self.logdir_missing_since is not None
         if POLL in changed and self.logdir_missing_since is None:
             self.check_files()
             rescan = rescan or self.watcher.dirs_changed()
         for path in changed:
             if path in readers:
-                self.read_file(path)
+                self.reads.read_file(path)
             elif path not in MARKERS:
                 rescan = True  # a file we do not know yet
         if rescan:
@@ -426,3 +354,11 @@ class Follower:
     @property
     def runs(self) -> int:
         return len({run for run, _ in self.reader.readers.values()})
+
+
+def logdir_problem(logdir: str) -> str | None:
+    if not os.path.isdir(logdir):
+        return "not a directory" if os.path.exists(logdir) else "no such directory"
+    if not os.access(logdir, os.R_OK | os.X_OK):
+        return "permission denied"
+    return None

@@ -14,8 +14,6 @@ and the demo read (gradwatch/daemon/status.py).
 
 from __future__ import annotations
 
-import dataclasses
-import errno
 import logging
 import os
 import sqlite3
@@ -29,14 +27,15 @@ from gradwatch.alerts import ACTIVE, AlertBook, alert_key
 from gradwatch.config import Config, build_notifiers, parse_listen
 from gradwatch.daemon import reload as reloading
 from gradwatch.daemon import sdnotify
+from gradwatch.daemon.coverage import RuleCoverage
 from gradwatch.daemon.effects import Effects
-from gradwatch.daemon.follower import Follower
-from gradwatch.daemon.status import Status, alert_rows, outbox_rows, series_rows, transition_rows
+from gradwatch.daemon.errors import ListenError
+from gradwatch.daemon.follower import Follower, logdir_problem
+from gradwatch.daemon.status import Status, StatusBoard
 from gradwatch.daemon.unit_of_work import UnitOfWork
 from gradwatch.daemon.watcher import Watcher
 from gradwatch.engine import Engine
 from gradwatch.events.logdir import LogdirReader, ProblemLog
-from gradwatch.fmt import escape as clean_name
 from gradwatch.rulefile import load_rules
 from gradwatch.rules import Rule, Series
 from gradwatch.state import StateDB, StateError, restore_series
@@ -61,7 +60,6 @@ class Daemon:
             raise ConfigError([Problem(config.source or "gradwatch watch", 0, "logdir", _NO_LOGDIR)])
         self.config = config
         self.logdir = os.path.abspath(config.logdir)
-        self.clock = clock
         self.loader = config_loader
         self.rules: list[Rule] = load_rules(config.rules)
         self.problems = ProblemLog()
@@ -71,15 +69,15 @@ class Daemon:
         except (StateError, sqlite3.Error) as e:
             raise ConfigError([Problem("gradwatch watch", 0, "state_dir", str(e))]) from None
         try:
-            self._setup(out)
+            self._setup(out, clock)
         except BaseException:
             self.state.close()
             raise
 
-    def _setup(self, out: TextIO | None) -> None:
+    def _setup(self, out: TextIO | None, clock: Callable[[], float]) -> None:
         config = self.config
         self.first_start = self.state.meta("catchup_done") is None
-        self.book = AlertBook(self.rules, clock=self.clock, live=True)
+        self.book = AlertBook(self.rules, clock=clock, live=True)
         self.book.restore(self.state.alerts())
         saved_files = self.state.files()
         self._saved_series = self.state.series()
@@ -112,17 +110,11 @@ class Daemon:
             self.engine.series(run, tag)
         self._saved_series = {}
         self.effects = Effects(self.logdir, config, self.book, out)
-        self.notifiers = build_notifiers(config)
-        self.outbox = self._make_outbox(self.notifiers)
+        self.outbox = self._make_outbox(build_notifiers(config))
         self._closed = False
-        # runs already checked for "no series matches any rule" (each is warned about once)
-        self._checked_runs: set[str] = set()
-        self._last_ping = time.monotonic()
-        self._watchdog_every: float | None = None
-        self._transitions: dict[tuple[str, str, str], int] = {}
-        self._changes = 0  # bumped by rare changes (transition, readiness, reload): Status.changes
-        self.status = Status(rules=len(self.rules))
-        self._published_series = (-1, (), 0)  # (series version, rows, watched) of the last status
+        self.coverage = RuleCoverage(self.engine)
+        self.watchdog = sdnotify.Watchdog()
+        self.board = StatusBoard(len(self.rules))
         self.metrics = self._make_metrics()
 
     # -- parts other modules look at -----------------------------------------
@@ -135,12 +127,17 @@ class Daemon:
         return self.effects.stopper
 
     @property
+    def status(self) -> Status:
+        """The latest snapshot: what the exporter, health and the demo read."""
+        return self.board.status
+
+    @property
     def effect_failures(self) -> dict[str, int]:
         return self.effects.failures
 
     @property
     def points(self) -> int:
-        return self.follower.points
+        return self.follower.reads.points
 
     @property
     def series_watched(self) -> int:
@@ -195,7 +192,7 @@ class Daemon:
         and they hold no transition: a transition is always committed at once).
         Returns False when the state DB refused (the work is kept and committed next time).
         """
-        if self.follower.abandoned is not None:
+        if self.follower.reads.abandoned is not None:
             return False
         if lazy and not self.book.events and not self.uow.due():
             return True
@@ -204,11 +201,7 @@ class Daemon:
         if not (events or changes or meta or self.uow.has_work()):
             return True
         self.effects.before_commit(events, self.uow.dirty_runs)
-        for e in events:
-            key = (e.rule, e.severity, e.kind)
-            self._transitions[key] = self._transitions.get(key, 0) + 1
-        if events:
-            self._changes += 1  # /metrics serves no body cached from before a transition
+        self.board.count(events)
         saved = self.uow.commit(events, changes, meta, self.reader, self.engine, self.outbox)
         if not saved:
             self.book.changed.update(changes)  # written again by the next attempt
@@ -216,31 +209,22 @@ class Daemon:
         return saved
 
     def publish(self) -> None:
-        """Replace the status snapshot (one assignment: readers on other threads see old or new)."""
-        version = self.uow.series_version
-        if self._published_series[0] != version:
-            rows = series_rows(self.engine.all_series())
-            self._published_series = (version, rows, self.series_watched)
-        _, series, watched = self._published_series
+        """Replace the status snapshot other threads read (gradwatch/daemon/status.py)."""
         outbox = self.outbox
-        self.status = Status(
+        self.board.publish(
+            series_version=self.uow.series_version,
+            series=self.engine.all_series,
+            rules=self.rules,
+            firing=self.book.firing(),
+            problems=self.problems.counts,
+            outbox=outbox.stats() if outbox is not None else {},
             ready=self.ready.is_set(),
-            rules=len(self.rules),
             runs=self.follower.runs,
             files=self.follower.files,
-            series=series,
-            series_watched=watched,
-            alerts=alert_rows(self.book.firing()),
-            transitions=transition_rows(self.rules, self._transitions),
-            problems=tuple(sorted(self.problems.counts.items())),
-            outbox=outbox_rows(outbox.stats()) if outbox is not None else (),
-            records=self.follower.records,
-            points=self.follower.points,
-            reload_ok=self.status.reload_ok,
-            reload_time=self.status.reload_time,
+            records=self.follower.reads.records,
+            points=self.follower.reads.points,
             state_save_error=self.uow.db_error,
             state_save_errors=self.uow.save_errors,
-            changes=self._changes,
         )
 
     # -- lifecycle -----------------------------------------------------------
@@ -274,39 +258,8 @@ class Daemon:
             self.series_watched,
             len(self.book.firing()),
         )
-        runs = list(self.engine.runs)
-        self._checked_runs.update(runs)
-        if self.series_watched == 0 and (tags := self._unmatched_tags(runs)):
-            log.warning(
-                "no series matches any rule (%d rules loaded): nothing here can alert; tags seen: %s. "
-                "Point the rules' match: at your tag names (docs/rules.md)",
-                len(self.rules),
-                tags,
-            )
+        self.coverage.after_catch_up(len(self.rules), self.series_watched)
         return True
-
-    def _unmatched_tags(self, runs: list[str], most: int = 20) -> str:
-        """The tags of ``runs`` that no rule matches, escaped, for a log line ("" if none)."""
-        tags = sorted(
-            {
-                tag
-                for run in runs
-                for tag, s in self.engine.runs.get(run, {}).items()
-                if s is None or not s.rules
-            }
-        )
-        more = f" and {len(tags) - most} more" if len(tags) > most else ""
-        return ", ".join(clean_name(t) for t in tags[:most]) + more
-
-    def _check_new_runs(self) -> None:
-        """Warn once about a run that appeared after the catch-up and has no series any rule matches."""
-        for run in self.engine.runs.keys() - self._checked_runs:
-            self._checked_runs.add(run)
-            if any(s is not None and s.rules for s in self.engine.runs[run].values()):
-                continue
-            tags = self._unmatched_tags([run])
-            if tags:
-                log.warning("run %s: no series matches any rule; tags seen: %s", clean_name(run), tags)
 
     def start_services(self) -> None:
         if self.metrics is not None:
@@ -320,7 +273,7 @@ class Daemon:
 
     def run(self) -> None:
         """Catch up, then follow the logdir until ``stop()``."""
-        self._watchdog_every = sdnotify.watchdog_interval()
+        self.watchdog.start()
         try:
             self.start_services()
             if self._wait_for_logdir():
@@ -333,7 +286,7 @@ class Daemon:
     def _wait_for_logdir(self) -> bool:
         told = False
         while not self._stop.is_set():
-            problem = _logdir_problem(self.logdir)
+            problem = logdir_problem(self.logdir)
             if problem is None:
                 return True
             if not told:
@@ -342,14 +295,14 @@ class Daemon:
                 log.warning("%s: %s; waiting for it", self.logdir, problem)
                 # up and doing its job: systemd must not time the start out
                 sdnotify.ready(f"waiting for {self.logdir} ({problem})")
-            self.watcher.wait(min(TICK_SECONDS, self._watchdog_every or TICK_SECONDS))
+            self.watcher.wait(min(TICK_SECONDS, self.watchdog.every or TICK_SECONDS))
             self._ping()
             self._reload_if_asked()
         return False
 
     def _loop(self) -> None:
         self.ready.set()
-        self._changes += 1
+        self.board.changed()
         self.publish()
         sdnotify.ready(self._watching_status())
         log.info("watching %s (%s)", self.logdir, self.watcher.mode)
@@ -379,15 +332,16 @@ class Daemon:
     def _wait_timeout(self) -> float:
         now = time.monotonic()
         timeout = min(TICK_SECONDS, self.follower.last_rescan + self.config.rescan_interval - now)
-        if self._watchdog_every:
-            timeout = min(timeout, self._last_ping + self._watchdog_every - now)
+        ping_in = self.watchdog.due_in(now)
+        if ping_in is not None:
+            timeout = min(timeout, ping_in)
         if self.follower.read_again:
             timeout = 0  # a file has more to read: look at the others, then go on with it
         return max(0.01, timeout)
 
     def _tick(self, now: float) -> None:
         self.book.tick(self.absent.values())
-        self._check_new_runs()
+        self.coverage.check_new_runs()
         if self.follower.missing:
             self.follower.expire_missing(now)
         if self.outbox is not None and hasattr(self.outbox, "resend_firing"):
@@ -397,9 +351,7 @@ class Daemon:
         return f"watching {self.follower.files} event files in {self.logdir}"
 
     def _ping(self) -> None:
-        if self._watchdog_every and time.monotonic() - self._last_ping >= self._watchdog_every:
-            sdnotify.watchdog()
-            self._last_ping = time.monotonic()
+        self.watchdog.ping()
 
     def shutdown(self) -> None:
         if self._closed:
@@ -407,10 +359,10 @@ class Daemon:
         self._closed = True
         sdnotify.stopping()
         self.watcher.stop()
-        if self.follower.abandoned is not None:
+        if self.follower.reads.abandoned is not None:
             log.info(
                 "stopped while reading %s; what was read since the last commit is read again next time",
-                self.follower.abandoned,
+                self.follower.reads.abandoned,
             )
         try:
             self.checkpoint()
@@ -442,12 +394,7 @@ class Daemon:
         loaded = reloading.load(self.config, self.loader)
         ok = loaded is not None and self._apply_safely(*loaded)
         sdnotify.ready(self._watching_status())
-        self._changes += 1
-        previous = self.status
-        reload_time = time.time() if ok else previous.reload_time
-        self.status = dataclasses.replace(
-            previous, reload_ok=ok, reload_time=reload_time, rules=len(self.rules), changes=self._changes
-        )
+        self.board.reloaded(ok, len(self.rules))
         return ok
 
     def _apply_safely(self, config: Config, rules: list[Rule]) -> bool:
@@ -479,37 +426,10 @@ class Daemon:
     def _replace_outbox(self, notifiers: list) -> None:
         if self.outbox is not None:
             self.outbox.stop(timeout=2)
-        self.notifiers = notifiers
         self.outbox = self._make_outbox(notifiers)
         if self.outbox is not None:
             self.outbox.start()
         log.info("notifiers: %s", ", ".join(n.name for n in notifiers) or "console only")
 
 
-class ListenError(Exception):
-    """The metrics/health endpoint cannot listen where it was told to."""
-
-    def __init__(self, listen: str, error: OSError) -> None:
-        self.in_use = error.errno == errno.EADDRINUSE
-        hint = (
-            "another process (another gradwatch?) listens there: give this one its own --listen "
-            "HOST:PORT, or --listen '' to turn the endpoint off"
-            if self.in_use
-            else "check the host part of --listen / listen:"
-        )
-        reason = error.strerror or str(error)
-        if "cannot listen" in reason:  # the exporter's own message already names the address
-            super().__init__(f"{reason}; {hint}")
-        else:
-            super().__init__(f"cannot listen on {listen}: {reason}; {hint}")
-
-
 _NO_LOGDIR = "no logdir to watch: give one on the command line or as `logdir:` in the config file"
-
-
-def _logdir_problem(logdir: str) -> str | None:
-    if not os.path.isdir(logdir):
-        return "not a directory" if os.path.exists(logdir) else "no such directory"
-    if not os.access(logdir, os.R_OK | os.X_OK):
-        return "permission denied"
-    return None

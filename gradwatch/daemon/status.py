@@ -2,18 +2,19 @@
 
 The daemon thread builds a new :class:`Status` once per loop iteration (and
 after each commit during a catch-up) and replaces the previous one with a
-single assignment. Readers on other threads get an immutable value made of
+single assignment (:class:`StatusBoard`). Readers on other threads get an immutable value made of
 plain tuples, so they never iterate a dict the daemon thread is changing and
 never need to know the daemon's attributes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from gradwatch.alerts import DEESCALATED, ESCALATED, FIRING, REPEAT, RESOLVED, Alert
+from gradwatch.alerts import DEESCALATED, ESCALATED, FIRING, REPEAT, RESOLVED, Alert, AlertEvent
 from gradwatch.rules import SEVERITY_OF_RANK, Rule, Series
 
 TRANSITION_KINDS = (FIRING, ESCALATED, DEESCALATED, RESOLVED, REPEAT)
@@ -81,3 +82,64 @@ def outbox_rows(stats: dict[str, dict[str, int]]) -> tuple[OutboxRow, ...]:
         (ch, st.get("sent", 0), st.get("failed", 0), st.get("queued", 0), st.get("dropped", 0))
         for ch, st in sorted(stats.items())
     )
+
+
+class StatusBoard:
+    """Builds the daemon's :class:`Status` and holds the current one. Only the daemon thread calls
+    the methods; other threads read ``status`` (one attribute: the old snapshot or the new)."""
+
+    def __init__(self, rules: int) -> None:
+        self.status = Status(rules=rules)
+        self._transitions: dict[TransitionKey, int] = {}
+        self._changes = 0  # rare changes (transition, readiness, reload): Status.changes
+        self._series: tuple[int, tuple[SeriesRow, ...], int] = (-1, (), 0)  # version, rows, watched
+
+    def count(self, events: Iterable[AlertEvent]) -> None:
+        """Transitions decided (counted when decided, whatever the commit)."""
+        for e in events:
+            key = (e.rule, e.severity, e.kind)
+            self._transitions[key] = self._transitions.get(key, 0) + 1
+            self._changes += 1  # /metrics serves no body cached from before a transition
+
+    def changed(self) -> None:
+        """A rare change the next snapshot carries (readiness): no cached /metrics from before it."""
+        self._changes += 1
+
+    def reloaded(self, ok: bool, rules: int) -> None:
+        self._changes += 1
+        previous = self.status
+        reload_time = time.time() if ok else previous.reload_time
+        self.status = dataclasses.replace(
+            previous, reload_ok=ok, reload_time=reload_time, rules=rules, changes=self._changes
+        )
+
+    def publish(
+        self,
+        *,
+        series_version: int,
+        series: Callable[[], Iterable[Series]],
+        rules: list[Rule],
+        firing: Iterable[Alert],
+        problems: dict[str, int],
+        outbox: dict[str, dict[str, int]],
+        **plain: object,  # ready, runs, files, records, points, state_save_error, state_save_errors
+    ) -> None:
+        """Replace the snapshot; the series rows are rebuilt only when ``series_version`` moved."""
+        if self._series[0] != series_version:
+            current = list(series())
+            self._series = (series_version, series_rows(current), sum(1 for s in current if s.rules))
+        _, rows, watched = self._series
+        previous = self.status
+        self.status = Status(
+            rules=len(rules),
+            series=rows,
+            series_watched=watched,
+            alerts=alert_rows(firing),
+            transitions=transition_rows(rules, self._transitions),
+            problems=tuple(sorted(problems.items())),
+            outbox=outbox_rows(outbox),
+            reload_ok=previous.reload_ok,
+            reload_time=previous.reload_time,
+            changes=self._changes,
+            **plain,  # type: ignore[arg-type]
+        )
