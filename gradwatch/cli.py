@@ -181,6 +181,10 @@ def _output(path: str | None) -> Iterator[TextIO]:
         yield f
 
 
+# commands whose every failure is an exit code of the monitoring convention (the daemon has its own)
+ONE_SHOT_COMMANDS = ("check", "export", "report", "rules")
+
+
 class UsageError(Exception):
     """A problem with what the user asked for: printed as one line, exit 3."""
 
@@ -197,12 +201,15 @@ def cmd_check(args) -> int:
     try:
         rules = _load_rules(args.rules)
         result = check.run_check(args.logdir, rules, ProblemLog())
-    except (ConfigError, LogdirError) as e:
-        # monitoring plugins read stdout: the status line goes there, the detail stays on stderr
+    except Exception as e:
+        # monitoring plugins read stdout: the status line goes there, the detail stays on stderr;
+        # an unforeseen failure (main logs it) is UNKNOWN too, never a bare traceback
+        known = isinstance(e, (ConfigError, LogdirError))
+        shown = e if known else RuntimeError(f"check could not run: {type(e).__name__}: {e}")
         if args.json:
-            check.write_error_json(args.logdir, str(e), sys.stdout)
+            check.write_error_json(args.logdir, str(shown), sys.stdout)
         else:
-            check.write_error_text(e, sys.stdout)
+            check.write_error_text(shown, sys.stdout)
         raise
     (check.write_json if args.json else check.write_text)(result, sys.stdout)
     return result.exit_code
@@ -323,6 +330,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt:
         return 130
+    except Exception as e:
+        if args.command not in ONE_SHOT_COMMANDS:
+            raise
+        # a bug or an unforeseen failure: UNKNOWN (3) as commands.md says, not Python's 1 (WARNING
+        # to a monitoring system); one escaped line, the traceback only with -v
+        log.error("%s could not run: %s: %s", args.command, type(e).__name__, e, exc_info=args.verbose)
+        return UNKNOWN
 
 
 if __name__ == "__main__":

@@ -160,9 +160,13 @@ def run_demo(keep: str | None = None, speed: float = 1.0, out: TextIO | None = N
 def outcome(last_step: int, stopped: bool) -> str:
     """What happened to the exploding run, in one sentence."""
     final = f"{human(SEED_ACTOR_CNN[-1])} at step {SEED_STEPS[-1]}"
+    # decided on the stop-file alone: one written at the last step still stopped the run
+    # (and the lines after this one say it was written)
     if stopped and last_step < SEED_STEPS[-1]:
         return (
             f"{EXPLODING} stopped after step {last_step}; unattended its {SEED_TAG} "
             f"would have reached {final}."
         )
+    if stopped:
+        return f"{EXPLODING} was stopped at its last step {last_step}; its {SEED_TAG} reached {final}."
     return f"{EXPLODING} was not stopped (no stop-file was written); its {SEED_TAG} reached {final}."

@@ -41,7 +41,7 @@ from typing import Any
 
 from gradwatch.alerts import alert_key
 from gradwatch.anomaly import AnomalyState
-from gradwatch.rules import Rule, RuleState, Series
+from gradwatch.rules import Rule, RuleState, Series, shown_name
 
 log = logging.getLogger("gradwatch.state")
 
@@ -108,8 +108,9 @@ def from_db_text(value: str | bytes) -> str:
 
 
 def shown(name: str) -> str:
-    """A name for a log line: quoted, control characters and undecodable bytes escaped."""
-    return repr(name)
+    """A name for a log line: quoted and escaped as every other log line shows names; a path
+    (up to PATH_MAX) is shown whole, so the dropped row can be found."""
+    return shown_name(name, limit=4096)
 
 
 # -- numbers in JSON --------------------------------------------------------------

@@ -453,3 +453,21 @@ def test_every_problem_kind_the_reader_reports_starts_at_zero():
     text = generate_latest(status_metrics().registry).decode()
     for kind in PROBLEM_KINDS:
         assert f'gradwatch_read_problems_total{{kind="{kind}"}} 0.0' in text
+
+
+def test_label_values_are_data_and_round_trip_a_real_scrape():
+    """Review 6: label values are kept exact (a line break, a quote, a bidi override): the
+    exposition format escapes \\, " and newline itself, and escaping them again would change the
+    series' identity. Only bytes that are not UTF-8 (Linux names) become \\xNN."""
+    from gradwatch.rules import Series
+
+    run, tag = 'evil\n"run"\\\u202e', "grad\udcffnorm"
+    s = Series(run, tag, [])
+    s.step, s.wall_time, s.value = 7, 1.0, 3.5
+    status = Status(series=series_rows([s]))
+    with MetricsServer(Metrics(lambda: status, process_metrics=False), "127.0.0.1", 0) as srv:
+        status, _, body = get(srv.url + "/metrics")
+    assert status == 200
+    families = text_string_to_metric_families(body.decode())
+    (family,) = [f for f in families if f.name == "gradwatch_scalar_value"]
+    assert [sample.labels for sample in family.samples] == [{"run": run, "tag": "grad\\xffnorm"}]

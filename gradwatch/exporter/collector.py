@@ -148,7 +148,11 @@ def _family(name: str) -> Metric:
 
 
 def _label(name: str) -> str:
-    """A run or tag name as a label value: bytes that are not UTF-8 (Linux names) shown as \\xNN."""
+    """A run or tag name as a label value: bytes that are not UTF-8 (Linux names) shown as \\xNN.
+
+    Everything else is kept exact: label values are data (the exposition format escapes
+    backslash, quote and newline itself); escaping more would change the series' identity.
+    """
     return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 

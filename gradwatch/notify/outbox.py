@@ -289,6 +289,7 @@ class _Channel(threading.Thread):
         self._next_attempt = 0.0  # monotonic
         self._last_send = -1e9  # monotonic
         self._outage_logged = False
+        self._retry_after_capped = False
         self._dropped_in_outage = 0
         self._refresh_failing = False
         self._next_prune = 0.0
@@ -436,7 +437,7 @@ class _Channel(threading.Thread):
         self._attempts += 1
         with self._lock:
             self.failed += 1
-        delay = self.outbox.backoff(self._attempts, retry_after)
+        delay = self.outbox.backoff(self._attempts, self._capped(retry_after))
         self._next_attempt = time.monotonic() + delay
         ids = [r.id for r in rows]
         self._write(
@@ -450,6 +451,22 @@ class _Channel(threading.Thread):
             self._outage_logged = True
         else:
             log.debug("%s: attempt %d failed, next in %.1f s: %s", self.name, self._attempts, delay, message)
+
+    def _capped(self, retry_after: float | None) -> float | None:
+        """A receiver's Retry-After, at most the backoff maximum or max_age: a 503 asking for a
+        year would park the channel, and old rows are dropped only when a send is attempted."""
+        cap = min(self.outbox.backoff_max, self.notifier.max_age or self.outbox.max_age)
+        if retry_after is None or retry_after <= cap:
+            return retry_after
+        if not self._retry_after_capped:  # once: a receiver that always says so would flood the log
+            log.warning(
+                "%s: the receiver asked to wait %.0f s; waiting %g s at most",
+                self.notifier.name,
+                retry_after,
+                cap,
+            )
+            self._retry_after_capped = True
+        return cap
 
     def _drop_old(self, conn: sqlite3.Connection, rows: list[_Row], now: float) -> list[_Row]:
         max_age = self.notifier.max_age or self.outbox.max_age

@@ -19,6 +19,7 @@ from collections import deque
 from typing import Any
 
 from gradwatch.alerts import DEESCALATED, ESCALATED, RESOLVED, AlertEvent
+from gradwatch.fmt import escape as fmt_escape
 from gradwatch.logjson import rfc3339
 from gradwatch.notify.base import (
     DeliveryError,
@@ -72,24 +73,20 @@ def fit(raw: str, limit: int, esc: bool = True) -> str:
 
 # Slack's mrkdwn has no escape for a backtick: one inside a code span ends it, and the
 # rest of the name is read as markup (*bold*, _italic_, a second span). In metric-derived
-# text a backtick is shown as U+02CB, which looks the same; line breaks (a forged
-# "RESOLVED" line), other control characters and bidi overrides (which reorder what the
-# reader sees) as \\xNN / \\uNNNN.
-_NEUTRAL = {
-    ord("`"): "\u02cb",
-    **{c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]},
-    **{c: f"\\u{c:04x}" for c in [0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]},
-}
+# text a backtick is shown as U+02CB, which looks the same; everything else (line breaks,
+# bidi marks, undecodable bytes) is shown as fmt.escape shows it in the console and logs.
+def _neutral(raw: str) -> str:
+    return fmt_escape(raw).replace("`", "\u02cb")
 
 
 def code(raw: str, limit: int = 300) -> str:
     """A run/tag name in a code span (keeps ``_`` and ``*`` literal), escaped; nothing in it can end it."""
-    return f"`{fit(raw.translate(_NEUTRAL), limit - 2)}`"
+    return f"`{fit(_neutral(raw), limit - 2)}`"
 
 
 def free_text(raw: str, limit: int) -> str:
     """Metric-derived free text (rendered annotations): escaped, cut, unable to open a code span."""
-    return fit(raw.translate(_NEUTRAL), limit)
+    return fit(_neutral(raw), limit)
 
 
 class _Pacer:
