@@ -21,6 +21,7 @@ from tensorboardX import SummaryWriter
 import gradwatch.daemon.reading as daemon_module
 from gradwatch.config import Config, check_stop_file_template
 from gradwatch.daemon import Daemon
+from gradwatch.daemon.watcher import Changes
 from gradwatch.events.records import CHUNK_BYTES
 
 
@@ -61,7 +62,7 @@ def test_a_failing_side_effect_loses_no_transition_and_stops_nothing(tmp_path, m
             with SummaryWriter(str(logdir / "run"), flush_secs=3600) as w:
                 w.add_scalar("gradients/norm", value, step)
             d.follower.rescan()
-            d.follower.handle(set(d.reader.readers))
+            d.follower.handle(Changes(frozenset(d.reader.readers)))
             assert d.checkpoint() is True  # committed: not stuck on the failing effect
         firings = [e for e, _ in calls if e.kind == "firing" and e.severity == "critical"]
         assert {e.step for e in firings} >= {2, 4}  # both firings reached the (broken) writer
@@ -94,7 +95,7 @@ def test_a_big_new_file_after_the_catch_up_is_read_a_budget_per_turn(tmp_path, m
         assert big in d.follower.read_again
         turns = 1
         while d.follower.read_again and turns < 100:
-            d.follower.handle(set())
+            d.follower.handle(Changes())
             turns += 1
         assert turns > 2 and d.reader.readers[big][1].offset == os.path.getsize(big)
         assert ("big", "gradient_explosion") in [(a.run, a.rule) for a in d.book.firing()]

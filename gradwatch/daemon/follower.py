@@ -17,7 +17,7 @@ from collections.abc import Callable
 from gradwatch.config import Config
 from gradwatch.daemon.reading import FileReads
 from gradwatch.daemon.unit_of_work import UnitOfWork
-from gradwatch.daemon.watcher import MARKERS, NEW_DIR, POLL, RESCAN, Watcher
+from gradwatch.daemon.watcher import Changes, Watcher
 from gradwatch.engine import Engine
 from gradwatch.events.logdir import (
     UNREADABLE_DIRECTORY,
@@ -293,23 +293,23 @@ class Follower:
         self.watcher.start()
         self.watcher.remember_dirs(None)
 
-    def handle(self, changed: set[str]) -> None:
+    def handle(self, changes: Changes) -> None:
         """Read what the watcher says may have changed; rescan when a directory did or it is time."""
         readers = self.reader.readers
-        changed |= self.reads.read_again  # round robin: what one turn left unread, beside the rest
+        paths = changes.paths | self.reads.read_again  # round robin: what one turn left unread
         self.reads.read_again.clear()
-        rescan = RESCAN in changed or self.want_rescan or self.logdir_missing_since is not None
-        if POLL in changed and self.logdir_missing_since is None:
+        rescan = changes.rescan or self.want_rescan or self.logdir_missing_since is not None
+        if changes.poll and self.logdir_missing_since is None:
             self.check_files()
             rescan = rescan or self.watcher.dirs_changed()
-        for path in changed:
+        for path in paths:
             if path in readers:
                 self.reads.read_file(path)
-            elif path not in MARKERS:
+            else:
                 rescan = True  # a file we do not know yet
         if rescan:
             self.rescan()
-            if NEW_DIR in changed:
+            if changes.new_dir:
                 self.check_watches()
         elif time.monotonic() - self.last_rescan >= self.config.rescan_interval:
             self.rescan(periodic=True)
