@@ -15,11 +15,11 @@ from collections.abc import Iterator
 from typing import TextIO
 
 from gradwatch import __version__
-from gradwatch.check import UNKNOWN
+from gradwatch.config.yaml import ConfigError
 from gradwatch.events.logdir import LogdirError, ProblemLog
 from gradwatch.fmt import escape
-from gradwatch.logjson import JsonFormatter, TextFormatter
-from gradwatch.yamlconf import ConfigError
+from gradwatch.logjson import setup_logging
+from gradwatch.oneshot.check import UNKNOWN
 
 log = logging.getLogger("gradwatch")
 
@@ -138,8 +138,8 @@ def cmd_alerts(args) -> int:
 
     from gradwatch import alertlog
     from gradwatch.config import Config, load_config
+    from gradwatch.config.yaml import parse_duration
     from gradwatch.history import Query
-    from gradwatch.yamlconf import parse_duration
 
     since = parse_duration(args.since)
     if since is None or since < 0:
@@ -161,11 +161,11 @@ def cmd_alerts(args) -> int:
 
 
 def _add_daemon_commands(sub) -> None:
-    try:
-        from gradwatch.daemon import add_arguments
-    except ImportError:
-        return
-    add_arguments(sub)
+    from gradwatch import demo
+    from gradwatch.daemon import command
+
+    command.add_arguments(sub)
+    demo.add_arguments(sub)
 
 
 @contextlib.contextmanager
@@ -190,13 +190,13 @@ class UsageError(Exception):
 
 
 def _load_rules(paths: list[str] | None):
-    from gradwatch.rulefile import load_rules
+    from gradwatch.config.rulefiles import load_rules
 
     return load_rules(paths)
 
 
 def cmd_check(args) -> int:
-    from gradwatch import check
+    from gradwatch.oneshot import check
 
     try:
         rules = _load_rules(args.rules)
@@ -216,7 +216,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from gradwatch.export import export
+    from gradwatch.oneshot.export import export
 
     problems = ProblemLog()
     with _output(args.output) as out:
@@ -230,7 +230,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from gradwatch import report
+    from gradwatch.oneshot import report
 
     rules = _load_rules(args.rules)
     rep = report.build_report(args.logdir, args.tag, args.run, args.steps, ProblemLog(), rules)
@@ -249,8 +249,13 @@ def cmd_report(args) -> int:
 
 def cmd_rules_check(args) -> int:
     """Like ``promtool check rules``: per file "SUCCESS: N rules found" or FAILED and the problems."""
-    from gradwatch.rulefile import default_rules_path, duplicate_names, expand_rule_paths, load_rule_file
-    from gradwatch.yamlconf import Problem
+    from gradwatch.config.rulefiles import (
+        default_rules_path,
+        duplicate_names,
+        expand_rule_paths,
+        load_rule_file,
+    )
+    from gradwatch.config.yaml import Problem
 
     problems: list[Problem] = []
     files = expand_rule_paths(args.files or [default_rules_path()], problems)
@@ -282,7 +287,7 @@ def cmd_rules_check(args) -> int:
 
 def cmd_rules_test(args) -> int:
     """Like ``promtool test rules``: 0 all passed, 1 a test failed, 3 a test file is unusable."""
-    from gradwatch.ruletest import run_tests
+    from gradwatch.oneshot.ruletest import run_tests
 
     failed = broken = 0
     for path in args.files:
@@ -300,17 +305,6 @@ def cmd_rules_test(args) -> int:
         return UNKNOWN
     print("SUCCESS" if not failed else f"FAILED: {failed} tests failed")
     return 1 if failed else 0
-
-
-def setup_logging(verbose: bool = False, quiet: bool = False, fmt: str = "text") -> None:
-    level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
-    # both formatters escape run names and every other argument (gradwatch/logjson.py)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    root = logging.getLogger("gradwatch")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import numbers
+import sys
 import traceback
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -113,3 +114,14 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             doc["exception"] = format_exception(record.exc_info)
         return json_dumps(doc)
+
+
+def setup_logging(verbose: bool = False, quiet: bool = False, fmt: str = "text") -> None:
+    level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    # both formatters escape run names and every other argument (gradwatch/logjson.py)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger("gradwatch")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False

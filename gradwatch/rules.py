@@ -180,7 +180,8 @@ class Rule:
                 return level
         return None
 
-    def evaluate(self, state: RuleState, step: int, wall_time: float, value: float) -> int:
+    # measured hot path (every point of every watched series): one flat function, no helper calls
+    def evaluate(self, state: RuleState, step: int, wall_time: float, value: float) -> int:  # noqa: C901, PLR0915
         """Severity rank this point puts the series at, after ``for``."""
         if self._lo <= value <= self._hi and not state.raw:
             # the common case: a finite value in the quiet range after a quiet point

@@ -28,8 +28,8 @@ from receivers import wait_until
 from test_actions import event as alert_event
 from writers import write_scalars
 
-from gradwatch.actions import FlagWriter, StopFileWriter
 from gradwatch.alerts import AlertEvent
+from gradwatch.daemon.writers import FlagWriter, StopFileWriter
 
 TAG = "gradients/actor_cnn_norm"
 NOBODY = ("--reuid=nobody", "--regid=nogroup", "--clear-groups")

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from tensorboardX import SummaryWriter
 
-from gradwatch.check import CRITICAL, OK, UNKNOWN, WARNING, run_check, write_json, write_text
 from gradwatch.cli import main
-from gradwatch.rulefile import load_rules
+from gradwatch.config.rulefiles import load_rules
+from gradwatch.oneshot.check import CRITICAL, OK, UNKNOWN, WARNING, run_check, write_json, write_text
 
 SEED_STEPS = [100, 200, 300, 400, 500]
 SEED_NORMS = [5191, 130486, 826256, 2860755, 7475702]
@@ -365,12 +365,12 @@ def test_an_unforeseen_failure_is_unknown_with_a_status_line(seed_logdir, monkey
     """Review 11: an unexpected exception exited 1 (WARNING to a monitoring system) with a
     traceback and no status line; now 3 with `UNKNOWN: ...`, one escaped log line, and the
     traceback only with -v. (No real trigger is known; a bug is what a catch-all is for.)"""
-    import gradwatch.check
+    import gradwatch.oneshot.check
 
     def broken(*args, **kwargs):
         raise RuntimeError("the bug\x1b[2J")
 
-    monkeypatch.setattr(gradwatch.check, "run_check", broken)
+    monkeypatch.setattr(gradwatch.oneshot.check, "run_check", broken)
     assert main(["check", seed_logdir]) == UNKNOWN
     out, err = capsys.readouterr()
     assert out == "UNKNOWN: check could not run: RuntimeError: the bug\\x1b[2J\n"
@@ -382,11 +382,11 @@ def test_an_unforeseen_failure_is_unknown_with_a_status_line(seed_logdir, monkey
 
 
 def test_an_unforeseen_failure_of_export_is_unknown(tmp_path, monkeypatch, capsys):
-    import gradwatch.export
+    import gradwatch.oneshot.export
 
     def broken(*args, **kwargs):
         raise RuntimeError("the bug")
 
-    monkeypatch.setattr(gradwatch.export, "export", broken)
+    monkeypatch.setattr(gradwatch.oneshot.export, "export", broken)
     assert main(["export", str(tmp_path)]) == UNKNOWN
     assert "export could not run: RuntimeError: the bug" in capsys.readouterr().err

@@ -12,12 +12,12 @@ from conftest import require_binary
 from receivers import Alertmanager, Receiver, crossing_and_recovery, make_event, refused_port, wait_until
 
 from gradwatch.alerts import AlertBook
+from gradwatch.config.rulefiles import load_rules
+from gradwatch.config.secrets import secret_url
 from gradwatch.engine import Engine
 from gradwatch.notify.alertmanager import ENDS_AFTER_RESENDS, AlertmanagerNotifier
 from gradwatch.notify.base import DeliveryError
 from gradwatch.notify.outbox import Outbox
-from gradwatch.rulefile import load_rules
-from gradwatch.secrets import secret_url
 
 pytestmark = pytest.mark.slow
 

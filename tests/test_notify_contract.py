@@ -22,12 +22,12 @@ from collections.abc import Callable
 import pytest
 from receivers import Receiver, Response, make_event, refused_port, wait_until
 
+from gradwatch.config.secrets import Secret, secret_url
 from gradwatch.notify.alertmanager import AlertmanagerNotifier
 from gradwatch.notify.base import DeliveryError, Notifier
 from gradwatch.notify.console import ConsoleNotifier
 from gradwatch.notify.slack import SlackNotifier
 from gradwatch.notify.webhook import WebhookNotifier
-from gradwatch.secrets import Secret, secret_url
 
 # long, distinct secrets: their starts are recognisable in any text
 PATH_TOKEN = "pAtHtOkEn0123456789abcdefghijklmnopqrstuvwxyz"

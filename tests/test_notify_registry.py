@@ -56,7 +56,7 @@ def test_config_holds_typed_data_and_no_channel_object(tmp_path):
 def test_the_config_package_imports_neither_notify_nor_actions():
     code = (
         "import sys, gradwatch.config, gradwatch.config.channels, gradwatch.config.rulefiles\n"
-        "print(sorted(m for m in sys.modules if m.startswith(('gradwatch.notify', 'gradwatch.actions'))))"
+        "print(sorted(m for m in sys.modules if m.startswith(('gradwatch.notify', 'gradwatch.daemon'))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

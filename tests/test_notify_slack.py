@@ -11,10 +11,10 @@ import pytest
 from receivers import Receiver, Response, crossing_and_recovery, make_event, wait_until
 from slack_sdk.models.blocks import Block
 
+from gradwatch.config.secrets import secret_url
 from gradwatch.notify.base import DeliveryError
 from gradwatch.notify.outbox import Outbox
 from gradwatch.notify.slack import DETAIL_MAX, SlackNotifier, escape, fit
-from gradwatch.secrets import secret_url
 
 TOKEN_PATH = "/services/T0TEAM/B0HOOK/sEcReTtOkEn42"
 

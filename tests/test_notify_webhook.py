@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from receivers import Receiver, Response, crossing_and_recovery, make_event
 
+from gradwatch.config.secrets import Secret, secret_url
 from gradwatch.notify.base import DeliveryError
 from gradwatch.notify.outbox import Outbox
 from gradwatch.notify.webhook import WebhookNotifier, verify, verify_signature
-from gradwatch.secrets import Secret, secret_url
 
 # the keys of the request Alertmanager 0.25 sent to a webhook (docs: ECOSYSTEM.md 1c)
 AM_TOP_KEYS = {

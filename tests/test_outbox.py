@@ -15,10 +15,10 @@ import time
 import pytest
 from receivers import Receiver, Response, make_event, refused_port, wait_until
 
+from gradwatch.config.secrets import secret_url
 from gradwatch.notify.base import Notifier
 from gradwatch.notify.outbox import TABLE, Outbox
 from gradwatch.notify.webhook import WebhookNotifier
-from gradwatch.secrets import secret_url
 
 
 def hook_notifier(url: str, name: str = "hook", **kw) -> WebhookNotifier:
@@ -230,7 +230,7 @@ CHILD = r"""
 import sys, time
 from gradwatch.notify.outbox import Outbox
 from gradwatch.notify.webhook import WebhookNotifier
-from gradwatch.secrets import secret_url
+from gradwatch.config.secrets import secret_url
 db, url = sys.argv[1], sys.argv[2]
 n = WebhookNotifier("hook", secret_url(url), group_wait=0, timeout=2)
 Outbox(db, [n], poll_interval=0.05, backoff_base=0.05, backoff_max=0.2).start()

@@ -14,10 +14,10 @@ import pytest
 from tensorboardX import SummaryWriter
 
 import gradwatch.events.parallel as parallel
-from gradwatch.check import run_check, write_json, write_text
+from gradwatch.config.rulefiles import load_rules
 from gradwatch.events.logdir import ProblemLog, scan
 from gradwatch.events.parallel import ChildFailed, fork_map, split_runs
-from gradwatch.rulefile import load_rules
+from gradwatch.oneshot.check import run_check, write_json, write_text
 
 WALL = 1_700_000_000.0
 

@@ -6,10 +6,10 @@ import tracemalloc
 import pytest
 from conftest import require_module
 
+from gradwatch.config.rulefiles import load_rules, parse_rules
+from gradwatch.config.yaml import load_yaml_text
 from gradwatch.engine import Engine
-from gradwatch.rulefile import load_rules, parse_rules
 from gradwatch.rules import NOT_APPLICABLE, RANK, Match, Num, Pattern, Rule, Series, Template, human
-from gradwatch.yamlconf import load_yaml_text
 
 SEED_STEPS = [100, 200, 300, 400, 500]
 SEED_NORMS = [5191, 130486, 826256, 2860755, 7475702]
@@ -191,7 +191,7 @@ def test_growth_state_stays_small_at_a_constant_step():
     """1M rising points logged at one step (a trainer that never advances its step) used to keep 1M."""
     import json
 
-    from gradwatch.state import dump_rule_state
+    from gradwatch.store import dump_rule_state
 
     r = rule(GROWTH)
     state = r.new_state()

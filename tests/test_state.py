@@ -16,9 +16,9 @@ import subprocess
 import pytest
 
 from gradwatch.alerts import ACTIVE, Alert, alert_key
+from gradwatch.config.rulefiles import load_rules
 from gradwatch.engine import Engine
-from gradwatch.rulefile import load_rules
-from gradwatch.state import (
+from gradwatch.store import (
     DB_NAME,
     MAX_LOADED_WINDOW,
     SCHEMA_VERSION,

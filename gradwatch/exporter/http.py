@@ -33,16 +33,26 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
+from gradwatch.daemon.status import Status
 from gradwatch.fmt import escape
 
-if TYPE_CHECKING:
-    from gradwatch.metrics import Metrics
+
+class Served(Protocol):
+    """What the server needs of gradwatch.exporter.collector.Metrics (no import back up to it)."""
+
+    registry: CollectorRegistry
+
+    @property
+    def changes(self) -> int: ...
+
+    def status(self) -> Status: ...
+
 
 log = logging.getLogger("gradwatch.metrics")
 
@@ -223,11 +233,11 @@ def is_loopback(host: str) -> bool:
 
 
 class MetricsServer:
-    """Serves a :class:`~gradwatch.metrics.Metrics` over HTTP on a background thread."""
+    """Serves a :class:`~gradwatch.exporter.collector.Metrics` over HTTP on a background thread."""
 
     def __init__(
         self,
-        metrics: Metrics,
+        metrics: Served,
         host: str = "127.0.0.1",
         port: int = 9723,
         *,
@@ -390,7 +400,8 @@ class MetricsServer:
             await self._send_metrics(request, writer)
             return
         else:
-            response = simple_response(request, self.metrics.ready, self.metrics.state_save_error)
+            status = self.metrics.status()
+            response = simple_response(request, status.ready, status.state_save_error)
         await self._send(writer, response)
 
     async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
