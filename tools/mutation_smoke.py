@@ -49,17 +49,17 @@ MUTATIONS = (
     Mutation(
         "backoff-constant",
         "notifications.md: retries back off from 1 s, doubling to 5 min",
-        "gradwatch/notify/outbox.py",
-        "cap = min(self.backoff_max, self.backoff_base * 2 ** min(attempts - 1, 30))",
-        "cap = self.backoff_base",
+        "gradwatch/notify/policy.py",
+        "step = min(cap, base * 2 ** min(attempts - 1, 30))",
+        "step = base",
         ("tests/test_outbox.py", "tests/test_notify_slack.py", "tests/test_notify_webhook.py"),
     ),
     Mutation(
         "pacing-per-channel",
         "notifications.md: Slack waits 1 s per webhook URL, even across channels that share it",
         "gradwatch/notify/slack.py",
-        "_pacer.wait(self.url.reveal(), self.min_interval)",
-        "_pacer.wait(self.name, self.min_interval)",
+        'return "slack " + hashlib.sha256(self.url.reveal().encode()).hexdigest()',
+        'return "slack " + self.name',
         ("tests/test_notify_slack.py",),
     ),
     Mutation(
@@ -73,9 +73,9 @@ MUTATIONS = (
     Mutation(
         "retention-without-repeat-interval",
         "notifications.md: finished rows are kept a day, or the channel's repeat_interval if longer",
-        "gradwatch/notify/outbox.py",
-        "keep = max(self.outbox.keep_done, self.notifier.repeat_interval or 0.0)",
-        "keep = self.outbox.keep_done",
+        "gradwatch/notify/dispatcher.py",
+        "keep = max(self.delivery.keep_done, self.notifier.repeat_interval or 0.0)",
+        "keep = self.delivery.keep_done",
         ("tests/test_outbox.py",),
     ),
     Mutation(
