@@ -17,6 +17,7 @@ from typing import TextIO
 from gradwatch import __version__
 from gradwatch.check import UNKNOWN
 from gradwatch.events.logdir import LogdirError, ProblemLog
+from gradwatch.events.shard import Shard, parse_shard
 from gradwatch.fmt import escape
 from gradwatch.logjson import JsonFormatter, TextFormatter
 from gradwatch.yamlconf import ConfigError
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--rules", action="append", metavar="FILE|DIR", help="rule file, directory or glob (repeatable)"
     )
     c.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_shard_flag(c)
     c.set_defaults(func=cmd_check)
 
     e = sub.add_parser("export", help="write every scalar point as JSON lines or CSV")
@@ -60,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--run", action="append", metavar="GLOB", help="only runs matching GLOB (repeatable)")
     e.add_argument("--tag", action="append", metavar="GLOB", help="only tags matching GLOB (repeatable)")
     e.add_argument("-o", "--output", metavar="FILE", help="write here instead of standard output")
+    _add_shard_flag(e)
     e.set_defaults(func=cmd_export)
 
     r = sub.add_parser("report", help="one tag across runs, side by side at chosen steps")
@@ -98,6 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_daemon_commands(sub)
     _log_flags_after_commands(sub)
     return p
+
+
+def _add_shard_flag(parser: argparse.ArgumentParser) -> None:
+    def shard(text: str) -> Shard:
+        try:
+            return parse_shard(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from e
+
+    parser.add_argument(
+        "--shard", type=shard, metavar="I/N", help="only the runs of shard I of N, I from 0 (docs/remote.md)"
+    )
 
 
 def _log_flags_after_commands(sub) -> None:
@@ -196,7 +211,7 @@ def cmd_check(args) -> int:
 
     try:
         rules = _load_rules(args.rules)
-        result = check.run_check(args.logdir, rules, ProblemLog())
+        result = check.run_check(args.logdir, rules, ProblemLog(), args.shard)
     except (ConfigError, LogdirError) as e:
         # monitoring plugins read stdout: the status line goes there, the detail stays on stderr
         if args.json:
@@ -213,7 +228,7 @@ def cmd_export(args) -> int:
 
     problems = ProblemLog()
     with _output(args.output) as out:
-        n = export(args.logdir, out, args.format, args.run, args.tag, problems)
+        n = export(args.logdir, out, args.format, args.run, args.tag, problems, args.shard)
     if not n:
         what = "matching --run/--tag " if args.run or args.tag else ""
         print(f"gradwatch: no {what}scalar points in {args.logdir}", file=sys.stderr)

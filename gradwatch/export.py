@@ -16,6 +16,7 @@ import math
 from typing import TextIO
 
 from gradwatch.events.logdir import ProblemLog, read_logdir
+from gradwatch.events.shard import Shard
 
 # Run names are bytes on Linux and may not be UTF-8 (a directory named b"run-\xff"); Python holds the
 # undecodable bytes as lone surrogates (surrogateescape). Neither output may crash on them or lose them.
@@ -71,6 +72,7 @@ def export(
     runs: list[str] | None = None,
     tags: list[str] | None = None,
     problems: ProblemLog | None = None,
+    shard: Shard | None = None,
 ) -> int:
     """Write the points; returns how many were written."""
     n = 0
@@ -80,7 +82,7 @@ def export(
     # JSON-encoded run and tag names, once per series rather than per point
     encoded: dict[str, str] = {}
     wanted: dict[tuple[str, str], bool] = {}
-    for run, tag, step, wall_time, value in read_logdir(logdir, problems):
+    for run, tag, step, wall_time, value in read_logdir(logdir, problems, shard):
         key = (run, tag)
         ok = wanted.get(key)
         if ok is None:
