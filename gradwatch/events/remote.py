@@ -18,6 +18,7 @@ workload identity); gradwatch never sees or logs them.
 from __future__ import annotations
 
 import posixpath
+from dataclasses import dataclass
 from typing import Any
 
 from gradwatch.events.records import NotRegularFile
@@ -32,6 +33,16 @@ _EXTRAS = {"s3": "gradwatch[s3]", "s3a": "gradwatch[s3]", "gs": "gradwatch[gcs]"
 
 class RemoteError(OSError):
     """A request to the object store failed (network, permission, throttling); the reason is the message."""
+
+
+@dataclass
+class RequestCounts:
+    """Requests made to the store (what a poll costs; the daemon's metrics count them)."""
+
+    lists: int = 0
+    gets: int = 0
+    bytes_fetched: int = 0
+    errors: int = 0
 
 
 def is_remote(logdir: str) -> bool:
@@ -63,6 +74,7 @@ class RemoteLogdir:
         self.url = url
         self.root = root.rstrip("/")
         self.sizes: dict[str, int] = {}
+        self.requests = RequestCounts()
 
     @staticmethod
     def _install_hint(url: str) -> str:
@@ -71,10 +83,14 @@ class RemoteLogdir:
 
     def list_event_files(self) -> dict[str, int]:
         """{URL of each object under the prefix: its size}, from one listing (cache dropped first)."""
+        # s3fs's and gcsfs's find() list afresh today; a backend that answers from its
+        # listing cache would never show a new object or a new size
         self.fs.invalidate_cache()
+        self.requests.lists += 1
         try:
             found = self.fs.find(self.root, detail=True)
         except Exception as e:  # network, permission, no such bucket: one clear line, never a traceback
+            self.requests.errors += 1
             raise RemoteError(f"{self.url}: cannot list: {_reason(e)}") from e
         files = {self.url_of(p): int(info.get("size") or 0) for p, info in found.items() if _is_file(info)}
         self.sizes = files
@@ -88,7 +104,8 @@ class RemoteLogdir:
         return url[len(self.url.rstrip("/")) :].lstrip("/")
 
     def open(self, url: str) -> RemoteObject:
-        return RemoteObject(self.fs, self.root + "/" + self.relative(url), url, self.sizes.get(url))
+        path = self.root + "/" + self.relative(url)
+        return RemoteObject(self.fs, path, url, self.sizes.get(url), self.requests)
 
 
 def _is_file(info: dict[str, Any]) -> bool:
@@ -111,10 +128,13 @@ class RemoteObject:
     come in one GET.
     """
 
-    def __init__(self, fs: Any, path: str, url: str, size: int | None) -> None:
+    def __init__(
+        self, fs: Any, path: str, url: str, size: int | None, requests: RequestCounts | None = None
+    ) -> None:
         self.fs = fs
         self.path = path
         self.url = url
+        self.requests = requests or RequestCounts()
         self._size = size if size is not None else self._info_size()
         self._pos = 0
         self._block = b""
@@ -130,9 +150,10 @@ class RemoteObject:
         try:
             return fn(*args, **kwargs)
         except FileNotFoundError:
-            raise
+            raise  # the object is gone: the reader counts a vanished file
         except Exception as e:  # fsspec backends raise their SDK's types: one OSError with the reason
-            raise RemoteError(f"{_reason(e)}") from e
+            self.requests.errors += 1
+            raise RemoteError(_reason(e)) from e
 
     def __enter__(self) -> RemoteObject:
         return self
@@ -162,7 +183,9 @@ class RemoteObject:
 
     def _fetch(self, offset: int, size: int) -> None:
         end = min(offset + size, self._size)
+        self.requests.gets += 1
         data = self._call(self.fs.cat_file, self.path, start=offset, end=end)
+        self.requests.bytes_fetched += len(data)
         if len(data) < end - offset:  # replaced by a shorter object since the listing
             self._size = offset + len(data)
         self._block, self._block_at = data, offset
