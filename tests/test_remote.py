@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 from conftest import require_module
@@ -34,10 +36,9 @@ def fresh_clients():
     """Each test builds its filesystems from its own environment (fsspec caches instances)."""
     yield
     logdir_module._remote_logdirs.clear()
-    for module in ("s3fs", "gcsfs"):
-        if module in __import__("sys").modules:
-            fs_class = getattr(__import__(module), "S3FileSystem" if module == "s3fs" else "GCSFileSystem")
-            fs_class.clear_instance_cache()
+    for name, fs_class in (("s3fs", "S3FileSystem"), ("gcsfs", "GCSFileSystem")):
+        if sys.modules.get(name):
+            getattr(sys.modules[name], fs_class).clear_instance_cache()
 
 
 @pytest.fixture(scope="module")
@@ -285,5 +286,25 @@ def test_memory_logdir_exports_like_the_local_one(tmp_path, capsys):
         remote_out = capsys.readouterr().out
         assert cli.main(["export", local]) == 0
         assert remote_out == capsys.readouterr().out
+        tag = ["--tag", "gradients/actor_cnn_norm"]
+        assert cli.main(["report", "memory://exp/logs", *tag, "--json"]) == 0
+        remote_report = json.loads(capsys.readouterr().out)
+        assert cli.main(["report", local, *tag, "--json"]) == 0
+        assert remote_report == json.loads(capsys.readouterr().out)
     finally:
         fs.rm("/exp", recursive=True)
+
+
+def test_a_missing_client_package_says_which_extra_to_install():
+    require_module("fsspec")
+    # a fresh process: fsspec keeps the classes it imported; None in sys.modules is what
+    # `import s3fs` meets when s3fs is not installed
+    code = (
+        "import sys; sys.modules['s3fs'] = None\n"
+        "from gradwatch import cli; sys.exit(cli.main(['check', 's3://bucket/logs']))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3
+    assert "s3://bucket/logs: pip install 'gradwatch[s3]'" in done.stderr
+    assert done.stdout.startswith("UNKNOWN")
+    assert "Traceback" not in done.stderr

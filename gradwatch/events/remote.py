@@ -51,6 +51,13 @@ def is_remote(logdir: str) -> bool:
     return bool(sep) and scheme.isidentifier() and scheme not in ("file", "local")
 
 
+def _install_hint(url: str, e: ImportError) -> str:
+    extra = _EXTRAS.get(url.partition("://")[0])
+    if extra:
+        return f"pip install '{extra}'"
+    return f"a package this kind of URL needs is missing ({e})"
+
+
 def _reason(e: BaseException) -> str:
     """One line saying why a request failed (never the credentials: they are not in these messages)."""
     text = str(e).strip().splitlines()
@@ -64,22 +71,17 @@ class RemoteLogdir:
         try:
             from fsspec.core import url_to_fs
         except ImportError as e:
-            raise RemoteError(f"{url}: a remote logdir needs fsspec: {self._install_hint(url)}") from e
+            raise RemoteError(f"{url}: a remote logdir needs fsspec: {_install_hint(url, e)}") from e
         try:
             self.fs, root = url_to_fs(url, **(storage_options or {}))
         except ImportError as e:
-            raise RemoteError(f"{url}: {self._install_hint(url)} ({e})") from e
+            raise RemoteError(f"{url}: {_install_hint(url, e)}") from e
         except Exception as e:  # a bad URL or option: fsspec backends raise many types
             raise RemoteError(f"{url}: {_reason(e)}") from e
         self.url = url
         self.root = root.rstrip("/")
         self.sizes: dict[str, int] = {}
         self.requests = RequestCounts()
-
-    @staticmethod
-    def _install_hint(url: str) -> str:
-        extra = _EXTRAS.get(url.partition("://")[0], "fsspec")
-        return f"pip install '{extra}'"
 
     def list_event_files(self) -> dict[str, int]:
         """{URL of each object under the prefix: its size}, from one listing (cache dropped first)."""
