@@ -16,7 +16,8 @@ from typing import TextIO
 
 from gradwatch import __version__
 from gradwatch.check import UNKNOWN
-from gradwatch.events.logdir import LogdirError, ProblemLog
+from gradwatch.events.logdir import LogdirError, ProblemLog, remote_logdir
+from gradwatch.events.remote import is_remote
 from gradwatch.events.shard import Shard, parse_shard
 from gradwatch.fmt import escape
 from gradwatch.logjson import JsonFormatter, TextFormatter
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = r.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true")
     fmt.add_argument("--csv", action="store_true")
+    _add_endpoint_flag(r)
     r.set_defaults(func=cmd_report)
 
     rules = sub.add_parser("rules", help="validate and unit-test rule files")
@@ -113,6 +115,24 @@ def _add_shard_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--shard", type=shard, metavar="I/N", help="only the runs of shard I of N, I from 0 (docs/remote.md)"
     )
+    _add_endpoint_flag(parser)
+
+
+def _add_endpoint_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--endpoint-url",
+        metavar="URL",
+        help="for an s3:// or gs:// logdir: the store's URL (MinIO, an emulator); "
+        "default: AWS_ENDPOINT_URL / STORAGE_EMULATOR_HOST or the cloud's own",
+    )
+
+
+def _use_endpoint(args) -> None:
+    """Point the logdir's client at --endpoint-url before anything reads it."""
+    if getattr(args, "endpoint_url", None):
+        if not is_remote(args.logdir):
+            raise UsageError("--endpoint-url is for s3:// and gs:// logdirs")
+        remote_logdir(args.logdir, args.endpoint_url)
 
 
 def _log_flags_after_commands(sub) -> None:
@@ -211,6 +231,7 @@ def cmd_check(args) -> int:
 
     try:
         rules = _load_rules(args.rules)
+        _use_endpoint(args)
         result = check.run_check(args.logdir, rules, ProblemLog(), args.shard)
     except (ConfigError, LogdirError) as e:
         # monitoring plugins read stdout: the status line goes there, the detail stays on stderr
@@ -227,6 +248,7 @@ def cmd_export(args) -> int:
     from gradwatch.export import export
 
     problems = ProblemLog()
+    _use_endpoint(args)
     with _output(args.output) as out:
         n = export(args.logdir, out, args.format, args.run, args.tag, problems, args.shard)
     if not n:
@@ -241,6 +263,7 @@ def cmd_report(args) -> int:
     from gradwatch import report
 
     rules = _load_rules(args.rules)
+    _use_endpoint(args)
     rep = report.build_report(args.logdir, args.tag, args.run, args.steps, ProblemLog(), rules)
     if rep.unmatched:
         have = ", ".join(rep.runs_with_tag) or "none"

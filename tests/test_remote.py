@@ -237,6 +237,19 @@ def test_unreachable_store_is_unknown_with_the_reason_and_no_traceback(s3, monke
     assert "Traceback" not in out + err
 
 
+def test_endpoint_url_flag_reaches_a_store_the_environment_does_not_name(s3, monkeypatch, capsys):
+    bucket = new_bucket(s3)
+    s3.filesystem().pipe_file(f"{bucket}/run/events.out.tfevents.1", frame(payload(0)))
+    with refused_port() as port:  # the environment names a dead endpoint; the flag wins
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+        assert cli.main(["export", f"s3://{bucket}", "--endpoint-url", s3.endpoint]) == 3  # no scalars
+    assert "no scalar points in s3://" in capsys.readouterr().err
+    requests = s3.requests()
+    assert f"GET /{bucket}/run/events.out.tfevents.1" in requests  # listed and read from moto
+    assert cli.main(["export", "logs/", "--endpoint-url", s3.endpoint]) == 3
+    assert "--endpoint-url is for s3:// and gs:// logdirs" in capsys.readouterr().err
+
+
 def test_missing_bucket_is_a_clear_error(s3, capsys):
     assert cli.main(["export", "s3://no-such-bucket/logs"]) == 3
     err = capsys.readouterr().err

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from gradwatch.events import records
 from gradwatch.events.records import DEFAULT_MAX_RECORD_BYTES
-from gradwatch.events.remote import RemoteError, RemoteLogdir, is_remote, run_and_name
+from gradwatch.events.remote import RemoteError, RemoteLogdir, endpoint_options, is_remote, run_and_name
 from gradwatch.events.scalars import EventFileReader
 from gradwatch.events.shard import Shard
 
@@ -114,13 +114,14 @@ def _scan_local(logdir: str, problems: ProblemLog) -> dict[str, list[str]]:
 _remote_logdirs: dict[str, RemoteLogdir] = {}
 
 
-def remote_logdir(url: str) -> RemoteLogdir:
+def remote_logdir(url: str, endpoint_url: str | None = None) -> RemoteLogdir:
     """The one RemoteLogdir of ``url`` in this process: scan lists it, readers open its objects
-    with the sizes of that listing (no request per file to learn its size)."""
+    with the sizes of that listing (no request per file to learn its size). ``endpoint_url``
+    (MinIO, an emulator) replaces the SDK's own endpoint; given once, before the first use."""
     remote = _remote_logdirs.get(url)
-    if remote is None:
+    if remote is None or endpoint_url is not None:
         try:
-            remote = _remote_logdirs[url] = RemoteLogdir(url)
+            remote = _remote_logdirs[url] = RemoteLogdir(url, endpoint_options(url, endpoint_url))
         except RemoteError as e:
             raise LogdirError(str(e)) from e
     return remote

@@ -51,6 +51,18 @@ def is_remote(logdir: str) -> bool:
     return bool(sep) and scheme.isidentifier() and scheme not in ("file", "local")
 
 
+def endpoint_options(url: str, endpoint_url: str | None) -> dict[str, Any]:
+    """fsspec storage options that send ``url``'s requests to ``endpoint_url`` (MinIO, an emulator)."""
+    if endpoint_url is None:
+        return {}
+    scheme = url.partition("://")[0]
+    if scheme in ("s3", "s3a"):
+        return {"client_kwargs": {"endpoint_url": endpoint_url}}
+    if scheme in ("gs", "gcs"):
+        return {"endpoint_url": endpoint_url}
+    raise RemoteError(f"{url}: an endpoint URL is for s3:// and gs:// logdirs")
+
+
 def _install_hint(url: str, e: ImportError) -> str:
     extra = _EXTRAS.get(url.partition("://")[0])
     if extra:
