@@ -105,20 +105,26 @@ def test_real_writers_files_in_s3_give_the_same_points_as_on_disk(s3, tmp_path, 
     assert problems.counts == {}
 
 
-@pytest.fixture(scope="module")
-def damaged_bucket(s3, tmp_path_factory):
-    """Every damaged file of the local reader's conformance cases, one object each."""
-    fs = s3.filesystem()
-    fs.mkdir("damaged")
+# store -> (where the damaged files go, the logdir URL of that place)
+DAMAGED_PLACES = {"s3": ("damaged", "s3://damaged"), "gcs": ("logs/damaged", "gs://logs/damaged")}
+
+
+@pytest.fixture(scope="module", params=sorted(DAMAGED_PLACES))
+def damaged_bucket(request):
+    """Every damaged file of the local reader's conformance cases, one object each, in each store."""
+    fs = request.getfixturevalue(request.param).filesystem()
+    prefix, url = DAMAGED_PLACES[request.param]
+    if request.param == "s3":
+        fs.mkdir(prefix)  # the emulator's bucket "logs" exists already
     for i, (data, *_) in enumerate(DAMAGED.values()):
-        fs.pipe_file(f"damaged/case-{i}/events.out.tfevents.1", data)
-    return "s3://damaged"
+        fs.pipe_file(f"{prefix}/case-{i}/events.out.tfevents.1", data)
+    return url
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("final", [True, False], ids=["final", "tailing"])
 @pytest.mark.parametrize("name", DAMAGED)
-def test_damaged_files_read_from_s3_like_from_disk(damaged_bucket, name, final, tmp_path):
+def test_damaged_files_read_from_a_bucket_like_from_disk(damaged_bucket, name, final, tmp_path):
     data, read_back, when_final, when_tailing = DAMAGED[name]
     i = list(DAMAGED).index(name)
     url = f"{damaged_bucket}/case-{i}/events.out.tfevents.1"
@@ -321,3 +327,19 @@ def test_a_missing_client_package_says_which_extra_to_install():
     assert "s3://bucket/logs: pip install 'gradwatch[s3]'" in done.stderr
     assert done.stdout.startswith("UNKNOWN")
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_check_reads_a_remote_logdir_in_one_process(s3, tmp_path, monkeypatch, capsys):
+    from gradwatch.events import parallel
+
+    local = training_logdir(tmp_path / "logs")
+    bucket = new_bucket(s3)
+    upload(s3.filesystem(), local, f"{bucket}/logs")
+    # a logdir that would be split over two forked readers if it were local
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_BYTES", 0)
+    monkeypatch.setattr(parallel, "usable_cores", lambda: 2)
+    monkeypatch.setattr(parallel, "_size", lambda path: 1)
+    assert cli.main(["check", f"s3://{bucket}/logs", "--json"]) == 2
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["findings"] and doc["problems"] == {}
