@@ -256,6 +256,14 @@ def test_endpoint_url_flag_reaches_a_store_the_environment_does_not_name(s3, mon
     assert "--endpoint-url is for s3:// and gs:// logdirs" in capsys.readouterr().err
 
 
+def test_a_password_in_a_quoted_endpoint_url_never_reaches_the_message():
+    # botocore refuses such URLs before it connects, but any client may quote its URL in an error
+    from gradwatch.events.remote import _reason
+
+    e = ConnectionError('Could not connect to "http://minio-user:minio-password@10.0.0.1:9000/b?x"\nmore')
+    assert _reason(e) == 'ConnectionError: Could not connect to "http://10.0.0.1:9000/b?x"'
+
+
 def test_missing_bucket_is_a_clear_error(s3, capsys):
     assert cli.main(["export", "s3://no-such-bucket/logs"]) == 3
     err = capsys.readouterr().err

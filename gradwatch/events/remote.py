@@ -17,7 +17,9 @@ workload identity); gradwatch never sees or logs them.
 
 from __future__ import annotations
 
+import errno
 import posixpath
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,10 +72,15 @@ def _install_hint(url: str, e: ImportError) -> str:
     return f"a package this kind of URL needs is missing ({e})"
 
 
+_USERINFO = re.compile(r"://[^/@\s]*@")
+
+
 def _reason(e: BaseException) -> str:
-    """One line saying why a request failed (never the credentials: they are not in these messages)."""
+    """One line saying why a request failed. The SDKs keep keys out of their messages; a
+    ``user:password@`` in an endpoint URL they quote is cut here."""
     text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+    line = f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+    return _USERINFO.sub("://", line)
 
 
 class RemoteLogdir:
@@ -157,7 +164,7 @@ class RemoteObject:
     def _info_size(self) -> int:
         info = self._call(self.fs.info, self.path)
         if not _is_file(info):
-            raise NotRegularFile(21, "not an object", self.url)
+            raise NotRegularFile(errno.EISDIR, "not an object", self.url)
         return int(info.get("size") or 0)
 
     def _call(self, fn, *args, **kwargs):
