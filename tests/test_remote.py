@@ -351,3 +351,30 @@ def test_check_reads_a_remote_logdir_in_one_process(s3, tmp_path, monkeypatch, c
     assert cli.main(["check", f"s3://{bucket}/logs", "--json"]) == 2
     doc = json.loads(capsys.readouterr().out)
     assert doc["findings"] and doc["problems"] == {}
+
+
+@pytest.mark.slow
+def test_memory_reading_a_large_object_is_bounded_by_the_block_not_the_object(s3):
+    import tracemalloc
+
+    from gradwatch.events import remote as remote_module
+
+    fs = s3.filesystem()
+    bucket = new_bucket(s3)
+    record = frame(b"x" * (1 << 20))
+    fs.pipe_file(f"{bucket}/run/events.out.tfevents.1", record * 48)  # 48 MiB and a bit
+    remote = remote_logdir(f"s3://{bucket}")
+    remote.list_event_files()
+    tail = RecordTail(f"s3://{bucket}/run/events.out.tfevents.1", opener=remote.open)
+    tracemalloc.start()
+    try:
+        n = sum(1 for _ in tail.read(final=True))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert n == 48 and tail.problems == {}
+    size = len(record) * 48
+    assert remote.requests.bytes_fetched == size  # no byte twice
+    assert remote.requests.gets == -(-size // remote_module.BLOCK_BYTES)  # 8 MiB a GET
+    # measured: 28 MiB (the block, the client's buffers, the slices); the whole object would be 48+
+    assert peak < 5 * remote_module.BLOCK_BYTES, f"peak {peak >> 20} MiB for a 48 MiB object"
