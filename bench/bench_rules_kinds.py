@@ -112,8 +112,8 @@ def measure_baseline(loop, points, repeat: int) -> float:
 
 def engine_rows(points, repeat: int) -> list[tuple[str, float]]:
     """Engine.observe on a series with a thresholds rule, then with one rule of each kind added."""
+    from gradwatch.config.rulefiles import parse_rules
     from gradwatch.engine import Engine
-    from gradwatch.rulefile import parse_rules
 
     added = {
         "thresholds only": [],

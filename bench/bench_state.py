@@ -30,9 +30,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from gradwatch.config.rulefiles import load_rules
 from gradwatch.engine import Engine
-from gradwatch.rulefile import load_rules
-from gradwatch.state import DB_NAME, StateDB, dump_series
+from gradwatch.store import DB_NAME, StateDB, dump_series
 
 TAG = "gradients/actor_cnn_norm"
 

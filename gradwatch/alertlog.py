@@ -19,7 +19,7 @@ from typing import TextIO
 from gradwatch.fmt import escape, json_number
 from gradwatch.history import TABLE as HISTORY_TABLE
 from gradwatch.history import Episode, Query, episodes, has_table
-from gradwatch.state import DB_NAME
+from gradwatch.store import DB_NAME
 
 
 class AlertLogError(Exception):

@@ -16,7 +16,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from gradwatch.rules import SEVERITY_OF_RANK, Rule, RuleState, Series
+from gradwatch.fmt import stored_number
+from gradwatch.rules import Rule, RuleState, Series
+from gradwatch.severity import PENDING_RANK, Severity
 
 # kinds of transition that reach people
 FIRING = "firing"
@@ -68,7 +70,7 @@ class AlertEvent:
 
     def to_json(self) -> str:
         d = asdict(self)
-        d["value"] = _num(self.value)
+        d["value"] = stored_number(self.value)
         return json.dumps(d, sort_keys=True)
 
     @classmethod
@@ -78,21 +80,10 @@ class AlertEvent:
         return cls(**d)
 
 
-def _num(v: float) -> Any:
-    # JSON has no NaN/Inf; float("nan"), float("inf") read these back
-    if v != v:
-        return "nan"
-    if v in (float("inf"), float("-inf")):
-        return "inf" if v > 0 else "-inf"
-    return v
-
-
 # -- lifecycle -----------------------------------------------------------------
 
 PENDING = "pending"
 ACTIVE = "firing"
-# Series.ranks value of a rule whose alert is pending (no severity yet)
-PENDING_RANK = -1
 
 
 class Alert:
@@ -133,8 +124,8 @@ class Alert:
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__slots__}
-        d["value"] = _num(self.value)
-        d["ratio"] = _num(self.ratio)
+        d["value"] = stored_number(self.value)
+        d["ratio"] = stored_number(self.ratio)
         return d
 
     @classmethod
@@ -344,7 +335,7 @@ class AlertBook:
         annotations = rule.render(fields)
         if rule.description:
             annotations.setdefault("description", rule.description)
-        severity = SEVERITY_OF_RANK.get(alert.rank, "warning")
+        severity = Severity.of_rank(alert.rank, "warning")
         labels = {
             **rule.labels,
             "alertname": rule.name,
@@ -361,7 +352,7 @@ class AlertBook:
             tag=alert.tag,
             kind=kind,
             severity=severity,
-            previous=SEVERITY_OF_RANK.get(previous) if previous else None,
+            previous=Severity.of_rank(previous, None) if previous else None,
             step=alert.step,
             value=alert.value,
             wall_time=alert.wall_time,

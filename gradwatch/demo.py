@@ -8,6 +8,7 @@ a brief spike that recovers (warning, then resolved), and a healthy run.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
@@ -17,10 +18,12 @@ import sys
 import tempfile
 import threading
 import time
+from typing import TextIO
 
 from tensorboard.compat.proto import event_pb2, summary_pb2
 
 from gradwatch.config import Config
+from gradwatch.daemon import Daemon
 from gradwatch.events.records import frame
 from gradwatch.rules import human
 
@@ -75,20 +78,28 @@ def _series(step_index: int) -> dict[str, dict[str, float]]:
     }
 
 
-def _wait_read(daemon, paths: list[str], timeout: float) -> None:
-    """Until the daemon has read every byte written (however fast the demo ran)."""
+def _wait_read(daemon: Daemon, points: int, timeout: float) -> None:
+    """Until the daemon has read and acted on ``points`` points (however fast the demo ran).
+
+    The status snapshot is published after the commit that follows a read, so once it counts
+    them, the console line and the stop-file of any transition they caused are written."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        readers = daemon.reader.readers
-        if all(p in readers and readers[p][1].offset >= os.path.getsize(p) for p in paths):
-            time.sleep(0.05)  # and acted on it: the loop commits right after reading
-            return
+    while time.monotonic() < deadline and daemon.status.points < points:
         time.sleep(0.02)
 
 
-def run_demo(keep: str | None = None, speed: float = 1.0, out=None) -> int:
-    from gradwatch.daemon import Daemon
+def add_arguments(sub: argparse._SubParsersAction) -> None:
+    d = sub.add_parser("demo", help="simulate an exploding run and watch gradwatch catch it")
+    d.add_argument("--keep", metavar="DIR", help="write the demo logdir here and keep it")
+    d.add_argument("--speed", type=float, default=1.0, help="faster (>1) or slower (<1) than real time")
+    d.set_defaults(func=cmd_demo)
 
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return run_demo(args.keep, args.speed)
+
+
+def run_demo(keep: str | None = None, speed: float = 1.0, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     # the logdir is kept (a path printed and then deleted would lead nowhere): check and report it after
     logdir = keep or tempfile.mkdtemp(prefix="gradwatch-demo-")
@@ -106,6 +117,7 @@ def run_demo(keep: str | None = None, speed: float = 1.0, out=None) -> int:
     writers = {run: DemoWriter(os.path.join(logdir, run)) for run in _series(0)}
     stop_file = os.path.join(logdir, EXPLODING, "gradwatch-stop.json")
     last_step = 0  # the last step the exploding run wrote
+    written = 0  # points written so far, by every run
     try:
         for i, step in enumerate(SEED_STEPS):
             out.write(f"--- step {step} ---\n")
@@ -116,14 +128,15 @@ def run_demo(keep: str | None = None, speed: float = 1.0, out=None) -> int:
                         continue  # the trainer saw the stop-file and stopped
                     last_step = step
                 writers[run].scalars(step, values)
+                written += len(values)
             # a real trainer's steps take seconds; at --speed 50 on a loaded machine the simulated
             # one must not outrun the daemon, or the story depends on the scheduler
-            _wait_read(daemon, [w.path for w in writers.values()], timeout=10)
+            _wait_read(daemon, written, timeout=10)
             time.sleep(pause)
     finally:
         for w in writers.values():
             w.close()
-        _wait_read(daemon, [w.path for w in writers.values()], timeout=10)
+        _wait_read(daemon, written, timeout=10)
         daemon.stop()
         thread.join(10)
     shutil.rmtree(state_dir, ignore_errors=True)
@@ -147,9 +160,13 @@ def run_demo(keep: str | None = None, speed: float = 1.0, out=None) -> int:
 def outcome(last_step: int, stopped: bool) -> str:
     """What happened to the exploding run, in one sentence."""
     final = f"{human(SEED_ACTOR_CNN[-1])} at step {SEED_STEPS[-1]}"
+    # decided on the stop-file alone: one written at the last step still stopped the run
+    # (and the lines after this one say it was written)
     if stopped and last_step < SEED_STEPS[-1]:
         return (
             f"{EXPLODING} stopped after step {last_step}; unattended its {SEED_TAG} "
             f"would have reached {final}."
         )
+    if stopped:
+        return f"{EXPLODING} was stopped at its last step {last_step}; its {SEED_TAG} reached {final}."
     return f"{EXPLODING} was not stopped (no stop-file was written); its {SEED_TAG} reached {final}."

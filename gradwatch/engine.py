@@ -13,7 +13,9 @@ from collections.abc import Callable
 
 from gradwatch.baseline import References
 from gradwatch.events.logdir import ProblemLog
-from gradwatch.rules import MAX_NAME_BYTES, Rule, Series, name_too_long, series_rules, shown_name
+from gradwatch.fmt import shown_name
+from gradwatch.match import MAX_NAME_BYTES, name_too_long
+from gradwatch.rules import Rule, Series, series_rules
 
 NAME_TOO_LONG = "name_too_long"
 

@@ -9,7 +9,11 @@ reorder what the operator sees with bidi controls (U+202E makes
 
 JSON has no NaN or Infinity: :func:`json_number` is the one spelling for every
 JSON output (``"NaN"``, ``"Infinity"``, ``"-Infinity"``: what ``float()`` reads
-back and what JavaScript's ``Number()`` understands).
+back and what JavaScript's ``Number()`` understands). Numbers a human reads
+(alerts, reports, Slack) go through :func:`human`; numbers stored in the state
+DB and the outbox go through :func:`stored_number` (Python's own spelling,
+``"nan"``/``"inf"``/``"-inf"``: the stored format, which must not change
+without a migration).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from datetime import datetime, timezone
 from typing import Any
 
 # Bidi embeddings/overrides (U+202A-U+202E), isolates (U+2066-U+2069), marks
@@ -47,6 +52,13 @@ def escape(text: object) -> str:
     return str(text).translate(_ESCAPES)
 
 
+def shown_name(name: str, limit: int = 60) -> str:
+    """A possibly huge name for a log line: quoted, escaped by :func:`escape`, cut to ``limit`` characters."""
+    if len(name) <= limit:
+        return f"'{escape(name)}'"
+    return f"'{escape(name[:limit])}'... ({len(name):,} characters)"
+
+
 def json_number(v: float | None) -> float | str | None:
     """JSON has no NaN/Inf: they become the strings "NaN", "Infinity", "-Infinity"."""
     if v is None or math.isfinite(v):
@@ -54,6 +66,38 @@ def json_number(v: float | None) -> float | str | None:
     if v != v:
         return "NaN"
     return "Infinity" if v > 0 else "-Infinity"
+
+
+def human(x: float) -> str:
+    """826256.0 -> ``826,256``; 0.5 -> ``0.5``; 1.5e-05 -> ``1.5e-05``; NaN -> ``NaN``; ±Inf -> ``±Inf``."""
+    if x != x:
+        return "NaN"
+    if x in (math.inf, -math.inf):
+        return "+Inf" if x > 0 else "-Inf"
+    if x == int(x) and abs(x) < 1e15:
+        return f"{int(x):,}"
+    if 1e-3 <= abs(x) < 1e15:
+        return f"{x:,.4g}" if abs(x) < 1000 else f"{x:,.2f}"
+    return f"{x:.4g}"
+
+
+def human_or_na(v: float | None) -> str:
+    """:func:`human`, or ``n/a`` when there is no value (an event without a threshold)."""
+    return "n/a" if v is None else human(float(v))
+
+
+# how the state DB and the outbox spell the numbers JSON cannot hold; float() reads them back
+STORED_NONFINITE = frozenset(("nan", "inf", "-inf"))
+
+
+def stored_number(v: float) -> float | str:
+    """A number for a stored JSON document: itself, or ``"nan"``/``"inf"``/``"-inf"`` (``repr``)."""
+    return v if math.isfinite(v) else repr(float(v))
+
+
+def rfc3339(t: float) -> str:
+    """Epoch seconds as RFC 3339 UTC with milliseconds (logs, stop-files, Alertmanager, webhooks)."""
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def json_safe(obj: Any) -> Any:
@@ -72,4 +116,15 @@ def json_dumps(obj: Any, **kwargs: Any) -> str:
     return json.dumps(json_safe(obj), allow_nan=False, **kwargs)
 
 
-__all__ = ["escape", "json_dumps", "json_number", "json_safe"]
+__all__ = [
+    "STORED_NONFINITE",
+    "escape",
+    "human",
+    "human_or_na",
+    "json_dumps",
+    "json_number",
+    "json_safe",
+    "rfc3339",
+    "shown_name",
+    "stored_number",
+]

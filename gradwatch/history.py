@@ -30,7 +30,7 @@ from typing import Any
 
 from gradwatch.alerts import AlertEvent
 from gradwatch.rules import RANK
-from gradwatch.state import db_text, from_db_text
+from gradwatch.store import db_text, from_db_text
 
 TABLE = "alert_history"
 SCHEMA = f"""

@@ -11,19 +11,14 @@ from __future__ import annotations
 
 import logging
 import numbers
+import sys
 import traceback
 from collections.abc import Iterator, Mapping
-from datetime import datetime, timezone
 from typing import Any
 
-from gradwatch.fmt import escape, json_dumps
+from gradwatch.fmt import escape, json_dumps, rfc3339  # rfc3339: re-exported (actions)
 
 TEXT_FORMAT = "gradwatch: %(levelname)s: %(message)s"
-
-
-def rfc3339(t: float) -> str:
-    """Epoch seconds as RFC 3339 UTC with milliseconds (logs, stop-files, Alertmanager)."""
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class _Escaped:
@@ -119,3 +114,14 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             doc["exception"] = format_exception(record.exc_info)
         return json_dumps(doc)
+
+
+def setup_logging(verbose: bool = False, quiet: bool = False, fmt: str = "text") -> None:
+    level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    # both formatters escape run names and every other argument (gradwatch/logjson.py)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger("gradwatch")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False

@@ -23,325 +23,43 @@ path allocates no container and touches no dict.
 
 from __future__ import annotations
 
-import fnmatch
 import math
-import re
-import string
 import sys
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from gradwatch.anomaly import AnomalyState, Detector
 from gradwatch.baseline import Baseline, History, Verdict
-from gradwatch.fmt import escape
 
-try:  # linear-time matching when the optional extra is installed (pip install 'gradwatch[re2]')
-    import re2 as _re2
-except ImportError:  # pragma: no cover - depends on the environment
-    _re2 = None
+# "X as X": re-exported for the one-shot commands, the daemon and tests (moved to fmt, match, templates)
+from gradwatch.fmt import human as human
+from gradwatch.fmt import json_number as json_number
+from gradwatch.match import MAX_NAME_BYTES as MAX_NAME_BYTES
+from gradwatch.match import Match as Match
+from gradwatch.match import Pattern as Pattern
+from gradwatch.match import name_too_long as name_too_long
+from gradwatch.match import shown_name as shown_name
+from gradwatch.severity import SEVERITY_NAMES, Severity
+from gradwatch.templates import MAX_FORMAT_WIDTH as MAX_FORMAT_WIDTH
+from gradwatch.templates import NOT_APPLICABLE, Factor, Num
+from gradwatch.templates import TEMPLATE_FIELDS as TEMPLATE_FIELDS
+from gradwatch.templates import Template as Template
+from gradwatch.templates import template_fields as template_fields
 
-try:
-    from re import _parser as _sre_parse  # Python >= 3.11
-except ImportError:  # pragma: no cover
-    import sre_parse as _sre_parse  # type: ignore[no-redef]
-
-SEVERITIES = ("info", "warning", "critical")
-# rank 0 means "no condition"; higher rank wins
-RANK = {name: i + 1 for i, name in enumerate(SEVERITIES)}
-SEVERITY_OF_RANK = {i + 1: name for i, name in enumerate(SEVERITIES)}
+# the tables the layers above still import (issue 11: they move to Severity, then these go)
+SEVERITIES = SEVERITY_NAMES
+RANK = {s.label: int(s) for s in Severity if s}
+SEVERITY_OF_RANK = {int(s): s.label for s in Severity if s}
 
 KINDS = ("thresholds", "nonfinite", "growth", "absent", "anomaly", "baseline")
 DIRECTIONS = ("above", "below", "absolute")
 
 _isfinite = math.isfinite
 
+
 # evaluation modes, decided once per rule so ``evaluate`` branches on an int
 _ABOVE, _BELOW, _ABSOLUTE, _NONFINITE, _GROWTH, _ABSENT, _ANOMALY, _BASELINE = range(8)
-
-
-class Num(float):
-    """A float that formats for humans when no format spec is given.
-
-    ``{value}`` renders 826256.0 as ``826,256`` and 1.5e-05 as ``1.5e-05``;
-    ``{value:.2f}`` still works as for any float. NaN and ±Inf render as
-    ``NaN``, ``+Inf`` and ``-Inf`` with or without a spec (Python's own
-    ``nan``/``inf`` read like typos in an alert).
-    """
-
-    def __format__(self, spec: str) -> str:
-        if not spec:
-            return human(self)
-        out = format(float(self), spec)  # errors name "float", not this class
-        if _isfinite(self):
-            return out
-        return out.replace("nan", "NaN").replace("inf", "Inf")
-
-    def __str__(self) -> str:
-        return human(self)
-
-
-class Factor(Num):
-    """A growth rule's level: a factor, so ``{threshold}`` reads ``x10``, not a value of 10."""
-
-    def __format__(self, spec: str) -> str:
-        return "x" + human(self) if not spec else super().__format__(spec)
-
-    def __str__(self) -> str:
-        return "x" + human(self)
-
-
-def json_number(v: float | None) -> float | str | None:
-    """JSON has no NaN/Inf: they become the strings "NaN", "Infinity", "-Infinity"."""
-    if v is None:
-        return None
-    if v != v:
-        return "NaN"
-    if v in (math.inf, -math.inf):
-        return "Infinity" if v > 0 else "-Infinity"
-    return v
-
-
-def human(x: float) -> str:
-    """826256.0 -> ``826,256``; 0.5 -> ``0.5``; 1.5e-05 -> ``1.5e-05``; NaN -> ``NaN``."""
-    if x != x:
-        return "NaN"
-    if x in (math.inf, -math.inf):
-        return "+Inf" if x > 0 else "-Inf"
-    if x == int(x) and abs(x) < 1e15:
-        return f"{int(x):,}"
-    if 1e-3 <= abs(x) < 1e15:
-        return f"{x:,.4g}" if abs(x) < 1000 else f"{x:,.2f}"
-    return f"{x:.4g}"
-
-
-class _NotApplicable:
-    """A template field that has no value for this rule kind (e.g. threshold of nonfinite)."""
-
-    def __format__(self, spec: str) -> str:
-        return "n/a"
-
-    def __str__(self) -> str:
-        return "n/a"
-
-
-NOT_APPLICABLE = _NotApplicable()
-TEMPLATE_FIELDS = (
-    "rule",
-    "run",
-    "tag",
-    "step",
-    "value",
-    "threshold",
-    "severity",
-    "labels",
-    "ratio",
-    "for",
-    "direction",
-    "within",
-    "zscore",
-    "baseline",
-    "baseline_step",
-)
-
-
-# {labels[team]}: one index by a label name, nothing else ({labels.__class__} would reach Python internals)
-_LABEL_INDEX = re.compile(r"\[[A-Za-z_][A-Za-z0-9_]*\]")
-# a format width or precision above this is a mistake or an attack ({value:>999999999} allocates 1 GB)
-MAX_FORMAT_WIDTH = 100
-
-
-def _check_spec(name: str, spec: str | None) -> None:
-    """Refuse nested fields in a format spec and any number (width, precision) over MAX_FORMAT_WIDTH."""
-    if not spec:
-        return
-    if "{" in spec or "}" in spec:
-        raise ValueError(f"field {{{name}:{spec}}}: a format spec cannot hold another field")
-    if any(len(n) > 3 or int(n) > MAX_FORMAT_WIDTH for n in re.findall(r"\d+", spec)):
-        raise ValueError(
-            f"field {{{name}:{spec}}}: format width and precision are limited to {MAX_FORMAT_WIDTH}"
-        )
-
-
-def template_fields(text: str, allowed: tuple[str, ...], indexable: str | None = None) -> set[str]:
-    """The fields a ``str.format`` template uses; ValueError unless each is a name from ``allowed``
-    (``indexable[name]`` too), without attribute access, and with a bounded format spec."""
-    try:
-        parsed = list(string.Formatter().parse(text))
-    except ValueError as e:  # "{value" or "}" alone
-        raise ValueError(f"bad template: {e} (write {{{{ and }}}} for literal braces)") from None
-    fields: set[str] = set()
-    for _, name, spec, _ in parsed:
-        if name is None:
-            continue
-        base = re.split(r"[.\[]", name, maxsplit=1)[0]
-        if base == "" or base.isdigit():
-            named = ", ".join(f"{{{f}}}" for f in allowed[:3])
-            raise ValueError(f"positional fields like {{}} or {{0}} are not allowed; use {named}, ...")
-        if base not in allowed:
-            raise ValueError(f"unknown field {{{base}}} (fields: {', '.join(allowed)})")
-        if name != base and not (base == indexable and _LABEL_INDEX.fullmatch(name[len(base) :])):
-            only = f"; only {{{indexable}[name]}} may index" if indexable else ""
-            raise ValueError(f"field {{{name}}}: no attribute or index access{only}")
-        _check_spec(name, spec)
-        fields.add(base)
-    return fields
-
-
-class Template:
-    """An annotation template: Python ``str.format`` with named fields only."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.fields = template_fields(text, TEMPLATE_FIELDS, indexable="labels")
-
-    def check(self, fields: dict[str, Any]) -> None:
-        """Render once; raises ValueError naming what is wrong (bad format spec, missing label)."""
-        try:
-            self.text.format_map(fields)
-        except KeyError as e:
-            raise ValueError(f"no label {e} in this rule's labels") from None
-        except (ValueError, TypeError, IndexError, AttributeError) as e:
-            raise ValueError(f"cannot render: {e}") from None
-
-    def render(self, fields: dict[str, Any]) -> str:
-        try:
-            return self.text.format_map(fields)
-        except (KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
-            return f"{self.text} (template error: {e})"
-
-
-# Run and tag names longer than this (in UTF-8 bytes) are never matched against rules: TensorBoard
-# tags are short, and a backtracking regex such as '(?i)grad.*norm' costs O(length^2) on a hostile
-# 128 KiB tag (50 s of a frozen daemon). The engine reports such a series once and skips it.
-MAX_NAME_BYTES = 1024
-
-
-def name_too_long(name: str) -> bool:
-    """True when ``name`` is over :data:`MAX_NAME_BYTES` (checked cheaply before encoding)."""
-    if len(name) > MAX_NAME_BYTES:
-        return True
-    # surrogatepass: run names carry undecodable bytes as lone surrogates (surrogateescape)
-    return len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES
-
-
-def shown_name(name: str, limit: int = 60) -> str:
-    """A possibly huge name for a log line: quoted, escaped by ``fmt.escape``, cut to ``limit``."""
-    if len(name) <= limit:
-        return f"'{escape(name)}'"
-    return f"'{escape(name[:limit])}'... ({len(name):,} characters)"
-
-
-_REPEATS = (_sre_parse.MAX_REPEAT, _sre_parse.MIN_REPEAT, getattr(_sre_parse, "POSSESSIVE_REPEAT", None))
-
-
-def _children(av: Any) -> list:
-    """The sub-patterns held by one parsed regex node's argument (groups, branches, repeats)."""
-    items = av if isinstance(av, (tuple, list)) else (av,)
-    out = []
-    for x in items:
-        if isinstance(x, _sre_parse.SubPattern):
-            out.append(x)
-        elif isinstance(x, list):
-            out.extend(y for y in x if isinstance(y, _sre_parse.SubPattern))
-    return out
-
-
-def _has_unbounded_repeat(pattern) -> bool:
-    for op, av in pattern:
-        if op in _REPEATS and av[1] is _sre_parse.MAXREPEAT:
-            return True
-        if any(_has_unbounded_repeat(c) for c in _children(av)):
-            return True
-    return False
-
-
-def _nested_quantifier(pattern) -> bool:
-    """A repeated group holding an unbounded repeat, like ``(a+)+`` or ``(\\w+\\s?)*``: exponential."""
-    for op, av in pattern:
-        if op in _REPEATS and av[1] != 1 and _has_unbounded_repeat(av[2]):
-            return True
-        if any(_nested_quantifier(c) for c in _children(av)):
-            return True
-    return False
-
-
-class Pattern:
-    """A rule regex with bounded cost: compiled by RE2 when installed, Python's ``re`` otherwise.
-
-    Patterns with nested quantifiers are refused (ValueError) whichever engine runs them, so a rule
-    file valid on one machine is valid on every machine; names over :data:`MAX_NAME_BYTES` never
-    reach ``search`` (the engine skips them).
-    """
-
-    def __init__(self, text: str) -> None:
-        try:
-            compiled = re.compile(text)
-        except re.error as e:
-            raise ValueError(f"invalid regular expression {text!r}: {e.msg} at position {e.pos}") from None
-        if _nested_quantifier(_sre_parse.parse(text)):
-            raise ValueError(
-                f"regular expression {text!r} repeats a group that holds a repeat (like (a+)+): "
-                "its matching time can explode; write it without the nested quantifier"
-            )
-        self.text = text
-        self.engine = "re"
-        self._search: Callable[[str], Any] = compiled.search
-        self._fallback = compiled.search
-        if _re2 is not None:
-            options = _re2.Options()
-            options.log_errors = False  # a pattern RE2 cannot run is not an error: re runs it
-            try:
-                self._search = _re2.compile(text, options).search
-                self.engine = "re2"
-            except _re2.error:  # RE2 lacks backreferences and lookaround: keep re
-                pass
-
-    def search(self, name: str) -> bool:
-        try:
-            return self._search(name) is not None
-        except UnicodeEncodeError:  # RE2 takes UTF-8; undecodable bytes (surrogates) go to re
-            return self._fallback(name) is not None
-
-    def __repr__(self) -> str:
-        return f"Pattern({self.text!r}, engine={self.engine})"
-
-
-@dataclass
-class Match:
-    """Which series a rule watches: run and tag globs (whole name) or regexes (searched)."""
-
-    runs: list[str] = field(default_factory=lambda: ["*"])
-    tags: list[str] = field(default_factory=lambda: ["*"])
-    run_regex: Pattern | None = None
-    tag_regex: Pattern | None = None
-    exclude_tags: list[str] = field(default_factory=list)
-    exclude_runs: list[str] = field(default_factory=list)
-
-    def matches(self, run: str, tag: str) -> bool:
-        if self.run_regex is not None:
-            if not self.run_regex.search(run):
-                return False
-        elif not any(fnmatch.fnmatchcase(run, g) for g in self.runs):
-            return False
-        if self.tag_regex is not None:
-            if not self.tag_regex.search(tag):
-                return False
-        elif not any(fnmatch.fnmatchcase(tag, g) for g in self.tags):
-            return False
-        if any(fnmatch.fnmatchcase(run, g) for g in self.exclude_runs):
-            return False
-        return not any(fnmatch.fnmatchcase(tag, g) for g in self.exclude_tags)
-
-    def matches_tag(self, tag: str) -> bool:
-        """The tag half of :meth:`matches` (a baseline rule's reference runs are chosen by name)."""
-        if self.tag_regex is not None:
-            if not self.tag_regex.search(tag):
-                return False
-        elif not any(fnmatch.fnmatchcase(tag, g) for g in self.tags):
-            return False
-        return not any(fnmatch.fnmatchcase(tag, g) for g in self.exclude_tags)
 
 
 # Most points a growth rule remembers per series. The window normally holds only the rising points
@@ -462,7 +180,8 @@ class Rule:
                 return level
         return None
 
-    def evaluate(self, state: RuleState, step: int, wall_time: float, value: float) -> int:
+    # measured hot path (every point of every watched series): one flat function, no helper calls
+    def evaluate(self, state: RuleState, step: int, wall_time: float, value: float) -> int:  # noqa: C901, PLR0915
         """Severity rank this point puts the series at, after ``for``."""
         if self._lo <= value <= self._hi and not state.raw:
             # the common case: a finite value in the quiet range after a quiet point
@@ -599,7 +318,7 @@ class Rule:
             "step": step,
             "value": Num(value),
             "threshold": threshold,
-            "severity": SEVERITY_OF_RANK.get(rank, "ok"),
+            "severity": Severity.of_rank(rank),
             "labels": self.labels,
             "ratio": self._ratio(state),
             "for": self.for_points,

@@ -50,7 +50,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-# The daemon's default stop-file template (gradwatch.actions.DEFAULT_STOP_FILE).
+# The daemon's default stop-file template (its StopFileWriter, gradwatch/daemon/writers.py).
 DEFAULT_STOP_FILE = "{run_dir}/gradwatch-stop.json"
 
 # A stop-file is a few kilobytes; anything bigger is not the daemon's and is

@@ -331,8 +331,8 @@ def crossing_and_recovery(run: str) -> list[AlertEvent]:
     """The events the daemon gets from one batch of points holding a crossing and its recovery
     (the packaged rules: gradient_explosion and gradient_growth fire, then both resolve)."""
     from gradwatch.alerts import AlertBook
+    from gradwatch.config.rulefiles import load_rules
     from gradwatch.engine import Engine
-    from gradwatch.rulefile import load_rules
 
     rules = load_rules()
     book = AlertBook(rules, live=True)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gradwatch.actions import MAX_MORE_REASONS, FlagWriter, StopFileWriter, stop_path
 from gradwatch.alerts import AlertEvent
+from gradwatch.daemon.writers import MAX_MORE_REASONS, FlagWriter, StopFileWriter, stop_path
 from gradwatch.trainer import StopFile, should_stop
 
 

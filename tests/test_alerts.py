@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from gradwatch.alerts import Alert, AlertBook, AlertEvent
+from gradwatch.config.rulefiles import parse_rules
 from gradwatch.engine import Engine
-from gradwatch.rulefile import parse_rules
 
 
 class Clock:

@@ -28,8 +28,8 @@ from receivers import wait_until
 from test_actions import event as alert_event
 from writers import write_scalars
 
-from gradwatch.actions import FlagWriter, StopFileWriter
 from gradwatch.alerts import AlertEvent
+from gradwatch.daemon.writers import FlagWriter, StopFileWriter
 
 TAG = "gradients/actor_cnn_norm"
 NOBODY = ("--reuid=nobody", "--regid=nogroup", "--clear-groups")
@@ -336,6 +336,7 @@ def test_the_daemon_writes_nothing_into_a_run_dir_swapped_for_a_link_between_two
 
 def test_an_unwritable_logdir_costs_one_log_line_per_run_however_often_it_fails(tmp_path, writer):
     """Issue 8: 1,000 runs in a read-only logdir gave 2,001 error lines; now one per run."""
+    require_root()  # only root can drop capabilities with setpriv --bounding-set
     setpriv = require_binary("setpriv")
     logdir = tmp_path / "logdir"
     runs = [f"run-{i:02d}" for i in range(30)]

@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 
 import pytest
-from conftest import require_binary
+from conftest import require_binary, require_root
 from writers import event, simple, write_scalars
 
 from gradwatch.events.logdir import ProblemLog
@@ -34,8 +34,7 @@ BUDGET = 64 * MiB
 @pytest.fixture
 def trainer_dir():
     """A run directory the unprivileged trainer owns, in a logdir it can reach."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to play the trainer as nobody")
+    require_root()  # to play the trainer as nobody
     setpriv = require_binary("setpriv")
     nobody = pwd.getpwnam("nobody")
     root = tempfile.mkdtemp(prefix="gradwatch-sparse-")
@@ -134,9 +133,10 @@ def test_the_daemon_goes_round_its_files_while_one_has_much_to_read(tmp_path, mo
     import numpy as np
     from tensorboardX import SummaryWriter
 
-    import gradwatch.daemon as daemon_module
+    import gradwatch.daemon.reading as daemon_module
     from gradwatch.config import Config
     from gradwatch.daemon import Daemon
+    from gradwatch.daemon.watcher import Changes
 
     monkeypatch.setattr(daemon_module, "READ_BUDGET", CHUNK_BYTES)
     logdir = tmp_path / "logdir"
@@ -152,20 +152,23 @@ def test_the_daemon_goes_round_its_files_while_one_has_much_to_read(tmp_path, mo
         # both files known and not read yet, as when a writer appends to them after
         # the catch-up; no periodic rescan or poll during the test
         d.reader.refresh()
-        d._last_rescan = time.monotonic() + 3600
+        d.follower.last_rescan = time.monotonic() + 3600
         (big,) = (p for p, (run, _) in d.reader.readers.items() if run == "big")
         (small,) = (p for p, (run, _) in d.reader.readers.items() if run == "small")
 
-        d._handle({big})  # the big file changed first: one budget of it is read
+        d.follower.handle(Changes(frozenset({big})))  # the big file changed first: one budget of it is read
         assert d.reader.readers[big][1].offset < os.path.getsize(big)
-        d._handle({small})  # the next turn reads the small file, and the big one on
+        # the next turn reads the small file, and the big one on
+        d.follower.handle(Changes(frozenset({small})))
         assert d.reader.readers[small][1].offset == os.path.getsize(small)
         assert [(a.run, a.rule) for a in d.book.firing()] == [("small", "gradient_explosion")]
         assert d.reader.readers[big][1].offset < os.path.getsize(big)  # still more to read
         turns = 2
-        while d._read_again:
-            d._handle(set())
+        # a reader that never finished would spin here forever: cap the turns (about 4 MiB, a chunk a turn)
+        while d.follower.read_again and turns < 100:
+            d.follower.handle(Changes())
             turns += 1
+        assert not d.follower.read_again, f"still reading after {turns} turns"
         assert turns >= 3 and d.reader.readers[big][1].offset == os.path.getsize(big)
         assert d.points == 300 + 1  # every point read once
     finally:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from tensorboardX import SummaryWriter
 
-from gradwatch.check import CRITICAL, OK, UNKNOWN, WARNING, run_check, write_json, write_text
 from gradwatch.cli import main
-from gradwatch.rulefile import load_rules
+from gradwatch.config.rulefiles import load_rules
+from gradwatch.oneshot.check import CRITICAL, OK, UNKNOWN, WARNING, run_check, write_json, write_text
 
 SEED_STEPS = [100, 200, 300, 400, 500]
 SEED_NORMS = [5191, 130486, 826256, 2860755, 7475702]
@@ -350,3 +350,43 @@ def test_hostile_and_undecodable_names_are_shown_escaped(tmp_path):
         "grad_norm\\x0aOK: forged",
         "step  run-\\xff\\x1b[2J",
     ]
+
+
+def test_the_unknown_status_line_is_escaped(tmp_path, capsys):
+    """Review 12: the first line of the error reached stdout raw; a logdir name with an escape
+    sequence could clear the operator's terminal or forge a second status line."""
+    missing = tmp_path / "nope\x1b[2J\u202e"
+    assert main(["check", str(missing)]) == UNKNOWN
+    out = capsys.readouterr().out
+    assert out == f"UNKNOWN: {tmp_path}/nope\\x1b[2J\\u202e: no such directory\n"
+
+
+def test_an_unforeseen_failure_is_unknown_with_a_status_line(seed_logdir, monkeypatch, capsys):
+    """Review 11: an unexpected exception exited 1 (WARNING to a monitoring system) with a
+    traceback and no status line; now 3 with `UNKNOWN: ...`, one escaped log line, and the
+    traceback only with -v. (No real trigger is known; a bug is what a catch-all is for.)"""
+    import gradwatch.oneshot.check
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the bug\x1b[2J")
+
+    monkeypatch.setattr(gradwatch.oneshot.check, "run_check", broken)
+    assert main(["check", seed_logdir]) == UNKNOWN
+    out, err = capsys.readouterr()
+    assert out == "UNKNOWN: check could not run: RuntimeError: the bug\\x1b[2J\n"
+    assert len(err.splitlines()) == 1 and "check could not run: RuntimeError: the bug\\x1b[2J" in err
+    assert main(["check", seed_logdir, "--json"]) == UNKNOWN
+    assert json.loads(capsys.readouterr().out)["status"] == "UNKNOWN"
+    assert main(["check", seed_logdir, "-v"]) == UNKNOWN
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_an_unforeseen_failure_of_export_is_unknown(tmp_path, monkeypatch, capsys):
+    import gradwatch.oneshot.export
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the bug")
+
+    monkeypatch.setattr(gradwatch.oneshot.export, "export", broken)
+    assert main(["export", str(tmp_path)]) == UNKNOWN
+    assert "export could not run: RuntimeError: the bug" in capsys.readouterr().err

@@ -9,7 +9,7 @@ import pytest
 
 from gradwatch import __version__
 from gradwatch.cli import main
-from gradwatch.rulefile import default_rules_path
+from gradwatch.config.rulefiles import default_rules_path
 
 REPO = Path(__file__).resolve().parent.parent
 

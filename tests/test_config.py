@@ -9,7 +9,7 @@ import pytest
 
 from gradwatch.cli import main
 from gradwatch.config import Config, load_config, parse_listen
-from gradwatch.yamlconf import ConfigError
+from gradwatch.config.yaml import ConfigError
 
 
 def write(tmp_path, text: str, name: str = "gradwatch.yaml"):

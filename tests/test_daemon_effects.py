@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 from tensorboardX import SummaryWriter
 
-import gradwatch.daemon as daemon_module
+import gradwatch.daemon.reading as daemon_module
 from gradwatch.config import Config, check_stop_file_template
 from gradwatch.daemon import Daemon
+from gradwatch.daemon.watcher import Changes
 from gradwatch.events.records import CHUNK_BYTES
 
 
@@ -60,8 +61,8 @@ def test_a_failing_side_effect_loses_no_transition_and_stops_nothing(tmp_path, m
         for step, value in ((2, 1e9), (3, 1.0), (4, 1e9)):
             with SummaryWriter(str(logdir / "run"), flush_secs=3600) as w:
                 w.add_scalar("gradients/norm", value, step)
-            d.rescan()
-            d._handle(set(d.reader.readers))
+            d.follower.rescan()
+            d.follower.handle(Changes(frozenset(d.reader.readers)))
             assert d.checkpoint() is True  # committed: not stuck on the failing effect
         firings = [e for e, _ in calls if e.kind == "firing" and e.severity == "critical"]
         assert {e.step for e in firings} >= {2, 4}  # both firings reached the (broken) writer
@@ -88,13 +89,13 @@ def test_a_big_new_file_after_the_catch_up_is_read_a_budget_per_turn(tmp_path, m
         d.catch_up()
         d.ready.set()  # what run() does after the catch-up
         _images_then_a_crossing(str(logdir / "big"), 300)  # about 4 MiB
-        d.rescan()
+        d.follower.rescan()
         (big,) = (p for p, (run, _) in d.reader.readers.items() if run == "big")
         assert d.reader.readers[big][1].offset < os.path.getsize(big)  # one budget, not the file
-        assert big in d._read_again
+        assert big in d.follower.read_again
         turns = 1
-        while d._read_again and turns < 100:
-            d._handle(set())
+        while d.follower.read_again and turns < 100:
+            d.follower.handle(Changes())
             turns += 1
         assert turns > 2 and d.reader.readers[big][1].offset == os.path.getsize(big)
         assert ("big", "gradient_explosion") in [(a.run, a.rule) for a in d.book.firing()]
@@ -123,7 +124,7 @@ def test_the_catch_up_reads_a_big_file_in_budgets_keeping_its_progress(tmp_path,
         assert d.catch_up()
         (big,) = d.reader.readers
         size = os.path.getsize(big)
-        assert d.reader.readers[big][1].offset == size and not d._read_again
+        assert d.reader.readers[big][1].offset == size and not d.follower.read_again
         partial = [o for o in offsets if 0 < o < size]
         assert len(partial) >= 2  # progress between budgets, not only at the end
         assert len(pings) >= len(partial)

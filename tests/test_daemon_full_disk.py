@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from conftest import require_root
 from daemon_support import Daemon, outbox_rows, wait_for
 from receivers import Receiver
 from test_systemd_notify_daemon import notify_socket as systemd_socket  # noqa: F401 - a fixture
@@ -39,6 +40,7 @@ def statuses(srv) -> list[str]:
 
 @pytest.fixture
 def small_state_dir(tmp_path):
+    require_root()  # to mount a tmpfs
     state = tmp_path / "state"
     state.mkdir()
     got = subprocess.run(

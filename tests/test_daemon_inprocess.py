@@ -19,11 +19,12 @@ import pytest
 from daemon_support import parse_alert_lines, wait_for
 from tensorboard.compat.proto import event_pb2, summary_pb2
 
-import gradwatch.daemon as daemon_module
+import gradwatch.daemon.follower as daemon_module
+import gradwatch.daemon.reading as reading_module
 from gradwatch.config import Config
+from gradwatch.config.yaml import ConfigError
 from gradwatch.daemon import Daemon
 from gradwatch.events.records import frame
-from gradwatch.yamlconf import ConfigError
 
 TAG = "gradients/actor_cnn_norm"
 
@@ -208,7 +209,7 @@ def _multi_value_file(path, records: int, per_record: int) -> list[tuple[int, fl
 
 
 def test_a_stop_in_the_middle_of_a_big_file_commits_nothing_half_read(tmp_path, monkeypatch):
-    monkeypatch.setattr(daemon_module, "BATCH_POINTS", 7)
+    monkeypatch.setattr(reading_module, "BATCH_POINTS", 7)
     run = tmp_path / "logdir" / "run"
     run.mkdir(parents=True)
     points = _multi_value_file(run / "events.out.tfevents.1.merged", records=30, per_record=3)

@@ -7,10 +7,11 @@ import os
 
 from tensorboardX import SummaryWriter
 
-import gradwatch.daemon as daemon_module
+import gradwatch.daemon.unit_of_work as daemon_module
 from gradwatch.config import Config
 from gradwatch.daemon import Daemon
-from gradwatch.state import StateDB
+from gradwatch.daemon.watcher import Changes
+from gradwatch.store import StateDB
 
 
 def test_shutdown_commits_what_was_read_since_the_last_commit(tmp_path, monkeypatch):
@@ -29,7 +30,7 @@ def test_shutdown_commits_what_was_read_since_the_last_commit(tmp_path, monkeypa
         for step in range(2, 2002):
             w.add_scalar("loss", 1.0, step)
         w.flush()
-        d._handle({path})
+        d.follower.handle(Changes(frozenset({path})))
         read_to = d.reader.readers[path][1].offset
         assert read_to == os.path.getsize(path) > caught_up_at
         assert d.checkpoint(lazy=True)  # skipped: nothing urgent, and the last commit is recent

@@ -68,3 +68,15 @@ def test_demo_keeps_the_logdir_it_names(tmp_path):
         assert os.path.isdir(path), path
         assert "td3-lr3e-3-exploding" in os.listdir(path)
     assert main(["check", named.pop()]) == 2  # and `gradwatch check` on it finds the explosion
+
+
+def test_the_outcome_follows_the_stop_file_alone():
+    """Review 24: a stop-file written at the last step (500) gave "was not stopped (no stop-file
+    was written)" followed by "Stop-file written...": the sentence now says stopped."""
+    from gradwatch.demo import SEED_STEPS, outcome
+
+    last = SEED_STEPS[-1]
+    assert "stopped after step 300" in outcome(300, stopped=True)
+    assert "was stopped at its last step" in outcome(last, stopped=True)
+    assert "no stop-file" not in outcome(last, stopped=True)
+    assert "was not stopped (no stop-file was written)" in outcome(last, stopped=False)

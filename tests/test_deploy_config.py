@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from gradwatch.actions import stop_path
-from gradwatch.config import build_notifiers, load_config
-from gradwatch.rulefile import load_rules
-from gradwatch.yamlconf import ConfigError
+from gradwatch.config import load_config
+from gradwatch.config.rulefiles import load_rules
+from gradwatch.config.yaml import ConfigError
+from gradwatch.daemon.writers import stop_path
+from gradwatch.notify.registry import build_notifiers
 
 ROOT = Path(__file__).resolve().parent.parent
 FULL = ROOT / "deploy" / "gradwatch.yaml"

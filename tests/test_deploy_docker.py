@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gradwatch.metrics import Metrics, MetricsServer
+from gradwatch.daemon.status import Status
+from gradwatch.exporter.collector import Metrics, MetricsServer
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "deploy" / "docker"
@@ -237,7 +238,7 @@ def test_compose_example_without_docker(tmp_path):
         assert re.search(
             r'gradwatch_alert\{rule="gradient_explosion",run="td3-exploding",severity="critical"', text
         )
-        # Metrics(daemon) reads the daemon's own counters
+        # the exporter reads the daemon's own counters (its status snapshot)
         assert re.search(r"^gradwatch_runs 1\.0$", text, re.M)
         assert re.search(r"^gradwatch_points_read_total [1-9]", text, re.M)
     finally:
@@ -256,7 +257,8 @@ def test_healthcheck_command_works(tmp_path):
     """The image's HEALTHCHECK, run here against a real gradwatch endpoint (port swapped for a free one)."""
     health = dict(instructions(DOCKER / "Dockerfile"))["HEALTHCHECK"]
     argv = json.loads(health[health.index("CMD") + 3 :])
-    metrics = Metrics(process_metrics=False)
+    status = Status()
+    metrics = Metrics(lambda: status, process_metrics=False)
     with MetricsServer(metrics, "127.0.0.1", 0) as server:
         live = [a.replace(":9723/", f":{server.port}/") for a in argv]
         p = subprocess.run([sys.executable, *live[1:]], capture_output=True, text=True, timeout=60)
@@ -305,6 +307,9 @@ def test_build_context_is_enough_to_build_the_package(tmp_path):
     assert p.returncode == 0, p.stdout + p.stderr
     (wheel,) = (tmp_path / "dist").glob("gradwatch-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "gradwatch/default_rules/gradient_explosion.yaml" in names and "gradwatch/metrics.py" in names
+    assert (
+        "gradwatch/default_rules/gradient_explosion.yaml" in names
+        and "gradwatch/exporter/collector.py" in names
+    )
     entry = [n for n in names if n.endswith("entry_points.txt")]
     assert "gradwatch = gradwatch.cli:main" in zipfile.ZipFile(wheel).read(entry[0]).decode()

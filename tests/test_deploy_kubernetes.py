@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gradwatch.actions import stop_path
 from gradwatch.config import load_config
-from gradwatch.rulefile import load_rules
+from gradwatch.config.rulefiles import load_rules
+from gradwatch.daemon.writers import stop_path
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "kubernetes"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from gradwatch.rulefile import default_rules_path, load_rules
+from gradwatch.config.rulefiles import default_rules_path, load_rules
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "rules" / "gradient_explosion.yaml"

@@ -13,7 +13,7 @@ import pytest
 from conftest import require_binary
 from snippets import snippet
 
-from gradwatch.actions import stop_path
+from gradwatch.daemon.writers import stop_path
 
 SYSTEMD = Path(__file__).resolve().parent.parent / "deploy" / "systemd"
 INSTALLED = "/opt/gradwatch/bin/gradwatch"

@@ -16,7 +16,7 @@ from tensorboard.util import tensor_util
 from tensorboardX import SummaryWriter as XWriter
 
 from gradwatch.cli import main
-from gradwatch.export import FIELDS, export
+from gradwatch.oneshot.export import FIELDS, export
 
 nan, inf = math.nan, math.inf
 VALUES = [0.5, 1e-7, 130486.0, 3.4e38, -2.5, nan, inf, -inf, 0.1, 7475702.0]

@@ -12,7 +12,7 @@ import re
 import pytest
 from daemon_support import Daemon, run_gradwatch, watch_args
 
-from gradwatch.metrics_http import is_loopback
+from gradwatch.exporter.http import is_loopback
 
 
 def test_listen_without_a_host_is_a_usage_error_that_names_the_choices(tmp_path):

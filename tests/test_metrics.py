@@ -17,12 +17,12 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from tensorboardX import SummaryWriter
 
-from gradwatch.alerts import AlertBook, AlertEvent
+from gradwatch.alerts import AlertBook
+from gradwatch.config.rulefiles import load_rules
+from gradwatch.daemon.status import Status, alert_rows, series_rows, transition_rows
 from gradwatch.engine import Engine
 from gradwatch.events.logdir import LogdirReader, ProblemLog
-from gradwatch.metrics import FAMILIES, PROBLEM_KINDS, Metrics, MetricsServer
-from gradwatch.rulefile import load_rules
-from gradwatch.rules import SEVERITY_OF_RANK
+from gradwatch.exporter.collector import FAMILIES, PROBLEM_KINDS, Metrics, MetricsServer
 
 NORM = "gradients/actor_cnn_norm"
 SEED = [(100, 5191.0), (200, 130486.0), (300, 826256.0)]
@@ -38,25 +38,38 @@ def write_seed(logdir, run="exploding"):
 
 
 class Fed:
-    """Engine, AlertBook and Metrics wired the way the daemon wires them."""
+    """Engine, AlertBook and Metrics wired the way the daemon wires them: the daemon thread
+    publishes a Status after each change, the exporter reads only that."""
 
     def __init__(self, export_tags=None, process_metrics=False):
         self.rules = load_rules()
         self.book = AlertBook(self.rules)
         self.engine = Engine(self.rules, self.book, export_tags=export_tags)
         self.problems = ProblemLog()
-        self.metrics = Metrics(
-            series=lambda: self.engine.all_series(),
-            alerts=lambda: ((a.rule, a.run, a.tag, SEVERITY_OF_RANK[a.rank]) for a in self.book.firing()),
-            problems=lambda: self.problems.counts,
-            process_metrics=process_metrics,
+        self.transitions = {}
+        self.totals = {}  # runs, files, records, points, outbox ...: whatever the test reads
+        self.status = Status()
+        self.metrics = Metrics(lambda: self.status, process_metrics=process_metrics)
+        self.publish()
+
+    def publish(self, **fields):
+        self.totals.update(fields)
+        self.status = Status(
+            rules=len(self.rules),
+            series=series_rows(self.engine.all_series()),
+            series_watched=sum(1 for s in self.engine.all_series() if s.rules),
+            alerts=alert_rows(self.book.firing()),
+            transitions=transition_rows(self.rules, self.transitions),
+            problems=tuple(sorted(self.problems.counts.items())),
+            **self.totals,
         )
-        self.metrics.set_rules(self.rules)
 
     def observe(self, run, tag, step, wall_time, value):
         self.engine.observe(run, tag, step, wall_time, value)
-        for event in self.book.take_events():
-            self.metrics.transition(event)
+        for e in self.book.take_events():
+            key = (e.rule, e.severity, e.kind)
+            self.transitions[key] = self.transitions.get(key, 0) + 1
+        self.publish()
 
     def read(self, logdir):
         reader = LogdirReader(str(logdir), problems=self.problems)
@@ -66,8 +79,13 @@ class Fed:
             self.observe(*point)
             n += 1
         records = sum(r.tail.records for _, r in reader.readers.values())
-        self.metrics.records_read(records, points=n)
-        self.metrics.set_watch(len(runs), sum(len(p) for p in runs.values()))
+        self.publish(records=records, points=n, runs=len(runs), files=sum(len(p) for p in runs.values()))
+
+
+def status_metrics(**fields):
+    """A Metrics reading one fixed Status."""
+    status = Status(**fields)
+    return Metrics(lambda: status, process_metrics=False)
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, frozenset], float]:
@@ -140,34 +158,14 @@ def test_alert_state_follows_the_engine(fed):
     assert s[("gradwatch_alert_transitions_total", frozenset({**t, "kind": "resolved"}.items()))] == 1
 
 
-def event(kind, severity, rule="r", run="run", tag="tag"):
-    return AlertEvent(rule, run, tag, kind, severity, None, 1, 2.0, 3.0, None, 4.0, None)
-
-
 def alert_samples(m):
     return sorted(tuple(sorted(dict(k[1]).items())) for k in samples(m) if k[0] == "gradwatch_alert")
 
 
-def test_without_an_alerts_source_transitions_keep_the_alert_state():
-    m = Metrics(process_metrics=False)
-    m.transition(event("firing", "warning"))
-    m.transition(event("escalated", "critical"))
-    assert alert_samples(m) == [(("rule", "r"), ("run", "run"), ("severity", "critical"), ("tag", "tag"))]
-    assert value(m, "gradwatch_alert_transitions_total", rule="r", severity="critical", kind="escalated") == 1
-    m.transition(event("resolved", "critical"))
-    m.transition(event("resolved", "warning", run="other"))  # resolving an unknown alert is harmless
-    assert alert_samples(m) == []
-    m.set_alert("r", "run", "tag", "info")
-    m.set_alert("r", "run", "tag", "warning")
-    assert alert_samples(m) == [(("rule", "r"), ("run", "run"), ("severity", "warning"), ("tag", "tag"))]
-    m.clear_alerts()
-    assert alert_samples(m) == []
-
-
-def test_an_alerts_source_wins_and_keeps_one_severity_per_alert():
-    firing = [("r", "run", "tag", "warning"), ("r", "run", "tag", "critical"), ("r", "b", "tag", "info")]
-    m = Metrics(alerts=lambda: firing, process_metrics=False)
-    m.transition(event("firing", "warning", run="pushed"))  # counted, but the source says what fires
+def test_an_alert_is_exported_once_at_its_highest_severity():
+    m = status_metrics(
+        alerts=(("r", "run", "tag", "warning"), ("r", "run", "tag", "critical"), ("r", "b", "tag", "info"))
+    )
     assert alert_samples(m) == [
         (("rule", "r"), ("run", "b"), ("severity", "info"), ("tag", "tag")),
         (("rule", "r"), ("run", "run"), ("severity", "critical"), ("tag", "tag")),
@@ -217,95 +215,36 @@ def test_nan_and_inf_are_exported_as_such():
     )
 
 
-def test_notification_stats_are_read_at_scrape_time():
-    stats = {"slack": {"sent": 1, "failed": 0, "queued": 2, "dropped": 0}}
-    m = Metrics(outbox_stats=lambda: stats, process_metrics=False)
-    assert value(m, "gradwatch_notifications_queued", channel="slack") == 2
-    stats["slack"] = {"sent": 3, "failed": 4, "queued": 0, "dropped": 1}
-    stats["ops-webhook"] = {"sent": 5}  # missing fields read as 0
+def test_notification_stats_come_from_the_status():
+    m = status_metrics(outbox=(("ops-webhook", 5, 0, 0, 0), ("slack", 3, 4, 2, 1)))
     s = samples(m)
     assert s[("gradwatch_notifications_sent_total", frozenset({"channel": "slack"}.items()))] == 3
     assert s[("gradwatch_notifications_failed_total", frozenset({"channel": "slack"}.items()))] == 4
+    assert s[("gradwatch_notifications_queued", frozenset({"channel": "slack"}.items()))] == 2
     assert s[("gradwatch_notifications_dropped_total", frozenset({"channel": "slack"}.items()))] == 1
     assert s[("gradwatch_notifications_sent_total", frozenset({"channel": "ops-webhook"}.items()))] == 5
     assert s[("gradwatch_notifications_queued", frozenset({"channel": "ops-webhook"}.items()))] == 0
 
 
-def test_a_broken_source_costs_only_its_own_metrics(caplog):
-    def broken():
-        raise OSError("database is locked")
-
-    m = Metrics(series=broken, outbox_stats=broken, alerts=broken, problems=broken, process_metrics=False)
-    with caplog.at_level(logging.ERROR, logger="gradwatch.metrics"):
-        for _ in range(3):
-            s = samples(m)
-    assert s[("gradwatch_ready", frozenset())] == 0
-    assert s[("gradwatch_read_problems_total", frozenset({"kind": "corrupt_record"}.items()))] == 0
-    assert not [k for k in s if k[0].startswith(("gradwatch_notifications", "gradwatch_scalar"))]
-    assert [r.getMessage() for r in caplog.records] == [
-        f"metrics: reading {name} failed; its metrics are left out"
-        for name in ("series", "alerts", "problems", "outbox_stats")
-    ]
-
-
-def test_rules_watch_and_counts_sources():
-    rules = load_rules()
-    totals = {"points": 7}
-    m = Metrics(rules=lambda: rules, watch=lambda: (2, 5), counts=lambda: totals, process_metrics=False)
-    m.records_read(3, points=100)  # a source wins over pushes for the keys it has
+def test_watch_counts_and_totals_come_from_the_status():
+    m = status_metrics(rules=3, runs=2, files=5, points=7, records=3, series_watched=4)
     assert value(m, "gradwatch_rules") == 3
     assert value(m, "gradwatch_runs") == 2 and value(m, "gradwatch_event_files") == 5
     assert value(m, "gradwatch_points_read_total") == 7
     assert value(m, "gradwatch_records_read_total") == 3
-    assert (
-        value(
-            m,
-            "gradwatch_alert_transitions_total",
-            rule="gradient_explosion",
-            severity="critical",
-            kind="firing",
-        )
-        == 0
-    )
+    assert value(m, "gradwatch_series_watched") == 4
 
 
-def test_a_source_must_be_callable():
-    with pytest.raises(TypeError, match=r"Metrics\(series=\.\.\.\) must be a callable read at scrape time"):
-        Metrics(object(), process_metrics=False)
+def test_the_status_source_must_be_callable():
+    with pytest.raises(TypeError, match=r"Metrics\(status\) must be a callable returning a Status"):
+        Metrics(Status(), process_metrics=False)
 
 
-def test_pushed_problems_without_a_source():
-    m = Metrics(process_metrics=False)
-    m.observe_problem("corrupt_record")
-    m.observe_problem("corrupt_record")
-    m.observe_problem("some_new_kind")
+def test_problem_kinds_unknown_to_the_exporter_are_exported_too():
+    m = status_metrics(problems=(("corrupt_record", 2), ("some_new_kind", 1)))
     assert value(m, "gradwatch_read_problems_total", kind="corrupt_record") == 2
     assert value(m, "gradwatch_read_problems_total", kind="some_new_kind") == 1
     assert value(m, "gradwatch_read_problems_total", kind="vanished_file") == 0
-
-
-def test_series_copy_is_retried_when_the_engine_grows_meanwhile():
-    f = Fed()
-    f.observe("r", "grad_norm", 1, 1.7e9, 3.0)
-    real = f.engine.all_series
-    calls = {"n": 0}
-
-    def flaky():
-        calls["n"] += 1
-        if calls["n"] <= 2:
-            raise RuntimeError("dictionary changed size during iteration")
-        return real()
-
-    f.metrics.series_source = flaky
-    assert value(f.metrics, "gradwatch_scalar_value", run="r", tag="grad_norm") == 3.0
-    assert calls["n"] == 3
-
-    def always_changing():
-        raise RuntimeError("dictionary changed size during iteration")
-
-    # after the attempts run out the previous scrape's copy is served, not an error
-    f.metrics.series_source = always_changing
-    assert value(f.metrics, "gradwatch_scalar_value", run="r", tag="grad_norm") == 3.0
 
 
 def test_scrapes_survive_a_daemon_thread_adding_series():
@@ -317,6 +256,8 @@ def test_scrapes_survive_a_daemon_thread_adding_series():
         scraping.wait(10)  # start adding once scrapes are under way, so the two really overlap
         for i in range(5_000):
             f.engine.observe(f"run{i % 50}", f"grad_norm/{i}", i, 1.7e9 + i, float(i))
+            if i % 100 == 99:
+                f.publish()  # the daemon thread publishes once per loop iteration
 
     t = threading.Thread(target=daemon)
     t.start()
@@ -340,7 +281,7 @@ def test_series_export_is_capped(caplog):
     f = Fed()
     f.metrics.max_series = 5
     for i in range(8):
-        f.engine.observe("r", f"grad_norm/{i}", 1, 1.7e9, float(i))
+        f.observe("r", f"grad_norm/{i}", 1, 1.7e9, float(i))
     with caplog.at_level(logging.WARNING, logger="gradwatch.metrics"):
         s = samples(f.metrics)
         samples(f.metrics)
@@ -352,32 +293,27 @@ def test_series_export_is_capped(caplog):
 
 
 def test_reload_and_ready_state():
-    m = Metrics(process_metrics=False)
+    m = status_metrics(reload_time=1.7e9)
     assert value(m, "gradwatch_config_last_reload_successful") == 1
-    first = value(m, "gradwatch_config_last_reload_success_timestamp_seconds")
-    m.config_reloaded(False)
-    assert value(m, "gradwatch_config_last_reload_successful") == 0
-    assert value(m, "gradwatch_config_last_reload_success_timestamp_seconds") == first
-    m.config_reloaded(True)
-    assert value(m, "gradwatch_config_last_reload_successful") == 1
-    assert value(m, "gradwatch_config_last_reload_success_timestamp_seconds") >= first
+    assert value(m, "gradwatch_config_last_reload_success_timestamp_seconds") == 1.7e9
     assert value(m, "gradwatch_ready") == 0
-    m.set_ready()
+    m = status_metrics(reload_ok=False, reload_time=1.7e9, ready=True)
+    assert value(m, "gradwatch_config_last_reload_successful") == 0
+    assert value(m, "gradwatch_config_last_reload_success_timestamp_seconds") == 1.7e9
     assert value(m, "gradwatch_ready") == 1
 
 
 def test_every_documented_family_is_exported(fed):
-    fed.metrics.outbox_stats = lambda: {"slack": {"sent": 1, "failed": 0, "queued": 0, "dropped": 0}}
+    fed.publish(outbox=(("slack", 1, 0, 0, 0),))
     names = {k[0] for k in samples(fed.metrics)}
     assert set(FAMILIES) <= names
 
 
 def test_output_passes_promtool_check_metrics(fed):
     promtool = require_binary("promtool")
-    fed.metrics.outbox_stats = lambda: {"slack": {"sent": 1, "failed": 2, "queued": 3, "dropped": 0}}
-    fed.metrics.observe_problem("corrupt_record")
-    m = Metrics()  # with process, platform and GC collectors, as the daemon runs it
-    m.series_source = fed.engine.all_series
+    fed.problems("corrupt_record", "events.out.tfevents.1", 40, "bad crc")
+    fed.publish(outbox=(("slack", 1, 2, 3, 0),))
+    m = Metrics(lambda: fed.status)  # with process, platform and GC collectors, as the daemon runs it
     for registry in (fed.metrics.registry, m.registry):
         p = subprocess.run(
             [promtool, "check", "metrics"],
@@ -435,7 +371,7 @@ def test_health_and_readiness(server, fed):
     assert get(server.url + "/-/healthy")[0] == 200
     status, _, body = get(server.url + "/-/ready")
     assert (status, body) == (503, b"gradwatch is catching up on existing event files.\n")
-    fed.metrics.set_ready()
+    fed.publish(ready=True)
     assert get(server.url + "/-/ready")[:3:2] == (200, b"gradwatch is ready.\n")
     status, headers, body = get(server.url + "/-/healthy", method="HEAD")
     assert (status, body, headers["Content-Length"]) == (200, b"", "22")
@@ -514,6 +450,24 @@ def test_every_problem_kind_the_reader_reports_starts_at_zero():
         if k.isupper() and k[0] != "_" and isinstance(v, str) and v.islower()
     }
     assert reported <= set(PROBLEM_KINDS)
-    text = generate_latest(Metrics(problems=lambda: {}, process_metrics=False).registry).decode()
+    text = generate_latest(status_metrics().registry).decode()
     for kind in PROBLEM_KINDS:
         assert f'gradwatch_read_problems_total{{kind="{kind}"}} 0.0' in text
+
+
+def test_label_values_are_data_and_round_trip_a_real_scrape():
+    """Review 6: label values are kept exact (a line break, a quote, a bidi override): the
+    exposition format escapes \\, " and newline itself, and escaping them again would change the
+    series' identity. Only bytes that are not UTF-8 (Linux names) become \\xNN."""
+    from gradwatch.rules import Series
+
+    run, tag = 'evil\n"run"\\\u202e', "grad\udcffnorm"
+    s = Series(run, tag, [])
+    s.step, s.wall_time, s.value = 7, 1.0, 3.5
+    status = Status(series=series_rows([s]))
+    with MetricsServer(Metrics(lambda: status, process_metrics=False), "127.0.0.1", 0) as srv:
+        status, _, body = get(srv.url + "/metrics")
+    assert status == 200
+    families = text_string_to_metric_families(body.decode())
+    (family,) = [f for f in families if f.name == "gradwatch_scalar_value"]
+    assert [sample.labels for sample in family.samples] == [{"run": run, "tag": "grad\\xffnorm"}]

@@ -7,13 +7,13 @@ import logging
 
 import pytest
 
-from gradwatch.notify import build_notifiers
+from gradwatch.config.secrets import Secret, redact, scrub
+from gradwatch.config.yaml import Problem, Section, load_yaml_text
 from gradwatch.notify.alertmanager import AlertmanagerNotifier
 from gradwatch.notify.base import DeliveryError, Notifier
+from gradwatch.notify.registry import build_from_sections as build_notifiers
 from gradwatch.notify.slack import SlackNotifier
 from gradwatch.notify.webhook import WebhookNotifier
-from gradwatch.secrets import Secret, redact, scrub
-from gradwatch.yamlconf import Problem, Section, load_yaml_text
 
 SLACK_SECRET = "https://hooks.slack.com/services/T0SECRET/B0SECRET/XyZsecretTOKEN123"
 

@@ -22,12 +22,12 @@ from collections.abc import Callable
 import pytest
 from receivers import Receiver, Response, make_event, refused_port, wait_until
 
+from gradwatch.config.secrets import Secret, secret_url
 from gradwatch.notify.alertmanager import AlertmanagerNotifier
-from gradwatch.notify.base import DeliveryError, Notifier, _class_for
+from gradwatch.notify.base import DeliveryError, Notifier
 from gradwatch.notify.console import ConsoleNotifier
 from gradwatch.notify.slack import SlackNotifier
 from gradwatch.notify.webhook import WebhookNotifier
-from gradwatch.secrets import Secret, secret_url
 
 # long, distinct secrets: their starts are recognisable in any text
 PATH_TOKEN = "pAtHtOkEn0123456789abcdefghijklmnopqrstuvwxyz"
@@ -112,7 +112,7 @@ def test_2xx_delivers(make, receiver, status):
 
 def test_console_delivers_a_group():
     out = io.StringIO()
-    console = _class_for("console")("term", inner=ConsoleNotifier(out=out, fmt="line"))
+    console = ConsoleNotifier(out=out, fmt="line", name="term")
     console.send([make_event(run="c1"), make_event(run="c1", kind="resolved", seq=2)])
     lines = out.getvalue().splitlines()
     assert [line.split()[1] for line in lines] == ["FIRING", "RESOLVED"]

@@ -11,10 +11,10 @@ import pytest
 from receivers import Receiver, Response, crossing_and_recovery, make_event, wait_until
 from slack_sdk.models.blocks import Block
 
+from gradwatch.config.secrets import secret_url
 from gradwatch.notify.base import DeliveryError
 from gradwatch.notify.outbox import Outbox
 from gradwatch.notify.slack import DETAIL_MAX, SlackNotifier, escape, fit
-from gradwatch.secrets import secret_url
 
 TOKEN_PATH = "/services/T0TEAM/B0HOOK/sEcReTtOkEn42"
 
@@ -312,6 +312,17 @@ def test_a_backtick_or_line_break_in_a_name_cannot_end_its_code_span(slack):
     )
     assert fields["*Tag*"] == "`grad\\u202e\u02cbnorm\\x0d`"
     n.close()
+
+
+def test_names_in_slack_are_escaped_as_the_console_escapes_them():
+    """Review 9: Slack's own table missed U+061C and left lone surrogates raw (Slack showed
+    \\udcff where the console and logs show \\xff); it is now fmt.escape plus the backtick."""
+    from gradwatch.notify.slack import code, free_text
+
+    raw = "run\udcff\u061c\ud800x`y\n"
+    assert code(raw) == "`run\\xff\\u061c\\ud800x\u02cby\\x0a`"
+    assert free_text(raw, 100) == code(raw)[1:-1]
+    assert code(raw).encode()  # Slack gets valid UTF-8
 
 
 def test_a_crossing_and_its_recovery_in_one_batch_show_firing_then_resolved(slack):

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from receivers import Receiver, Response, crossing_and_recovery, make_event
 
+from gradwatch.config.secrets import Secret, secret_url
 from gradwatch.notify.base import DeliveryError
 from gradwatch.notify.outbox import Outbox
 from gradwatch.notify.webhook import WebhookNotifier, verify, verify_signature
-from gradwatch.secrets import Secret, secret_url
 
 # the keys of the request Alertmanager 0.25 sent to a webhook (docs: ECOSYSTEM.md 1c)
 AM_TOP_KEYS = {
@@ -234,3 +234,54 @@ def test_the_documented_verify_calls_work_as_pasted(hook):
             assert own["verify"](secret, headers, body) is expected
     assert not verify(secret, {}, req.body)  # unsigned: no exception, just no
     n.close()
+
+
+class _HugeErrorReceiver:
+    """Answers every POST with a 500 whose body is ``size`` bytes; counts the bytes the client
+    accepted before it hung up (a small send buffer keeps that count close to what was read)."""
+
+    def __init__(self, size: int) -> None:
+        import socket
+        import threading
+
+        self.size, self.sent = size, 0
+        self._srv = socket.create_server(("127.0.0.1", 0))
+        self.port = self._srv.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        import socket
+
+        conn, _ = self._srv.accept()
+        with conn:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+            conn.recv(65536)  # the request (small: one alert)
+            conn.sendall(f"HTTP/1.1 500 Oops\r\nContent-Length: {self.size}\r\n\r\n".encode())
+            chunk = b"x" * 65536
+            try:
+                while self.sent < self.size:
+                    self.sent += conn.send(chunk[: self.size - self.sent])
+            except OSError:  # the client read enough and closed the connection
+                pass
+
+    def close(self) -> None:
+        self._thread.join(30)
+        self._srv.close()
+
+
+def test_a_huge_error_body_is_read_only_a_few_kilobytes():
+    """Review 4: the whole answer was read into memory (50 MB here), then scrubbed, then cut.
+    Now at most BODY_READ_MAX bytes are read; the message keeps ERROR_BODY_MAX characters."""
+    from gradwatch.notify.http import ERROR_BODY_MAX
+
+    size = 50 << 20
+    receiver = _HugeErrorReceiver(size)
+    n = WebhookNotifier("h", secret_url(f"http://127.0.0.1:{receiver.port}/hook"), timeout=60)
+    with pytest.raises(DeliveryError) as e:
+        n.send([make_event()])
+    receiver.close()
+    n.close()
+    assert str(e.value) == f"POST http://127.0.0.1:{receiver.port}/***: HTTP 500 {'x' * ERROR_BODY_MAX}"
+    # what the kernel buffers between the two sockets, at most; the old code took all 50 MB
+    assert receiver.sent < 16 << 20, f"{receiver.sent:,} bytes were sent"

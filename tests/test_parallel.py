@@ -14,10 +14,10 @@ import pytest
 from tensorboardX import SummaryWriter
 
 import gradwatch.events.parallel as parallel
-from gradwatch.check import run_check, write_json, write_text
+from gradwatch.config.rulefiles import load_rules
 from gradwatch.events.logdir import ProblemLog, scan
 from gradwatch.events.parallel import ChildFailed, fork_map, split_runs
-from gradwatch.rulefile import load_rules
+from gradwatch.oneshot.check import run_check, write_json, write_text
 
 WALL = 1_700_000_000.0
 
@@ -101,3 +101,24 @@ def test_fork_map_runs_the_first_group_here_and_reports_a_child_that_fails():
         fork_map(fails_in_child, [{"a": []}, {"b": []}])
     with pytest.raises(ChildFailed, match="died"):
         fork_map(lambda group: os._exit(3) if "b" in group else 1, [{"a": []}, {"b": []}])
+
+
+def test_after_a_child_fails_the_others_are_still_waited_for_and_their_pipes_closed(tmp_path):
+    """Review 25: the first failing child raised at once; the children after it were never
+    waited for (zombies) and their pipe fds stayed open in the caller."""
+
+    def fails_in_child(group):
+        (tmp_path / str(os.getpid())).touch()  # who the children were
+        if "b" in group:
+            raise ValueError("bad group")
+        return 1
+
+    fds = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(ChildFailed, match="ValueError: bad group"):
+        fork_map(fails_in_child, [{"a": []}, {"b": []}, {"c": []}, {"d": []}])
+    assert set(os.listdir("/proc/self/fd")) <= fds  # no pipe of c or d left open
+    children = [int(p.name) for p in tmp_path.iterdir() if int(p.name) != os.getpid()]
+    assert len(children) == 3
+    for pid in children:  # every child was reaped: no zombie left
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)

@@ -17,7 +17,7 @@ import pytest
 from conftest import require_binary
 from test_metrics import NORM, Fed, write_seed
 
-from gradwatch.metrics import FAMILIES, MetricsServer
+from gradwatch.exporter.collector import FAMILIES, MetricsServer
 
 pytestmark = pytest.mark.slow
 
@@ -56,8 +56,7 @@ def gradwatch(tmp_path_factory):
     write_seed(logdir)
     fed = Fed(process_metrics=True)  # as the daemon runs it
     fed.read(logdir)
-    fed.metrics.outbox_stats = lambda: {"slack": {"sent": 2, "failed": 1, "queued": 0, "dropped": 0}}
-    fed.metrics.set_ready()
+    fed.publish(outbox=(("slack", 2, 1, 0, 0),), ready=True)
     server = MetricsServer(fed.metrics, "127.0.0.1", 0)
     server.start()
     yield fed, server

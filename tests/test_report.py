@@ -10,7 +10,7 @@ import pytest
 from tensorboardX import SummaryWriter
 
 from gradwatch.cli import main
-from gradwatch.report import build_report, write_csv, write_json, write_text
+from gradwatch.oneshot.report import build_report, write_csv, write_json, write_text
 
 TAG = "gradients/actor_cnn_norm"
 STEPS = [100, 200, 300, 400, 500]

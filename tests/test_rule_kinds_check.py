@@ -10,10 +10,10 @@ import pytest
 from seed_series import SEED, clipped, exploding, healthy
 from writers import write_scalars
 
-from gradwatch.check import OK, WARNING, run_check, write_json, write_text
 from gradwatch.cli import main
-from gradwatch.rulefile import load_rules
-from gradwatch.yamlconf import ConfigError
+from gradwatch.config.rulefiles import load_rules
+from gradwatch.config.yaml import ConfigError
+from gradwatch.oneshot.check import OK, WARNING, run_check, write_json, write_text
 
 TAG = "gradients/actor_cnn_norm"
 

@@ -78,6 +78,9 @@ def env(tmp_path):
 def test_live_baseline_fires_at_200_and_a_baseline_behind_is_not_evidence(env):
     env.start("live")
     env.write("run3", clipped(every=100)[:2])  # the clipped run at steps 100 and 200
+    # read before run2's points: a baseline behind is no evidence, and a point is judged once
+    # (under load the daemon could otherwise read the new run2 file first)
+    env.sync()
     env.write("run2", sorted(SEED.items())[:2])  # 5,191 (x2.6) and 130,486 (x37)
     env.daemon.wait_alert(rule="vs_clipped", run="run2", step="200", verb="FIRING")
     # a second run that runs ahead of the baseline: 826,256 at step 300 is x165 of 5,000, but the
@@ -87,6 +90,7 @@ def test_live_baseline_fires_at_200_and_a_baseline_behind_is_not_evidence(env):
     assert [a for a in env.alerts("vs_clipped") if a[2] == "run2-ahead"] == []
     # when the baseline gets there, the run's next point is compared
     env.write("run3", clipped(every=100)[2:4])  # steps 300 and 400
+    env.sync()
     env.write("run2-ahead", [(310, 830_000.0)])
     env.daemon.wait_alert(rule="vs_clipped", run="run2-ahead", step="310", verb="FIRING")
     assert env.daemon.stop() == 0

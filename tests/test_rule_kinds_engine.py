@@ -8,8 +8,8 @@ import pytest
 
 from gradwatch.anomaly import HOLD, Detector
 from gradwatch.baseline import Baseline, References, Verdict
+from gradwatch.config.rulefiles import parse_rules
 from gradwatch.engine import Engine
-from gradwatch.rulefile import parse_rules
 
 
 def one_rule(body: dict) -> list:

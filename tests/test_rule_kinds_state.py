@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from seed_series import clipped, exploding
 
+from gradwatch.config.rulefiles import parse_rules
 from gradwatch.engine import Engine
-from gradwatch.rulefile import parse_rules
-from gradwatch.state import dump_series, restore_series
+from gradwatch.store import dump_series, restore_series
 
 TAG = "gradients/actor_cnn_norm"
 

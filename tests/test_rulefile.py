@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from gradwatch.cli import main
-from gradwatch.rulefile import default_rules_path, expand_rule_paths, load_rules
+from gradwatch.config.rulefiles import default_rules_path, expand_rule_paths, load_rules
+from gradwatch.config.yaml import ConfigError, parse_duration
 from gradwatch.rules import RANK
-from gradwatch.yamlconf import ConfigError, parse_duration
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -4,11 +4,12 @@ import math
 import tracemalloc
 
 import pytest
+from conftest import require_module
 
+from gradwatch.config.rulefiles import load_rules, parse_rules
+from gradwatch.config.yaml import load_yaml_text
 from gradwatch.engine import Engine
-from gradwatch.rulefile import load_rules, parse_rules
 from gradwatch.rules import NOT_APPLICABLE, RANK, Match, Num, Pattern, Rule, Series, Template, human
-from gradwatch.yamlconf import load_yaml_text
 
 SEED_STEPS = [100, 200, 300, 400, 500]
 SEED_NORMS = [5191, 130486, 826256, 2860755, 7475702]
@@ -190,7 +191,7 @@ def test_growth_state_stays_small_at_a_constant_step():
     """1M rising points logged at one step (a trainer that never advances its step) used to keep 1M."""
     import json
 
-    from gradwatch.state import dump_rule_state
+    from gradwatch.store import dump_rule_state
 
     r = rule(GROWTH)
     state = r.new_state()
@@ -494,10 +495,18 @@ def test_nested_quantifiers_are_refused(text):
 
 
 @pytest.mark.parametrize(
-    "text", ["(?i)grad.*norm", "^gradients/(actor|critic)_", "(ab?)+", "(a{2})*", "x+y*z?", "(?:ab)+c"]
+    ("text", "sample"),
+    [
+        ("(?i)grad.*norm", "train/GRAD_norm"),
+        ("^gradients/(actor|critic)_", "gradients/critic_mlp_norm"),
+        ("(ab?)+", "xaab"),
+        ("(a{2})*", ""),
+        ("x+y*z?", "xxz"),
+        ("(?:ab)+c", "ababc"),
+    ],
 )
-def test_ordinary_regexes_are_accepted(text):
-    Pattern(text)
+def test_ordinary_regexes_are_accepted(text, sample):
+    assert Pattern(text).search(sample)
 
 
 def test_patterns_search_names_with_undecodable_bytes():
@@ -506,13 +515,18 @@ def test_patterns_search_names_with_undecodable_bytes():
     assert not p.search("run-\udcff\udcfe")
 
 
-def test_re2_runs_the_patterns_when_installed(capfd):
-    try:
-        import re2  # noqa: F401
-    except ImportError:
-        assert Pattern("(?i)grad.*norm").engine == "re"
-    else:
-        assert Pattern("(?i)grad.*norm").engine == "re2"
-        assert Pattern("(a)\\1").engine == "re"  # a backreference RE2 cannot run: Python's re
-        assert Pattern("(a)\\1").search("xaa")
-        assert capfd.readouterr().err == ""  # and RE2 does not log its parse error to stderr
+def test_re2_runs_the_patterns(capfd):
+    require_module("re2")  # google-re2, in the test extra: CI runs this
+    assert Pattern("(?i)grad.*norm").engine == "re2"
+    assert Pattern("(?i)grad.*norm").search("train/GRAD_norm")
+    assert Pattern("(a)\\1").engine == "re"  # a backreference RE2 cannot run: Python's re
+    assert Pattern("(a)\\1").search("xaa")
+    assert capfd.readouterr().err == ""  # and RE2 does not log its parse error to stderr
+
+
+def test_without_re2_the_patterns_run_on_pythons_re(monkeypatch):
+    import gradwatch.match
+
+    monkeypatch.setattr(gradwatch.match, "_re2", None)  # as on a machine without google-re2
+    assert Pattern("(?i)grad.*norm").engine == "re"
+    assert Pattern("(?i)grad.*norm").search("train/GRAD_norm")

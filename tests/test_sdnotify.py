@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from gradwatch import sdnotify
+from gradwatch.daemon import sdnotify
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ def test_abstract_namespace(monkeypatch):
 
 def test_child_process_notifies_like_a_service(notify_socket):
     # the daemon is a separate process under systemd: the variable is inherited
-    code = "from gradwatch import sdnotify; import sys; sys.exit(0 if sdnotify.ready('up') else 1)"
+    code = "from gradwatch.daemon import sdnotify; import sys; sys.exit(0 if sdnotify.ready('up') else 1)"
     p = subprocess.run([sys.executable, "-c", code], env=dict(os.environ), timeout=60)
     assert p.returncode == 0
     assert recv(notify_socket) == "READY=1\nSTATUS=up"

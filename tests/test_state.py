@@ -16,9 +16,9 @@ import subprocess
 import pytest
 
 from gradwatch.alerts import ACTIVE, Alert, alert_key
+from gradwatch.config.rulefiles import load_rules
 from gradwatch.engine import Engine
-from gradwatch.rulefile import load_rules
-from gradwatch.state import (
+from gradwatch.store import (
     DB_NAME,
     MAX_LOADED_WINDOW,
     SCHEMA_VERSION,
@@ -273,6 +273,19 @@ def test_a_row_whose_text_is_not_utf8_is_dropped_not_a_crash(tmp_path, caplog):
         state = StateDB(str(tmp_path))
         assert state.series() == {}
     assert "series row 'run' 'tag' is unreadable" in caplog.text
+    state.close()
+
+
+def test_a_dropped_row_shows_its_undecodable_name_as_the_console_does(tmp_path, caplog):
+    """Review 9: state's log lines used repr(), which showed byte 0xff as '\\udcff'; every other
+    output shows it as \\xff (fmt.escape), and a bidi override was left raw."""
+    db = unversioned_db(tmp_path)
+    db.execute("INSERT INTO series VALUES (CAST(x'72ff' AS TEXT), 'a\u202eb', CAST(x'7bff7d' AS TEXT))")
+    db.close()
+    with caplog.at_level(logging.WARNING, "gradwatch.state"):
+        state = StateDB(str(tmp_path))
+        assert state.series() == {}
+    assert "series row 'r\\xff' 'a\\u202eb' is unreadable" in caplog.text
     state.close()
 
 

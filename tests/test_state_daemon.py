@@ -12,7 +12,7 @@ import os
 from daemon_support import Daemon, event_files, wait_for, watch_args
 from test_state import unversioned_db
 
-from gradwatch.state import LOCK_NAME, StateDB
+from gradwatch.store import LOCK_NAME, StateDB
 
 TAG = "gradients/actor_cnn_norm"
 

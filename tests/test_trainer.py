@@ -93,9 +93,9 @@ def test_appears_with_the_daemons_reason(path):
 
 
 def test_reads_what_the_daemons_writer_writes(tmp_path):
-    """Contract with gradwatch.actions.StopFileWriter, the daemon's side."""
-    from gradwatch.actions import StopFileWriter
+    """Contract with gradwatch.daemon.writers.StopFileWriter, the daemon's side."""
     from gradwatch.alerts import AlertEvent
+    from gradwatch.daemon.writers import StopFileWriter
 
     def event(rule, tag, step, value, severity="critical"):
         return AlertEvent(
@@ -278,7 +278,7 @@ def test_should_stop_keeps_one_checker_per_path(path, monkeypatch):
 )
 @pytest.mark.parametrize("run", ["td3", "sweep/lr-0.01", "."])
 def test_stop_file_path_renders_as_the_daemon_does(tmp_path, template, run):
-    from gradwatch.actions import stop_path
+    from gradwatch.daemon.writers import stop_path
 
     logdir = str(tmp_path / "logs")
     assert stop_file_path(logdir, run, template) == stop_path(template, logdir, run)
@@ -287,7 +287,7 @@ def test_stop_file_path_renders_as_the_daemon_does(tmp_path, template, run):
 def test_default_stop_file_path(tmp_path):
     assert stop_file_path("/logs", "td3") == "/logs/td3/gradwatch-stop.json"
     assert stop_file_path("/logs") == "/logs/gradwatch-stop.json"
-    from gradwatch.actions import DEFAULT_STOP_FILE
+    from gradwatch.daemon.writers import DEFAULT_STOP_FILE
 
     assert trainer.DEFAULT_STOP_FILE == DEFAULT_STOP_FILE
 

@@ -81,7 +81,7 @@ MUTATIONS = (
     Mutation(
         "sigterm-outbox-no-grace",
         "commands.md/deployment.md: on SIGTERM the outbox gets a few seconds to deliver what is ready",
-        "gradwatch/daemon.py",
+        "gradwatch/daemon/loop.py",
         "self.outbox.stop(timeout=5)",
         "self.outbox.stop(timeout=0)",
         ("tests/test_daemon_delivery.py", "tests/test_daemon_live.py", "tests/test_daemon_restart.py"),
@@ -89,7 +89,7 @@ MUTATIONS = (
     Mutation(
         "shutdown-without-checkpoint",
         "commands.md: SIGTERM/SIGINT stop gracefully, state flushed",
-        "gradwatch/daemon.py",
+        "gradwatch/daemon/loop.py",
         "            self.checkpoint()\n        finally:",
         "            pass\n        finally:",
         ("tests/test_daemon_shutdown.py", "tests/test_daemon_restart.py", "tests/test_daemon_inprocess.py"),
@@ -97,7 +97,7 @@ MUTATIONS = (
     Mutation(
         "shutdown-without-stopping",
         "deployment.md: under systemd Type=notify the daemon sends STOPPING=1",
-        "gradwatch/daemon.py",
+        "gradwatch/daemon/loop.py",
         "        sdnotify.stopping()\n        self.watcher.stop()",
         "        self.watcher.stop()",
         ("tests/test_systemd_notify_daemon.py",),
@@ -105,7 +105,7 @@ MUTATIONS = (
     Mutation(
         "reload-forgets-unchanged-rules",
         "configuration.md: on reload a rule whose definition did not change keeps its state",
-        "gradwatch/daemon.py",
+        "gradwatch/daemon/reload.py",
         "s.states[i] = old.states[j]",
         "pass",
         ("tests/test_daemon_inprocess.py",),
@@ -113,16 +113,15 @@ MUTATIONS = (
     Mutation(
         "reload-invalid-config-is-fatal",
         "configuration.md: an invalid new config on SIGHUP is logged, the running one stays in force",
-        "gradwatch/daemon.py",
-        '            log.error("reload failed, keeping the running configuration:\\n%s", e)\n'
-        "            return False",
-        "            raise",
+        "gradwatch/daemon/reload.py",
+        '        log.error("reload failed, keeping the running configuration:\\n%s", e)\n',
+        "        raise\n",
         ("tests/test_daemon_reload.py", "tests/test_daemon_inprocess.py", "tests/test_metrics_daemon.py"),
     ),
     Mutation(
         "reload-keeps-the-old-outbox",
         "configuration.md: notifier settings apply at once on reload (a rotated secret file too)",
-        "gradwatch/daemon.py",
+        "gradwatch/daemon/loop.py",
         "            self._replace_outbox(build_notifiers(config))",
         "            pass",
         ("tests/test_daemon_delivery.py",),

@@ -72,7 +72,22 @@ def fork_map(fn: Callable[[dict[str, list[str]]], T], groups: list[dict[str, lis
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
         raise
-    return first + [_collect(pid, fd) for pid, fd in children]
+    return first + _collect_all(children)
+
+
+def _collect_all(children: list[tuple[int, int]]) -> list[T]:
+    """Every child's result in order; after a failure the others are still waited for and
+    their pipes closed (no zombie, no open fd), then the first failure is raised."""
+    results: list[T] = []
+    failure: Exception | None = None
+    for pid, fd in children:
+        try:
+            results.append(_collect(pid, fd))
+        except Exception as e:  # ChildFailed, or a payload that does not unpickle
+            failure = failure or e
+    if failure is not None:
+        raise failure
+    return results
 
 
 def _fork(fn: Callable[[dict[str, list[str]]], T], group: dict[str, list[str]]) -> tuple[int, int]:

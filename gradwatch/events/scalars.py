@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from typing import NamedTuple
 
 from google.protobuf.message import DecodeError
 from tensorboard.compat.proto import event_pb2, types_pb2
@@ -30,14 +29,6 @@ from tensorboard.compat.proto import event_pb2, types_pb2
 from gradwatch.events.records import UNDECODABLE, RecordTail
 
 _Event = event_pb2.Event
-
-
-class Point(NamedTuple):
-    run: str
-    tag: str
-    step: int
-    wall_time: float
-    value: float
 
 
 # dtype -> (repeated field holding the value, struct format of tensor_content)

@@ -33,30 +33,17 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from gradwatch.alerts import DEESCALATED, ESCALATED, RESOLVED, AlertEvent
-from gradwatch.logjson import rfc3339
-from gradwatch.notify.base import (
-    DeliveryError,
-    Notifier,
-    check_headers,
-    event_annotations,
-    link_template,
-    make_session,
-    post,
-    render_link,
-    request_headers,
-)
-from gradwatch.secrets import Secret, expand, get_headers, get_secret, secret_url, url_problem
-from gradwatch.yamlconf import Section
+from gradwatch.config.channels import DEFAULT_MIN_FIRING, DEFAULT_RESEND, LABEL_NAME
+from gradwatch.config.secrets import Secret, secret_url
+from gradwatch.fmt import rfc3339
+from gradwatch.notify.base import DeliveryError, Notifier, make_session, post
+from gradwatch.notify.payloads import event_annotations, render_link, request_headers
 
 log = logging.getLogger("gradwatch.notify.alertmanager")
 
 API_PATH = "/api/v2/alerts"
-DEFAULT_RESEND = 60.0
-# longer than Alertmanager's default group_wait (30s), so it pages before the alert ends
-DEFAULT_MIN_FIRING = 60.0
 ENDS_AFTER_RESENDS = 4  # Prometheus: endsAt = 4 x max(resend delay, evaluation interval)
-RESERVED_LABELS = ("alertname", "severity", "run", "tag")
-_LABEL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_LABEL = LABEL_NAME
 
 
 def api_url(base: str) -> str:
@@ -110,61 +97,6 @@ class AlertmanagerNotifier(Notifier):
         # per alert, the (lifecycle start, seq) of the newest event sent: a refresh must not
         # re-fire an ended lifecycle, and a new lifecycle (seq from 1 again) must be refreshed
         self._last_sent: dict[str, tuple[float, int]] = {}
-
-    @classmethod
-    def from_section(cls, sec: Section, common: dict[str, Any]) -> Notifier | None:
-        urls: list[Secret] = []
-        if sec.has("urls") and (sec.has("url") or sec.has("url_file")):
-            sec.error("urls", "give either 'url' or 'urls', not both")
-        elif sec.has("urls"):
-            raw = sec.raw("urls")
-            if not isinstance(raw, list) or not raw:
-                sec.error("urls", "expected a list of Alertmanager URLs")
-            else:
-                for i, item in enumerate(raw):
-                    one = _url_item(sec, i, item)
-                    if one is not None:
-                        urls.append(one)
-        else:
-            one = get_secret(sec, "url", required=False, url=True)
-            if one is not None:
-                urls.append(one)
-            elif not sec.has("url") and not sec.has("url_file"):
-                sec.error("", "missing required key 'url' (or 'urls' for several Alertmanagers)")
-        labels = sec.mapping("labels")
-        for k in labels:
-            if not _LABEL.match(k):
-                sec.error("labels", f"{k!r} is not a valid label name ([A-Za-z_][A-Za-z0-9_]*)")
-            elif k in RESERVED_LABELS:
-                sec.error("labels", f"'{k}' is set by gradwatch from the alert itself")
-        resend = sec.duration("resend_interval", default=DEFAULT_RESEND)
-        if resend is not None and resend < 1:
-            sec.error("resend_interval", "at least 1s")
-        min_firing = sec.duration("min_firing", default=DEFAULT_MIN_FIRING)
-        if min_firing is not None and min_firing <= 0:
-            sec.error("min_firing", "must be more than 0")
-            min_firing = None
-        generator_url = link_template(sec)
-        headers = get_headers(sec)
-        check_headers(sec, headers)
-        bearer = get_secret(sec, "bearer_token")
-        if not urls:
-            return None
-        return cls(
-            urls=urls,
-            labels=labels,
-            generator_url=generator_url,
-            resend_interval=max(1.0, resend or DEFAULT_RESEND),
-            min_firing=min_firing or DEFAULT_MIN_FIRING,
-            headers=headers,
-            bearer_token=bearer,
-            **common,
-        )
-
-    def accepts(self, event: AlertEvent) -> bool:
-        # Alertmanager repeats notifications itself (its repeat_interval); ours only
-        # refresh endsAt, which refresh() does for every firing alert anyway
-        return not self.is_repeat(event) and super().accepts(event)
 
     def target(self) -> str:
         return ", ".join(str(u) for u in self.urls)
@@ -319,19 +251,3 @@ class AlertmanagerNotifier(Notifier):
 def _lifecycle(e: AlertEvent) -> tuple[float, int]:
     """Orders the events of one alert across lifecycles: when it started firing, then seq."""
     return (e.starts_at, e.seq)
-
-
-def _url_item(sec: Section, i: int, item: Any) -> Secret | None:
-    if not isinstance(item, str) or not item:
-        sec.error("urls", f"item {i + 1}: expected a URL string")
-        return None
-    try:
-        value = expand(item)
-    except KeyError as e:
-        sec.error("urls", f"item {i + 1}: environment variable {e.args[0]} is not set or is empty")
-        return None
-    problem = url_problem(value)
-    if problem:
-        sec.error("urls", f"item {i + 1}: {problem}")
-        return None
-    return secret_url(value)

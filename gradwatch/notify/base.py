@@ -10,17 +10,12 @@ again can help (:class:`DeliveryError`).
 from __future__ import annotations
 
 import fnmatch
-import importlib
-import inspect
 import logging
-import math
-import re
-import string
-from collections.abc import Iterable
-from typing import Any, ClassVar
-from urllib.parse import quote
+from collections import deque
+from typing import ClassVar
 
 from gradwatch.alerts import DEESCALATED, REPEAT, RESOLVED, AlertEvent
+from gradwatch.config.channels import DEFAULT_TIMEOUT, RESERVED_HEADERS, check_headers, link_template
 from gradwatch.notify.errors import DeliveryError
 from gradwatch.notify.http import (
     RETRYABLE_4XX,
@@ -30,21 +25,19 @@ from gradwatch.notify.http import (
     parse_retry_after,
     post,
 )
-from gradwatch.rules import RANK, SEVERITIES, human
-from gradwatch.secrets import Secret, url_problem
-from gradwatch.yamlconf import Section
+from gradwatch.severity import SEVERITY_NAMES, Severity
 
 log = logging.getLogger("gradwatch.notify")
 
-TYPES = ("slack", "webhook", "alertmanager", "console")
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")
-DEFAULT_TIMEOUT = 10.0
 # re-exported: channels and tests import these from here
 __all__ = [
+    "RESERVED_HEADERS",
     "RETRYABLE_4XX",
     "USER_AGENT",
     "DeliveryError",
     "Notifier",
+    "check_headers",
+    "link_template",
     "make_session",
     "network_reason",
     "parse_retry_after",
@@ -58,7 +51,8 @@ class Notifier:
     type: ClassVar[str] = "?"
     # the default grouping window: alerts of one run that fire within it go out together
     default_group_wait: ClassVar[float] = 2.0
-    # minimum seconds between two requests to this channel (Slack: 1 message/s per webhook)
+    # minimum seconds between two requests to this channel's receiver (``pace_key``; Slack: 1/s
+    # per webhook URL); the outbox's dispatcher waits for it, ``send`` never sleeps
     min_interval: ClassVar[float] = 0.0
     # whether the daemon should hand currently firing alerts to refresh() (Alertmanager)
     wants_refresh: ClassVar[bool] = False
@@ -77,11 +71,11 @@ class Notifier:
         timeout: float = DEFAULT_TIMEOUT,
         max_age: float | None = None,
     ) -> None:
-        if min_severity not in RANK:
-            raise ValueError(f"min_severity must be one of {', '.join(SEVERITIES)}")
+        if min_severity not in SEVERITY_NAMES:
+            raise ValueError(f"min_severity must be one of {', '.join(SEVERITY_NAMES)}")
         self.name = name
         self.min_severity = min_severity
-        self.min_rank = RANK[min_severity]
+        self.min_rank = int(Severity.parse(min_severity))
         self.rules = rules or ["*"]
         self.runs = runs or ["*"]
         self.tags = tags or ["*"]
@@ -91,6 +85,8 @@ class Notifier:
         self.timeout = timeout
         # None: the outbox's default (the config's outbox.max_age)
         self.max_age = max_age
+        # when the outbox let each recent request go (monotonic): what the pacing promise is about
+        self.paced_at: deque[float] = deque(maxlen=32)
 
     # -- filtering -------------------------------------------------------------
     def accepts(self, event: AlertEvent) -> bool:
@@ -109,7 +105,7 @@ class Notifier:
 
     @staticmethod
     def rank_of(severity: str | None) -> int:
-        return RANK.get(severity or "", 0)
+        return int(Severity.parse(severity))
 
     def below_min(self, event: AlertEvent) -> bool:
         """A de-escalation under this channel's min_severity: for it, the alert is over."""
@@ -151,6 +147,10 @@ class Notifier:
     def refresh_due(self, now: float) -> bool:
         return False
 
+    def pace_key(self) -> str:
+        """The receiver ``min_interval`` applies to; channels with the same key are paced together."""
+        return "channel " + self.name
+
     def close(self) -> None:
         """Release connections; the notifier is not used afterwards."""
 
@@ -171,224 +171,6 @@ class Notifier:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} {self.target()}>"
 
-    # -- config ----------------------------------------------------------------
-    @classmethod
-    def from_section(cls, sec: Section, common: dict[str, Any]) -> Notifier | None:
-        """Build from a config item; ``common`` holds the keys every channel has.
-
-        Subclasses read their own keys from ``sec`` (which reports problems)
-        and return None when a required one is missing or bad.
-        """
-        return cls(**common)
-
 
 def _glob(value: str, globs: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(value, g) for g in globs)
-
-
-# -- helpers for channels ------------------------------------------------------
-
-
-def latest_per_alert(events: Iterable[AlertEvent]) -> list[AlertEvent]:
-    """The last event of each alert, in order of first appearance (state, not history)."""
-    out: dict[str, AlertEvent] = {}
-    for e in events:
-        out[e.key] = e
-    return list(out.values())
-
-
-def format_value(v: float | None) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, float) and not math.isfinite(v):
-        return "NaN" if v != v else ("+Inf" if v > 0 else "-Inf")
-    return human(float(v))
-
-
-# -- building from config --------------------------------------------------------
-
-
-def _class_for(kind: str) -> type[Notifier] | None:
-    if kind == "console":
-        try:
-            module = importlib.import_module("gradwatch.notify.console")
-        except ImportError:
-            return None
-        cls = getattr(module, "ConsoleNotifier", None)
-        if cls is None or (isinstance(cls, type) and issubclass(cls, Notifier)):
-            return cls
-        return _console_adapter(cls)
-    module_name, class_name = _CLASSES[kind]
-    return getattr(importlib.import_module(module_name), class_name)
-
-
-_CLASSES = {
-    "slack": ("gradwatch.notify.slack", "SlackNotifier"),
-    "webhook": ("gradwatch.notify.webhook", "WebhookNotifier"),
-    "alertmanager": ("gradwatch.notify.alertmanager", "AlertmanagerNotifier"),
-}
-
-
-def _console_adapter(console_cls: Any) -> type[Notifier]:
-    """A Notifier around a console writer that is not one (filters and grouping from here)."""
-    params = inspect.signature(console_cls).parameters
-
-    class Console(Notifier):
-        type = "console"
-        default_group_wait = 0.0
-
-        def __init__(self, name: str, inner: Any, **common: Any) -> None:
-            super().__init__(name, **common)
-            self.inner = inner
-
-        @classmethod
-        def from_section(cls, sec: Section, common: dict[str, Any]) -> Notifier | None:
-            kwargs: dict[str, Any] = {}
-            if "fmt" in params:
-                kwargs["fmt"] = sec.choice("format", ("auto", "line", "block", "json"), default="auto")
-            if "colour" in params:
-                kwargs["colour"] = sec.boolean("colour")
-            return cls(inner=console_cls(**kwargs), **common)
-
-        def send(self, events: list[AlertEvent]) -> None:
-            self.inner.send(events)
-
-        def target(self) -> str:
-            return "stdout"
-
-    return Console
-
-
-def read_common(sec: Section, default_group_wait: float) -> dict[str, Any] | None:
-    """The keys every channel has; None when the name is unusable."""
-    name = sec.string("name", required=True)
-    if name is not None and not _NAME.match(name):
-        sec.error("name", "use letters, digits, '_', '.', ':' and '-' only (it becomes a metric label)")
-        name = None
-    min_severity = sec.choice("min_severity", SEVERITIES, default="info")
-    match = sec.section("match")
-    rules = match.strings("rules")
-    runs = match.strings("runs")
-    tags = match.strings("tags")
-    match.finish()
-    send_resolved = sec.boolean("send_resolved", default=True)
-    group_wait = sec.duration("group_wait", default=default_group_wait)
-    repeat_interval = sec.duration("repeat_interval")
-    timeout = sec.duration("timeout", default=DEFAULT_TIMEOUT)
-    if timeout is not None and timeout <= 0:
-        sec.error("timeout", "must be more than 0")
-        timeout = DEFAULT_TIMEOUT
-    max_age = sec.duration("max_age")
-    if max_age is not None and max_age <= 0:
-        sec.error("max_age", "must be more than 0")
-        max_age = None
-    if group_wait is not None and group_wait > 3600:
-        sec.error("group_wait", "at most 1h: it delays every notification of the channel")
-    if name is None:
-        return None
-    return {
-        "name": name,
-        "min_severity": min_severity,
-        "rules": rules,
-        "runs": runs,
-        "tags": tags,
-        "send_resolved": send_resolved,
-        "group_wait": group_wait,
-        "repeat_interval": repeat_interval,
-        "timeout": timeout,
-        "max_age": max_age,
-    }
-
-
-def build_notifiers(sections: list[Section]) -> list[Notifier]:
-    """Notifiers from the items of the config's ``notifiers:`` list.
-
-    Problems (unknown keys, bad values, unset ``${ENV}``, duplicate names) go
-    to each Section's problem list; the caller raises ConfigError when any.
-    Items with problems are left out of the result.
-    """
-    out: list[Notifier] = []
-    seen: dict[str, int] = {}
-    for sec in sections:
-        before = len(sec.problems)
-        kind = sec.choice("type", TYPES, required=True)
-        cls = _class_for(kind) if kind else None
-        if kind == "console" and cls is None:
-            sec.error("type", "the console notifier is not available in this build")
-        common = read_common(sec, cls.default_group_wait if cls else Notifier.default_group_wait)
-        notifier = cls.from_section(sec, common) if cls is not None and common is not None else None
-        sec.finish()
-        if common is not None:
-            name = common["name"]
-            if name in seen:
-                sec.error("name", f"channel name '{name}' is already used on line {seen[name]}")
-                continue
-            seen[name] = sec.line_of("name")
-        if notifier is not None and len(sec.problems) == before:
-            out.append(notifier)
-        elif notifier is not None:
-            notifier.close()
-    return out
-
-
-# -- links -----------------------------------------------------------------------
-
-LINK_FIELDS = ("run", "tag", "rule")
-
-
-def link_template(sec: Section, key: str = "generator_url") -> str | None:
-    """A URL template such as ``http://tb:6006/#scalars&runSelectionState={run}``, checked."""
-    text = sec.string(key)
-    if text is None:
-        return None
-    try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
-    except ValueError as e:
-        sec.error(key, f"bad template: {e}")
-        return None
-    bad = [f for f in fields if f not in LINK_FIELDS]
-    if bad:
-        sec.error(key, f"unknown field {{{bad[0]}}} (fields: {', '.join(LINK_FIELDS)})")
-        return None
-    problem = url_problem(text.format(run="r", tag="t", rule="x"))
-    if problem:
-        sec.error(key, problem)
-        return None
-    return text
-
-
-def event_annotations(e: AlertEvent) -> dict[str, str]:
-    """The event's annotations plus value, step and threshold (Alertmanager-shaped payloads)."""
-    annotations = dict(e.annotations)
-    annotations.setdefault("value", format_value(e.value))
-    annotations.setdefault("step", str(e.step))
-    if e.threshold is not None:
-        annotations.setdefault("threshold", format_value(e.threshold))
-    return annotations
-
-
-# headers gradwatch sets on JSON POSTs: a user header of that name would be overwritten
-RESERVED_HEADERS = frozenset({"content-type", "content-length", "host"})
-
-
-def check_headers(
-    sec: Section, headers: dict[str, Secret], reserved: frozenset[str] = RESERVED_HEADERS
-) -> None:
-    for h in headers:
-        if h.lower() in reserved or (h.lower() == "authorization" and sec.has("bearer_token")):
-            sec.error("headers", f"{h}: gradwatch sets this header itself")
-
-
-def request_headers(headers: dict[str, Secret], bearer_token: Secret | None) -> dict[str, str]:
-    """The user's headers, JSON content type and the bearer token, secrets revealed (never logged)."""
-    out = {k: v.reveal() for k, v in headers.items()}
-    out["Content-Type"] = "application/json"
-    if bearer_token is not None:
-        out["Authorization"] = "Bearer " + bearer_token.reveal()
-    return out
-
-
-def render_link(template: str | None, event: AlertEvent) -> str:
-    if not template:
-        return ""
-    return template.format(run=quote(event.run, safe=""), tag=quote(event.tag, safe=""), rule=event.rule)

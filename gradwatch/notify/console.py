@@ -12,12 +12,11 @@ import json
 import os
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 from gradwatch.alerts import DEESCALATED, ESCALATED, FIRING, REPEAT, RESOLVED, AlertEvent
-from gradwatch.fmt import escape, json_dumps
-from gradwatch.logjson import rfc3339
-from gradwatch.rules import human
+from gradwatch.fmt import escape, human_or_na, json_dumps, rfc3339
+from gradwatch.notify.base import Notifier
 
 _COLOURS = {"critical": "\033[1;31m", "warning": "\033[1;33m", "info": "\033[1;36m", "resolved": "\033[1;32m"}
 _RESET = "\033[0m"
@@ -36,19 +35,27 @@ _VERB = {
 }
 
 
-def _value(v: float | None) -> str:
-    return "n/a" if v is None else human(v)
-
-
 def _threshold(e: AlertEvent) -> str:
     # a growth rule's level is a factor: its rule renders it as "x10" in the annotations
-    return _clean(e.annotations.get("threshold") or _value(e.threshold))
+    return _clean(e.annotations.get("threshold") or human_or_na(e.threshold))
 
 
-class ConsoleNotifier:
-    name = "console"
+class ConsoleNotifier(Notifier):
+    """The daemon's console (``ConsoleNotifier(out)``) and ``type: console`` channels: one Notifier."""
 
-    def __init__(self, out: TextIO | None = None, fmt: str = "auto", colour: bool | None = None) -> None:
+    type = "console"
+    default_group_wait = 0.0  # a terminal line costs nothing: print at once
+
+    def __init__(
+        self,
+        out: TextIO | None = None,
+        fmt: str = "auto",
+        colour: bool | None = None,
+        *,
+        name: str = "console",
+        **common: Any,
+    ) -> None:
+        super().__init__(name, **common)
         self.out = out or sys.stdout
         try:
             isatty = bool(self.out.isatty())
@@ -59,8 +66,8 @@ class ConsoleNotifier:
             colour = isatty and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
         self.colour = colour
 
-    def accepts(self, event: AlertEvent) -> bool:
-        return True
+    def target(self) -> str:
+        return "stdout"
 
     def send(self, events: list[AlertEvent]) -> None:
         self.write(self.render(events))
@@ -90,7 +97,7 @@ class ConsoleNotifier:
             f"run={_clean(e.run)}",
             f"tag={_clean(e.tag)}",
             f"step={e.step}",
-            f"value={_value(e.value)}",
+            f"value={human_or_na(e.value)}",
             f"threshold={_threshold(e)}",
         ]
         if e.catchup:
@@ -113,7 +120,7 @@ class ConsoleNotifier:
         lines = [
             head,
             f"  run {_clean(e.run)}   tag {_clean(e.tag)}",
-            f"  step {e.step}   value {_value(e.value)}   threshold {_threshold(e)}",
+            f"  step {e.step}   value {human_or_na(e.value)}   threshold {_threshold(e)}",
         ]
         if e.annotations.get("summary"):
             lines.append(f"  {_clean(e.annotations['summary'])}")

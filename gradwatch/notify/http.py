@@ -24,12 +24,15 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util.retry import Retry
 
+from gradwatch.config.secrets import Secret, scrub
 from gradwatch.notify.errors import DeliveryError
-from gradwatch.secrets import Secret, scrub
 
 USER_AGENT = "gradwatch"
 RETRYABLE_4XX = (408, 425, 429)
 ERROR_BODY_MAX = 200  # characters of a receiver's error body kept in messages
+# bytes of an answer ever read: a receiver's 50 MB error page is never held whole; far more
+# than ERROR_BODY_MAX, so a secret cut at this end is past the cut of the message anyway
+BODY_READ_MAX = 4096
 
 # the deadline of the request this thread is making (set by post())
 _local = threading.local()
@@ -189,7 +192,10 @@ def post(
     deadline = _Deadline(timeout)
     try:
         with deadline:
-            r = session.post(url.reveal(), data=data, headers=headers, timeout=timeout, allow_redirects=False)
+            r = session.post(
+                url.reveal(), data=data, headers=headers, timeout=timeout, allow_redirects=False, stream=True
+            )
+            _read_bounded(r)  # within the deadline too: a trickled body ends with it
     except requests.Timeout as e:
         phase = "connecting" if isinstance(e, requests.ConnectTimeout) else "waiting for an answer"
         raise DeliveryError(f"{timed_out} {phase}") from None
@@ -204,9 +210,25 @@ def post(
     raise status_error(where, r, secrets)
 
 
+def _read_bounded(r: requests.Response, limit: int = BODY_READ_MAX) -> None:
+    """Read at most ``limit`` bytes of the answer into ``r.content``, then close it.
+
+    A body read to its end gives the connection back to the pool; a longer one
+    closes it (the rest is never read).
+    """
+    got = bytearray()
+    for chunk in r.iter_content(1024):
+        got += chunk
+        if len(got) >= limit:
+            break
+    r.close()
+    r._content = bytes(got[:limit])  # what r.text decodes, as requests does after its own read
+
+
 def status_error(where: str, r: requests.Response, secrets: list[Secret | None]) -> DeliveryError:
     """The DeliveryError for a non-2xx answer: retryable or permanent, with Retry-After."""
-    # scrub the whole body first, then cut: a cut can leave a secret's start that no longer matches
+    # scrub the whole (bounded) body first, then cut: a cut can leave a secret's start that no
+    # longer matches
     body = scrub((r.text or "").strip(), secrets)[:ERROR_BODY_MAX]
     msg = f"POST {where}: HTTP {r.status_code}{' ' + body if body else ''}"
     code = r.status_code

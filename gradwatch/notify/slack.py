@@ -12,25 +12,16 @@ summary list instead of one section per alert.
 
 from __future__ import annotations
 
+import hashlib
 import json
-import threading
-import time
-from collections import deque
 from typing import Any
 
 from gradwatch.alerts import DEESCALATED, ESCALATED, RESOLVED, AlertEvent
-from gradwatch.logjson import rfc3339
-from gradwatch.notify.base import (
-    DeliveryError,
-    Notifier,
-    format_value,
-    link_template,
-    make_session,
-    post,
-    render_link,
-)
-from gradwatch.secrets import Secret, get_secret
-from gradwatch.yamlconf import Section
+from gradwatch.config.secrets import Secret
+from gradwatch.fmt import escape as fmt_escape
+from gradwatch.fmt import rfc3339
+from gradwatch.notify.base import DeliveryError, Notifier, make_session, post
+from gradwatch.notify.payloads import format_value, render_link
 
 HEADER_MAX = 150
 SECTION_MAX = 3000
@@ -72,45 +63,20 @@ def fit(raw: str, limit: int, esc: bool = True) -> str:
 
 # Slack's mrkdwn has no escape for a backtick: one inside a code span ends it, and the
 # rest of the name is read as markup (*bold*, _italic_, a second span). In metric-derived
-# text a backtick is shown as U+02CB, which looks the same; line breaks (a forged
-# "RESOLVED" line), other control characters and bidi overrides (which reorder what the
-# reader sees) as \\xNN / \\uNNNN.
-_NEUTRAL = {
-    ord("`"): "\u02cb",
-    **{c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]},
-    **{c: f"\\u{c:04x}" for c in [0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]},
-}
+# text a backtick is shown as U+02CB, which looks the same; everything else (line breaks,
+# bidi marks, undecodable bytes) is shown as fmt.escape shows it in the console and logs.
+def _neutral(raw: str) -> str:
+    return fmt_escape(raw).replace("`", "\u02cb")
 
 
 def code(raw: str, limit: int = 300) -> str:
     """A run/tag name in a code span (keeps ``_`` and ``*`` literal), escaped; nothing in it can end it."""
-    return f"`{fit(raw.translate(_NEUTRAL), limit - 2)}`"
+    return f"`{fit(_neutral(raw), limit - 2)}`"
 
 
 def free_text(raw: str, limit: int) -> str:
     """Metric-derived free text (rendered annotations): escaped, cut, unable to open a code span."""
-    return fit(raw.translate(_NEUTRAL), limit)
-
-
-class _Pacer:
-    """At most one request per ``interval`` per webhook URL, across channels sharing it."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._next: dict[str, float] = {}
-
-    def wait(self, key: str, interval: float) -> float:
-        """Sleep until this request may go; returns that moment (monotonic), as granted."""
-        with self._lock:
-            now = time.monotonic()
-            at = max(now, self._next.get(key, 0.0))
-            self._next[key] = at + interval
-        if at > now:
-            time.sleep(at - now)
-        return at
-
-
-_pacer = _Pacer()
+    return fit(_neutral(raw), limit)
 
 
 class SlackNotifier(Notifier):
@@ -136,31 +102,13 @@ class SlackNotifier(Notifier):
         self.username = username
         self.icon_emoji = icon_emoji
         self._session = make_session()
-        # when the pacer let each recent request go (monotonic): what the pacing promise is about
-        self.paced_at: deque[float] = deque(maxlen=32)
-
-    @classmethod
-    def from_section(cls, sec: Section, common: dict[str, Any]) -> Notifier | None:
-        url = get_secret(sec, "url", required=True, url=True)
-        mention = sec.string("mention")
-        generator_url = link_template(sec)
-        username = sec.string("username")
-        icon_emoji = sec.string("icon_emoji")
-        if icon_emoji is not None and not (icon_emoji.startswith(":") and icon_emoji.endswith(":")):
-            sec.error("icon_emoji", "expected an emoji name like :rotating_light:")
-        if url is None:
-            return None
-        return cls(
-            url=url,
-            mention=mention,
-            generator_url=generator_url,
-            username=username,
-            icon_emoji=icon_emoji,
-            **common,
-        )
 
     def target(self) -> str:
         return str(self.url)
+
+    def pace_key(self) -> str:
+        # Slack's limit is one message per second per webhook URL, whichever channel sends it
+        return "slack " + hashlib.sha256(self.url.reveal().encode()).hexdigest()
 
     def close(self) -> None:
         self._session.close()
@@ -170,7 +118,6 @@ class SlackNotifier(Notifier):
             return
         payload = self.message(events)
         body = json.dumps(payload).encode()
-        self.paced_at.append(_pacer.wait(self.url.reveal(), self.min_interval))
         try:
             post(
                 self._session,

@@ -20,27 +20,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from gradwatch.alerts import AlertEvent
-from gradwatch.logjson import rfc3339
-from gradwatch.notify.base import (
-    RESERVED_HEADERS,
-    DeliveryError,
-    Notifier,
-    check_headers,
-    event_annotations,
+from gradwatch.config.channels import SIGNATURE_HEADER, TIMESTAMP_HEADER
+from gradwatch.config.secrets import Secret
+from gradwatch.notify.base import DeliveryError, Notifier, make_session, post
+from gradwatch.notify.payloads import (
+    alert_payload,
+    common_items,
     latest_per_alert,
-    link_template,
-    make_session,
-    post,
     render_link,
     request_headers,
 )
-from gradwatch.secrets import Secret, get_headers, get_secret
-from gradwatch.yamlconf import Section
-
-ZERO_TIME = "0001-01-01T00:00:00Z"  # what Alertmanager sends as endsAt of a firing alert
-TIMESTAMP_HEADER = "X-Gradwatch-Timestamp"
-SIGNATURE_HEADER = "X-Gradwatch-Signature"
-_RESERVED = RESERVED_HEADERS | {TIMESTAMP_HEADER.lower(), SIGNATURE_HEADER.lower()}
 
 
 def sign(secret: bytes, timestamp: str, body: bytes) -> str:
@@ -77,28 +66,6 @@ def verify_signature(
     return skew <= max_skew and hmac.compare_digest(sign(secret, timestamp, body), signature)
 
 
-def alert_payload(e: AlertEvent, status: str, generator_url: str, now: float) -> dict[str, Any]:
-    """One entry of ``alerts`` in Alertmanager's webhook and v2 API shapes."""
-    return {
-        "status": status,
-        "labels": dict(e.labels),
-        "annotations": event_annotations(e),
-        "startsAt": rfc3339(e.starts_at),
-        "endsAt": rfc3339(e.ends_at or now) if status == "resolved" else ZERO_TIME,
-        "generatorURL": generator_url,
-        "fingerprint": e.fingerprint,
-    }
-
-
-def _common(maps: list[dict[str, str]]) -> dict[str, str]:
-    if not maps:
-        return {}
-    out = dict(maps[0])
-    for m in maps[1:]:
-        out = {k: v for k, v in out.items() if m.get(k) == v}
-    return out
-
-
 class WebhookNotifier(Notifier):
     type = "webhook"
     default_group_wait = 2.0
@@ -126,29 +93,6 @@ class WebhookNotifier(Notifier):
         self.external_url = external_url
         self._session = make_session()
 
-    @classmethod
-    def from_section(cls, sec: Section, common: dict[str, Any]) -> Notifier | None:
-        url = get_secret(sec, "url", required=True, url=True)
-        headers = get_headers(sec)
-        check_headers(sec, headers, _RESERVED)
-        bearer = get_secret(sec, "bearer_token")
-        secret = get_secret(sec, "hmac_secret")
-        max_alerts = sec.integer("max_alerts", default=0)
-        generator_url = link_template(sec)
-        external_url = sec.string("external_url", default="")
-        if url is None:
-            return None
-        return cls(
-            url=url,
-            headers=headers,
-            bearer_token=bearer,
-            hmac_secret=secret,
-            max_alerts=max_alerts or 0,
-            generator_url=generator_url,
-            external_url=external_url or "",
-            **common,
-        )
-
     def target(self) -> str:
         return str(self.url)
 
@@ -171,8 +115,8 @@ class WebhookNotifier(Notifier):
             "status": "firing" if any(a["status"] == "firing" for a in alerts) else "resolved",
             "alerts": alerts,
             "groupLabels": {"run": run},
-            "commonLabels": _common([a["labels"] for a in alerts]),
-            "commonAnnotations": _common([a["annotations"] for a in alerts]),
+            "commonLabels": common_items([a["labels"] for a in alerts]),
+            "commonAnnotations": common_items([a["annotations"] for a in alerts]),
             "externalURL": self.external_url,
             "version": "4",
             "groupKey": "{}:{run=" + json.dumps(run) + "}",

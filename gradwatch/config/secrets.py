@@ -15,7 +15,7 @@ import re
 import threading
 from urllib.parse import urlsplit
 
-from gradwatch.yamlconf import Section
+from gradwatch.config.yaml import Section
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 

@@ -10,9 +10,11 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 
-from gradwatch.actions import DEFAULT_STOP_FILE
-from gradwatch.rules import SEVERITIES, template_fields
-from gradwatch.yamlconf import ConfigError, Problem, Section, load_yaml_file
+from gradwatch.config.channels import ChannelConfig, read_channels
+from gradwatch.config.yaml import ConfigError, Problem, Section, load_yaml_file
+from gradwatch.severity import SEVERITY_NAMES
+from gradwatch.templates import template_fields
+from gradwatch.trainer import DEFAULT_STOP_FILE
 
 DEFAULT_LISTEN = "127.0.0.1:9723"
 DEFAULT_RESCAN = 30.0
@@ -37,9 +39,8 @@ class Config:
     export_tags: list[str] = field(default_factory=list)
     catchup_notify: bool = True  # after first catch-up, notify what is still firing (once)
     outbox_max_age: float = DEFAULT_OUTBOX_MAX_AGE
-    notifiers: list[Section] = field(default_factory=list)
-    # the notifier objects built (once) from ``notifiers`` by load_config; None: not built yet
-    channels: list | None = None
+    # one typed, checked config per channel; gradwatch.notify.registry builds the channels from them
+    notifiers: list[ChannelConfig] = field(default_factory=list)
     source: str | None = None
 
     def resolved_state_dir(self) -> str:
@@ -78,18 +79,39 @@ def load_config(path: str) -> Config:
     problems: list[Problem] = []
     data = load_yaml_file(path)
     top = Section(data, path, "", problems, line=1)
-    base = os.path.dirname(os.path.abspath(path))
+    cfg = Config(source=path)
+    _read_paths(top, cfg, os.path.dirname(os.path.abspath(path)))
+    _read_watching(top, cfg)
+    _read_stop_file(top.section("stop_file"), cfg)
+    metrics = top.section("metrics")
+    cfg.export_tags = metrics.strings("export_tags", [])
+    metrics.finish()
+    _read_outbox(top.section("outbox"), cfg)
+    sections = list(top.sections("notifiers"))
+    top.finish()
+    # read and checked (secrets read) once, here: the daemon and `config check` build from these
+    cfg.notifiers = read_channels(sections)
+    if problems:
+        raise ConfigError(sorted(problems, key=lambda p: p.line))
+    return cfg
+
+
+def _read_paths(top: Section, cfg: Config, base: str) -> None:
+    """logdir, rules, state_dir: relative to the config file, as Prometheus does for rule_files."""
 
     def rel(p: str) -> str:
         return p if os.path.isabs(p) else os.path.join(base, p)
 
-    cfg = Config(source=path)
     logdir = top.string("logdir")
     cfg.logdir = rel(logdir) if logdir else None
     rules = top.strings("rules")
     cfg.rules = [rel(r) for r in rules] if rules else None
     state_dir = top.string("state_dir")
     cfg.state_dir = rel(state_dir) if state_dir else None
+
+
+def _read_watching(top: Section, cfg: Config) -> None:
+    """How the daemon watches, logs and listens."""
     cfg.poll = top.duration("poll")
     if cfg.poll is not None and cfg.poll <= 0:
         top.error("poll", "expected a positive interval")
@@ -106,9 +128,10 @@ def load_config(path: str) -> Config:
     cfg.tensorboard_flags = top.boolean("tensorboard_flags", False)
     cfg.catchup_notify = top.boolean("catchup_notify", True)
 
-    stop = top.section("stop_file")
+
+def _read_stop_file(stop: Section, cfg: Config) -> None:
     cfg.stop_file = stop.string("path", DEFAULT_STOP_FILE)
-    sev = stop.choice("severity", (*SEVERITIES, "never"), "critical")
+    sev = stop.choice("severity", (*SEVERITY_NAMES, "never"), "critical")
     cfg.stop_severity = None if sev == "never" else sev
     cfg.stop_severity_override = sev == "never"
     if cfg.stop_file:
@@ -118,36 +141,13 @@ def load_config(path: str) -> Config:
             stop.error("path", f"bad template (fields: {{run_dir}}, {{run}}, {{logdir}}): {e}")
     stop.finish()
 
-    metrics = top.section("metrics")
-    cfg.export_tags = metrics.strings("export_tags", [])
-    metrics.finish()
 
-    outbox = top.section("outbox")
+def _read_outbox(outbox: Section, cfg: Config) -> None:
     cfg.outbox_max_age = outbox.duration("max_age", DEFAULT_OUTBOX_MAX_AGE)
     if cfg.outbox_max_age <= 0:
         outbox.error("max_age", "must be more than 0 (0 would drop every notification unsent)")
         cfg.outbox_max_age = DEFAULT_OUTBOX_MAX_AGE
     outbox.finish()
-
-    cfg.notifiers = list(top.sections("notifiers"))
-    top.finish()
-    # built (and so validated, secrets read) once, here: the daemon and `config check` use these
-    cfg.channels = _build_channels(cfg, problems)
-    if problems:
-        for channel in cfg.channels:
-            channel.close()
-        raise ConfigError(sorted(problems, key=lambda p: p.line))
-    return cfg
-
-
-def build_notifiers(cfg: Config) -> list:
-    """The config's notifier objects (built by load_config; a Config made in code builds them here)."""
-    if cfg.channels is None:
-        problems: list[Problem] = []
-        cfg.channels = _build_channels(cfg, problems)
-        if problems:
-            raise ConfigError(problems)
-    return cfg.channels
 
 
 STOP_FILE_FIELDS = ("run_dir", "run", "logdir")
@@ -159,13 +159,3 @@ def check_stop_file_template(text: str) -> None:
         raise ValueError("a path cannot hold a NUL byte")
     template_fields(text, STOP_FILE_FIELDS)
     text.format(run_dir="r", run="r", logdir="l")  # what parsing cannot see: a bad format spec
-
-
-def _build_channels(cfg: Config, problems: list[Problem]) -> list:
-    if not cfg.notifiers:
-        return []
-    from gradwatch.notify.base import build_notifiers as build
-
-    for sec in cfg.notifiers:
-        sec.problems = problems
-    return build(cfg.notifiers)

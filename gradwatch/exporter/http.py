@@ -11,9 +11,9 @@ half-open connections closed at once made a thread-per-request server render
   connections the oldest one still sending its head is dropped for the new one;
 * /-/healthy and /-/ready are answered by the loop itself, so they answer while
   clients hold connections open;
-* /metrics is rendered on one worker thread, at most once per
-  ``render_interval`` per format, and every request in that interval gets the
-  same bytes; at most ``max_metrics_in_flight`` /metrics responses are being
+* /metrics is rendered (collected) on one worker thread, at most once per
+  ``render_interval`` whatever the format or ``name[]`` filter, and every
+  request in that interval gets the same bytes; at most ``max_metrics_in_flight`` /metrics responses are being
   rendered or sent at once, more get 503 with ``Retry-After``;
 * every response closes its connection (Prometheus reconnects per scrape
   cheaply), and a client that does not take its response within
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import gzip
 import ipaddress
 import logging
@@ -32,16 +33,26 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
+from gradwatch.daemon.status import Status
 from gradwatch.fmt import escape
 
-if TYPE_CHECKING:
-    from gradwatch.metrics import Metrics
+
+class Served(Protocol):
+    """What the server needs of gradwatch.exporter.collector.Metrics (no import back up to it)."""
+
+    registry: CollectorRegistry
+
+    @property
+    def changes(self) -> int: ...
+
+    def status(self) -> Status: ...
+
 
 log = logging.getLogger("gradwatch.metrics")
 
@@ -52,6 +63,7 @@ WRITE_TIMEOUT = 10.0
 RENDER_INTERVAL = 1.0
 MAX_HEAD = 16 * 1024  # request line and headers; Prometheus sends a few hundred bytes
 _MAX_CACHED_FORMATS = 16  # format x gzip x name[] filter: bounded, a client picks the keys
+_MAX_NAMES = 64  # name[] values of one request that are honoured (sorted, de-duplicated)
 
 Headers = list[tuple[str, str]]
 
@@ -71,6 +83,7 @@ class MetricsRenderer:
         self.renders = 0  # how many times the registry was collected (tests, debugging)
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, bool, tuple[str, ...]], tuple[float, int, bytes]] = {}
+        self._collected: tuple[float, int, list] | None = None  # (when, changes, families)
 
     def render(
         self, accept: str = "", accept_encoding: str = "", names: tuple[str, ...] = ()
@@ -78,23 +91,71 @@ class MetricsRenderer:
         """Headers and body for a request with these ``Accept``/``Accept-Encoding`` and ``name[]``."""
         encoder, content_type = choose_encoder(accept)
         compress = gzip_accepted(accept_encoding)
+        # a client picks name[]: the same set in another order or repeated is the same key
+        names = tuple(sorted(set(names)))[:_MAX_NAMES]
         key = (content_type, compress, names)
         with self._lock:  # one render at a time; whoever waited finds it fresh
             cached = self._cache.get(key)
             changes = self.changes()
             if cached is None or cached[1] != changes or time.monotonic() - cached[0] >= self.interval:
-                registry = self.registry.restricted_registry(list(names)) if names else self.registry
-                body = encoder(registry)
-                self.renders += 1
-                log.debug("metrics: rendered /metrics (%s, %d bytes)", content_type, len(body))
-                cached = (time.monotonic(), changes, gzip.compress(body) if compress else body)
-                if len(self._cache) >= _MAX_CACHED_FORMATS:
-                    self._cache.clear()
+                collected_at, families = self._collect(changes)
+                body = encoder(_Families(_restricted(families, names) if names else families))
+                log.debug("metrics: encoded /metrics (%s, %d bytes)", content_type, len(body))
+                cached = (collected_at, changes, gzip.compress(body) if compress else body)
+                self._evict_for(key)
                 self._cache[key] = cached
         headers = [("Content-Type", content_type)]
         if compress:
             headers.append(("Content-Encoding", "gzip"))
         return headers, cached[2]
+
+    def _collect(self, changes: int) -> tuple[float, list]:
+        """The registry's families, collected at most once per interval (or on a change) for
+        every format and name[] filter: varying name[] cannot force a render per request."""
+        got = self._collected
+        if got is None or got[1] != changes or time.monotonic() - got[0] >= self.interval:
+            got = self._collected = (time.monotonic(), changes, list(self.registry.collect()))
+            self.renders += 1
+            # the change and the time let a test check "once per interval" without a clock of its own
+            log.debug(
+                "metrics: rendered /metrics (%d families; change %d at monotonic %.3f s)",
+                len(got[2]),
+                changes,
+                got[0],
+            )
+        return got[0], got[2]
+
+    def _evict_for(self, key: tuple[str, bool, tuple[str, ...]]) -> None:
+        """Room for ``key``: filtered bodies go first, so the plain /metrics body stays cached."""
+        if len(self._cache) < _MAX_CACHED_FORMATS or key in self._cache:
+            return
+        for old in [k for k in self._cache if k[2]]:
+            del self._cache[old]
+        if len(self._cache) >= _MAX_CACHED_FORMATS:
+            self._cache.clear()
+
+
+class _Families:
+    """A registry stand-in for the encoders: families already collected."""
+
+    def __init__(self, families: list) -> None:
+        self._families = families
+
+    def collect(self) -> list:
+        return self._families
+
+
+def _restricted(families: list, names: tuple[str, ...]) -> list:
+    """The families with samples named in ``names`` (prometheus_client's name[] rule), those only."""
+    wanted = set(names)
+    out = []
+    for family in families:
+        samples = [s for s in family.samples if s.name in wanted]
+        if samples:
+            part = copy.copy(family)
+            part.samples = samples
+            out.append(part)
+    return out
 
 
 class _Request(NamedTuple):
@@ -172,11 +233,11 @@ def is_loopback(host: str) -> bool:
 
 
 class MetricsServer:
-    """Serves a :class:`~gradwatch.metrics.Metrics` over HTTP on a background thread."""
+    """Serves a :class:`~gradwatch.exporter.collector.Metrics` over HTTP on a background thread."""
 
     def __init__(
         self,
-        metrics: Metrics,
+        metrics: Served,
         host: str = "127.0.0.1",
         port: int = 9723,
         *,
@@ -292,7 +353,9 @@ class MetricsServer:
     # -- one connection ---------------------------------------------------------
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._admit(writer)
+        if not self._admit(writer):
+            writer.transport.abort()  # refused: every connection at the limit is being answered
+            return
         done = False
         try:
             await self._answer(reader, writer)
@@ -309,14 +372,18 @@ class MetricsServer:
             else:
                 writer.transport.abort()
 
-    def _admit(self, writer: asyncio.StreamWriter) -> None:
-        """Track a new connection; at the limit, drop the oldest one still sending its head."""
-        if len(self._open) >= self.max_connections and self._reading:
+    def _admit(self, writer: asyncio.StreamWriter) -> bool:
+        """Track a new connection; at the limit, drop the oldest one still sending its head, or
+        refuse this one (False) when every open connection is already being answered."""
+        if len(self._open) >= self.max_connections:
+            if not self._reading:
+                return False
             oldest = next(iter(self._reading))
             del self._reading[oldest]
             oldest.transport.abort()
         self._open.add(writer)
         self._reading[writer] = None
+        return True
 
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -333,7 +400,8 @@ class MetricsServer:
             await self._send_metrics(request, writer)
             return
         else:
-            response = simple_response(request, self.metrics.ready, self.metrics.state_save_error)
+            status = self.metrics.status()
+            response = simple_response(request, status.ready, status.state_save_error)
         await self._send(writer, response)
 
     async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:

@@ -433,4 +433,5 @@ def write_error_text(error: Exception, out: TextIO) -> None:
     """The plugin status line when the check could not run: ``UNKNOWN: <first problem>``."""
     lines = str(error).splitlines() or ["check could not run"]
     more = f" (and {len(lines) - 1} more problems)" if len(lines) > 1 else ""
-    out.write(f"{STATUS[UNKNOWN]}: {lines[0]}{more}\n")
+    # the message may quote a run name or a file's bytes: one line, nothing a terminal obeys
+    out.write(f"{STATUS[UNKNOWN]}: {escape(lines[0])}{more}\n")

@@ -11,45 +11,12 @@ from __future__ import annotations
 
 import csv
 import fnmatch
-import json
 import math
 from typing import TextIO
 
 from gradwatch.events.logdir import ProblemLog, read_logdir
 from gradwatch.events.shard import Shard
-
-# Run names are bytes on Linux and may not be UTF-8 (a directory named b"run-\xff"); Python holds the
-# undecodable bytes as lone surrogates (surrogateescape). Neither output may crash on them or lose them.
-
-
-def _has_surrogate(name: str) -> bool:
-    return any("\ud800" <= c <= "\udfff" for c in name)
-
-
-def _raw_bytes(name: str) -> bytes:
-    try:
-        return name.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:  # a surrogate that surrogateescape did not make
-        return name.encode("utf-8", "surrogatepass")
-
-
-def csv_name(name: str) -> str:
-    """A name for CSV: ``\\`` doubled and each byte that is not UTF-8 as ``\\xNN``.
-
-    Lossless: ``codecs.escape_decode(field.encode())[0]`` gives back the name's bytes.
-    """
-    if "\\" not in name and not _has_surrogate(name):
-        return name
-    return _raw_bytes(name).replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
-
-
-def json_name(name: str) -> str:
-    """A name as a JSON string; bytes that are not UTF-8 as ``\\udcNN`` escapes (Python's surrogateescape).
-
-    Lossless: ``os.fsencode(json.loads(line)["run"])`` gives back the name's bytes.
-    """
-    return json.dumps(name, ensure_ascii=_has_surrogate(name))
-
+from gradwatch.oneshot.text import csv_name, csv_value, json_name
 
 FIELDS = ("run", "tag", "step", "wall_time", "value")
 _JSON_NONFINITE = {math.inf: '"Infinity"', -math.inf: '"-Infinity"'}
@@ -102,13 +69,3 @@ def export(
             f'"value": {_json_value(value)}}}\n'
         )
     return n
-
-
-def csv_value(v: float) -> str:
-    """A float for CSV: repr (exact round trip), or NaN, inf, -inf."""
-    # pandas.read_csv parses these three spellings as NaN / ±inf
-    if v != v:
-        return "NaN"
-    if v in (math.inf, -math.inf):
-        return "inf" if v > 0 else "-inf"
-    return repr(v)

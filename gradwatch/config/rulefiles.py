@@ -8,18 +8,16 @@ collected and raised together as one :class:`ConfigError`, so one run of
 from __future__ import annotations
 
 import glob
-import itertools
 import os
 import re
 from importlib import resources
 
-from gradwatch.anomaly import DEFAULTS as ANOMALY_DEFAULTS
-from gradwatch.anomaly import DIRECTIONS as ANOMALY_DIRECTIONS
-from gradwatch.anomaly import Detector
-from gradwatch.baseline import DIRECTIONS as BASELINE_DIRECTIONS
-from gradwatch.baseline import Baseline
-from gradwatch.rules import DIRECTIONS, RANK, SEVERITIES, Match, Num, Pattern, Rule, Template
-from gradwatch.yamlconf import ConfigError, Problem, Section, load_yaml_file, parse_duration
+from gradwatch.config.conditions import CONDITIONS, severity_level
+from gradwatch.config.yaml import ConfigError, Problem, Section, load_yaml_file, parse_duration
+from gradwatch.match import Match, Pattern
+from gradwatch.rules import Rule
+from gradwatch.severity import SEVERITY_NAMES
+from gradwatch.templates import Template
 
 DEFAULT_RULES = "gradient_explosion.yaml"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]*$")
@@ -147,38 +145,6 @@ def parse_rules(data, file: str, problems: list[Problem]) -> list[Rule]:
     return rules
 
 
-def _levels(
-    sec: Section, key: str, what: str, descending: bool = False, factor: bool = False
-) -> list[tuple[int, str, float]]:
-    """Severity levels of a section; a higher severity must be further from normal."""
-    levels: list[tuple[int, str, float]] = []
-    for severity in SEVERITIES:
-        value = sec.number(severity)
-        if value is None:
-            continue
-        if factor and value <= 1:
-            sec.error(severity, f"expected a growth factor above 1, got {value:g}")
-            continue
-        levels.append((RANK[severity], severity, value))
-    if not levels and not any(p.path.startswith(sec.path + ".") for p in sec.problems):
-        sec.error("", f"{key} needs at least one of {', '.join(SEVERITIES)} with {what}")
-    # each severity must be reached strictly after the one below it, or it can never fire
-    for (_, low_sev, low), (_, high_sev, high) in itertools.pairwise(levels):
-        if (high >= low) if descending else (high <= low):
-            rel = "below" if descending else "above"
-            sec.error(
-                high_sev,
-                f"{high_sev} ({Num(high)}) must be {rel} {low_sev} ({Num(low)}), or {low_sev} can never fire",
-            )
-    levels.sort(reverse=True)
-    return levels
-
-
-def _severity(sec: Section, key: str, default: str) -> list[tuple[int, str, float]]:
-    sev = sec.choice(key, SEVERITIES, default=default) or default
-    return [(RANK[sev], sev, 0.0)]
-
-
 def _compile(sec: Section, key: str) -> Pattern | None:
     text = sec.string(key)
     if text is None:
@@ -214,53 +180,12 @@ def _parse_rule(sec: Section) -> Rule | None:
     name = sec.string("name", required=True)
     if name is not None and not _NAME.match(name):
         sec.error("name", f"expected a name of letters, digits and _.:- starting with a letter, got {name!r}")
-    kinds = [kind for key, kind in CONDITION_KEYS.items() if sec.has(key)]
-    if not kinds:
-        *most, last = CONDITION_KEYS
-        sec.error("", f"a rule needs one condition: {', '.join(most)} or {last}")
-    elif len(kinds) > 1:
-        keys = [k for k in CONDITION_KEYS if sec.has(k)]
-        sec.error("", f"a rule has one condition, this one has {' and '.join(keys)}: split it into rules")
-    kind = kinds[0] if len(kinds) == 1 else "thresholds"
-
+    kind, one = _rule_kind(sec)
     match = _parse_match(sec.section("match")) if sec.has("match") else Match()
-    direction = "above"
-    within = 0
-    absent_for = 0.0
-    min_value = 0.0
-    levels: list[tuple[int, str, float]] = []
-    detector: Detector | None = None
-    baseline: Baseline | None = None
-    if len(kinds) != 1:
-        pass  # reported above; parsing a guessed kind would only add noise
-    elif kind == "thresholds":
-        th = sec.section("thresholds")
-        direction = th.choice("direction", DIRECTIONS, default="above") or "above"
-        levels = _levels(th, "thresholds", "a value", descending=direction == "below")
-        if direction == "absolute":
-            for _, sev, level in levels:
-                if level < 0:
-                    th.error(sev, f"with direction absolute the level is a magnitude, got {Num(level)}")
-        th.finish()
-    elif kind == "nonfinite":
-        levels = _severity(sec, "nonfinite", "critical")
-    elif kind == "growth":
-        gr = sec.section("growth")
-        within = gr.integer("within_steps", required=True, minimum=1) or 0
-        min_value = gr.number("min_value", default=0.0)
-        levels = _levels(gr, "growth", "a factor such as 10", factor=True)
-        gr.finish()
-    elif kind == "anomaly":
-        levels, detector = _parse_anomaly(sec.section("anomaly"))
-    elif kind == "baseline":
-        levels, baseline = _parse_baseline(sec.section("baseline"))
-    else:
-        absent_for = sec.duration("absent_for", required=True)
-        if absent_for is not None and absent_for <= 0:
-            sec.error("absent_for", "expected a duration above zero")
-        absent_for = absent_for or 0.0
+    # reported by _rule_kind when not exactly one; parsing a guessed kind would only add noise
+    condition = CONDITIONS[kind](sec) if one else {}
     if kind == "absent":
-        levels = _severity(sec, "severity", "warning")
+        condition["levels"] = severity_level(sec, "severity", "warning")
     elif sec.has("severity"):
         sec.error(
             "severity",
@@ -268,32 +193,18 @@ def _parse_rule(sec: Section) -> Rule | None:
             "per level, "
             "nonfinite takes it as its value (nonfinite: critical)",
         )
-
     for_points = sec.get(
         "for",
         lambda v: v if isinstance(v, int) and not isinstance(v, bool) and v >= 1 else None,
         "a number of consecutive points (a whole number >= 1)",
         default=1,
     )
-    keep = sec.raw("keep_firing_for")
-    keep_points, keep_seconds = 0, 0.0
-    if keep is not None:
-        if isinstance(keep, int) and not isinstance(keep, bool) and keep >= 0:
-            keep_points = keep
-        elif isinstance(keep, str) and parse_duration(keep) is not None:
-            keep_seconds = parse_duration(keep) or 0.0
-        else:
-            sec.error("keep_firing_for", f"expected a number of points or a duration like 5m, got {keep!r}")
+    keep_points, keep_seconds = _keep_firing_for(sec)
     repeat = sec.duration("repeat_interval")
     if repeat is not None and repeat <= 0:
         sec.error("repeat_interval", "expected a duration above zero")
-    stop = sec.choice("stop", (*SEVERITIES, "never"), default=None)
-    labels = sec.mapping("labels")
-    for key in labels:
-        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
-            sec.error(
-                "labels", f"label name {key!r}: expected letters, digits and _ (Prometheus label names)"
-            )
+    stop = sec.choice("stop", (*SEVERITY_NAMES, "never"), default=None)
+    labels = _labels(sec)
     description = sec.string("description", default="")
     annotations = _parse_annotations(sec, kind)
     sec.finish()
@@ -303,13 +214,8 @@ def _parse_rule(sec: Section) -> Rule | None:
         name=name,
         kind=kind,
         match=match,
-        levels=levels,
-        below=direction == "below",
-        absolute=direction == "absolute",
+        levels=condition.pop("levels", []),
         for_points=for_points,
-        within_steps=within,
-        min_value=min_value,
-        absent_for=absent_for,
         keep_firing_for_points=keep_points,
         keep_firing_for_seconds=keep_seconds,
         repeat_interval=repeat,
@@ -318,64 +224,45 @@ def _parse_rule(sec: Section) -> Rule | None:
         annotations=annotations,
         description=description,
         source=f"{sec.file}:{sec.line}",
-        detector=detector,
-        baseline=baseline,
+        **condition,
     )
     _check_templates(sec, rule)
     return rule if len(sec.problems) == before else None
 
 
-def _parse_anomaly(sec: Section) -> tuple[list[tuple[int, str, float]], Detector | None]:
-    """``anomaly:`` -- every key optional (``anomaly: {}`` is the defaults); levels in standard deviations."""
-    before = len(sec.problems)
-    window = sec.integer("window", default=ANOMALY_DEFAULTS["window"], minimum=2)
-    min_points = sec.integer("min_points", minimum=2)
-    direction = sec.choice("direction", ANOMALY_DIRECTIONS, default=ANOMALY_DEFAULTS["direction"])
-    log = sec.boolean("log", default=False)
-    robust = sec.boolean("robust", default=False)
-    if any(sec.has(severity) for severity in SEVERITIES):
-        levels = _levels(sec, "anomaly", "a number of standard deviations")
-        for _, severity, sigmas in levels:
-            if sigmas <= 0:
-                sec.error(severity, f"expected a number of standard deviations above 0, got {Num(sigmas)}")
-    else:
-        levels = [(RANK[sev], sev, float(ANOMALY_DEFAULTS[sev])) for sev in ("critical", "warning")]
-    if min_points is not None and window is not None and min_points > window:
-        sec.error("min_points", f"min_points ({min_points}) cannot be above window ({window})")
-    sec.finish()
-    if len(sec.problems) > before or window is None:
-        return levels, None
-    return levels, Detector(levels, window, min_points, direction, bool(log), bool(robust))
+def _rule_kind(sec: Section) -> tuple[str, bool]:
+    """The rule's condition kind, and whether it has exactly one (else that is reported)."""
+    kinds = [kind for key, kind in CONDITION_KEYS.items() if sec.has(key)]
+    if not kinds:
+        *most, last = CONDITION_KEYS
+        sec.error("", f"a rule needs one condition: {', '.join(most)} or {last}")
+    elif len(kinds) > 1:
+        keys = [k for k in CONDITION_KEYS if sec.has(k)]
+        sec.error("", f"a rule has one condition, this one has {' and '.join(keys)}: split it into rules")
+    return (kinds[0], True) if len(kinds) == 1 else ("thresholds", False)
 
 
-def _parse_baseline(sec: Section) -> tuple[list[tuple[int, str, float]], Baseline | None]:
-    """``baseline:`` -- ``run`` (one name) or ``runs`` (globs, the median), ``factor`` or levels."""
-    before = len(sec.problems)
-    run = sec.string("run")
-    runs = sec.strings("runs")
-    if (run is None) == (runs is None) and len(sec.problems) == before:
-        sec.error("", "name the reference: either run (one run) or runs (globs: the median of those runs)")
-    references = [glob.escape(run)] if run is not None else runs or []
-    tolerance = sec.integer("tolerance")
-    direction = sec.choice("direction", BASELINE_DIRECTIONS, default="above")
-    if sec.has("factor"):
-        if any(sec.has(severity) for severity in SEVERITIES):
-            sec.error("factor", "use either factor (with severity) or factors per severity, not both")
-            sec.allow(*SEVERITIES)
-        factor = sec.number("factor", required=True)
-        severity = sec.choice("severity", SEVERITIES, default="warning") or "warning"
-        levels = [(RANK[severity], severity, factor)] if factor is not None else []
-        if factor is not None and factor <= 1:
-            sec.error("factor", f"expected a factor above 1, got {Num(factor)}")
-    else:
-        sec.allow("severity")
-        if sec.has("severity"):
-            sec.error("severity", "severity goes with factor; with per-severity factors it is their key")
-        levels = _levels(sec, "baseline", "a factor such as 10 (or factor: 10)", factor=True)
-    sec.finish()
-    if len(sec.problems) > before or not levels:
-        return levels, None
-    return levels, Baseline(levels, references, tolerance, direction)
+def _keep_firing_for(sec: Section) -> tuple[int, float]:
+    """``keep_firing_for``: a number of points or a duration; (points, seconds)."""
+    keep = sec.raw("keep_firing_for")
+    if keep is None:
+        return 0, 0.0
+    if isinstance(keep, int) and not isinstance(keep, bool) and keep >= 0:
+        return keep, 0.0
+    if isinstance(keep, str) and parse_duration(keep) is not None:
+        return 0, parse_duration(keep) or 0.0
+    sec.error("keep_firing_for", f"expected a number of points or a duration like 5m, got {keep!r}")
+    return 0, 0.0
+
+
+def _labels(sec: Section) -> dict[str, str]:
+    labels = sec.mapping("labels")
+    for key in labels:
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+            sec.error(
+                "labels", f"label name {key!r}: expected letters, digits and _ (Prometheus label names)"
+            )
+    return labels
 
 
 def _parse_annotations(sec: Section, kind: str) -> dict[str, Template]:

@@ -16,21 +16,40 @@ import os
 import queue
 import threading
 import time
+from dataclasses import dataclass
 
 from gradwatch.events.logdir import FLAGS_DIR, is_event_file
 
 log = logging.getLogger("gradwatch.watch")
 
-RESCAN = "\0rescan"  # marker: directories changed, look for new or vanished runs and files
-POLL = "\0poll"  # marker (polling): stat every known file and directory now
-NEW_DIR = "\0newdir"  # marker (inotify): a directory appeared; did watchdog manage to watch it?
-MARKERS = (RESCAN, POLL, NEW_DIR)
+# markers on the queue besides paths (a path never starts with NUL); ``wait`` turns them into Changes
+_RESCAN = "\0rescan"
+_NEW_DIR = "\0newdir"
 DEFAULT_POLL = 1.0
 # seconds a directory may stay unwatched before we stop blaming watchdog's queue for it
 UNWATCHED_GRACE = 2.0
 
 # Events we never need: our own reads open and close the files.
 _IGNORED = frozenset(("opened", "closed_no_write"))
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What may have changed since the last ``wait``: event files, and what to look at besides."""
+
+    paths: frozenset[str] = frozenset()  # event files written, created, moved or deleted
+    rescan: bool = False  # directories changed: look for new or vanished runs and files
+    poll: bool = False  # polling: stat every known file and directory now
+    new_dir: bool = False  # inotify: a directory appeared; did watchdog manage to watch it?
+
+    @classmethod
+    def _of(cls, items: set[str], poll: bool = False) -> Changes:
+        return cls(
+            frozenset(i for i in items if not i.startswith("\0")),
+            rescan=_RESCAN in items,
+            poll=poll,
+            new_dir=_NEW_DIR in items,
+        )
 
 
 class Watcher:
@@ -44,6 +63,7 @@ class Watcher:
         self._queue: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._observer = None
         self._next_poll = 0.0
+        self._dirs: dict[str, int] = {}  # polling: directory -> mtime_ns
 
     def start(self) -> None:
         """Start watching; falls back to polling when inotify is unavailable."""
@@ -74,6 +94,28 @@ class Watcher:
             reason,
             self.poll,
         )
+        self._dirs = dir_snapshot(self.logdir)
+
+    # -- polling: directory times show new runs and files without listing every directory
+    def dir_times(self) -> dict[str, int] | None:
+        """Polling: every directory's mtime now (taken before a scan, so what appears during it
+        shows as a change next time); None with inotify."""
+        return dir_snapshot(self.logdir) if self.mode == "poll" else None
+
+    def remember_dirs(self, dirs: dict[str, int] | None) -> None:
+        """Polling: compare later polls with ``dirs`` (None: with the directories as they are now)."""
+        if self.mode == "poll":
+            self._dirs = dirs if dirs is not None else dir_snapshot(self.logdir)
+
+    def dirs_changed(self) -> bool:
+        """Polling: a directory changed (or vanished) since ``remember_dirs``."""
+        for d, mtime in self._dirs.items():
+            try:
+                if os.stat(d).st_mtime_ns != mtime:
+                    return True
+            except OSError:
+                return True
+        return not self._dirs
 
     def _start_inotify(self) -> None:
         from watchdog.events import (
@@ -109,9 +151,9 @@ class Watcher:
                     return  # our own TensorBoard alert flags
                 if event.is_directory:
                     if kind != "modified":
-                        q.put(RESCAN)
+                        q.put(_RESCAN)
                     if kind in ("created", "moved"):
-                        q.put(NEW_DIR)
+                        q.put(_NEW_DIR)
                     return
                 if not is_event_file(os.path.basename(path)):
                     return
@@ -119,7 +161,7 @@ class Watcher:
                     path = logdir + path[len(real) :]
                 q.put(path)
                 if kind in ("created", "moved", "deleted"):
-                    q.put(RESCAN)
+                    q.put(_RESCAN)
 
         wanted = [
             FileCreatedEvent,
@@ -173,25 +215,25 @@ class Watcher:
     def alive(self) -> bool:
         return self.mode == "poll" or (self._observer is not None and self._observer.is_alive())
 
-    def wait(self, timeout: float) -> set[str]:
-        """Paths (or markers) that may have changed; blocks up to ``timeout`` seconds."""
+    def wait(self, timeout: float) -> Changes:
+        """What may have changed; blocks up to ``timeout`` seconds."""
         if self.mode == "poll":
             delay = self._next_poll - time.monotonic()
             if delay > 0:
                 try:
                     # woken early by ``wake`` (signals, shutdown)
-                    return self._drain({self._queue.get(timeout=min(delay, timeout))})
+                    return Changes._of(self._drain({self._queue.get(timeout=min(delay, timeout))}))
                 except queue.Empty:
                     if delay > timeout:
-                        return set()
+                        return Changes()
             self._next_poll = time.monotonic() + (self.poll or DEFAULT_POLL)
-            return self._drain({POLL})
+            return Changes._of(self._drain(set()), poll=True)
         out: set[str] = set()
         try:
             out.add(self._queue.get(timeout=timeout))
         except queue.Empty:
-            return out
-        return self._drain(out)
+            return Changes()
+        return Changes._of(self._drain(out))
 
     def _drain(self, out: set[str]) -> set[str]:
         while True:
@@ -202,7 +244,7 @@ class Watcher:
 
     def wake(self) -> None:
         """Make ``wait`` return now (signals, shutdown)."""
-        self._queue.put(RESCAN)
+        self._queue.put(_RESCAN)
 
     def stop(self) -> None:
         if self._observer is not None:

@@ -115,3 +115,23 @@ def watchdog_interval() -> float | None:
 
 
 __all__ = ["notify", "ready", "reloading", "status", "stopping", "watchdog", "watchdog_interval"]
+
+
+class Watchdog:
+    """systemd's watchdog (WatchdogSec=): a ping at most every half interval, nothing when not asked."""
+
+    def __init__(self) -> None:
+        self.every: float | None = None
+        self._last = time.monotonic()
+
+    def start(self) -> None:
+        self.every = watchdog_interval()
+
+    def ping(self) -> None:
+        if self.every and time.monotonic() - self._last >= self.every:
+            watchdog()
+            self._last = time.monotonic()
+
+    def due_in(self, now: float) -> float | None:
+        """Seconds until the next ping is due (None: no watchdog)."""
+        return self._last + self.every - now if self.every else None

@@ -15,8 +15,8 @@ from typing import TextIO
 
 from gradwatch.engine import Engine
 from gradwatch.events.logdir import ProblemLog, read_logdir
-from gradwatch.export import csv_name, csv_value
 from gradwatch.fmt import escape
+from gradwatch.oneshot.text import csv_name, csv_value
 from gradwatch.rules import Rule, Series, human, json_number
 
 DEFAULT_ROWS = 10

@@ -16,10 +16,10 @@ import os
 from dataclasses import dataclass
 from typing import TextIO
 
+from gradwatch.config.rulefiles import load_rules
+from gradwatch.config.yaml import ConfigError, Problem, Section, load_yaml_file
 from gradwatch.engine import Engine
-from gradwatch.rulefile import load_rules
 from gradwatch.rules import SEVERITIES, SEVERITY_OF_RANK, Series
-from gradwatch.yamlconf import ConfigError, Problem, Section, load_yaml_file
 
 # the severity of a transition back to normal (the rule stopped alerting)
 OK = "ok"

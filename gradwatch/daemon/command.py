@@ -1,0 +1,135 @@
+"""``gradwatch watch`` and ``gradwatch config check``: their arguments next to their handlers."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+
+from gradwatch.config import (
+    Config,
+    check_stop_file_template,
+    listen_usage,
+    load_config,
+    parse_listen,
+)
+from gradwatch.config.rulefiles import load_rules
+from gradwatch.config.yaml import ConfigError, Problem
+from gradwatch.daemon.errors import ListenError
+from gradwatch.daemon.loop import Daemon
+from gradwatch.logjson import setup_logging
+from gradwatch.notify.registry import build_notifiers
+
+log = logging.getLogger("gradwatch")
+
+
+def add_arguments(sub: argparse._SubParsersAction) -> None:
+    w = sub.add_parser("watch", help="follow a logdir live and alert (the daemon)")
+    w.add_argument("logdir", nargs="?", help="the logdir to watch (or `logdir:` in --config)")
+    w.add_argument("--config", metavar="FILE", help="gradwatch.yaml")
+    w.add_argument(
+        "--rules", action="append", metavar="FILE|DIR", help="rule file, directory or glob (repeatable)"
+    )
+    w.add_argument("--state-dir", metavar="DIR", help="where the state DB lives (default: per logdir)")
+    w.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="metrics/health endpoint (default 127.0.0.1:9723; every interface: 0.0.0.0:PORT; '' off)",
+    )
+    w.add_argument("--poll", type=float, metavar="SECONDS", help="poll instead of inotify (NFS, network FS)")
+    w.add_argument(
+        "--stop-file", metavar="TEMPLATE", help="stop-file path template ({run_dir}, {run}, {logdir})"
+    )
+    w.add_argument("--stop-severity", choices=("info", "warning", "critical", "never"))
+    w.add_argument("--tensorboard-flags", action="store_true", help="write alerts/<rule>/<severity> flags")
+    w.add_argument("--log-format", choices=("text", "json"), default=None)
+    w.set_defaults(func=cmd_watch)
+
+    c = sub.add_parser("config", help="validate a gradwatch.yaml")
+    csub = c.add_subparsers(dest="config_command", metavar="COMMAND", required=True)
+    cc = csub.add_parser("check", help="validate a config file (secrets are never printed)")
+    cc.add_argument("file")
+    cc.set_defaults(func=cmd_config_check)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The config file (if any) with the command-line flags on top; also what SIGHUP re-reads."""
+    cfg = load_config(args.config) if args.config else Config()
+    if args.logdir:
+        cfg.logdir = args.logdir
+    if args.rules:
+        cfg.rules = args.rules
+    if args.state_dir:
+        cfg.state_dir = args.state_dir
+    if args.listen is not None:
+        cfg.listen = args.listen or None
+        if cfg.listen and parse_listen(cfg.listen) is None:
+            raise ConfigError([_usage(f"--listen: {listen_usage(args.listen)}")])
+    if args.poll is not None:
+        if not args.poll > 0:
+            raise ConfigError([_usage("--poll: expected a positive number of seconds")])
+        cfg.poll = args.poll
+    if args.stop_file:
+        try:
+            check_stop_file_template(args.stop_file)
+        except ValueError as e:
+            raise ConfigError(
+                [_usage(f"--stop-file: bad template (fields: {{run_dir}}, {{run}}, {{logdir}}): {e}")]
+            ) from None
+        cfg.stop_file = args.stop_file
+    if args.stop_severity:
+        cfg.stop_severity = None if args.stop_severity == "never" else args.stop_severity
+        cfg.stop_severity_override = True  # flags override files, the rules' `stop:` included
+    if args.tensorboard_flags:
+        cfg.tensorboard_flags = True
+    if args.log_format:
+        cfg.log_format = args.log_format
+    if not cfg.logdir:
+        raise ConfigError([_usage("no logdir: give one on the command line or as `logdir:` in --config")])
+    return cfg
+
+
+def _usage(message: str) -> Problem:
+    return Problem("gradwatch watch", 0, "", message)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    setup_logging(args.verbose, args.quiet, cfg.log_format)
+    daemon = Daemon(cfg, config_loader=lambda: config_from_args(args))
+    install_signals(daemon)
+    try:
+        daemon.run()
+    except ListenError as e:
+        log.error("%s", e)
+        # a port still held by a stopping instance is worth a restart; a wrong address is not
+        return 1 if e.in_use else 3
+    return 0
+
+
+def install_signals(daemon: Daemon) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum, frame) -> None:
+        daemon.stop()
+        # a second Ctrl-C interrupts a shutdown that hangs
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    cfg = load_config(args.file)
+    rules = load_rules(cfg.rules)
+    notifiers = build_notifiers(cfg)
+    names = ", ".join(getattr(n, "name", "?") for n in notifiers) or "console only"
+    print(
+        f"{args.file}: SUCCESS: logdir {cfg.logdir or '(from the command line)'}, {len(rules)} rules, "
+        f"{len(notifiers)} notifiers ({names})"
+    )
+    return 0

@@ -1,0 +1,364 @@
+"""Following the logdir: which runs and event files exist, reading what is new in them.
+
+The follower owns what the daemon knows about files and runs (seen sizes,
+unreadable files and directories, missing runs, a logdir that went away) and
+the watcher that tells it where to look. Reading feeds the engine; what was
+read is marked in the unit of work, which commits it between files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+
+from gradwatch.config import Config
+from gradwatch.daemon.reading import FileReads
+from gradwatch.daemon.unit_of_work import UnitOfWork
+from gradwatch.daemon.watcher import Changes, Watcher
+from gradwatch.engine import Engine
+from gradwatch.events.logdir import (
+    UNREADABLE_DIRECTORY,
+    LogdirError,
+    LogdirReader,
+    ProblemLog,
+    scan,
+)
+
+log = logging.getLogger("gradwatch")
+
+# inotify delivers within a millisecond; a change older than this that it never reported was missed
+MISSED_AFTER = 2.0
+# an inotify observer that dies again this soon after a restart is given up for polling
+WATCHER_RESTART_WINDOW = 60.0
+
+
+class Follower:
+    """Files and runs of one logdir: new, changed, unreadable, vanished."""
+
+    def __init__(
+        self,
+        logdir: str,
+        config: Config,
+        reader: LogdirReader,
+        engine: Engine,
+        problems: ProblemLog,
+        uow: UnitOfWork,
+        saved_files: dict[str, str],
+        stopping: threading.Event,
+        ready: threading.Event,
+        ping: Callable[[], None],
+        checkpoint: Callable[..., bool],
+        forget_run_state: Callable[[str], int],
+    ) -> None:
+        self.logdir = logdir
+        self.config = config  # replaced on reload (poll, forget_after, rescan_interval)
+        self.reader = reader
+        self.problems = problems
+        self.uow = uow
+        self._stopping = stopping
+        self._ready = ready
+        self._ping = ping
+        self._checkpoint = checkpoint
+        self._forget_run_state = forget_run_state
+        self.reads = FileReads(reader, engine, problems, uow, stopping, ping, self._vanished)
+        self.watcher = Watcher(logdir, config.poll)
+        self.watching = False
+        self.saved_files: dict[str, str] | None = saved_files  # path -> run, until the first scan
+        self.known_runs: set[str] = set(saved_files.values())
+        self.unreadable_dirs: set[str] = set()
+        self.missing: dict[str, float] = {}  # run -> monotonic time it was first missed
+        self.logdir_missing_since: float | None = None
+        # the logdir did not exist at start-up: all of it is written after we started, nothing is history
+        self.logdir_created_after_start = False
+        self.want_rescan = False
+        self.last_rescan = 0.0
+        self.drained_at = time.time()
+        self._watcher_restarted = -WATCHER_RESTART_WINDOW
+
+    # -- reading -------------------------------------------------------------
+    def _vanished(self) -> None:
+        self.want_rescan = True
+
+    @property
+    def read_again(self) -> set[str]:
+        """Files whose last read stopped at the byte budget (read on the next turn)."""
+        return self.reads.read_again
+
+    def rescan(self, periodic: bool = False) -> None:
+        """Find new and vanished runs and files; read the new files."""
+        self.last_rescan = time.monotonic()
+        self.want_rescan = False
+        unreadable: set[str] = set()
+
+        def problems(kind: str, path: str, offset: int, detail: str) -> None:
+            if kind == UNREADABLE_DIRECTORY:
+                unreadable.add(path)
+            self.problems(kind, path, offset, detail)
+
+        # polling: directory times from *before* the scan, so what appears during it shows as a change
+        dirs = self.watcher.dir_times()
+        try:
+            runs = scan(self.logdir, problems)  # type: ignore[arg-type]
+        except LogdirError as e:
+            self._logdir_gone(str(e))
+            return
+        if self.logdir_missing_since is not None:
+            self._logdir_back()
+        self._note_unreadable_dirs(unreadable)
+        found, new = self._add_files(runs)
+        if self.saved_files is not None:
+            # offsets saved for files deleted while we were not running
+            self.uow.forgotten_files.update(
+                p for p, run in self.saved_files.items() if p not in found and run in runs
+            )
+            self.saved_files = None
+        log.debug("rescanned %s: %d runs, %d new event files", self.logdir, len(runs), len(new))
+        self._update_missing(runs, found)
+        if periodic and new and self.watcher.mode == "inotify" and self._ready.is_set():
+            self._check_missed_new(new)
+        self.watcher.remember_dirs(dirs)
+        self._read_new(new)
+
+    def _note_unreadable_dirs(self, unreadable: set[str]) -> None:
+        fixed = self.unreadable_dirs - unreadable
+        self.unreadable_dirs = unreadable
+        if fixed:
+            log.info("readable again: %s", ", ".join(sorted(fixed)))
+            if self.watcher.mode == "inotify" and self._ready.is_set():
+                # inotify could not watch them while they were locked
+                log.info("re-adding inotify watches")
+                self.restart_watcher()
+
+    def _add_files(self, runs: dict[str, list[str]]) -> tuple[set[str], list[str]]:
+        """Readers for event files not followed yet: (every file found, the new ones)."""
+        readers = self.reader.readers
+        found: set[str] = set()
+        new: list[str] = []
+        for run, paths in runs.items():
+            for p in paths:
+                found.add(p)
+                if p not in readers:
+                    self.reader.reader(run, p)
+                    self.known_runs.add(run)
+                    new.append(p)
+        return found, new
+
+    def _read_new(self, new: list[str]) -> None:
+        for p in new:
+            if self._stopping.is_set():
+                break  # catching up when told to stop: the rest is read next time
+            if self._ready.is_set():
+                self.reads.read_file(p)  # live: a budget per turn, round robin with every other file
+            else:
+                self._read_through(p)  # the first catch-up reads each file to its end
+            self._ping()
+            # between files offsets are exact: a long catch-up keeps its progress
+            self._checkpoint(lazy=True)
+
+    def _read_through(self, path: str) -> None:
+        """Read ``path`` to its end a budget at a time, so a multi-GB file of images still answers
+        systemd's watchdog and SIGTERM and keeps its progress (offsets are exact between reads)."""
+        read_again = self.reads.read_again
+        while not self._stopping.is_set():
+            self.reads.read_file(path)
+            if path not in read_again:
+                return
+            read_again.discard(path)
+            self._ping()
+            self._checkpoint(lazy=True)
+
+    def _check_missed_new(self, new: list[str]) -> None:
+        limit = self.drained_at - MISSED_AFTER
+        for p in new:
+            try:
+                ctime = os.stat(p).st_ctime
+            except OSError:
+                continue
+            if self.watcher.started_at < ctime < limit:
+                self._inotify_missed(f"it never reported the new file {p}")
+                return
+
+    def _inotify_missed(self, what: str) -> None:
+        self.poll_instead(f"{what}; out of inotify watches, or a network filesystem")
+
+    def poll_instead(self, reason: str) -> None:
+        self.watcher.fall_back(reason)
+        # what appeared while inotify did not see it, since the last scan, is found by the next one
+        self.want_rescan = True
+
+    def check_files(self, periodic: bool = False) -> None:
+        """Read every known file that changed since we last read it (polling, safety net)."""
+        missed = 0
+        limit = self.drained_at - MISSED_AFTER
+        reads = self.reads
+        for path, (run, _) in list(self.reader.readers.items()):
+            if run in self.missing:
+                continue
+            try:
+                st = os.stat(path)
+            except OSError as e:
+                reads.read_error(path, e)
+                continue
+            if (st.st_size, st.st_mtime_ns) != reads.seen.get(path):
+                if periodic and path not in reads.unreadable and st.st_mtime < limit and path in reads.seen:
+                    missed += 1
+                reads.read_file(path, st)
+        if missed and self.watcher.mode == "inotify":
+            self._inotify_missed(f"it did not report changes to {missed} event file(s)")
+
+    # -- runs that vanish ----------------------------------------------------
+    def _update_missing(self, runs: dict[str, list[str]], found: set[str]) -> None:
+        for p, (run, _) in list(self.reader.readers.items()):
+            if p not in found and run in runs:
+                # one event file of a run that is still there: nothing to wait for
+                self._forget_file(p)
+        now = time.monotonic()
+        for run in self.known_runs:
+            if run in runs:
+                if self.missing.pop(run, None) is not None:
+                    log.info("run %s is back", run)
+            elif run not in self.missing and not self._run_unreadable(run):
+                self.missing[run] = now
+                log.info(
+                    "run %s has no event files any more; forgetting it in %gs unless it comes back",
+                    run,
+                    self.config.forget_after,
+                )
+        for run in [r for r in self.missing if self._run_unreadable(r)]:
+            del self.missing[run]
+        self.expire_missing(now)
+
+    def _run_unreadable(self, run: str) -> bool:
+        """The run directory exists but cannot be listed: keep its state, retry later."""
+        path = self.logdir if run == "." else os.path.join(self.logdir, run)
+        try:
+            os.stat(path)
+        except PermissionError:
+            return True
+        except OSError:
+            return False
+        return not os.access(path, os.R_OK | os.X_OK)
+
+    def expire_missing(self, now: float) -> None:
+        for run, since in list(self.missing.items()):
+            if now - since >= self.config.forget_after:
+                self._forget_run(run)
+
+    def _forget_file(self, path: str) -> None:
+        self.reader.forget(path)
+        self.reads.forget(path)
+        self.uow.forget_file(path)
+
+    def _forget_run(self, run: str) -> None:
+        self.missing.pop(run, None)
+        self.known_runs.discard(run)
+        for p in [p for p, (r, _) in self.reader.readers.items() if r == run]:
+            self._forget_file(p)
+        dropped = self._forget_run_state(run)
+        log.info(
+            "run %s disappeared %gs ago; forgot it%s",
+            run,
+            self.config.forget_after,
+            f" and its {dropped} alert(s)" if dropped else "",
+        )
+
+    def _logdir_gone(self, reason: str) -> None:
+        if self.logdir_missing_since is not None:
+            return
+        self.logdir_missing_since = time.monotonic()
+        log.warning("%s; waiting for it to come back", reason)
+        self.watcher.stop()
+        # every run is now missing; they are forgotten after forget_after unless the logdir returns
+        self._update_missing({}, set())
+
+    def _logdir_back(self) -> None:
+        log.info("%s is back; watching it again", self.logdir)
+        self.logdir_missing_since = None
+        self.restart_watcher()
+
+    # -- the watcher ---------------------------------------------------------
+    def start_watching(self) -> None:
+        # watching starts before the catch-up, so nothing written meanwhile is missed
+        self.watcher.start()
+        self.watching = True
+        self.watcher.remember_dirs(None)
+
+    def restart_watcher(self) -> None:
+        self.watcher.stop()
+        poll = self.config.poll or (self.watcher.poll if self.watcher.mode == "poll" else None)
+        self.watcher = Watcher(self.logdir, poll)
+        self.watcher.start()
+        self.watcher.remember_dirs(None)
+
+    def handle(self, changes: Changes) -> None:
+        """Read what the watcher says may have changed; rescan when a directory did or it is time."""
+        readers = self.reader.readers
+        paths = changes.paths | self.reads.read_again  # round robin: what one turn left unread
+        self.reads.read_again.clear()
+        rescan = changes.rescan or self.want_rescan or self.logdir_missing_since is not None
+        if changes.poll and self.logdir_missing_since is None:
+            self.check_files()
+            rescan = rescan or self.watcher.dirs_changed()
+        for path in paths:
+            if path in readers:
+                self.reads.read_file(path)
+            else:
+                rescan = True  # a file we do not know yet
+        if rescan:
+            self.rescan()
+            if changes.new_dir:
+                self.check_watches()
+        elif time.monotonic() - self.last_rescan >= self.config.rescan_interval:
+            self.rescan(periodic=True)
+            if self.logdir_missing_since is None:
+                self.check_files(periodic=True)
+                self.check_watches()
+
+    def check_watches(self) -> None:
+        """inotify: poll at once when a directory went unwatched (out of watches), not ~25 s later."""
+        if self.watching and self.watcher.mode == "inotify":
+            reason = self.watcher.unwatched_reason()
+            if reason is not None:
+                self.poll_instead(reason)
+
+    def watcher_died(self) -> None:
+        now = time.monotonic()
+        if now - self._watcher_restarted < WATCHER_RESTART_WINDOW:
+            self.poll_instead("the inotify observer stopped twice within a minute")
+        else:
+            log.warning("file watcher stopped; restarting it")
+            self._watcher_restarted = now
+            self.restart_watcher()
+        # whatever happened while nobody watched
+        self.rescan()
+        self.check_files()
+
+    def reconfigure(self, config: Config) -> None:
+        """After a reload: a new poll interval restarts the watcher."""
+        old, self.config = self.config, config
+        if config.poll == old.poll:
+            return
+        if self.watching and self.logdir_missing_since is None:
+            self.restart_watcher()
+            log.info("now watching %s (%s)", self.logdir, self.watcher.mode)
+        elif not self.watching:
+            self.watcher = Watcher(self.logdir, config.poll)
+
+    @property
+    def files(self) -> int:
+        return len(self.reader.readers)
+
+    @property
+    def runs(self) -> int:
+        return len({run for run, _ in self.reader.readers.values()})
+
+
+def logdir_problem(logdir: str) -> str | None:
+    if not os.path.isdir(logdir):
+        return "not a directory" if os.path.exists(logdir) else "no such directory"
+    if not os.access(logdir, os.R_OK | os.X_OK):
+        return "permission denied"
+    return None

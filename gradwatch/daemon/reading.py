@@ -1,0 +1,128 @@
+"""Reading known event files: what is new in one, a byte budget per turn, into the engine.
+
+Per file it keeps the size and mtime seen before the last read (a poll reads only what changed),
+whether it is unreadable (reported once, retried), and whether a read stopped at the budget
+(``read_again``: the loop goes round every other file, then on with this one). Totals of
+records and points feed the status snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+
+from gradwatch.daemon.unit_of_work import UnitOfWork
+from gradwatch.engine import Engine
+from gradwatch.events.logdir import UNREADABLE_FILE, LogdirReader, ProblemLog
+from gradwatch.events.records import DEFAULT_READ_BUDGET
+
+log = logging.getLogger("gradwatch")
+
+# points between two looks at the stop flag and the systemd watchdog while reading one big file
+BATCH_POINTS = 50_000
+READ_BUDGET = DEFAULT_READ_BUDGET  # bytes of one file per turn of the loop; then the others
+
+
+class FileReads:
+    """Reads one known file at a time; ``vanished()`` is called when a file or its run is gone."""
+
+    def __init__(
+        self,
+        reader: LogdirReader,
+        engine: Engine,
+        problems: ProblemLog,
+        uow: UnitOfWork,
+        stopping: threading.Event,
+        ping: Callable[[], None],
+        vanished: Callable[[], None],
+    ) -> None:
+        self.reader = reader
+        self.engine = engine
+        self.problems = problems
+        self.uow = uow
+        self._stopping = stopping
+        self._ping = ping
+        self._vanished = vanished
+        # path -> (size, mtime_ns) seen just before the last read: polls read only what changed
+        self.seen: dict[str, tuple[int, int]] = {}
+        self.unreadable: set[str] = set()
+        self.read_again: set[str] = set()  # files whose last read stopped at READ_BUDGET
+        # a file whose reading a stop interrupted: nothing since the last commit may be committed
+        self.abandoned: str | None = None
+        self._observed = 0  # points of the last read pass
+        self.points = 0
+        self.records = 0  # TFRecords verified, for gradwatch_records_read_total
+
+    def read_file(self, path: str, st: os.stat_result | None = None) -> int:
+        """Read what is new in one known event file, READ_BUDGET bytes of it; returns the number
+        of points (the rest is read on the next turn: ``read_again``)."""
+        entry = self.reader.readers.get(path)
+        if entry is None or self.abandoned is not None:
+            return 0
+        run, reader = entry
+        if st is None:
+            try:
+                st = os.stat(path)
+            except OSError as e:
+                self.read_error(path, e)
+                return 0
+        # recorded before reading: bytes appended while we read show up as a change next time
+        self.seen[path] = (st.st_size, st.st_mtime_ns)
+        records_before = reader.tail.records
+        points = reader.read(budget=READ_BUDGET)
+        try:
+            self._observe(run, path, points)
+        except OSError as e:
+            self.read_error(path, e)
+        except Exception:
+            if path not in self.unreadable:
+                log.exception("%s: offset %d: cannot read this file; will retry", path, reader.offset)
+            self.unreadable.add(path)
+            self.seen.pop(path, None)
+        else:
+            if path in self.unreadable:
+                self.unreadable.discard(path)
+                log.info("%s: readable again", path)
+        finally:
+            points.close()
+            self.records += reader.tail.records - records_before
+            if reader.pending:
+                self.read_again.add(path)
+        n = self._observed
+        self.uow.read(run, path, n)
+        self.points += n
+        return n
+
+    def _observe(self, run: str, path: str, points: Iterator[tuple[str, int, float, float]]) -> None:
+        """The hot loop: every point of a read pass into the engine; the count lands in
+        ``_observed`` even when the reader fails halfway (what was observed is marked dirty)."""
+        observe = self.engine.observe
+        n = 0
+        check_at = BATCH_POINTS
+        try:
+            for tag, step, wall_time, value in points:
+                observe(run, tag, step, wall_time, value)
+                n += 1
+                if n == check_at:
+                    # a long catch-up still answers systemd's watchdog and SIGTERM
+                    check_at += BATCH_POINTS
+                    self._ping()
+                    if self._stopping.is_set():
+                        self.abandoned = path
+                        break
+        finally:
+            self._observed = n
+
+    def read_error(self, path: str, e: OSError) -> None:
+        self.seen.pop(path, None)  # so the next poll or safety check tries again
+        if isinstance(e, (FileNotFoundError, NotADirectoryError)):
+            self._vanished()  # the rescan tells a deleted file from a deleted run
+            return
+        self.unreadable.add(path)
+        self.problems(UNREADABLE_FILE, path, -1, f"{e.strerror or e}; will retry")
+
+    def forget(self, path: str) -> None:
+        self.seen.pop(path, None)
+        self.unreadable.discard(path)

@@ -1,0 +1,1 @@
+"""Prometheus exporter: a pull-only collector over the daemon's status snapshot, and its HTTP side."""

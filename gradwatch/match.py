@@ -1,0 +1,152 @@
+"""Which series a rule watches: run and tag globs or regexes, at a bounded cost.
+
+Run and tag names come from the trainer's files (untrusted): a regex is
+compiled by RE2 when installed, patterns whose matching time can explode are
+refused whichever engine runs them, and names over :data:`MAX_NAME_BYTES`
+never reach a regex (the engine reports them once and skips them).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gradwatch.fmt import shown_name as shown_name  # re-exported: the engine and rules import it here
+
+try:  # linear-time matching when the optional extra is installed (pip install 'gradwatch[re2]')
+    import re2 as _re2
+except ImportError:  # pragma: no cover - depends on the environment
+    _re2 = None
+
+try:
+    from re import _parser as _sre_parse  # Python >= 3.11
+except ImportError:  # pragma: no cover
+    import sre_parse as _sre_parse  # type: ignore[no-redef]
+
+
+# Run and tag names longer than this (in UTF-8 bytes) are never matched against rules: TensorBoard
+# tags are short, and a backtracking regex such as '(?i)grad.*norm' costs O(length^2) on a hostile
+# 128 KiB tag (50 s of a frozen daemon). The engine reports such a series once and skips it.
+MAX_NAME_BYTES = 1024
+
+
+def name_too_long(name: str) -> bool:
+    """True when ``name`` is over :data:`MAX_NAME_BYTES` (checked cheaply before encoding)."""
+    if len(name) > MAX_NAME_BYTES:
+        return True
+    # surrogatepass: run names carry undecodable bytes as lone surrogates (surrogateescape)
+    return len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES
+
+
+_REPEATS = (_sre_parse.MAX_REPEAT, _sre_parse.MIN_REPEAT, getattr(_sre_parse, "POSSESSIVE_REPEAT", None))
+
+
+def _children(av: Any) -> list:
+    """The sub-patterns held by one parsed regex node's argument (groups, branches, repeats)."""
+    items = av if isinstance(av, (tuple, list)) else (av,)
+    out = []
+    for x in items:
+        if isinstance(x, _sre_parse.SubPattern):
+            out.append(x)
+        elif isinstance(x, list):
+            out.extend(y for y in x if isinstance(y, _sre_parse.SubPattern))
+    return out
+
+
+def _has_unbounded_repeat(pattern) -> bool:
+    for op, av in pattern:
+        if op in _REPEATS and av[1] is _sre_parse.MAXREPEAT:
+            return True
+        if any(_has_unbounded_repeat(c) for c in _children(av)):
+            return True
+    return False
+
+
+def _nested_quantifier(pattern) -> bool:
+    """A repeated group holding an unbounded repeat, like ``(a+)+`` or ``(\\w+\\s?)*``: exponential."""
+    for op, av in pattern:
+        if op in _REPEATS and av[1] != 1 and _has_unbounded_repeat(av[2]):
+            return True
+        if any(_nested_quantifier(c) for c in _children(av)):
+            return True
+    return False
+
+
+class Pattern:
+    """A rule regex with bounded cost: compiled by RE2 when installed, Python's ``re`` otherwise.
+
+    Patterns with nested quantifiers are refused (ValueError) whichever engine runs them, so a rule
+    file valid on one machine is valid on every machine; names over :data:`MAX_NAME_BYTES` never
+    reach ``search`` (the engine skips them).
+    """
+
+    def __init__(self, text: str) -> None:
+        try:
+            compiled = re.compile(text)
+        except re.error as e:
+            raise ValueError(f"invalid regular expression {text!r}: {e.msg} at position {e.pos}") from None
+        if _nested_quantifier(_sre_parse.parse(text)):
+            raise ValueError(
+                f"regular expression {text!r} repeats a group that holds a repeat (like (a+)+): "
+                "its matching time can explode; write it without the nested quantifier"
+            )
+        self.text = text
+        self.engine = "re"
+        self._search: Callable[[str], Any] = compiled.search
+        self._fallback = compiled.search
+        if _re2 is not None:
+            options = _re2.Options()
+            options.log_errors = False  # a pattern RE2 cannot run is not an error: re runs it
+            try:
+                self._search = _re2.compile(text, options).search
+                self.engine = "re2"
+            except _re2.error:  # RE2 lacks backreferences and lookaround: keep re
+                pass
+
+    def search(self, name: str) -> bool:
+        try:
+            return self._search(name) is not None
+        except UnicodeEncodeError:  # RE2 takes UTF-8; undecodable bytes (surrogates) go to re
+            return self._fallback(name) is not None
+
+    def __repr__(self) -> str:
+        return f"Pattern({self.text!r}, engine={self.engine})"
+
+
+@dataclass
+class Match:
+    """Which series a rule watches: run and tag globs (whole name) or regexes (searched)."""
+
+    runs: list[str] = field(default_factory=lambda: ["*"])
+    tags: list[str] = field(default_factory=lambda: ["*"])
+    run_regex: Pattern | None = None
+    tag_regex: Pattern | None = None
+    exclude_tags: list[str] = field(default_factory=list)
+    exclude_runs: list[str] = field(default_factory=list)
+
+    def matches(self, run: str, tag: str) -> bool:
+        if self.run_regex is not None:
+            if not self.run_regex.search(run):
+                return False
+        elif not any(fnmatch.fnmatchcase(run, g) for g in self.runs):
+            return False
+        if self.tag_regex is not None:
+            if not self.tag_regex.search(tag):
+                return False
+        elif not any(fnmatch.fnmatchcase(tag, g) for g in self.tags):
+            return False
+        if any(fnmatch.fnmatchcase(run, g) for g in self.exclude_runs):
+            return False
+        return not any(fnmatch.fnmatchcase(tag, g) for g in self.exclude_tags)
+
+    def matches_tag(self, tag: str) -> bool:
+        """The tag half of :meth:`matches` (a baseline rule's reference runs are chosen by name)."""
+        if self.tag_regex is not None:
+            if not self.tag_regex.search(tag):
+                return False
+        elif not any(fnmatch.fnmatchcase(tag, g) for g in self.tags):
+            return False
+        return not any(fnmatch.fnmatchcase(tag, g) for g in self.exclude_tags)
