@@ -112,3 +112,28 @@ def test_check_and_export_read_only_their_shard(tmp_path, capsys):
     every = sorted(f"run-{i}" for i in range(8))
     assert sorted(exported) == every
     assert sorted(set(alerted)) == every
+
+
+def test_shard_in_the_daemon_config_and_its_own_state_dir(tmp_path):
+    from gradwatch.config import Config, load_config
+    from gradwatch.config.yaml import ConfigError
+
+    good = tmp_path / "good.yaml"
+    good.write_text("logdir: runs\nshard: 1/3\n")
+    cfg = load_config(str(good))
+    assert cfg.shard == Shard(1, 3)
+    # replicas on one logdir never share a state directory (nor its lock)
+    dirs = {Config(logdir="/runs", shard=Shard(i, 3)).resolved_state_dir() for i in range(3)}
+    assert len(dirs | {Config(logdir="/runs").resolved_state_dir()}) == 4
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("logdir: runs\nshard: 3/3\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml:2: .*0 to N-1"):
+        load_config(str(bad))
+
+
+def test_watch_refuses_a_bad_shard_flag(tmp_path):
+    from daemon_support import run_gradwatch
+
+    done = run_gradwatch("watch", str(tmp_path), "--shard", "3/3", "--listen", "")
+    assert done.returncode == 3
+    assert "--shard: '3/3': the index must be 0 to N-1" in done.stderr
