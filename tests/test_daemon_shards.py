@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 from collections import Counter
 
 import pytest
@@ -67,3 +68,22 @@ def test_three_replicas_split_300_runs_and_each_run_alerts_once(tmp_path):
         codes = [d.stop() for d in daemons]
     assert codes == [0, 0, 0]
     assert all(os.listdir(tmp_path / f"state-{i}") for i in range(3))
+
+
+@pytest.mark.slow
+def test_a_reload_keeps_the_shard_the_replica_started_with(tmp_path):
+    logdir = tmp_path / "logs"
+    logdir.mkdir()
+    config = tmp_path / "gradwatch.yaml"
+    config.write_text(f"logdir: {logdir}\nstate_dir: {tmp_path / 'state'}\nlisten: ''\nshard: 0/2\n")
+    d = Daemon(["--config", str(config)], str(tmp_path))
+    d.wait_ready()
+    config.write_text(config.read_text().replace("shard: 0/2", "shard: 1/2"))
+    d.signal(signal.SIGHUP)
+    d.wait_err(r"shard changed to .*takes effect after a restart")
+    mine, other = (next(n for n in (f"r{i}" for i in range(100)) if shard_of(n, 2) == s) for s in (0, 1))
+    exploding_run(logdir, other)
+    exploding_run(logdir, mine)
+    d.wait_alert(run=mine, rule="gradient_explosion")
+    assert other not in fired_runs(d)
+    assert d.stop() == 0
