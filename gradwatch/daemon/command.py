@@ -18,6 +18,7 @@ from gradwatch.config.rulefiles import load_rules
 from gradwatch.config.yaml import ConfigError, Problem
 from gradwatch.daemon.errors import ListenError
 from gradwatch.daemon.loop import Daemon
+from gradwatch.events.remote import is_remote
 from gradwatch.events.shard import parse_shard
 from gradwatch.logjson import setup_logging
 from gradwatch.notify.registry import build_notifiers
@@ -90,7 +91,16 @@ def config_from_args(args: argparse.Namespace) -> Config:
         cfg.log_format = args.log_format
     if not cfg.logdir:
         raise ConfigError([_usage("no logdir: give one on the command line or as `logdir:` in --config")])
+    _local_only(cfg.logdir)
     return cfg
+
+
+def _local_only(logdir: str) -> None:
+    """The daemon follows local logdirs: an s3:// URL must not be waited for as a relative path."""
+    if is_remote(logdir):
+        raise ConfigError(
+            [_usage(f"{logdir}: watch follows a local logdir; check, export and report read a bucket")]
+        )
 
 
 def _apply_shard(cfg: Config, flag: str | None) -> None:
