@@ -16,7 +16,9 @@ from typing import TextIO
 
 from gradwatch import __version__
 from gradwatch.config.yaml import ConfigError
-from gradwatch.events.logdir import LogdirError, ProblemLog
+from gradwatch.events.logdir import LogdirError, ProblemLog, remote_logdir
+from gradwatch.events.remote import is_remote
+from gradwatch.events.shard import Shard, parse_shard
 from gradwatch.fmt import escape
 from gradwatch.logjson import setup_logging
 from gradwatch.oneshot.check import UNKNOWN
@@ -52,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--rules", action="append", metavar="FILE|DIR", help="rule file, directory or glob (repeatable)"
     )
     c.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_shard_flag(c)
     c.set_defaults(func=cmd_check)
 
     e = sub.add_parser("export", help="write every scalar point as JSON lines or CSV")
@@ -60,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--run", action="append", metavar="GLOB", help="only runs matching GLOB (repeatable)")
     e.add_argument("--tag", action="append", metavar="GLOB", help="only tags matching GLOB (repeatable)")
     e.add_argument("-o", "--output", metavar="FILE", help="write here instead of standard output")
+    _add_shard_flag(e)
     e.set_defaults(func=cmd_export)
 
     r = sub.add_parser("report", help="one tag across runs, side by side at chosen steps")
@@ -83,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = r.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true")
     fmt.add_argument("--csv", action="store_true")
+    _add_endpoint_flag(r)
     r.set_defaults(func=cmd_report)
 
     rules = sub.add_parser("rules", help="validate and unit-test rule files")
@@ -98,6 +103,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_daemon_commands(sub)
     _log_flags_after_commands(sub)
     return p
+
+
+def _add_shard_flag(parser: argparse.ArgumentParser) -> None:
+    def shard(text: str) -> Shard:
+        try:
+            return parse_shard(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from e
+
+    parser.add_argument(
+        "--shard", type=shard, metavar="I/N", help="only the runs of shard I of N, I from 0 (docs/remote.md)"
+    )
+    _add_endpoint_flag(parser)
+
+
+def _add_endpoint_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--endpoint-url",
+        metavar="URL",
+        help="for an s3:// or gs:// logdir: the store's URL (MinIO, an emulator); "
+        "default: AWS_ENDPOINT_URL / STORAGE_EMULATOR_HOST or the cloud's own",
+    )
+
+
+def _use_endpoint(args) -> None:
+    """Point the logdir's client at --endpoint-url before anything reads it."""
+    if getattr(args, "endpoint_url", None):
+        if not is_remote(args.logdir):
+            raise UsageError("--endpoint-url is for s3:// and gs:// logdirs")
+        remote_logdir(args.logdir, args.endpoint_url)
 
 
 def _log_flags_after_commands(sub) -> None:
@@ -200,7 +235,8 @@ def cmd_check(args) -> int:
 
     try:
         rules = _load_rules(args.rules)
-        result = check.run_check(args.logdir, rules, ProblemLog())
+        _use_endpoint(args)
+        result = check.run_check(args.logdir, rules, ProblemLog(), args.shard)
     except Exception as e:
         # monitoring plugins read stdout: the status line goes there, the detail stays on stderr;
         # an unforeseen failure (main logs it) is UNKNOWN too, never a bare traceback
@@ -219,8 +255,9 @@ def cmd_export(args) -> int:
     from gradwatch.oneshot.export import export
 
     problems = ProblemLog()
+    _use_endpoint(args)
     with _output(args.output) as out:
-        n = export(args.logdir, out, args.format, args.run, args.tag, problems)
+        n = export(args.logdir, out, args.format, args.run, args.tag, problems, args.shard)
     if not n:
         what = "matching --run/--tag " if args.run or args.tag else ""
         print(f"gradwatch: no {what}scalar points in {args.logdir}", file=sys.stderr)
@@ -233,6 +270,7 @@ def cmd_report(args) -> int:
     from gradwatch.oneshot import report
 
     rules = _load_rules(args.rules)
+    _use_endpoint(args)
     rep = report.build_report(args.logdir, args.tag, args.run, args.steps, ProblemLog(), rules)
     if rep.unmatched:
         have = ", ".join(rep.runs_with_tag) or "none"

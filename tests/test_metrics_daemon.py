@@ -53,6 +53,8 @@ def test_daemon_metrics_counts_alerts_and_reload(tmp_path):
             == 1
         )
         assert m["gradwatch_config_last_reload_successful"] == 1
+        (info,) = [k for k in m if k.startswith("gradwatch_build_info{")]
+        assert 'shard=""' in info  # not sharded
 
         rules.write_text("rules:\n  - name: big\n    thresholds: {critical: 'fifty thousand'}\n")
         assert daemon.reload() is False
@@ -68,3 +70,21 @@ def test_daemon_metrics_counts_alerts_and_reload(tmp_path):
     with pytest.raises(urllib.error.URLError) as err:
         urllib.request.urlopen(f"http://127.0.0.1:{port}/-/healthy", timeout=2)
     assert isinstance(err.value.reason, ConnectionRefusedError)
+
+
+def test_a_sharded_daemon_says_its_shard_on_metrics(tmp_path):
+    from gradwatch.events.shard import Shard
+
+    cfg = Config(logdir=str(tmp_path), state_dir=str(tmp_path / "state"), listen="127.0.0.1:0")
+    cfg.shard = Shard(1, 3)
+    daemon = Daemon(cfg, out=open(tmp_path / "console.txt", "w"))  # noqa: SIM115 - closed by the daemon's end
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    try:
+        assert daemon.ready.wait(20)
+        (info,) = [k for k in _scrape(daemon.metrics.port) if k.startswith("gradwatch_build_info{")]
+        assert 'shard="1/3"' in info
+    finally:
+        daemon.stop()
+        thread.join(20)
+    assert not thread.is_alive()

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from gradwatch.config.channels import ChannelConfig, read_channels
 from gradwatch.config.yaml import ConfigError, Problem, Section, load_yaml_file
+from gradwatch.events.shard import Shard, parse_shard
 from gradwatch.severity import SEVERITY_NAMES
 from gradwatch.templates import template_fields
 from gradwatch.trainer import DEFAULT_STOP_FILE
@@ -42,6 +43,7 @@ class Config:
     # one typed, checked config per channel; gradwatch.notify.registry builds the channels from them
     notifiers: list[ChannelConfig] = field(default_factory=list)
     source: str | None = None
+    shard: Shard | None = None  # only the runs of this shard (docs/remote.md, Shards)
 
     def resolved_state_dir(self) -> str:
         if self.state_dir:
@@ -51,6 +53,8 @@ class Config:
         )
         # one state per logdir, so several instances never share offsets
         key = hashlib.sha256(os.path.abspath(self.logdir or ".").encode()).hexdigest()[:12]
+        if self.shard is not None:  # and one per shard: replicas on one logdir never share a lock
+            key += f"-shard-{self.shard.index}-of-{self.shard.count}"
         return os.path.join(base.split(":")[0], key)
 
 
@@ -127,6 +131,12 @@ def _read_watching(top: Section, cfg: Config) -> None:
         cfg.listen = listen
     cfg.tensorboard_flags = top.boolean("tensorboard_flags", False)
     cfg.catchup_notify = top.boolean("catchup_notify", True)
+    shard = top.string("shard")
+    if shard:
+        try:
+            cfg.shard = parse_shard(shard)
+        except ValueError as e:
+            top.error("shard", str(e))
 
 
 def _read_stop_file(stop: Section, cfg: Config) -> None:

@@ -18,6 +18,8 @@ from gradwatch.config.rulefiles import load_rules
 from gradwatch.config.yaml import ConfigError, Problem
 from gradwatch.daemon.errors import ListenError
 from gradwatch.daemon.loop import Daemon
+from gradwatch.events.remote import is_remote
+from gradwatch.events.shard import parse_shard
 from gradwatch.logjson import setup_logging
 from gradwatch.notify.registry import build_notifiers
 
@@ -38,6 +40,7 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
         help="metrics/health endpoint (default 127.0.0.1:9723; every interface: 0.0.0.0:PORT; '' off)",
     )
     w.add_argument("--poll", type=float, metavar="SECONDS", help="poll instead of inotify (NFS, network FS)")
+    w.add_argument("--shard", metavar="I/N", help="only the runs of shard I of N, I from 0 (docs/remote.md)")
     w.add_argument(
         "--stop-file", metavar="TEMPLATE", help="stop-file path template ({run_dir}, {run}, {logdir})"
     )
@@ -70,6 +73,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         if not args.poll > 0:
             raise ConfigError([_usage("--poll: expected a positive number of seconds")])
         cfg.poll = args.poll
+    _apply_shard(cfg, args.shard)
     if args.stop_file:
         try:
             check_stop_file_template(args.stop_file)
@@ -87,7 +91,25 @@ def config_from_args(args: argparse.Namespace) -> Config:
         cfg.log_format = args.log_format
     if not cfg.logdir:
         raise ConfigError([_usage("no logdir: give one on the command line or as `logdir:` in --config")])
+    _local_only(cfg.logdir)
     return cfg
+
+
+def _local_only(logdir: str) -> None:
+    """The daemon follows local logdirs: an s3:// URL must not be waited for as a relative path."""
+    if is_remote(logdir):
+        raise ConfigError(
+            [_usage(f"{logdir}: watch follows a local logdir; check, export and report read a bucket")]
+        )
+
+
+def _apply_shard(cfg: Config, flag: str | None) -> None:
+    """--shard I/N: this replica's share of the logdir's runs (wins over `shard:` in the file)."""
+    if flag:
+        try:
+            cfg.shard = parse_shard(flag)
+        except ValueError as e:
+            raise ConfigError([_usage(f"--shard: {e}")]) from None
 
 
 def _usage(message: str) -> Problem:

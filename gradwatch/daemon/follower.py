@@ -24,6 +24,7 @@ from gradwatch.events.logdir import (
     LogdirError,
     LogdirReader,
     ProblemLog,
+    run_of,
     scan,
 )
 
@@ -101,7 +102,7 @@ class Follower:
         # polling: directory times from *before* the scan, so what appears during it shows as a change
         dirs = self.watcher.dir_times()
         try:
-            runs = scan(self.logdir, problems)  # type: ignore[arg-type]
+            runs = scan(self.logdir, problems, self.config.shard)  # type: ignore[arg-type]
         except LogdirError as e:
             self._logdir_gone(str(e))
             return
@@ -305,7 +306,7 @@ class Follower:
         for path in paths:
             if path in readers:
                 self.reads.read_file(path)
-            else:
+            elif self._owned(path):
                 rescan = True  # a file we do not know yet
         if rescan:
             self.rescan()
@@ -316,6 +317,12 @@ class Follower:
             if self.logdir_missing_since is None:
                 self.check_files(periodic=True)
                 self.check_watches()
+
+    def _owned(self, path: str) -> bool:
+        """Whether a changed path is in a run of this daemon's shard: the other shards' writes
+        must not make every replica rescan the whole logdir."""
+        shard = self.config.shard
+        return shard is None or shard.owns(run_of(self.logdir, os.path.dirname(path)))
 
     def check_watches(self) -> None:
         """inotify: poll at once when a directory went unwatched (out of watches), not ~25 s later."""

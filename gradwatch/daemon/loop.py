@@ -158,7 +158,7 @@ class Daemon:
         # the one upward import: the exporter (layer 6) only ever reads this daemon's status snapshot
         from gradwatch.exporter.collector import Metrics
 
-        return Metrics(lambda: self.status)
+        return Metrics(lambda: self.status, shard=str(self.config.shard or ""))
 
     # -- series state --------------------------------------------------------
     def _new_series(self, s: Series) -> None:

@@ -58,6 +58,8 @@ def keep_fixed_settings(old: Config, new: Config) -> None:
         "state_dir": (old.resolved_state_dir(), new.resolved_state_dir()),
         "listen": (old.listen, new.listen),
         "log_format": (old.log_format, new.log_format),
+        # runs never move between replicas at runtime: a new shard is a new state directory
+        "shard": (old.shard, new.shard),
     }
     for name, (before, after) in fixed.items():
         if before != after:

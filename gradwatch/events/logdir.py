@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 
 from gradwatch.events import records
 from gradwatch.events.records import DEFAULT_MAX_RECORD_BYTES
+from gradwatch.events.remote import RemoteError, RemoteLogdir, endpoint_options, is_remote, run_and_name
 from gradwatch.events.scalars import EventFileReader
+from gradwatch.events.shard import Shard
 
 log = logging.getLogger("gradwatch.events")
 
@@ -77,8 +79,19 @@ class ProblemLog:
         return sum(self.counts.values())
 
 
-def scan(logdir: str, problems: ProblemLog) -> dict[str, list[str]]:
-    """{run: [event file paths in name order]} for the whole logdir."""
+def scan(logdir: str, problems: ProblemLog, shard: Shard | None = None) -> dict[str, list[str]]:
+    """{run: [event file paths in name order]} for the whole logdir (of the runs ``shard`` owns).
+
+    A remote logdir (``s3://...``, remote.py) is listed with one request per
+    1,000 objects; its paths are URLs.
+    """
+    runs = _scan_remote(logdir) if is_remote(logdir) else _scan_local(logdir, problems)
+    if shard is not None:
+        runs = {run: paths for run, paths in runs.items() if shard.owns(run)}
+    return runs
+
+
+def _scan_local(logdir: str, problems: ProblemLog) -> dict[str, list[str]]:
     if not os.path.isdir(logdir):
         raise LogdirError(f"{logdir}: {'not a directory' if os.path.exists(logdir) else 'no such directory'}")
     if not os.access(logdir, os.R_OK | os.X_OK):
@@ -98,6 +111,36 @@ def scan(logdir: str, problems: ProblemLog) -> dict[str, list[str]]:
     return runs
 
 
+_remote_logdirs: dict[str, RemoteLogdir] = {}
+
+
+def remote_logdir(url: str, endpoint_url: str | None = None) -> RemoteLogdir:
+    """The one RemoteLogdir of ``url`` in this process: scan lists it, readers open its objects
+    with the sizes of that listing (no request per file to learn its size). ``endpoint_url``
+    (MinIO, an emulator) replaces the SDK's own endpoint; given once, before the first use."""
+    remote = _remote_logdirs.get(url)
+    if remote is None or endpoint_url is not None:
+        try:
+            remote = _remote_logdirs[url] = RemoteLogdir(url, endpoint_options(url, endpoint_url))
+        except RemoteError as e:
+            raise LogdirError(str(e)) from e
+    return remote
+
+
+def _scan_remote(url: str) -> dict[str, list[str]]:
+    remote = remote_logdir(url)
+    try:
+        files = remote.list_event_files()
+    except RemoteError as e:
+        raise LogdirError(str(e)) from e
+    runs: dict[str, list[str]] = {}
+    for path in sorted(files):
+        run, name = run_and_name(remote.relative(path))
+        if is_event_file(name) and FLAGS_DIR not in (run, run.partition("/")[0]):
+            runs.setdefault(run, []).append(path)
+    return runs
+
+
 class LogdirReader:
     """Keeps one tail reader per event file; resumes from saved offsets."""
 
@@ -107,8 +150,12 @@ class LogdirReader:
         offsets: dict[str, int] | None = None,
         problems: ProblemLog | None = None,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        shard: Shard | None = None,
     ) -> None:
         self.logdir = logdir
+        self.shard = shard
+        # objects of a remote logdir are read with ranged GETs; local files with os.open
+        self._opener = remote_logdir(logdir).open if is_remote(logdir) else None
         self.problems = problems or ProblemLog()
         self.readers: dict[str, tuple[str, EventFileReader]] = {}
         self._offsets = dict(offsets or {})
@@ -122,12 +169,13 @@ class LogdirReader:
                 self._offsets.pop(path, 0),
                 on_problem=self.problems,
                 max_record_bytes=self.max_record_bytes,
+                opener=self._opener,
             )
             entry = self.readers[path] = (run, r)
         return entry[1]
 
     def refresh(self) -> dict[str, list[str]]:
-        runs = scan(self.logdir, self.problems)
+        runs = scan(self.logdir, self.problems, self.shard)
         for run, paths in runs.items():
             for p in paths:
                 self.reader(run, p)
@@ -160,9 +208,9 @@ class LogdirReader:
 
 
 def read_logdir(
-    logdir: str, problems: ProblemLog | None = None
+    logdir: str, problems: ProblemLog | None = None, shard: Shard | None = None
 ) -> Iterator[tuple[str, str, int, float, float]]:
     """One-shot: every scalar point of a finished logdir as (run, tag, step, wall_time, value)."""
-    reader = LogdirReader(logdir, problems=problems)
+    reader = LogdirReader(logdir, problems=problems, shard=shard)
     reader.refresh()
     yield from reader.read_all(final=True)

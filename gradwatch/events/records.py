@@ -30,7 +30,6 @@ set, so a caller can go round its files and one file never starves others.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
@@ -38,7 +37,7 @@ import re
 import stat
 import struct
 from collections.abc import Callable, Iterator
-from typing import BinaryIO, ClassVar
+from typing import ClassVar, Protocol
 
 import google_crc32c
 
@@ -131,6 +130,69 @@ def _verified(buf: bytes, first: int, batch: list[bytes]) -> int:
     return _verified_numpy(buf, first, batch)
 
 
+class ByteSource(Protocol):
+    """What RecordTail reads from: a local file, or an object in a bucket (remote.py).
+
+    Opened once per ``read`` call and used as a context manager; ``size`` is
+    what the file holds now, ``read`` goes on from ``seek``, ``pread`` reads
+    elsewhere without moving. ``next_data``/``hole_start`` find sparse-file holes;
+    a source that has none answers ``offset`` and None.
+    """
+
+    def __enter__(self) -> ByteSource: ...
+    def __exit__(self, *exc: object) -> None: ...
+    def size(self) -> int: ...
+    def seek(self, offset: int) -> None: ...
+    def read(self, size: int) -> bytes: ...
+    def pread(self, size: int, offset: int) -> bytes: ...
+    def next_data(self, offset: int) -> int | None: ...
+    def hole_start(self, offset: int) -> int | None: ...
+
+
+class LocalFile:
+    """A local event file, opened the way an untrusted logdir requires."""
+
+    __slots__ = ("_f", "fd")
+
+    def __init__(self, path: str) -> None:
+        # O_NONBLOCK: opening a FIFO that happens to be named like an event
+        # file must not block the reader until some writer shows up.
+        # O_NOFOLLOW: a trainer's symlink must not make a root daemon read someone else's file.
+        self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        self._f = open(self.fd, "rb", buffering=0)  # noqa: SIM115 (closed by __exit__)
+        if not stat.S_ISREG(os.fstat(self.fd).st_mode):
+            self._f.close()
+            raise NotRegularFile(errno.EINVAL, "not a regular file", path)
+
+    def __enter__(self) -> LocalFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._f.close()
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def seek(self, offset: int) -> None:
+        self._f.seek(offset)
+
+    def read(self, size: int) -> bytes:
+        return self._f.read(size)
+
+    def pread(self, size: int, offset: int) -> bytes:
+        return os.pread(self.fd, size, offset)
+
+    def next_data(self, offset: int) -> int | None:
+        return _next_data(self.fd, offset)
+
+    def hole_start(self, offset: int) -> int | None:
+        """Where the first hole at or after ``offset`` begins (None: cannot tell)."""
+        try:
+            return os.lseek(self.fd, offset, os.SEEK_HOLE)
+        except OSError:
+            return None
+
+
 class RecordTail:
     """Reads the verified records of one file, from ``offset`` on.
 
@@ -154,8 +216,11 @@ class RecordTail:
         *,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         on_problem: ProblemHandler | None = None,
+        opener: Callable[[str], ByteSource] | None = None,
     ) -> None:
         self.path = path
+        # how ``path`` is opened: a local file unless the logdir is remote (remote.py)
+        self._open = opener or LocalFile
         self.offset = offset
         self.max_record_bytes = max_record_bytes
         self.on_problem = on_problem or _log_problem
@@ -223,25 +288,19 @@ class RecordTail:
         batch; a consumer that stops part-way sets ``offset`` itself (each
         record is ``len(payload) + 16`` bytes).
         """
-        # O_NONBLOCK: opening a FIFO that happens to be named like an event
-        # file must not block the reader until some writer shows up.
-        # O_NOFOLLOW: a trainer's symlink must not make a root daemon read someone else's file.
-        fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-        with open(fd, "rb", buffering=0) as f:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise NotRegularFile(errno.EINVAL, "not a regular file", self.path)
-            self._check_rewritten(fd, st.st_size)
+        with self._open(self.path) as f:
+            self._check_rewritten(f)
             f.seek(self.offset)
             self.pending = False
             self._budget_left = budget
             self._call_start = self.offset
             yield from self._batches(f, final)
 
-    def _check_rewritten(self, fd: int, size: int) -> None:
+    def _check_rewritten(self, f: ByteSource) -> None:
+        size = f.size()
         if size < self.offset:
             self._restart(SHRUNK, f"file is now {size} bytes; reading it again from the start")
-        elif self._seen is not None and os.pread(fd, 4, self._seen[0]) != self._seen[1]:
+        elif self._seen is not None and f.pread(4, self._seen[0]) != self._seen[1]:
             # Same size or larger but other bytes where our last record ended:
             # replaced or rewritten, not appended to (an rsync'd copy keeps them).
             self._restart(REPLACED, "bytes already read have changed; reading it again from the start")
@@ -255,7 +314,7 @@ class RecordTail:
         self._hole_reported_at = -1
 
     # measured hot path (bench/bench_reader.py): one function keeps the loop's state in locals
-    def _batches(self, f: BinaryIO, final: bool) -> Iterator[tuple[int, list[bytes]]]:  # noqa: C901, PLR0915
+    def _batches(self, f: ByteSource, final: bool) -> Iterator[tuple[int, list[bytes]]]:  # noqa: C901, PLR0915
         # The hot loop keeps everything in locals; ``offset`` is exact at every
         # yield and at every return, never set by a ``finally`` (a consumer
         # that stops part-way through a batch has set it itself).
@@ -372,7 +431,7 @@ class RecordTail:
         """
         return self._scan(buf, pos + 1, None if within is None else pos + 1 + within)[1] is _FOUND
 
-    def _read_more(self, f: BinaryIO, file_pos: int, need: int, progressed: bool) -> bytes | None:
+    def _read_more(self, f: ByteSource, file_pos: int, need: int, progressed: bool) -> bytes | None:
         """The bytes after ``file_pos``, at least ``need`` when the file holds them;
         None when there are more but this call's budget is spent and it has
         ``progressed`` (the budget bounds work, never progress: a record larger
@@ -381,14 +440,14 @@ class RecordTail:
         Never asks for more than the file holds, so a corrupt length cannot
         make it allocate more than the file's size.
         """
-        avail = os.fstat(f.fileno()).st_size - file_pos
+        avail = f.size() - file_pos
         if avail <= 0:
             return b""
         if progressed and self._budget_left is not None and self._budget_left <= 0:
             return None
         return self._read(f, min(avail, max(CHUNK_BYTES, need)))
 
-    def _read(self, f: BinaryIO, size: int) -> bytes:
+    def _read(self, f: ByteSource, size: int) -> bytes:
         data = f.read(size)
         self._spend(len(data))
         return data
@@ -402,14 +461,14 @@ class RecordTail:
         self.offset = offset
         self.pending = True
 
-    def _past_hole(self, f: BinaryIO, buf: bytes, base: int, pos: int) -> tuple[bytes, int, int]:
+    def _past_hole(self, f: ByteSource, buf: bytes, base: int, pos: int) -> tuple[bytes, int, int]:
         """While scanning zeros for the next record: jump over a hole after ``buf``.
 
         Returns (buf, base, pos) to scan on with; the last 11 zero bytes are
         kept, as a header could start in them.
         """
         end = base + len(buf)
-        data = _next_data(f.fileno(), end)
+        data = f.next_data(end)
         if data is None or data <= end:
             return buf, base, pos
         keep = HEADER_BYTES - 1
@@ -427,7 +486,7 @@ class RecordTail:
         )
         self.offset = base + len(buf)
 
-    def _zeros_to_eof(self, f: BinaryIO, buf: bytes, base: int, pos: int) -> int | object | None:
+    def _zeros_to_eof(self, f: ByteSource, buf: bytes, base: int, pos: int) -> int | object | None:
         """The offset of EOF when everything from ``pos`` to there is zero bytes, else
         None; ``_SPENT`` when the budget ran out first (checked on from there next time).
 
@@ -438,20 +497,19 @@ class RecordTail:
         """
         if _NONZERO.search(buf, pos):
             return None
-        fd = f.fileno()
         start = base + pos
         at = base + len(buf)
         if self._zeros[0] == start:
             at = max(at, self._zeros[1])
         while True:
-            data = _next_data(fd, at)
+            data = f.next_data(at)
             if data is None:  # only a hole from here to EOF
-                self._report_hole(fd, start, at, os.fstat(fd).st_size)
-                return os.fstat(fd).st_size
+                self._report_hole(f, start, at, f.size())
+                return f.size()
             if data > at:
-                self._report_hole(fd, start, at, data)
+                self._report_hole(f, start, at, data)
                 at = data
-            chunk = os.pread(fd, CHUNK_BYTES, at)
+            chunk = f.pread(CHUNK_BYTES, at)
             self._spend(len(chunk))
             if not chunk:
                 return at
@@ -462,13 +520,14 @@ class RecordTail:
                 self._zeros = (start, at)  # checked on from here next time: always progress
                 return _SPENT
 
-    def _report_hole(self, fd: int, start: int, hole: int, end: int) -> None:
+    def _report_hole(self, f: ByteSource, start: int, hole: int, end: int) -> None:
         """Report once the hole that ``SEEK_DATA`` skipped from ``hole`` to ``end``."""
         if self._hole_reported_at == start or end <= hole:
             return
         self._hole_reported_at = start
-        with contextlib.suppress(OSError):
-            hole = min(hole, os.lseek(fd, start, os.SEEK_HOLE))  # where it really begins
+        begins = f.hole_start(start)
+        if begins is not None:
+            hole = min(hole, begins)  # where it really begins
         self.report_problem(
             SPARSE_HOLE,
             start,

@@ -53,8 +53,8 @@ DEFAULT_MAX_SERIES = 10_000
 FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
     "gradwatch_build_info": (
         "gauge",
-        ("version", "python_version"),
-        "Always 1; labels say which gradwatch runs.",
+        ("version", "python_version", "shard"),
+        "Always 1; labels say which gradwatch runs (shard: I/N of --shard, empty without).",
     ),
     "gradwatch_ready": ("gauge", (), "1 once the first catch-up on existing event files is done, else 0."),
     "gradwatch_rules": ("gauge", (), "Rules loaded."),
@@ -176,10 +176,12 @@ class Metrics:
         max_series: int = DEFAULT_MAX_SERIES,
         registry: CollectorRegistry | None = None,
         process_metrics: bool = True,
+        shard: str = "",
     ) -> None:
         if not callable(status):
             raise TypeError(f"Metrics(status) must be a callable returning a Status, got {status!r}")
         self.status = status
+        self.shard = shard  # "I/N" of a replica of a sharded logdir (docs/remote.md), else ""
         self.max_series = max_series
         self.server: MetricsServer | None = None
         self._warned_over_limit = False
@@ -221,7 +223,7 @@ class Metrics:
     def collect(self) -> Iterator[Metric]:
         st = self.status()
         info = _family("gradwatch_build_info")
-        info.add_metric([__version__, platform.python_version()], 1)
+        info.add_metric([__version__, platform.python_version(), self.shard], 1)
         yield info
         yield from self._gauges(st)
         yield from self._series_families(st.series)

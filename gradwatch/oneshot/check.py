@@ -19,6 +19,8 @@ from gradwatch.baseline import Verdict
 from gradwatch.engine import Engine
 from gradwatch.events.logdir import LogdirReader, ProblemLog, scan
 from gradwatch.events.parallel import fork_map, split_runs
+from gradwatch.events.remote import is_remote
+from gradwatch.events.shard import Shard
 from gradwatch.fmt import escape
 from gradwatch.rules import RANK, SEVERITY_OF_RANK, Rule, RuleState, Series, human, json_number
 
@@ -164,13 +166,17 @@ class CheckResult:
         )
 
 
-def run_check(logdir: str, rules: list[Rule], problems: ProblemLog | None = None) -> CheckResult:
+def run_check(
+    logdir: str, rules: list[Rule], problems: ProblemLog | None = None, shard: Shard | None = None
+) -> CheckResult:
     """Evaluate every point of ``logdir``; groups of runs on other cores when it pays
     (gradwatch/events/parallel.py), merged in run order: the same result as one process."""
     problems = problems or ProblemLog()
-    runs = scan(logdir, problems)
-    # a baseline rule compares runs with each other: they must all be in the one process
-    groups = [runs] if runs and any(r.baseline is not None for r in rules) else split_runs(runs)
+    runs = scan(logdir, problems, shard)
+    # a baseline rule compares runs with each other: they must all be in the one process;
+    # an object store's client (its connection pool, its event loop thread) does not survive a fork
+    one_process = any(r.baseline is not None for r in rules) or is_remote(logdir)
+    groups = [runs] if runs and one_process else split_runs(runs)
     parts = fork_map(lambda group: _check_runs(logdir, rules, group), groups)
     by_name = {rule.name: rule for rule in rules}
 

@@ -15,6 +15,7 @@ import math
 from typing import TextIO
 
 from gradwatch.events.logdir import ProblemLog, read_logdir
+from gradwatch.events.shard import Shard
 from gradwatch.oneshot.text import csv_name, csv_value, json_name
 
 FIELDS = ("run", "tag", "step", "wall_time", "value")
@@ -38,6 +39,7 @@ def export(
     runs: list[str] | None = None,
     tags: list[str] | None = None,
     problems: ProblemLog | None = None,
+    shard: Shard | None = None,
 ) -> int:
     """Write the points; returns how many were written."""
     n = 0
@@ -47,7 +49,7 @@ def export(
     # JSON-encoded run and tag names, once per series rather than per point
     encoded: dict[str, str] = {}
     wanted: dict[tuple[str, str], bool] = {}
-    for run, tag, step, wall_time, value in read_logdir(logdir, problems):
+    for run, tag, step, wall_time, value in read_logdir(logdir, problems, shard):
         key = (run, tag)
         ok = wanted.get(key)
         if ok is None:

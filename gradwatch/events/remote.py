@@ -1,0 +1,218 @@
+"""Logdirs in object stores (``s3://``, ``gs://``, any fsspec URL), read with ranged GETs.
+
+A bucket has no directories and no inotify: one listing of the whole prefix
+(``fs.find``: one LIST request per 1,000 objects, never one per run) gives
+every event file and its size; each file is then read from its saved offset
+with ranged GETs of up to ``BLOCK_BYTES``. TensorFlow's GCS and S3 writers
+"append" by rewriting the whole object, so an object that grew keeps the
+bytes already read and is read on from the offset; one whose bytes changed is
+read again from the start by RecordTail's own check, as on a local disk.
+
+fsspec and the store's package (s3fs, gcsfs) are optional: ``pip install
+'gradwatch[s3]'`` or ``'gradwatch[gcs]'``. Credentials and endpoints come from
+the SDKs' own chains (``AWS_*`` environment and profiles, ``AWS_ENDPOINT_URL``,
+``GOOGLE_APPLICATION_CREDENTIALS``, ``STORAGE_EMULATOR_HOST``, instance and
+workload identity); gradwatch never sees or logs them.
+"""
+
+from __future__ import annotations
+
+import errno
+import posixpath
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from gradwatch.events.records import NotRegularFile
+
+# One GET reads up to this much: few requests for a file being caught up,
+# memory bounded per file however large the object.
+BLOCK_BYTES = 8 << 20
+
+# fsspec protocol -> the package that provides it, for the "install it" message
+_EXTRAS = {"s3": "gradwatch[s3]", "s3a": "gradwatch[s3]", "gs": "gradwatch[gcs]", "gcs": "gradwatch[gcs]"}
+
+
+class RemoteError(OSError):
+    """A request to the object store failed (network, permission, throttling); the reason is the message."""
+
+
+@dataclass
+class RequestCounts:
+    """Requests made to the store (what a poll costs; the daemon's metrics count them)."""
+
+    lists: int = 0
+    gets: int = 0
+    bytes_fetched: int = 0
+    errors: int = 0
+
+
+def is_remote(logdir: str) -> bool:
+    """Whether ``logdir`` is a URL of another filesystem than the local one."""
+    scheme, sep, _ = logdir.partition("://")
+    return bool(sep) and scheme.isidentifier() and scheme not in ("file", "local")
+
+
+def endpoint_options(url: str, endpoint_url: str | None) -> dict[str, Any]:
+    """fsspec storage options that send ``url``'s requests to ``endpoint_url`` (MinIO, an emulator)."""
+    if endpoint_url is None:
+        return {}
+    scheme = url.partition("://")[0]
+    if scheme in ("s3", "s3a"):
+        return {"client_kwargs": {"endpoint_url": endpoint_url}}
+    if scheme in ("gs", "gcs"):
+        return {"endpoint_url": endpoint_url}
+    raise RemoteError(f"{url}: an endpoint URL is for s3:// and gs:// logdirs")
+
+
+def _install_hint(url: str, e: ImportError) -> str:
+    extra = _EXTRAS.get(url.partition("://")[0])
+    if extra:
+        return f"pip install '{extra}'"
+    return f"a package this kind of URL needs is missing ({e})"
+
+
+_USERINFO = re.compile(r"://[^/@\s]*@")
+
+
+def _reason(e: BaseException) -> str:
+    """One line saying why a request failed. The SDKs keep keys out of their messages; a
+    ``user:password@`` in an endpoint URL they quote is cut here."""
+    text = str(e).strip().splitlines()
+    line = f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+    return _USERINFO.sub("://", line)
+
+
+class RemoteLogdir:
+    """One remote logdir: its filesystem, and each event file's size at the last listing."""
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
+        try:
+            from fsspec.core import url_to_fs
+        except ImportError as e:
+            raise RemoteError(f"{url}: a remote logdir needs fsspec: {_install_hint(url, e)}") from e
+        try:
+            self.fs, root = url_to_fs(url, **(storage_options or {}))
+        except ImportError as e:
+            raise RemoteError(f"{url}: {_install_hint(url, e)}") from e
+        except Exception as e:  # a bad URL or option: fsspec backends raise many types
+            raise RemoteError(f"{url}: {_reason(e)}") from e
+        self.url = url
+        self.root = root.rstrip("/")
+        self.sizes: dict[str, int] = {}
+        self.requests = RequestCounts()
+
+    def list_event_files(self) -> dict[str, int]:
+        """{URL of each object under the prefix: its size}, from one listing (cache dropped first)."""
+        # s3fs's and gcsfs's find() list afresh today; a backend that answers from its
+        # listing cache would never show a new object or a new size
+        self.fs.invalidate_cache()
+        self.requests.lists += 1
+        try:
+            found = self.fs.find(self.root, detail=True)
+        except Exception as e:  # network, permission, no such bucket: one clear line, never a traceback
+            self.requests.errors += 1
+            raise RemoteError(f"{self.url}: cannot list: {_reason(e)}") from e
+        files = {self.url_of(p): int(info.get("size") or 0) for p, info in found.items() if _is_file(info)}
+        self.sizes = files
+        return files
+
+    def url_of(self, path: str) -> str:
+        """The URL of a listed object, spelled from the logdir URL the user gave."""
+        return self.url.rstrip("/") + path[len(self.root) :]
+
+    def relative(self, url: str) -> str:
+        return url[len(self.url.rstrip("/")) :].lstrip("/")
+
+    def open(self, url: str) -> RemoteObject:
+        path = self.root + "/" + self.relative(url)
+        return RemoteObject(self.fs, path, url, self.sizes.get(url), self.requests)
+
+
+def _is_file(info: dict[str, Any]) -> bool:
+    return info.get("type", "file") == "file"
+
+
+def run_and_name(relative: str) -> tuple[str, str]:
+    """("run", "file name") of an object's path below the logdir; the run is "." at the top."""
+    run, name = posixpath.split(relative)
+    return run or ".", name
+
+
+class RemoteObject:
+    """One object read through ranged GETs (RecordTail's ByteSource).
+
+    Its size is the listing's (no HEAD request per file per poll); when the
+    object was replaced by a shorter one since, a GET returns less and that
+    is its size now. Reads are served from one block of up to BLOCK_BYTES, so
+    the 4 bytes RecordTail checks before its offset and the new bytes after it
+    come in one GET.
+    """
+
+    def __init__(
+        self, fs: Any, path: str, url: str, size: int | None, requests: RequestCounts | None = None
+    ) -> None:
+        self.fs = fs
+        self.path = path
+        self.url = url
+        self.requests = requests or RequestCounts()
+        self._size = size if size is not None else self._info_size()
+        self._pos = 0
+        self._block = b""
+        self._block_at = 0
+
+    def _info_size(self) -> int:
+        info = self._call(self.fs.info, self.path)
+        if not _is_file(info):
+            raise NotRegularFile(errno.EISDIR, "not an object", self.url)
+        return int(info.get("size") or 0)
+
+    def _call(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except FileNotFoundError:
+            raise  # the object is gone: the reader counts a vanished file
+        except Exception as e:  # fsspec backends raise their SDK's types: one OSError with the reason
+            self.requests.errors += 1
+            raise RemoteError(_reason(e)) from e
+
+    def __enter__(self) -> RemoteObject:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._block = b""
+
+    def size(self) -> int:
+        return self._size
+
+    def seek(self, offset: int) -> None:
+        self._pos = offset
+
+    def read(self, size: int) -> bytes:
+        data = self.pread(size, self._pos)
+        self._pos += len(data)
+        return data
+
+    def pread(self, size: int, offset: int) -> bytes:
+        end = min(offset + size, self._size)
+        if end <= offset:
+            return b""
+        if not self._block_at <= offset or end > self._block_at + len(self._block):
+            self._fetch(offset, max(size, BLOCK_BYTES))
+        at = offset - self._block_at
+        return self._block[at : at + end - offset]
+
+    def _fetch(self, offset: int, size: int) -> None:
+        end = min(offset + size, self._size)
+        self.requests.gets += 1
+        data = self._call(self.fs.cat_file, self.path, start=offset, end=end)
+        self.requests.bytes_fetched += len(data)
+        if len(data) < end - offset:  # replaced by a shorter object since the listing
+            self._size = offset + len(data)
+        self._block, self._block_at = data, offset
+
+    def next_data(self, offset: int) -> int | None:
+        return offset if offset < self._size else None
+
+    def hole_start(self, offset: int) -> int | None:
+        return None
