@@ -8,17 +8,15 @@ receiver are the real ones.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import re
-import subprocess
 import urllib.error
 import urllib.request
 
 import pytest
-from conftest import require_root
 from daemon_support import Daemon, outbox_rows, wait_for
+from fs_support import fill, tmpfs
 from receivers import Receiver
 from test_systemd_notify_daemon import notify_socket as systemd_socket  # noqa: F401 - a fixture
 
@@ -40,32 +38,8 @@ def statuses(srv) -> list[str]:
 
 @pytest.fixture
 def small_state_dir(tmp_path):
-    require_root()  # to mount a tmpfs
-    state = tmp_path / "state"
-    state.mkdir()
-    got = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(state)], capture_output=True, text=True
-    )
-    # root can mount a tmpfs, here and in CI: a failure is a broken test machine, not a skip
-    assert got.returncode == 0, f"cannot mount a tmpfs for the state directory: {got.stderr}"
-    try:
+    with tmpfs(str(tmp_path / "state"), "2M") as state:
         yield state
-    finally:
-        subprocess.run(["umount", "-l", str(state)], check=False)
-
-
-def fill(directory) -> str:
-    """Write a file until the filesystem is full; returns its path."""
-    path = os.path.join(directory, "filler")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError as e:
-        assert e.errno == errno.ENOSPC, e
-    finally:
-        os.close(fd)
-    return path
 
 
 def get(url: str) -> tuple[int, str]:

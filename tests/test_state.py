@@ -6,14 +6,13 @@ person with the sqlite3 shell would leave them; then the store is opened as the 
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
 import sqlite3
-import subprocess
 
 import pytest
+from fs_support import fill, tmpfs
 
 from gradwatch.alerts import ACTIVE, Alert, alert_key
 from gradwatch.config.rulefiles import load_rules
@@ -391,32 +390,21 @@ class PageLimit:
 
 
 class FullFilesystem:
-    """A real 4 MB tmpfs filled with a file (root mounts it, here and in CI; see test_daemon_full_disk)."""
+    """A real 4 MB tmpfs filled with a file (root mounts it, here and in CI)."""
 
     def __init__(self, tmp_path) -> None:
-        self.dir = str(tmp_path / "state")
-        os.mkdir(self.dir)
-        got = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=4M", "tmpfs", self.dir], capture_output=True
-        )
-        assert got.returncode == 0, f"cannot mount a tmpfs: {got.stderr.decode()}"
-        self.filler = os.path.join(self.dir, "filler")
+        self._mount = tmpfs(str(tmp_path / "state"), "4M")
+        self.dir = self._mount.__enter__()
+        self.filler = ""
 
     def fill(self, state: StateDB) -> None:
-        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            while True:
-                os.write(fd, b"\0" * 4096)
-        except OSError as e:
-            assert e.errno == errno.ENOSPC, e
-        finally:
-            os.close(fd)
+        self.filler = fill(self.dir)
 
     def free(self, state: StateDB) -> None:
         os.unlink(self.filler)
 
     def close(self) -> None:
-        subprocess.run(["umount", "-l", self.dir], check=False)
+        self._mount.__exit__(None, None, None)
 
 
 @pytest.mark.parametrize("space", [PageLimit, FullFilesystem])
