@@ -41,7 +41,7 @@ sys.path.insert(0, ROOT)
 from bench_reader import scalar_event  # noqa: E402
 from tensorboard.compat.proto import event_pb2  # noqa: E402
 
-from gradwatch.events.records import frame  # noqa: E402
+from gradwatch.events.framing import frame  # noqa: E402
 
 TAG = "gradients/actor_cnn_norm"
 RULES = """

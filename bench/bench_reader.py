@@ -127,7 +127,7 @@ def event_records(
     form: str, points: Iterable[tuple[str, int, float, float]], start_wall_time: float
 ) -> bytes:
     """A whole event file: the file-version record, then one record per (tag, step, value, wall_time)."""
-    from gradwatch.events.records import frame
+    from gradwatch.events.framing import frame
 
     out = [frame(file_version_event(form, start_wall_time))]
     out.extend(frame(scalar_event(form, *p)) for p in points)

@@ -18,8 +18,8 @@ import sys
 import threading
 import time
 
+from gradwatch.events.framing import frame
 from gradwatch.events.logdir import ProblemLog, read_logdir, remote_logdir, scan
-from gradwatch.events.records import frame
 from gradwatch.events.scalars import _Event
 
 

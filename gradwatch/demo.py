@@ -24,7 +24,7 @@ from tensorboard.compat.proto import event_pb2, summary_pb2
 
 from gradwatch.config import Config
 from gradwatch.daemon import Daemon
-from gradwatch.events.records import frame
+from gradwatch.events.framing import frame
 from gradwatch.rules import human
 
 EXPLODING = "td3-lr3e-3-exploding"

@@ -19,8 +19,9 @@ import pytest
 from conftest import require_binary, require_root
 from writers import event, simple, write_scalars
 
+from gradwatch.events.framing import frame
 from gradwatch.events.logdir import ProblemLog
-from gradwatch.events.records import CHUNK_BYTES, RecordTail, frame
+from gradwatch.events.records import CHUNK_BYTES, RecordTail
 from gradwatch.events.scalars import EventFileReader
 
 MiB = 1 << 20

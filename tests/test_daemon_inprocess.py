@@ -24,7 +24,7 @@ import gradwatch.daemon.reading as reading_module
 from gradwatch.config import Config
 from gradwatch.config.yaml import ConfigError
 from gradwatch.daemon import Daemon
-from gradwatch.events.records import frame
+from gradwatch.events.framing import frame
 
 TAG = "gradients/actor_cnn_norm"
 

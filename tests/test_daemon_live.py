@@ -18,8 +18,8 @@ from daemon_support import Daemon, Writer, event_files, watch_args
 from tensorboard.compat.proto import event_pb2, summary_pb2
 
 from gradwatch.config.rulefiles import default_rules_path
+from gradwatch.events.framing import frame
 from gradwatch.events.logdir import FLAGS_DIR
-from gradwatch.events.records import frame
 from gradwatch.trainer import should_stop
 
 SEED = [(100, 5191.0), (200, 130486.0), (300, 826256.0), (400, 2860755.0), (500, 7475702.0)]

@@ -18,15 +18,9 @@ import tracemalloc
 import pytest
 
 from gradwatch.events import records
+from gradwatch.events.framing import _verified_numpy, _verified_py, frame, masked_crc32c
 from gradwatch.events.logdir import ProblemLog
-from gradwatch.events.records import (
-    CHUNK_BYTES,
-    RecordTail,
-    _verified_numpy,
-    _verified_py,
-    frame,
-    masked_crc32c,
-)
+from gradwatch.events.records import CHUNK_BYTES, RecordTail
 
 
 def payload(i: int, size: int | None = None) -> bytes:

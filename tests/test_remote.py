@@ -25,8 +25,9 @@ from writers import gradwatch_series, write_scalars
 
 from gradwatch import cli
 from gradwatch.events import logdir as logdir_module
+from gradwatch.events.framing import frame
 from gradwatch.events.logdir import ProblemLog, remote_logdir, scan
-from gradwatch.events.records import RecordTail, frame
+from gradwatch.events.records import RecordTail
 
 SEED = [5191.0, 130486.0, 826256.0, 2860755.0, 7475702.0]  # the seed's actor CNN grad norms
 

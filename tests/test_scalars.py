@@ -33,8 +33,8 @@ from writers import (
     write_scalars,
 )
 
+from gradwatch.events.framing import frame
 from gradwatch.events.logdir import ProblemLog
-from gradwatch.events.records import frame
 from gradwatch.events.scalars import EventFileReader, NotAnEvent, ScalarDecoder
 
 WALL = 1_700_000_000.0

@@ -22,8 +22,8 @@ from collections.abc import Iterable
 from conftest import require_module
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
 
+from gradwatch.events.framing import frame
 from gradwatch.events.logdir import ProblemLog, read_logdir
-from gradwatch.events.records import frame
 
 # tensorboardX and torch write simple_value; "torch_tensor" is torch's
 # add_scalar(new_style=True) (DT_FLOAT tensor), "torch_double" adds

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from tensorboard.compat.proto import event_pb2, summary_pb2
 
 from gradwatch.alerts import ESCALATED, FIRING, RESOLVED, AlertEvent
+from gradwatch.events.framing import frame
 from gradwatch.events.logdir import FLAGS_DIR
-from gradwatch.events.records import frame
 from gradwatch.logjson import rfc3339
 from gradwatch.rules import RANK, SEVERITIES, json_number
 from gradwatch.trainer import DEFAULT_STOP_FILE, stop_file_path

@@ -30,21 +30,27 @@ set, so a caller can go round its files and one file never starves others.
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
-import re
-import stat
-import struct
 from collections.abc import Callable, Iterator
-from typing import ClassVar, Protocol
+from typing import ClassVar
 
-import google_crc32c
+from gradwatch.events.framing import (
+    _CRC,
+    _LENGTH,
+    FOOTER_BYTES,
+    FOUND,
+    HEADER_BYTES,
+    NONE,
+    NONZERO,
+    PARTIAL,
+    masked_crc32c,
+    scan_for_record,
+    verified_prefix,
+)
+from gradwatch.events.source import ByteSource, LocalFile
 
 log = logging.getLogger("gradwatch.events")
 
-HEADER_BYTES = 12
-FOOTER_BYTES = 4
 # A record larger than this is treated as a corrupt header even when the
 # length CRC matches: no allocation is ever sized by an untrusted field.
 DEFAULT_MAX_RECORD_BYTES = 256 << 20
@@ -53,13 +59,6 @@ CHUNK_BYTES = 1 << 20
 # 0.2 s of work); one-shot commands read without a budget.
 DEFAULT_READ_BUDGET = 16 << 20
 
-_LENGTH = struct.Struct("<Q")
-_CRC = struct.Struct("<I")
-_unpack_crc = _CRC.unpack_from
-_crc32c = google_crc32c.value
-_ZERO4 = b"\0" * 4
-_ZERO12 = b"\0" * 12
-_NONZERO = re.compile(rb"[^\x00]")
 
 # Problem kinds reported through ``on_problem`` (and counted in metrics).
 CORRUPT = "corrupt_record"
@@ -73,124 +72,8 @@ SPARSE_HOLE = "sparse_hole"
 ProblemHandler = Callable[[str, str, int, str], None]
 
 
-class NotRegularFile(OSError):
-    """An event-file name that is a FIFO, socket or device: never opened for reading."""
-
-
-def masked_crc32c(data: bytes) -> int:
-    crc = _crc32c(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def frame(payload: bytes) -> bytes:
-    """One TFRecord around ``payload`` (used by tests and the flag writer)."""
-    header = _LENGTH.pack(len(payload))
-    return header + _CRC.pack(masked_crc32c(header)) + payload + _CRC.pack(masked_crc32c(payload))
-
-
 def _log_problem(kind: str, path: str, offset: int, detail: str) -> None:
     log.warning("%s: offset %d: %s: %s", path, offset, kind.replace("_", " "), detail)
-
-
-# Batches at least this long are checked with numpy: one C call per record
-# (the CRC) instead of a dozen bytecodes (CRC, unpack, mask, compare).
-NUMPY_MIN_BATCH = 32
-
-
-def _verified_py(buf: bytes, first: int, batch: list[bytes]) -> int:
-    pos = first
-    for i, payload in enumerate(batch):
-        stop = pos + HEADER_BYTES + len(payload)
-        if _unpack_crc(buf, stop)[0] != masked_crc32c(payload):
-            return i
-        pos = stop + FOOTER_BYTES
-    return len(batch)
-
-
-def _verified_numpy(buf: bytes, first: int, batch: list[bytes]) -> int:
-    import numpy as np  # tensorboard's own dependency; imported when a batch is long enough
-
-    k = len(batch)
-    crcs = np.fromiter(map(_crc32c, batch), np.uint32, count=k)
-    masked = ((crcs >> 15) | (crcs << 17)) + np.uint32(0xA282EAD8)  # uint32: wraps like & 0xFFFFFFFF
-    footers = np.fromiter(map(len, batch), np.int64, count=k)
-    footers += HEADER_BYTES + FOOTER_BYTES
-    np.cumsum(footers, out=footers)
-    footers += first - FOOTER_BYTES
-    stored = np.frombuffer(buf, np.uint8)[footers[:, None] + np.arange(4)].view("<u4").ravel()
-    bad = np.flatnonzero(masked != stored)
-    return int(bad[0]) if bad.size else k
-
-
-def _verified(buf: bytes, first: int, batch: list[bytes]) -> int:
-    """How many of ``batch`` (records framed back to back in ``buf`` from
-    ``first``) have a valid payload checksum, before the first that does not."""
-    if len(batch) < NUMPY_MIN_BATCH:
-        return _verified_py(buf, first, batch)
-    return _verified_numpy(buf, first, batch)
-
-
-class ByteSource(Protocol):
-    """What RecordTail reads from: a local file, or an object in a bucket (remote.py).
-
-    Opened once per ``read`` call and used as a context manager; ``size`` is
-    what the file holds now, ``read`` goes on from ``seek``, ``pread`` reads
-    elsewhere without moving. ``next_data``/``hole_start`` find sparse-file holes;
-    a source that has none answers ``offset`` and None.
-    """
-
-    def __enter__(self) -> ByteSource: ...
-    def __exit__(self, *exc: object) -> None: ...
-    def size(self) -> int: ...
-    def seek(self, offset: int) -> None: ...
-    def read(self, size: int) -> bytes: ...
-    def pread(self, size: int, offset: int) -> bytes: ...
-    def next_data(self, offset: int) -> int | None: ...
-    def hole_start(self, offset: int) -> int | None: ...
-
-
-class LocalFile:
-    """A local event file, opened the way an untrusted logdir requires."""
-
-    __slots__ = ("_f", "fd")
-
-    def __init__(self, path: str) -> None:
-        # O_NONBLOCK: opening a FIFO that happens to be named like an event
-        # file must not block the reader until some writer shows up.
-        # O_NOFOLLOW: a trainer's symlink must not make a root daemon read someone else's file.
-        self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-        self._f = open(self.fd, "rb", buffering=0)  # noqa: SIM115 (closed by __exit__)
-        if not stat.S_ISREG(os.fstat(self.fd).st_mode):
-            self._f.close()
-            raise NotRegularFile(errno.EINVAL, "not a regular file", path)
-
-    def __enter__(self) -> LocalFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._f.close()
-
-    def size(self) -> int:
-        return os.fstat(self.fd).st_size
-
-    def seek(self, offset: int) -> None:
-        self._f.seek(offset)
-
-    def read(self, size: int) -> bytes:
-        return self._f.read(size)
-
-    def pread(self, size: int, offset: int) -> bytes:
-        return os.pread(self.fd, size, offset)
-
-    def next_data(self, offset: int) -> int | None:
-        return _next_data(self.fd, offset)
-
-    def hole_start(self, offset: int) -> int | None:
-        """Where the first hole at or after ``offset`` begins (None: cannot tell)."""
-        try:
-            return os.lseek(self.fd, offset, os.SEEK_HOLE)
-        except OSError:
-            return None
 
 
 class RecordTail:
@@ -252,7 +135,7 @@ class RecordTail:
         length = self._known.get(header)
         if length is not None:
             return length
-        if _unpack_crc(header, 8)[0] != masked_crc32c(header[:8]):
+        if _CRC.unpack_from(header, 8)[0] != masked_crc32c(header[:8]):
             return None
         length = _LENGTH.unpack_from(header)[0]
         if length > self.max_record_bytes:
@@ -319,18 +202,18 @@ class RecordTail:
         # yield and at every return, never set by a ``finally`` (a consumer
         # that stops part-way through a batch has set it itself).
         known = self._known
-        verified = _verified
+        verified = verified_prefix
         base = self.offset  # file offset of buf[0]
         buf = self._read(f, CHUNK_BYTES)
         pos = 0
         while True:
             if self.resyncing:
                 pos, status = self._scan(buf, pos)
-                if status is not _FOUND:
+                if status is not FOUND:
                     need = 1
-                    if status is _PARTIAL:  # all of that record at once, not a chunk at a time
+                    if status is PARTIAL:  # all of that record at once, not a chunk at a time
                         need = pos + 16 + self._header_length(buf[pos : pos + 12]) - len(buf)
-                    if status is _NONE and not _NONZERO.search(buf, pos):
+                    if status is NONE and not NONZERO.search(buf, pos):
                         buf, base, pos = self._past_hole(f, buf, base, pos)
                     more = self._read_more(f, base + len(buf), need, base + pos > self._call_start)
                     if more is None:
@@ -340,7 +223,7 @@ class RecordTail:
                         buf = buf[pos:] + more
                         base += pos
                         pos = 0
-                    elif status is _PARTIAL and (final or self._valid_record_follows(buf, pos)):
+                    elif status is PARTIAL and (final or self._valid_record_follows(buf, pos)):
                         pos += 1  # that record can never complete: not a record
                     else:
                         # Scan again from here later; a finished file's rest is skipped.
@@ -394,7 +277,7 @@ class RecordTail:
                     continue
                 stop = pos + HEADER_BYTES + length
                 if stop + FOOTER_BYTES <= n:
-                    if _unpack_crc(buf, stop)[0] == masked_crc32c(buf[pos + HEADER_BYTES : stop]):
+                    if _CRC.unpack_from(buf, stop)[0] == masked_crc32c(buf[pos + HEADER_BYTES : stop]):
                         continue  # a new record length, now known: the fast loop takes it
                     self._start_resync(base + pos, f"bad payload checksum ({length}-byte record)")
                     pos += 1
@@ -429,7 +312,7 @@ class RecordTail:
         A record header whose record cannot complete is trusted only until
         then: a writer never writes a record after an unfinished one.
         """
-        return self._scan(buf, pos + 1, None if within is None else pos + 1 + within)[1] is _FOUND
+        return self._scan(buf, pos + 1, None if within is None else pos + 1 + within)[1] is FOUND
 
     def _read_more(self, f: ByteSource, file_pos: int, need: int, progressed: bool) -> bytes | None:
         """The bytes after ``file_pos``, at least ``need`` when the file holds them;
@@ -495,7 +378,7 @@ class RecordTail:
         Holes are never read: ``SEEK_DATA`` jumps over them, and the first
         hole is reported once.
         """
-        if _NONZERO.search(buf, pos):
+        if NONZERO.search(buf, pos):
             return None
         start = base + pos
         at = base + len(buf)
@@ -513,7 +396,7 @@ class RecordTail:
             self._spend(len(chunk))
             if not chunk:
                 return at
-            if _NONZERO.search(chunk):
+            if NONZERO.search(chunk):
                 return None
             at += len(chunk)
             if self._budget_left is not None and self._budget_left <= 0:
@@ -539,58 +422,8 @@ class RecordTail:
         self.report_problem(CORRUPT, offset, detail + "; skipping to the next valid record")
         self.resyncing = True
 
-    def _scan(self, buf: bytes, pos: int, end: int | None = None) -> tuple[int, object]:
-        """Find the next record from ``pos`` (starting before ``end``): (where, _FOUND | _PARTIAL | _NONE).
-
-        _FOUND: a complete record with both checksums valid starts there;
-        _PARTIAL: a valid header whose record does not fit in ``buf``;
-        _NONE: nothing before the last 11 bytes, where the scan goes on later.
-        """
-        header_length = self._header_length
-        last = len(buf) - HEADER_BYTES
-        if end is not None:
-            last = min(last, end - 1)
-        # Under 4 GiB a valid length has four zero high bytes: jump from one
-        # such spot to the next instead of testing every byte.
-        sparse = self.max_record_bytes < 1 << 32
-        while pos <= last:
-            if sparse:
-                at = buf.find(_ZERO4, pos + 4)
-                if at < 0 or at - 4 > last:
-                    break
-                pos = at - 4
-                if buf[pos : pos + 12] == _ZERO12:
-                    # 12 zero bytes are never a header; skip the zero run.
-                    m = _NONZERO.search(buf, pos + 12)
-                    if m is None:
-                        break
-                    pos = m.start() - 11
-                    continue
-            length = header_length(buf[pos : pos + HEADER_BYTES])
-            if length is not None:
-                stop = pos + HEADER_BYTES + length
-                if stop + FOOTER_BYTES > len(buf):
-                    return pos, _PARTIAL
-                if _unpack_crc(buf, stop)[0] == masked_crc32c(buf[pos + HEADER_BYTES : stop]):
-                    return pos, _FOUND
-            pos += 1
-        return max(pos, len(buf) - HEADER_BYTES + 1), _NONE
-
-
-def _next_data(fd: int, offset: int) -> int | None:
-    """Where data (not a hole) starts at or after ``offset``; None when only a hole is
-    left. Filesystems without SEEK_DATA report all of the file as data."""
-    try:
-        return os.lseek(fd, offset, os.SEEK_DATA)
-    except OSError as e:
-        if e.errno == errno.ENXIO:
-            return None
-        if e.errno in (errno.EINVAL, errno.EOPNOTSUPP):
-            return offset
-        raise
+    def _scan(self, buf: bytes, pos: int, end: int | None = None) -> tuple[int, str]:
+        return scan_for_record(buf, pos, end, self._header_length, self.max_record_bytes < 1 << 32)
 
 
 _SPENT = object()
-_FOUND = "found"
-_PARTIAL = "partial"
-_NONE = "none"

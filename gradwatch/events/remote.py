@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from gradwatch.events.records import NotRegularFile
+from gradwatch.events.source import NotRegularFile
 
 # One GET reads up to this much: few requests for a file being caught up,
 # memory bounded per file however large the object.
