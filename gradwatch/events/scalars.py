@@ -27,6 +27,14 @@ from google.protobuf.message import DecodeError
 from tensorboard.compat.proto import event_pb2, types_pb2
 
 from gradwatch.events.records import UNDECODABLE, RecordTail
+from gradwatch.events.wire import (
+    LENGTH_DELIMITED,
+    encode_varint,
+    only_field,
+    plugin_name,
+    varint,
+    wire_fields,
+)
 
 _Event = event_pb2.Event
 
@@ -112,85 +120,6 @@ def _wall_time_and_value(value_at: int, code: str):
     return reader
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    """Decode a varint at ``pos`` as protobuf decodes an int64; returns (value, next pos)."""
-    result = shift = 0
-    while True:
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            break
-        shift += 7
-        if shift > 63:
-            raise IndexError("varint too long")
-    # a 10th byte may carry bits past 64: protobuf drops them
-    result &= 0xFFFFFFFFFFFFFFFF
-    if result >= 1 << 63:
-        result -= 1 << 64
-    return result, pos
-
-
-def _encode_varint(value: int) -> bytes:
-    value &= 0xFFFFFFFFFFFFFFFF
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _uvarint(data: bytes, pos: int, end: int) -> tuple[int, int]:
-    """An unsigned varint at ``pos`` that must end by ``end``; IndexError when it does not."""
-    result = shift = 0
-    while True:
-        if pos >= end or shift > 63:
-            raise IndexError("bad varint")
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7
-
-
-# wire type -> fixed size of the value (varints and length-delimited are read)
-_FIXED = {1: 8, 5: 4}
-_LENGTH_DELIMITED = 2
-
-
-# (field number, wire type, start, stop of its value)
-Field = tuple[int, int, int, int]
-
-
-def _wire_fields(data: bytes, pos: int, end: int) -> list[Field] | None:
-    """The fields of the message in ``data[pos:end]`` as (number, wire type, start, stop)
-    of each value (for a length-delimited field, its payload), or None when the bytes
-    are not a well-formed message this walker understands (groups included)."""
-    out = []
-    try:
-        while pos < end:
-            key, pos = _uvarint(data, pos, end)
-            number, wire_type = key >> 3, key & 7
-            start = pos
-            if wire_type == 0:
-                _, pos = _uvarint(data, pos, end)
-            elif wire_type == _LENGTH_DELIMITED:
-                size, start = _uvarint(data, pos, end)
-                pos = start + size
-            elif wire_type in _FIXED:
-                pos += _FIXED[wire_type]
-            else:
-                return None
-            if pos > end or not 0 < number < 1 << 29:
-                return None
-            out.append((number, wire_type, start, pos))
-    except IndexError:
-        return None
-    return out
-
-
 # Event.summary; Summary.value; Summary.Value fields
 _EVENT_SUMMARY = 5
 _SUMMARY_VALUE = 1
@@ -202,32 +131,6 @@ _VALUE_METADATA = 9
 _VALUE_NOT_SCALAR = frozenset({3, 4, 5, 6})
 _VALUE_ONEOF = _VALUE_NOT_SCALAR | {_VALUE_SIMPLE, _VALUE_TENSOR}
 _SCALAR_PLUGINS = (b"", b"scalars")
-
-
-def _only(fields: list[Field], number: int) -> Field | bool | None:
-    """The one length-delimited field ``number`` (None when absent); False when it is
-    repeated or not length-delimited, which the walker leaves to the proto parse."""
-    found = [f for f in fields if f[0] == number]
-    if not found:
-        return None
-    if len(found) > 1 or found[0][1] != _LENGTH_DELIMITED:
-        return False
-    return found[0]
-
-
-def _plugin_name(data: bytes, metadata: Field) -> bytes | None:
-    """SummaryMetadata.plugin_data.plugin_name, or None when the walker cannot tell."""
-    fields = _wire_fields(data, metadata[2], metadata[3])
-    plugin_data = None if fields is None else _only(fields, 1)
-    if plugin_data is False or fields is None:
-        return None
-    if plugin_data is None:
-        return b""
-    fields = _wire_fields(data, plugin_data[2], plugin_data[3])
-    name = None if fields is None else _only(fields, 1)
-    if name is False or fields is None:
-        return None
-    return b"" if name is None else data[name[2] : name[3]]
 
 
 # A template: what follows the value (None when nothing), the tag, and per
@@ -265,7 +168,7 @@ class ScalarDecoder:
         """Points in one record; raises NotAnEvent for undecodable payloads."""
         try:
             if payload[0] == 9 and payload[9] == 16:
-                step, s = _varint(payload, 10)
+                step, s = varint(payload, 10)
                 entry = self._templates.get(len(payload) - s)
                 if entry is not None:
                     for voff, heads in (entry, *self._more_templates.get(len(payload) - s, ())):
@@ -292,33 +195,33 @@ class ScalarDecoder:
         value (a histogram, an image) is not noticed: its checksum was right
         and it could never have held a scalar.
         """
-        fields = _wire_fields(payload, 0, len(payload))
+        fields = wire_fields(payload, 0, len(payload))
         if fields is None:
             return False
         for number, wire_type, start, stop in fields:
             if number != _EVENT_SUMMARY:
                 continue  # wall_time, step, file_version, graph_def, run metadata...
-            if wire_type != _LENGTH_DELIMITED:
+            if wire_type != LENGTH_DELIMITED:
                 return False
-            values = _wire_fields(payload, start, stop)
+            values = wire_fields(payload, start, stop)
             if values is None:
                 return False
             for v_number, v_wire_type, v_start, v_stop in values:
                 if v_number != _SUMMARY_VALUE:
                     continue
-                if v_wire_type != _LENGTH_DELIMITED or not self._value_skips(payload, v_start, v_stop):
+                if v_wire_type != LENGTH_DELIMITED or not self._value_skips(payload, v_start, v_stop):
                     return False
         return True
 
     def _value_skips(self, payload: bytes, start: int, stop: int) -> bool:
         """Whether one Summary.Value certainly holds no scalar (see ``skips``)."""
-        fields = _wire_fields(payload, start, stop)
+        fields = wire_fields(payload, start, stop)
         if fields is None:
             return False
         oneof = [f for f in fields if f[0] in _VALUE_ONEOF]
         if not oneof:
             return True  # no value at all
-        if len(oneof) > 1 or oneof[0][1] != _LENGTH_DELIMITED:
+        if len(oneof) > 1 or oneof[0][1] != LENGTH_DELIMITED:
             return False
         if oneof[0][0] in _VALUE_NOT_SCALAR:
             return True
@@ -326,8 +229,8 @@ class ScalarDecoder:
             return False
         # A tensor: skipped only for a tag already known to belong to another
         # plugin, and only when this value does not claim the scalars plugin.
-        tag = _only(fields, _VALUE_TAG)
-        metadata = _only(fields, _VALUE_METADATA)
+        tag = only_field(fields, _VALUE_TAG)
+        metadata = only_field(fields, _VALUE_METADATA)
         if tag is False or metadata is False:
             return False
         try:
@@ -338,7 +241,7 @@ class ScalarDecoder:
             return False
         if metadata is None:
             return True
-        plugin = _plugin_name(payload, metadata)
+        plugin = plugin_name(payload, metadata)
         return plugin is not None and plugin not in _SCALAR_PLUGINS
 
     def _parse(self, payload: bytes) -> list[tuple[str, int, float, float]]:
@@ -388,9 +291,9 @@ class ScalarDecoder:
         try:
             if not (payload[0] == 9 and payload[9] == 16):
                 return
-            if _unpack_f64(payload, 1)[0] != wall_time or _varint(payload, 10)[0] != step:
+            if _unpack_f64(payload, 1)[0] != wall_time or varint(payload, 10)[0] != step:
                 return  # a later field overrides them: not the layout the fast path reads
-            _, s = _varint(payload, 10)
+            _, s = varint(payload, 10)
         except IndexError:
             return
         summary = payload[s:]
@@ -420,7 +323,7 @@ class ScalarDecoder:
                     b"\x09",
                     _F64_.pack(probe[2]),
                     b"\x10",
-                    _encode_varint(probe[1]),
+                    encode_varint(probe[1]),
                     head,
                     unpacker.pack(probe[3]),
                     tail,
@@ -510,7 +413,7 @@ class EventFileReader:
                                 if b3 < 128:
                                     step, s = (b & 127) | ((b2 & 127) << 7) | (b3 << 14), 13
                                 else:
-                                    step, s = _varint(p, 10)
+                                    step, s = varint(p, 10)
                         entry = templates.get(len(p) - s)
                         if entry is not None:
                             hit = entry[1].get(p[s : s + entry[0]])
