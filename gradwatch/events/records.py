@@ -38,14 +38,20 @@ from gradwatch.events.framing import (
     _CRC,
     _LENGTH,
     FOOTER_BYTES,
-    FOUND,
     HEADER_BYTES,
-    NONE,
     NONZERO,
-    PARTIAL,
     masked_crc32c,
     scan_for_record,
     verified_prefix,
+)
+from gradwatch.events.framing import (
+    FOUND as _FOUND,
+)
+from gradwatch.events.framing import (
+    NONE as _NONE,
+)
+from gradwatch.events.framing import (
+    PARTIAL as _PARTIAL,
 )
 from gradwatch.events.source import ByteSource, LocalFile
 
@@ -209,11 +215,11 @@ class RecordTail:
         while True:
             if self.resyncing:
                 pos, status = self._scan(buf, pos)
-                if status is not FOUND:
+                if status is not _FOUND:
                     need = 1
-                    if status is PARTIAL:  # all of that record at once, not a chunk at a time
+                    if status is _PARTIAL:  # all of that record at once, not a chunk at a time
                         need = pos + 16 + self._header_length(buf[pos : pos + 12]) - len(buf)
-                    if status is NONE and not NONZERO.search(buf, pos):
+                    if status is _NONE and not NONZERO.search(buf, pos):
                         buf, base, pos = self._past_hole(f, buf, base, pos)
                     more = self._read_more(f, base + len(buf), need, base + pos > self._call_start)
                     if more is None:
@@ -223,7 +229,7 @@ class RecordTail:
                         buf = buf[pos:] + more
                         base += pos
                         pos = 0
-                    elif status is PARTIAL and (final or self._valid_record_follows(buf, pos)):
+                    elif status is _PARTIAL and (final or self._valid_record_follows(buf, pos)):
                         pos += 1  # that record can never complete: not a record
                     else:
                         # Scan again from here later; a finished file's rest is skipped.
@@ -312,7 +318,7 @@ class RecordTail:
         A record header whose record cannot complete is trusted only until
         then: a writer never writes a record after an unfinished one.
         """
-        return self._scan(buf, pos + 1, None if within is None else pos + 1 + within)[1] is FOUND
+        return self._scan(buf, pos + 1, None if within is None else pos + 1 + within)[1] is _FOUND
 
     def _read_more(self, f: ByteSource, file_pos: int, need: int, progressed: bool) -> bytes | None:
         """The bytes after ``file_pos``, at least ``need`` when the file holds them;
