@@ -25,7 +25,7 @@ from tensorboard.compat.proto import event_pb2, summary_pb2
 from gradwatch.config import Config
 from gradwatch.daemon import Daemon
 from gradwatch.events.framing import frame
-from gradwatch.rules import human
+from gradwatch.fmt import human
 
 EXPLODING = "td3-lr3e-3-exploding"
 SEED_TAG = "gradients/actor_cnn_norm"

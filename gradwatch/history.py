@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gradwatch.alerts import AlertEvent
-from gradwatch.rules import RANK
+from gradwatch.severity import Severity
 from gradwatch.store import db_text, from_db_text
 
 TABLE = "alert_history"
@@ -70,7 +70,7 @@ def _value(v: float) -> str:
 
 
 def worse(a: str, b: str) -> str:
-    return a if RANK.get(a, 0) >= RANK.get(b, 0) else b
+    return a if Severity.parse(a) >= Severity.parse(b) else b
 
 
 def record(conn: sqlite3.Connection, events: Iterable[AlertEvent], now: float) -> None:
@@ -196,7 +196,7 @@ class Query:
             return False
         if self.rules and not any(fnmatch.fnmatchcase(ep.rule, g) for g in self.rules):
             return False
-        return self.severity is None or RANK.get(ep.worst, 0) >= RANK[self.severity]
+        return self.severity is None or Severity.parse(ep.worst) >= Severity.parse(self.severity)
 
 
 def has_table(conn: sqlite3.Connection, name: str) -> bool:

@@ -14,8 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gradwatch.fmt import shown_name as shown_name  # re-exported: the engine and rules import it here
-
 try:  # linear-time matching when the optional extra is installed (pip install 'gradwatch[re2]')
     import re2 as _re2
 except ImportError:  # pragma: no cover - depends on the environment

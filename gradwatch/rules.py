@@ -31,26 +31,14 @@ from typing import Any
 
 from gradwatch.anomaly import AnomalyState, Detector
 from gradwatch.baseline import Baseline, History, Verdict
-
-# "X as X": re-exported for the one-shot commands, the daemon and tests (moved to fmt, match, templates)
-from gradwatch.fmt import human as human
-from gradwatch.fmt import json_number as json_number
-from gradwatch.match import MAX_NAME_BYTES as MAX_NAME_BYTES
-from gradwatch.match import Match as Match
-from gradwatch.match import Pattern as Pattern
-from gradwatch.match import name_too_long as name_too_long
-from gradwatch.match import shown_name as shown_name
-from gradwatch.severity import SEVERITY_NAMES, Severity
-from gradwatch.templates import MAX_FORMAT_WIDTH as MAX_FORMAT_WIDTH
-from gradwatch.templates import NOT_APPLICABLE, Factor, Num
-from gradwatch.templates import TEMPLATE_FIELDS as TEMPLATE_FIELDS
-from gradwatch.templates import Template as Template
-from gradwatch.templates import template_fields as template_fields
-
-# the tables the layers above still import (issue 11: they move to Severity, then these go)
-SEVERITIES = SEVERITY_NAMES
-RANK = {s.label: int(s) for s in Severity if s}
-SEVERITY_OF_RANK = {int(s): s.label for s in Severity if s}
+from gradwatch.match import Match
+from gradwatch.severity import Severity
+from gradwatch.templates import (
+    NOT_APPLICABLE,
+    Factor,
+    Num,
+    Template,
+)
 
 KINDS = ("thresholds", "nonfinite", "growth", "absent", "anomaly", "baseline")
 DIRECTIONS = ("above", "below", "absolute")

@@ -8,7 +8,7 @@ import pytest
 from gradwatch.cli import main
 from gradwatch.config.rulefiles import default_rules_path, expand_rule_paths, load_rules
 from gradwatch.config.yaml import ConfigError, parse_duration
-from gradwatch.rules import RANK
+from gradwatch.severity import Severity
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,8 +37,8 @@ def test_default_rules_are_packaged_and_used_without_arguments():
     explosion = rules[0]
     assert explosion.kind == "thresholds"
     assert explosion.levels == [
-        (RANK["critical"], "critical", 50000.0),
-        (RANK["warning"], "warning", 10000.0),
+        (Severity.CRITICAL, "critical", 50000.0),
+        (Severity.WARNING, "warning", 10000.0),
     ]
     assert explosion.stop == "critical"
     assert explosion.labels == {"category": "gradients"}

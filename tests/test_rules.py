@@ -9,11 +9,15 @@ from conftest import require_module
 from gradwatch.config.rulefiles import load_rules, parse_rules
 from gradwatch.config.yaml import load_yaml_text
 from gradwatch.engine import Engine
-from gradwatch.rules import NOT_APPLICABLE, RANK, Match, Num, Pattern, Rule, Series, Template, human
+from gradwatch.fmt import human
+from gradwatch.match import Match, Pattern
+from gradwatch.rules import Rule, Series
+from gradwatch.severity import Severity
+from gradwatch.templates import NOT_APPLICABLE, Num, Template
 
 SEED_STEPS = [100, 200, 300, 400, 500]
 SEED_NORMS = [5191, 130486, 826256, 2860755, 7475702]
-WARNING, CRITICAL = RANK["warning"], RANK["critical"]
+WARNING, CRITICAL = Severity.WARNING, Severity.CRITICAL
 nan, inf = math.nan, math.inf
 
 
@@ -446,7 +450,7 @@ class CountingPattern:
 def test_a_hostile_tag_is_never_matched_and_is_reported_once(caplog):
     from gradwatch.engine import NAME_TOO_LONG
     from gradwatch.events.logdir import ProblemLog
-    from gradwatch.rules import MAX_NAME_BYTES
+    from gradwatch.match import MAX_NAME_BYTES
 
     rules = load_rules(None)
     spies = []
@@ -473,7 +477,7 @@ def test_a_hostile_tag_is_never_matched_and_is_reported_once(caplog):
 
 def test_the_cap_counts_utf8_bytes_and_long_run_names_are_skipped_too():
     from gradwatch.events.logdir import ProblemLog
-    from gradwatch.rules import name_too_long
+    from gradwatch.match import name_too_long
 
     assert not name_too_long("g" * 1024)
     assert name_too_long("g" * 1025)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from gradwatch import rules
 from gradwatch.severity import PENDING_RANK, SEVERITY_NAMES, Severity
 
 
@@ -28,8 +27,8 @@ def test_of_rank_names_engine_ranks_and_falls_back_for_no_severity():
     assert Severity.of_rank(0, None) is None
 
 
-def test_the_old_tables_agree_with_severity():
-    # check, metrics, ruletest and the daemon import these until they read Severity (issue 11)
-    assert rules.SEVERITIES == SEVERITY_NAMES
-    assert rules.RANK == {"info": 1, "warning": 2, "critical": 3}
-    assert rules.SEVERITY_OF_RANK == {1: "info", 2: "warning", 3: "critical"}
+def test_severity_is_the_one_table_of_names_and_ranks():
+    # what the old rules.RANK / SEVERITY_OF_RANK / SEVERITIES tables held, now read from Severity
+    assert SEVERITY_NAMES == ("info", "warning", "critical")
+    assert {s: int(Severity.parse(s)) for s in SEVERITY_NAMES} == {"info": 1, "warning": 2, "critical": 3}
+    assert {r: Severity.of_rank(r) for r in (1, 2, 3)} == {1: "info", 2: "warning", 3: "critical"}

@@ -16,7 +16,7 @@ from gradwatch.alerts import FIRING, AlertBook, AlertEvent
 from gradwatch.config import Config
 from gradwatch.daemon.writers import FlagWriter, StopFileWriter
 from gradwatch.notify.console import ConsoleNotifier
-from gradwatch.rules import SEVERITIES
+from gradwatch.severity import SEVERITY_NAMES
 
 log = logging.getLogger("gradwatch")
 
@@ -79,7 +79,7 @@ class Effects:
         if rule is None:
             return ("warning", "critical")
         mine = {sev for _, sev, _ in rule.levels}
-        return tuple(s for s in SEVERITIES if s in mine)
+        return tuple(s for s in SEVERITY_NAMES if s in mine)
 
     def _render(self, events: list[AlertEvent]) -> str:
         try:

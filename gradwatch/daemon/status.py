@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from gradwatch.alerts import DEESCALATED, ESCALATED, FIRING, REPEAT, RESOLVED, Alert, AlertEvent
-from gradwatch.rules import SEVERITY_OF_RANK, Rule, Series
+from gradwatch.rules import Rule, Series
+from gradwatch.severity import Severity
 
 TRANSITION_KINDS = (FIRING, ESCALATED, DEESCALATED, RESOLVED, REPEAT)
 
@@ -53,7 +54,7 @@ def series_rows(series: Iterable[Series]) -> tuple[SeriesRow, ...]:
 
 
 def alert_rows(firing: Iterable[Alert]) -> tuple[AlertRow, ...]:
-    return tuple((a.rule, a.run, a.tag, SEVERITY_OF_RANK.get(a.rank, "warning")) for a in firing)
+    return tuple((a.rule, a.run, a.tag, Severity.of_rank(a.rank, "warning")) for a in firing)
 
 
 def possible_transitions(rule: Rule) -> Iterator[TransitionKey]:

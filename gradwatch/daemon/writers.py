@@ -17,8 +17,9 @@ from tensorboard.compat.proto import event_pb2, summary_pb2
 from gradwatch.alerts import ESCALATED, FIRING, RESOLVED, AlertEvent
 from gradwatch.events.framing import frame
 from gradwatch.events.logdir import FLAGS_DIR
+from gradwatch.fmt import json_number
 from gradwatch.logjson import rfc3339
-from gradwatch.rules import RANK, SEVERITIES, json_number
+from gradwatch.severity import SEVERITY_NAMES, Severity
 from gradwatch.trainer import DEFAULT_STOP_FILE, stop_file_path
 
 log = logging.getLogger("gradwatch.actions")
@@ -236,13 +237,13 @@ class StopFileWriter:
     def stops(self, rank: int, rule_stop: str | None) -> bool:
         """Whether an alert at severity ``rank`` stops training (the rule's ``stop:``, else the default)."""
         sev = self.default_severity if self.override else rule_stop or self.default_severity
-        return sev in SEVERITIES and rank >= RANK[sev]
+        return sev in SEVERITY_NAMES and rank >= Severity.parse(sev)
 
     def handle(self, event: AlertEvent, rule_stop: str | None) -> str | None:
         """Write (or extend) the stop-file when ``event`` warrants it; returns the path written."""
         if event.kind not in (FIRING, ESCALATED):
             return None
-        if not self.stops(RANK.get(event.severity, 0), rule_stop):
+        if not self.stops(Severity.parse(event.severity), rule_stop):
             return None
         path = stop_path(self.template, self.logdir, event.run)
         try:

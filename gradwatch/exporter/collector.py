@@ -38,7 +38,7 @@ from gradwatch import __version__
 from gradwatch.daemon.status import AlertRow, SeriesRow, Status
 from gradwatch.events import logdir
 from gradwatch.exporter.http import MetricsServer
-from gradwatch.rules import RANK
+from gradwatch.severity import Severity
 
 log = logging.getLogger("gradwatch.metrics")
 
@@ -161,7 +161,7 @@ def _alert_labels(alerts: tuple[AlertRow, ...]) -> dict[tuple[str, str, str], st
     out: dict[tuple[str, str, str], str] = {}
     for rule, run, tag, severity in alerts:
         key = (rule, _label(run), _label(tag))
-        if RANK.get(severity, 0) >= RANK.get(out.get(key, ""), 0):
+        if Severity.parse(severity) >= Severity.parse(out.get(key, "")):
             out[key] = severity
     return out
 

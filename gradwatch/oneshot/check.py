@@ -21,8 +21,9 @@ from gradwatch.events.logdir import LogdirReader, ProblemLog, scan
 from gradwatch.events.parallel import fork_map, split_runs
 from gradwatch.events.remote import is_remote
 from gradwatch.events.shard import Shard
-from gradwatch.fmt import escape
-from gradwatch.rules import RANK, SEVERITY_OF_RANK, Rule, RuleState, Series, human, json_number
+from gradwatch.fmt import escape, human, json_number
+from gradwatch.rules import Rule, RuleState, Series
+from gradwatch.severity import Severity
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 _INDENT = " " * 14
@@ -30,9 +31,9 @@ STATUS = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"
 
 
 def exit_code_of(rank: int) -> int:
-    if rank >= RANK["critical"]:
+    if rank >= Severity.CRITICAL:
         return CRITICAL
-    if rank >= RANK["warning"]:
+    if rank >= Severity.WARNING:
         return WARNING
     return OK
 
@@ -103,7 +104,7 @@ class Finding:
             "kind": self.rule.kind,
             "run": self.run,
             "tag": self.tag,
-            "severity": SEVERITY_OF_RANK[self.worst],
+            "severity": Severity.of_rank(self.worst),
             "first": {
                 sev: _json_first(*first, "zscore" if self.rule.kind == "anomaly" else "ratio")
                 for sev, first in self.first.items()
@@ -117,7 +118,7 @@ class Finding:
             "max": _json_extreme(stats.extreme("max")),
             "min": _json_extreme(stats.extreme("min")),
             "last_step": stats.last_step,
-            "active_at_end": SEVERITY_OF_RANK.get(self.final),
+            "active_at_end": Severity.of_rank(self.final, None),
             "labels": self.rule.labels,
             "annotations": self.annotations,
         }
@@ -327,7 +328,7 @@ def write_text(result: CheckResult, out: TextIO) -> None:
             tag = f.tag
             out.write(f"  {escape(f.tag)}: {_series_text(st)}\n")
         rule = f.rule
-        out.write(f"    {SEVERITY_OF_RANK[f.worst].upper():9} {rule.name}: {describe_rule(rule)}\n")
+        out.write(f"    {Severity.of_rank(f.worst).upper():9} {rule.name}: {describe_rule(rule)}\n")
         present = [(rank, sev) for rank, sev, _ in sorted(rule.levels) if sev in f.first]
         for _, sev in present:
             step, value, ratio = f.first[sev]
@@ -340,7 +341,7 @@ def write_text(result: CheckResult, out: TextIO) -> None:
             + (" or worse" if i < len(present) - 1 else "")
             for i, (rank, sev) in enumerate(present)
         )
-        end = f"still {SEVERITY_OF_RANK[f.final]}" if f.final else "back to normal"
+        end = f"still {Severity.of_rank(f.final)}" if f.final else "back to normal"
         out.write(f"{_INDENT}{counts}; {end} at the last point (step {st.last_step})\n")
         recommendation = f.annotations.get("recommendation")
         if recommendation:
@@ -356,9 +357,9 @@ def write_text(result: CheckResult, out: TextIO) -> None:
             )
     _write_uncompared(result, out)
     code = result.exit_code
-    crit = sum(1 for f in alerted if f.worst >= RANK["critical"])
-    warn = sum(1 for f in alerted if RANK["warning"] <= f.worst < RANK["critical"])
-    info = sum(1 for f in alerted if f.worst < RANK["warning"])
+    crit = sum(1 for f in alerted if f.worst >= Severity.CRITICAL)
+    warn = sum(1 for f in alerted if Severity.WARNING <= f.worst < Severity.CRITICAL)
+    info = sum(1 for f in alerted if f.worst < Severity.WARNING)
     if not result.runs:
         summary = "no event files found (a run is a directory holding files named *tfevents*)"
     elif not result.points:

@@ -15,9 +15,9 @@ from typing import TextIO
 
 from gradwatch.engine import Engine
 from gradwatch.events.logdir import ProblemLog, read_logdir
-from gradwatch.fmt import escape
+from gradwatch.fmt import escape, human, json_number
 from gradwatch.oneshot.text import csv_name, csv_value
-from gradwatch.rules import Rule, Series, human, json_number
+from gradwatch.rules import Rule, Series
 
 DEFAULT_ROWS = 10
 

@@ -19,7 +19,8 @@ from typing import TextIO
 from gradwatch.config.rulefiles import load_rules
 from gradwatch.config.yaml import ConfigError, Problem, Section, load_yaml_file
 from gradwatch.engine import Engine
-from gradwatch.rules import SEVERITIES, SEVERITY_OF_RANK, Series
+from gradwatch.rules import Series
+from gradwatch.severity import SEVERITY_NAMES, Severity
 
 # the severity of a transition back to normal (the rule stopped alerting)
 OK = "ok"
@@ -138,7 +139,7 @@ def _parse_expect(sec: Section) -> Alert | None:
     rule = sec.string("rule", required=True)
     run = sec.string("run", default=".")
     tag = sec.string("tag", required=True)
-    severity = sec.choice("severity", (*SEVERITIES, OK), required=True)
+    severity = sec.choice("severity", (*SEVERITY_NAMES, OK), required=True)
     step = sec.integer("step", minimum=-(2**63))
     annotations = sec.mapping("annotations")
     sec.finish()
@@ -175,7 +176,7 @@ def run_case(rules, case: Case) -> list[Alert]:
         if rank != previous:
             rule = s.rules[i]
             rendered = rule.render(rule.fields(s.run, s.tag, step, value, rank, s.states[i]))
-            severity = SEVERITY_OF_RANK.get(rank, OK)
+            severity = Severity.of_rank(rank, OK)
             actual.append(Alert(rule.name, s.run, s.tag, severity, step, tuple(sorted(rendered.items()))))
 
     engine = Engine(rules, sink)
