@@ -50,6 +50,13 @@ def test_humans_read_one_spelling_everywhere():
     assert format(templates.Num(math.inf)) == fmt.human(math.inf)
 
 
+def test_export_spells_json_numbers_as_fmt_does():
+    from gradwatch.oneshot.text import json_value
+
+    for v in (826256.0, 0.1, -2.5e-300, 1e308, math.nan, math.inf, -math.inf):
+        assert json.loads(json_value(v)) == fmt.json_number(v)
+
+
 def test_each_name_has_one_home():
     # rules re-exported these while the layers above moved (issue 11); now every caller imports
     # them from fmt and templates, and rules no longer offers a second path

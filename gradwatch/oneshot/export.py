@@ -11,21 +11,13 @@ from __future__ import annotations
 
 import csv
 import fnmatch
-import math
 from typing import TextIO
 
 from gradwatch.events.logdir import ProblemLog, read_logdir
 from gradwatch.events.shard import Shard
-from gradwatch.oneshot.text import csv_name, csv_value, json_name
+from gradwatch.oneshot.text import csv_name, csv_value, json_name, json_value
 
 FIELDS = ("run", "tag", "step", "wall_time", "value")
-_JSON_NONFINITE = {math.inf: '"Infinity"', -math.inf: '"-Infinity"'}
-
-
-def _json_value(v: float) -> str:
-    if v != v:
-        return '"NaN"'
-    return _JSON_NONFINITE.get(v) or repr(v)
 
 
 def _selected(name: str, globs: list[str] | None) -> bool:
@@ -65,7 +57,7 @@ def export(
         r = encoded.get(run) or encoded.setdefault(run, json_name(run))
         t = encoded.get(tag) or encoded.setdefault(tag, json_name(tag))
         out.write(
-            f'{{"run": {r}, "tag": {t}, "step": {step}, "wall_time": {_json_value(wall_time)}, '
-            f'"value": {_json_value(value)}}}\n'
+            f'{{"run": {r}, "tag": {t}, "step": {step}, "wall_time": {json_value(wall_time)}, '
+            f'"value": {json_value(value)}}}\n'
         )
     return n

@@ -47,3 +47,14 @@ def csv_value(v: float) -> str:
     if v in (math.inf, -math.inf):
         return "inf" if v > 0 else "-inf"
     return repr(v)
+
+
+_JSON_NONFINITE = {math.inf: '"Infinity"', -math.inf: '"-Infinity"'}
+
+
+def json_value(v: float) -> str:
+    """A float as JSON text, spelled as ``fmt.json_number`` spells it ("NaN", "Infinity"); written
+    out directly because export runs it twice per point, where ``json.dumps`` would cost more."""
+    if v != v:
+        return '"NaN"'
+    return _JSON_NONFINITE.get(v) or repr(v)
