@@ -203,7 +203,7 @@ AM_CONFIG = """\
 route:
   receiver: hook
   group_by: ['alertname', 'run']
-  group_wait: 0s
+  group_wait: {group_wait}
   group_interval: 1s
   repeat_interval: 1h
 receivers:
@@ -219,11 +219,11 @@ class Alertmanager:
     from its "Listening on" log line, so no other process can take it in between.
     """
 
-    def __init__(self, binary: str, webhook_url: str, port: int = 0) -> None:
+    def __init__(self, binary: str, webhook_url: str, port: int = 0, group_wait: str = "0s") -> None:
         self.dir = tempfile.mkdtemp(prefix="gw-am-")
         config = os.path.join(self.dir, "am.yml")
         with open(config, "w") as f:
-            f.write(AM_CONFIG.format(url=webhook_url))
+            f.write(AM_CONFIG.format(url=webhook_url, group_wait=group_wait))
         self._log_path = os.path.join(self.dir, "am.log")
         self._log = open(self._log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(

@@ -274,3 +274,27 @@ def test_fire_resolve_fire_again_is_kept_firing_by_refreshes(am, hook):
             what="the refresh to extend endsAt of the firing alert",
         )
     n.close()
+
+
+def test_an_alertmanager_with_a_group_wait_pages_for_a_crossing_and_recovery_sent_together(binary, tmp_path):
+    """Through the outbox, the recovery must not follow the crossing in a send of its own: Alertmanager
+    keeps the later endsAt of a firing alert, takes a resolve at once, and when its group_wait ends
+    (30 s by default; 2 s here) an alert already resolved pages nobody."""
+    with Receiver() as hook:
+        am = Alertmanager(binary, hook.url(), group_wait="2s")
+        n = AlertmanagerNotifier("am", [secret_url(am.url)], min_firing=6)
+        db = str(tmp_path / "state.db")
+        box = Outbox(db, [n], poll_interval=0.05)
+        conn = sqlite3.connect(db)
+        try:
+            box.enqueue(conn, crossing_and_recovery("am-wait"))
+            conn.commit()
+            box.start()
+            sent = wait_until(
+                lambda: notifications(hook, "am-wait"), 20, what="a notification after group_wait"
+            )
+            assert sent[0]["status"] == "firing", sent
+        finally:
+            assert box.stop(5)
+            conn.close()
+            am.stop()

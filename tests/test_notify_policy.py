@@ -38,6 +38,21 @@ def test_a_group_is_one_run_within_the_window_with_one_transition_per_alert():
     assert [r.id for r in group] == [1, 3] and wait == 0.0
     late = [Row(1, "a", 100.0, "k1"), Row(2, "a", 105.0, "k2")]
     assert [r.id for r in next_group(late, 2.0, now=106.0)[0]] == [1]  # enqueued after the window
+    # a channel that folds transitions itself (Alertmanager) gets both of k1's in one group
+    folded, _ = next_group(rows, 2.0, now=103.0, one_state_per_alert=False)
+    assert [r.id for r in folded] == [1, 3, 4, 5]
+
+
+def test_only_alertmanager_folds_an_alerts_transitions_itself():
+    from gradwatch.notify.alertmanager import AlertmanagerNotifier
+    from gradwatch.notify.base import Notifier
+    from gradwatch.notify.console import ConsoleNotifier
+    from gradwatch.notify.slack import SlackNotifier
+    from gradwatch.notify.webhook import WebhookNotifier
+
+    assert Notifier.one_state_per_alert and WebhookNotifier.one_state_per_alert
+    assert SlackNotifier.one_state_per_alert and ConsoleNotifier.one_state_per_alert
+    assert not AlertmanagerNotifier.one_state_per_alert
 
 
 def test_backoff_doubles_with_equal_jitter_and_honours_retry_after():

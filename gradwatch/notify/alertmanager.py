@@ -98,6 +98,11 @@ class AlertmanagerNotifier(Notifier):
         # re-fire an ended lifecycle, and a new lifecycle (seq from 1 again) must be refreshed
         self._last_sent: dict[str, tuple[float, int]] = {}
 
+    # alerts_for folds a group's transitions into the state Alertmanager should hold; split in
+    # two sends, a crossing and its recovery would reach Alertmanager as fired then resolved at
+    # once (its Merge keeps the longer endsAt of a firing alert), and page nobody
+    one_state_per_alert = False
+
     def target(self) -> str:
         return ", ".join(str(u) for u in self.urls)
 

@@ -56,6 +56,10 @@ class Notifier:
     min_interval: ClassVar[float] = 0.0
     # whether the daemon should hand currently firing alerts to refresh() (Alertmanager)
     wants_refresh: ClassVar[bool] = False
+    # a payload holds one state per alert (webhook JSON): a second transition of an alert goes
+    # in the next send. False for a channel that folds a group's transitions itself
+    # (Alertmanager: a crossing and its recovery in one group become one alert held to min_firing)
+    one_state_per_alert: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -142,7 +142,7 @@ class Dispatcher(threading.Thread):
             self.idle = True
             return None
         self.idle = False
-        group, wait = next_group(rows, n.group_wait, now, draining)
+        group, wait = next_group(rows, n.group_wait, now, draining, n.one_state_per_alert)
         if not group:
             return wait
         granted = time.monotonic()

@@ -29,11 +29,16 @@ class QueuedRow(Protocol):
 
 
 def next_group(
-    rows: list[QueuedRow], group_wait: float, now: float, draining: bool = False
+    rows: list[QueuedRow],
+    group_wait: float,
+    now: float,
+    draining: bool = False,
+    one_state_per_alert: bool = True,
 ) -> tuple[list[QueuedRow], float]:
     """The rows to send now (in order), or none and the seconds until the head's window closes.
 
-    ``rows`` are pending, oldest first; ``draining`` (shutting down) ignores the window.
+    ``rows`` are pending, oldest first; ``draining`` (shutting down) ignores the window;
+    ``one_state_per_alert``: the channel's payload holds one state per alert (Notifier).
     """
     head = rows[0]
     window_end = head.enqueued_at + group_wait
@@ -46,7 +51,7 @@ def next_group(
             continue
         if r.enqueued_at > window_end and not draining:
             break  # later rows of this run wait for their own window (keeps order)
-        if r.alert_key in alerts:
+        if one_state_per_alert and r.alert_key in alerts:
             # a payload holds one state per alert: a second transition (resolved, then firing
             # again) goes in the next send, or the first would never be delivered
             break
