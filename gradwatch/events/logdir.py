@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from gradwatch.events import records
+from gradwatch.events.columns import Columns
 from gradwatch.events.records import DEFAULT_MAX_RECORD_BYTES
 from gradwatch.events.remote import RemoteError, RemoteLogdir, endpoint_options, is_remote, run_and_name
 from gradwatch.events.scalars import EventFileReader
@@ -197,6 +198,26 @@ class LogdirReader:
             self.forget(path)
         except OSError as e:
             self.problems(UNREADABLE_FILE, path, -1, e.strerror or str(e))
+
+    def read_file_columns(
+        self, path: str, final: bool = False, budget: int | None = None
+    ) -> Iterator[tuple[str, list[Columns]]]:
+        """New points of one file as (run, one Columns per tag) a batch at a time; problems
+        as for ``read_file``."""
+        run, reader = self.readers[path]
+        try:
+            for columns in reader.read_columns(final, budget):
+                yield run, columns
+        except FileNotFoundError:
+            self.problems(VANISHED_FILE, path, -1, "file disappeared while being read")
+            self.forget(path)
+        except OSError as e:
+            self.problems(UNREADABLE_FILE, path, -1, e.strerror or str(e))
+
+    def read_all_columns(self, final: bool = False) -> Iterator[tuple[str, list[Columns]]]:
+        """``read_all`` in columns: (run, one Columns per tag) a batch of records at a time."""
+        for path in sorted(self.readers, key=lambda p: (self.readers[p][0], p)):
+            yield from self.read_file_columns(path, final)
 
     def read_all(self, final: bool = False) -> Iterator[tuple[str, str, int, float, float]]:
         """Every new point of every known file, run by run, files in name order."""

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from google.protobuf.message import DecodeError
 from tensorboard.compat.proto import event_pb2, types_pb2
 
+from gradwatch.events.columns import Columns, group_points
 from gradwatch.events.records import UNDECODABLE, RecordTail
 from gradwatch.events.wire import (
     LENGTH_DELIMITED,
@@ -106,6 +107,8 @@ MAX_TEMPLATES = 4096
 # byte and a varint of 1..10 bytes.
 _SUMMARY_STARTS = range(11, 21)
 _readers: dict[str, object] = {}
+# About how many bytes of records one Columns batch spans
+_COLUMN_BATCH_BYTES = 1 << 20
 # Summaries longer than this are never learnt as templates: a template keeps its
 # summary's bytes, and scalar summaries are short (tag, metadata, value).
 MAX_TEMPLATE_SUMMARY_BYTES = 512
@@ -383,6 +386,28 @@ class EventFileReader:
     ) -> Iterator[tuple[str, str, int, float, float]]:
         """Each new point as (run, tag, step, wall_time, value): what a logdir reader yields."""
         return self._read(final, run, budget)
+
+    def read_columns(self, final: bool = False, budget: int | None = None) -> Iterator[list[Columns]]:
+        """The new points a batch of records at a time, one Columns per tag (see columns.py).
+
+        After each yield ``offset`` is just past the batch, so a consumer that
+        commits between yields commits whole batches; ``budget``: see RecordTail.read.
+        """
+        tail = self.tail
+        batch: list[tuple[str, int, float, float]] = []
+        start = after_last = tail.offset
+        for point in self._read(final, None, budget):
+            now = tail.offset  # already past this new point
+            if batch and now - start >= _COLUMN_BATCH_BYTES:
+                tail.offset = after_last
+                yield group_points(batch)
+                batch = []
+                start = after_last
+                tail.offset = now
+            batch.append(point)
+            after_last = tail.offset
+        if batch:
+            yield group_points(batch)
 
     @property
     def pending(self) -> bool:
