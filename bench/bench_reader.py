@@ -27,6 +27,10 @@ over ``--repeat`` runs, readers alternating within each repeat. ``check``, ``wat
 ``rustboard`` are timed as whole processes (start-up included): ``gradwatch check`` to
 its exit, the daemon to its "caught up" line, RustBoard's ``server --reload once`` to its
 "Finished load cycle" line; the last column is each reader's time over RustBoard's.
+``rustboard`` keeps every scalar (``--samples-per-plugin=scalars=all``): the configuration
+issue 12's table was measured in (its peak RSS, 504 MiB on ``simple``, is every point kept);
+``rustboard-checksum`` adds ``--checksum`` (RustBoard checks a CRC only when a parse fails,
+gradwatch checks every one); ``rustboard-sampled`` is RustBoard's default sampling.
 
     .venv/bin/python bench/bench_reader.py --datasets simple,tensor,runs,mixed \
         --readers gradwatch,check,watch,rustboard --repeat 3    # issue 12's table
@@ -77,13 +81,22 @@ READERS: dict[str, str] = {
     "raw": "TensorBoard `RawEventFileLoader` (record bytes, not kept)",
     "check": "`gradwatch check` (whole process: start-up, reading, rules)",
     "watch": "`gradwatch watch` (whole process, until its 'caught up' line: the daemon's catch-up)",
-    "rustboard": "RustBoard `server --reload once` (whole process, until its 'Finished load cycle' line)",
+    "rustboard": "RustBoard `server --reload once --samples-per-plugin=scalars=all` (whole process, until "
+    "its 'Finished load cycle' line; every scalar kept, as issue 12 measured it)",
+    "rustboard-checksum": "RustBoard as `rustboard`, with `--checksum` (every record's CRC checked)",
+    "rustboard-sampled": "RustBoard with its default sampling (1,000 points kept per scalar series)",
+}
+# RustBoard's flags per reader: ``rustboard`` is the reference every ratio is taken against
+RUSTBOARD_FLAGS = {
+    "rustboard": ["--samples-per-plugin=scalars=all"],
+    "rustboard-checksum": ["--samples-per-plugin=scalars=all", "--checksum"],
+    "rustboard-sampled": [],
 }
 # Whole processes: timed from spawn to exit (or to RustBoard's line); the others time
 # the reading only, in a child of this script.
-WHOLE_PROCESS = ("check", "watch", "rustboard")
+WHOLE_PROCESS = ("check", "watch", *RUSTBOARD_FLAGS)
 # the line each long-running process prints when it has read everything
-DONE_LINE = {"watch": "caught up on", "rustboard": "Finished load cycle"}
+DONE_LINE = {"watch": "caught up on", **dict.fromkeys(RUSTBOARD_FLAGS, "Finished load cycle")}
 
 
 # ---------------------------------------------------------------- data
@@ -289,6 +302,7 @@ def measure_process(reader: str, path: str) -> dict:
         argv += ["--stop-severity", "never", path]
     else:
         argv = [rustboard_binary(), "--logdir", path, "--reload", "once", "--port", "0", "-v"]
+        argv += RUSTBOARD_FLAGS[reader]
     t0 = time.perf_counter()
     # only check's stdout is read: the daemon's console alerts would fill an unread pipe
     stdout = subprocess.PIPE if reader == "check" else subprocess.DEVNULL
