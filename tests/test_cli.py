@@ -159,3 +159,18 @@ def test_quiet_after_check_silences_warnings(tmp_path, capsys):
     assert "gradwatch: WARNING" in capsys.readouterr().err
     assert main(["check", str(tmp_path), "-q"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_one_shot_commands_start_without_importing_the_daemon(tmp_path):
+    """check/export/report/rules/alerts leave the daemon (and demo) unimported: ~0.1 s of start-up
+    each time CI gates on ``gradwatch check``; ``--help`` and ``watch`` still see every command."""
+    probe = (
+        "import sys; from gradwatch.cli import main; code = main(sys.argv[1:]); "
+        "print(sorted(m for m in ('gradwatch.daemon', 'gradwatch.demo') if m in sys.modules))"
+    )
+    for argv in (["-q", "check", str(tmp_path)], ["export", str(tmp_path)], ["rules", "check"]):
+        p = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=120)
+        assert p.stdout.splitlines()[-1] == "[]", (argv, p.stdout, p.stderr)
+    top = run("--help")
+    assert "watch" in top.stdout and "demo" in top.stdout
+    assert run("watch", "--help").returncode == 0
