@@ -8,17 +8,30 @@ LIST per poll, and no GET at all for an object whose listed size did not change.
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import re
+import threading
 import urllib.request
 
 import pytest
 import test_remote
 from conftest import require_module
-from daemon_support import ROOT, Daemon, Writer, event_files, kill_leftovers, run_gradwatch, wait_for
+from daemon_support import (
+    ROOT,
+    Daemon,
+    Writer,
+    event_files,
+    kill_leftovers,
+    parse_alert_lines,
+    run_gradwatch,
+    wait_for,
+)
 from objectstores import MotoS3
 from receivers import free_port
 from test_remote import new_bucket
+from writers import write_scalars
 
 from gradwatch.daemon.watcher import JITTER, LIST_BACKOFF_CAP, ListingPoller
 from gradwatch.events.remote import RemoteLogdir
@@ -245,3 +258,45 @@ def test_listings_are_jittered_and_failures_back_off_exponentially_to_a_cap():
         high.failures = failures
         steps.append(high.next_delay())
     assert steps == [5.0, 10.0, 20.0, 40.0, LIST_BACKOFF_CAP, LIST_BACKOFF_CAP, LIST_BACKOFF_CAP, 60.0]
+
+
+def test_memory_logdir_new_runs_are_read_and_deleted_objects_vanish_as_local_files(tmp_path, caplog):
+    """The daemon in a thread on memory:// (fsspec's in-process store): the same follower code."""
+    require_module("fsspec")
+    import fsspec
+
+    from gradwatch.config import Config
+    from gradwatch.daemon import Daemon as InProcessDaemon
+
+    fs = fsspec.filesystem("memory")
+    write_scalars("tensorboardX", str(tmp_path / "a"), [(TAG, 1, 10.0)])
+    write_scalars("tensorboardX", str(tmp_path / "b"), [(TAG, 1, 10.0), (TAG, 2, SPIKE)])
+    (a_file,) = event_files(str(tmp_path / "a"))
+    (b_file,) = event_files(str(tmp_path / "b"))
+    fs.put_file(a_file, "/watch-mem/logs/a/" + os.path.basename(a_file))
+    cfg = Config(
+        logdir="memory://watch-mem/logs",
+        state_dir=str(tmp_path / "state"),
+        listen=None,
+        poll_interval=0.05,
+        forget_after=0.3,
+    )
+    out = io.StringIO()
+    caplog.set_level(logging.INFO, logger="gradwatch")
+    d = InProcessDaemon(cfg, out=out)
+    thread = threading.Thread(target=d.run, name="test-daemon")
+    thread.start()
+    try:
+        wait_for(d.ready.is_set, "the catch-up")
+        assert d.follower.runs == 1
+        fs.put_file(b_file, "/watch-mem/logs/b/" + os.path.basename(b_file))  # a new run
+        wait_for(lambda: "gradient_explosion run=b " in out.getvalue(), "the new run's alert")
+        fs.rm("/watch-mem/logs/a", recursive=True)  # a deleted run: forgotten after forget_after
+        wait_for(lambda: "run a disappeared" in caplog.text, "run a forgotten")
+        assert d.follower.runs == 1 and "a" not in d.follower.known_runs
+    finally:
+        d.stop()
+        thread.join(20)
+        fs.rm("/watch-mem", recursive=True)
+    assert not thread.is_alive()
+    assert [a["run"] for a in parse_alert_lines(out.getvalue()) if a["rule"] == "gradient_explosion"] == ["b"]

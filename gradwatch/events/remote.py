@@ -141,14 +141,14 @@ class RemoteLogdir:
         self.requests.lists += 1
         try:
             found = self.fs.find(self.root, detail=True)
+            return {
+                self.url_of(p): ObjectStat(int(info.get("size") or 0), _version(info))
+                for p, info in found.items()
+                if _is_file(info)
+            }
         except Exception as e:  # network, permission, no such bucket: one clear line, never a traceback
             self.requests.errors += 1
             raise RemoteError(f"{self.url}: cannot list: {_reason(e)}") from e
-        return {
-            self.url_of(p): ObjectStat(int(info.get("size") or 0), _version(info))
-            for p, info in found.items()
-            if _is_file(info)
-        }
 
     def use(self, listing: dict[str, ObjectStat]) -> None:
         """Read and stat objects as ``listing`` says (sizes without a request per object)."""
