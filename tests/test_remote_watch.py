@@ -300,3 +300,21 @@ def test_memory_logdir_new_runs_are_read_and_deleted_objects_vanish_as_local_fil
         fs.rm("/watch-mem", recursive=True)
     assert not thread.is_alive()
     assert [a["run"] for a in parse_alert_lines(out.getvalue()) if a["rule"] == "gradient_explosion"] == ["b"]
+
+
+def test_poll_interval_and_endpoint_in_the_config_file(tmp_path, monkeypatch):
+    from gradwatch.config import load_config
+    from gradwatch.config.yaml import ConfigError
+
+    good = tmp_path / "good.yaml"
+    good.write_text("logdir: s3://team/runs\npoll_interval: 2s\nendpoint_url: http://minio:9000\n")
+    cfg = load_config(str(good))
+    # the URL is not taken relative to the file, and its state dir is the same from any cwd
+    assert (cfg.logdir, cfg.poll_interval, cfg.endpoint_url) == ("s3://team/runs", 2.0, "http://minio:9000")
+    state = cfg.resolved_state_dir()
+    monkeypatch.chdir(tmp_path)
+    assert cfg.resolved_state_dir() == state
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("logdir: s3://team/runs\npoll_interval: 0s\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml:2: poll_interval: expected a positive interval"):
+        load_config(str(bad))

@@ -58,9 +58,8 @@ class Config:
         )
         # one state per logdir, so several instances never share offsets
         logdir = self.logdir or "."
-        key = hashlib.sha256((logdir if is_remote(logdir) else os.path.abspath(logdir)).encode()).hexdigest()[
-            :12
-        ]
+        where = logdir if is_remote(logdir) else os.path.abspath(logdir)  # a URL is the same from any cwd
+        key = hashlib.sha256(where.encode()).hexdigest()[:12]
         if self.shard is not None:  # and one per shard: replicas on one logdir never share a lock
             key += f"-shard-{self.shard.index}-of-{self.shard.count}"
         return os.path.join(base.split(":")[0], key)
