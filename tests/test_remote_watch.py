@@ -274,6 +274,7 @@ def test_memory_logdir_new_runs_are_read_and_deleted_objects_vanish_as_local_fil
     (a_file,) = event_files(str(tmp_path / "a"))
     (b_file,) = event_files(str(tmp_path / "b"))
     fs.put_file(a_file, "/watch-mem/logs/a/" + os.path.basename(a_file))
+    fs.pipe_file("/watch-mem/logs/a/checkpoint-1000.pt", b"weights")  # not an event file
     cfg = Config(
         logdir="memory://watch-mem/logs",
         state_dir=str(tmp_path / "state"),
@@ -289,6 +290,8 @@ def test_memory_logdir_new_runs_are_read_and_deleted_objects_vanish_as_local_fil
     try:
         wait_for(d.ready.is_set, "the catch-up")
         assert d.follower.runs == 1
+        # a listing keeps only event files: checkpoints beside them cost no memory
+        assert list(d.follower.remote.listed) == ["memory://watch-mem/logs/a/" + os.path.basename(a_file)]
         fs.put_file(b_file, "/watch-mem/logs/b/" + os.path.basename(b_file))  # a new run
         wait_for(lambda: "gradient_explosion run=b " in out.getvalue(), "the new run's alert")
         fs.rm("/watch-mem/logs/a", recursive=True)  # a deleted run: forgotten after forget_after

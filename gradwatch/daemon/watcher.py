@@ -275,7 +275,8 @@ class ListingPoller:
     A thread of its own lists the whole prefix every ``interval`` seconds (jittered by
     ±JITTER) and hands each listing to the loop, which makes it the one in use in ``wait``,
     so the loop reads and stats against one consistent listing and never waits for the
-    network to list. A failed listing is handed over too (``Changes.list_error``) and the
+    network to list. Only event files are kept of a listing: a prefix that also holds
+    checkpoints costs no memory for them. A failed listing is handed over too (``Changes.list_error``) and the
     next one is tried after an exponential, capped, jittered backoff.
     """
 
@@ -311,7 +312,7 @@ class ListingPoller:
     def _run(self) -> None:
         while not self._stopped.wait(self.next_delay()):
             try:
-                listing: object = self.remote.fetch_listing()
+                listing: object = self.remote.fetch_listing(is_event_file)
             except RemoteError as e:
                 self.failures += 1
                 listing = e
@@ -344,7 +345,7 @@ class ListingPoller:
     def first_listing(self) -> str | None:
         """List now, on the caller's thread (the catch-up needs a listing); the reason it failed."""
         try:
-            self.remote.use(self.remote.fetch_listing())
+            self.remote.use(self.remote.fetch_listing(is_event_file))
         except RemoteError as e:
             self.failures += 1
             return str(e)

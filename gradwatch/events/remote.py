@@ -21,6 +21,7 @@ import errno
 import posixpath
 import re
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -130,8 +131,9 @@ class RemoteLogdir:
         self.use(self.fetch_listing())
         return self.sizes
 
-    def fetch_listing(self) -> dict[str, ObjectStat]:
-        """{URL of each object under the prefix: its size and version}: one LIST per 1,000 objects.
+    def fetch_listing(self, keep: Callable[[str], bool] | None = None) -> dict[str, ObjectStat]:
+        """{URL of each object under the prefix (whose name ``keep`` keeps): its size and version}:
+        one LIST per 1,000 objects.
 
         Thread-safe (the daemon lists on a thread of its own); ``use`` makes it the listing
         that readers and ``stat`` see."""
@@ -144,7 +146,7 @@ class RemoteLogdir:
             return {
                 self.url_of(p): ObjectStat(int(info.get("size") or 0), _version(info))
                 for p, info in found.items()
-                if _is_file(info)
+                if _is_file(info) and (keep is None or keep(posixpath.basename(p)))
             }
         except Exception as e:  # network, permission, no such bucket: one clear line, never a traceback
             self.requests.errors += 1
