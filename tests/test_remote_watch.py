@@ -8,6 +8,7 @@ LIST per poll, and no GET at all for an object whose listed size did not change.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -262,8 +263,10 @@ def test_listings_are_jittered_and_failures_back_off_exponentially_to_a_cap():
     assert steps == [5.0, 10.0, 20.0, 40.0, LIST_BACKOFF_CAP, LIST_BACKOFF_CAP, LIST_BACKOFF_CAP, 60.0]
 
 
-def test_memory_logdir_new_runs_are_read_and_deleted_objects_vanish_as_local_files(tmp_path, caplog):
-    """The daemon in a thread on memory:// (fsspec's in-process store): the same follower code."""
+@contextlib.contextmanager
+def in_process(tmp_path, root: str, **settings):
+    """The daemon in a thread on ``memory://ROOT/logs`` (fsspec's in-process store: the same
+    follower code as for a bucket); yields (daemon, console, memory filesystem)."""
     require_module("fsspec")
     import fsspec
 
@@ -271,27 +274,37 @@ def test_memory_logdir_new_runs_are_read_and_deleted_objects_vanish_as_local_fil
     from gradwatch.daemon import Daemon as InProcessDaemon
 
     fs = fsspec.filesystem("memory")
-    write_scalars("tensorboardX", str(tmp_path / "a"), [(TAG, 1, 10.0)])
-    write_scalars("tensorboardX", str(tmp_path / "b"), [(TAG, 1, 10.0), (TAG, 2, SPIKE)])
-    (a_file,) = event_files(str(tmp_path / "a"))
-    (b_file,) = event_files(str(tmp_path / "b"))
-    fs.put_file(a_file, "/watch-mem/logs/a/" + os.path.basename(a_file))
-    fs.pipe_file("/watch-mem/logs/a/checkpoint-1000.pt", b"weights")  # not an event file
+    fs.mkdir(f"/{root}/logs")
     cfg = Config(
-        logdir="memory://watch-mem/logs",
-        state_dir=str(tmp_path / "state"),
-        listen=None,
-        poll_interval=0.05,
-        forget_after=0.3,
+        logdir=f"memory://{root}/logs", state_dir=str(tmp_path / "state"), listen=None, poll_interval=0.05
     )
+    loader = settings.pop("config_loader", None)
+    for name, value in settings.items():
+        setattr(cfg, name, value)
     out = io.StringIO()
-    caplog.set_level(logging.INFO, logger="gradwatch")
-    d = InProcessDaemon(cfg, out=out)
+    d = InProcessDaemon(cfg, out=out, config_loader=loader)
     thread = threading.Thread(target=d.run, name="test-daemon")
     thread.start()
     try:
         wait_for(d.ready.is_set, "the catch-up")
-        assert d.follower.runs == 1
+        yield d, out, fs
+    finally:
+        d.stop()
+        thread.join(20)
+        fs.rm(f"/{root}", recursive=True)
+    assert not thread.is_alive()
+
+
+def test_memory_logdir_new_runs_are_read_and_deleted_objects_vanish_as_local_files(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="gradwatch")
+    write_scalars("tensorboardX", str(tmp_path / "a"), [(TAG, 1, 10.0)])
+    write_scalars("tensorboardX", str(tmp_path / "b"), [(TAG, 1, 10.0), (TAG, 2, SPIKE)])
+    (a_file,) = event_files(str(tmp_path / "a"))
+    (b_file,) = event_files(str(tmp_path / "b"))
+    with in_process(tmp_path, "watch-mem", forget_after=0.3) as (d, out, fs):
+        fs.put_file(a_file, "/watch-mem/logs/a/" + os.path.basename(a_file))
+        fs.pipe_file("/watch-mem/logs/a/checkpoint-1000.pt", b"weights")  # not an event file
+        wait_for(lambda: d.follower.runs == 1, "run a")
         # a listing keeps only event files: checkpoints beside them cost no memory
         assert list(d.follower.remote.listed) == ["memory://watch-mem/logs/a/" + os.path.basename(a_file)]
         fs.put_file(b_file, "/watch-mem/logs/b/" + os.path.basename(b_file))  # a new run
@@ -299,12 +312,28 @@ def test_memory_logdir_new_runs_are_read_and_deleted_objects_vanish_as_local_fil
         fs.rm("/watch-mem/logs/a", recursive=True)  # a deleted run: forgotten after forget_after
         wait_for(lambda: "run a disappeared" in caplog.text, "run a forgotten")
         assert d.follower.runs == 1 and "a" not in d.follower.known_runs
-    finally:
-        d.stop()
-        thread.join(20)
-        fs.rm("/watch-mem", recursive=True)
-    assert not thread.is_alive()
     assert [a["run"] for a in parse_alert_lines(out.getvalue()) if a["rule"] == "gradient_explosion"] == ["b"]
+
+
+def test_a_reload_applies_a_new_poll_interval_and_keeps_the_endpoint(tmp_path, caplog):
+    from gradwatch.config import Config
+
+    caplog.set_level(logging.INFO, logger="gradwatch")
+    reloaded = Config(
+        logdir="memory://reload-mem/logs",
+        state_dir=str(tmp_path / "state"),
+        listen=None,
+        poll_interval=0.2,
+        endpoint_url="http://elsewhere:9000",
+    )
+    with in_process(tmp_path, "reload-mem", config_loader=lambda: reloaded) as (d, _, _):
+        first = d.follower.watcher
+        assert first.poll == 0.05
+        d.request_reload()
+        wait_for(lambda: d.follower.watcher.poll == 0.2, "the new interval")
+        assert d.follower.watcher is not first and first._stopped.is_set()  # the old poller stopped
+        assert d.config.endpoint_url is None
+        assert "endpoint_url changed to 'http://elsewhere:9000': takes effect after a restart" in caplog.text
 
 
 def test_poll_interval_and_endpoint_in_the_config_file(tmp_path, monkeypatch):
