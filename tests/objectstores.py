@@ -24,11 +24,11 @@ BIN = os.path.dirname(sys.executable)
 class MotoS3:
     """moto_server on 127.0.0.1; ``endpoint`` is its URL, ``requests`` its access log so far."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         require_module("moto")  # pip install 'moto[server]' (.ci/run installs it)
         require_module("s3fs")
-        self.proc = subprocess.Popen(
-            [os.path.join(BIN, "moto_server"), "-H", "127.0.0.1", "-p", "0"],
+        self.proc = subprocess.Popen(  # port: a restart of a stopped server, for an outage
+            [os.path.join(BIN, "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

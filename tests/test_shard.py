@@ -137,13 +137,3 @@ def test_watch_refuses_a_bad_shard_flag(tmp_path):
     done = run_gradwatch("watch", str(tmp_path), "--shard", "3/3", "--listen", "")
     assert done.returncode == 3
     assert "--shard: '3/3': the index must be 0 to N-1" in done.stderr
-
-
-def test_watch_says_it_does_not_follow_a_bucket_yet(tmp_path):
-    from daemon_support import run_gradwatch
-
-    done = run_gradwatch("watch", "s3://bucket/logs", "--state-dir", str(tmp_path), "--listen", "")
-    assert done.returncode == 3
-    assert "s3://bucket/logs: watch follows a local logdir; check, export and report read a bucket" in (
-        done.stderr
-    )

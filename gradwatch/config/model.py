@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from gradwatch.config.channels import ChannelConfig, read_channels
 from gradwatch.config.yaml import ConfigError, Problem, Section, load_yaml_file
+from gradwatch.events.remote import is_remote
 from gradwatch.events.shard import Shard, parse_shard
 from gradwatch.severity import SEVERITY_NAMES
 from gradwatch.templates import template_fields
@@ -20,6 +21,8 @@ from gradwatch.trainer import DEFAULT_STOP_FILE
 DEFAULT_LISTEN = "127.0.0.1:9723"
 DEFAULT_RESCAN = 30.0
 DEFAULT_FORGET_AFTER = 300.0
+# seconds between two listings of an s3:// or gs:// logdir (one LIST request per 1,000 objects)
+DEFAULT_POLL_INTERVAL = 5.0
 DEFAULT_OUTBOX_MAX_AGE = 86400.0
 
 
@@ -30,6 +33,8 @@ class Config:
     state_dir: str | None = None
     poll: float | None = None  # seconds; None: inotify, polling only as fallback
     rescan_interval: float = DEFAULT_RESCAN
+    poll_interval: float = DEFAULT_POLL_INTERVAL  # a remote logdir's listings (docs/remote.md)
+    endpoint_url: str | None = None  # a remote logdir's store (MinIO): else the SDK's environment
     listen: str | None = DEFAULT_LISTEN  # None/"" disables the HTTP endpoint
     log_format: str = "text"
     stop_file: str = DEFAULT_STOP_FILE
@@ -52,7 +57,9 @@ class Config:
             os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "gradwatch"
         )
         # one state per logdir, so several instances never share offsets
-        key = hashlib.sha256(os.path.abspath(self.logdir or ".").encode()).hexdigest()[:12]
+        logdir = self.logdir or "."
+        where = logdir if is_remote(logdir) else os.path.abspath(logdir)  # a URL is the same from any cwd
+        key = hashlib.sha256(where.encode()).hexdigest()[:12]
         if self.shard is not None:  # and one per shard: replicas on one logdir never share a lock
             key += f"-shard-{self.shard.index}-of-{self.shard.count}"
         return os.path.join(base.split(":")[0], key)
@@ -104,7 +111,7 @@ def _read_paths(top: Section, cfg: Config, base: str) -> None:
     """logdir, rules, state_dir: relative to the config file, as Prometheus does for rule_files."""
 
     def rel(p: str) -> str:
-        return p if os.path.isabs(p) else os.path.join(base, p)
+        return p if os.path.isabs(p) or is_remote(p) else os.path.join(base, p)
 
     logdir = top.string("logdir")
     cfg.logdir = rel(logdir) if logdir else None
@@ -120,6 +127,12 @@ def _read_watching(top: Section, cfg: Config) -> None:
     if cfg.poll is not None and cfg.poll <= 0:
         top.error("poll", "expected a positive interval")
     cfg.rescan_interval = top.duration("rescan_interval", DEFAULT_RESCAN)
+    poll_interval = top.duration("poll_interval", DEFAULT_POLL_INTERVAL)
+    if poll_interval is not None and poll_interval <= 0:
+        top.error("poll_interval", "expected a positive interval")
+    else:
+        cfg.poll_interval = poll_interval or DEFAULT_POLL_INTERVAL
+    cfg.endpoint_url = top.string("endpoint_url")
     cfg.forget_after = top.duration("forget_after", DEFAULT_FORGET_AFTER)
     cfg.log_format = top.choice("log_format", ("text", "json"), "text")
     listen = top.raw("listen", DEFAULT_LISTEN)

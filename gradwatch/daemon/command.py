@@ -18,6 +18,7 @@ from gradwatch.config.rulefiles import load_rules
 from gradwatch.config.yaml import ConfigError, Problem
 from gradwatch.daemon.errors import ListenError
 from gradwatch.daemon.loop import Daemon
+from gradwatch.events.logdir import LogdirError, remote_logdir
 from gradwatch.events.remote import is_remote
 from gradwatch.events.shard import parse_shard
 from gradwatch.logjson import setup_logging
@@ -40,6 +41,18 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
         help="metrics/health endpoint (default 127.0.0.1:9723; every interface: 0.0.0.0:PORT; '' off)",
     )
     w.add_argument("--poll", type=float, metavar="SECONDS", help="poll instead of inotify (NFS, network FS)")
+    w.add_argument(
+        "--poll-interval",
+        type=float,
+        metavar="SECONDS",
+        help="s3:// and gs:// logdirs: seconds between listings, jittered ±20%% (default 5)",
+    )
+    w.add_argument(
+        "--endpoint-url",
+        metavar="URL",
+        help="for an s3:// or gs:// logdir: the store's URL (MinIO, an emulator); "
+        "default: AWS_ENDPOINT_URL / STORAGE_EMULATOR_HOST or the cloud's own",
+    )
     w.add_argument("--shard", metavar="I/N", help="only the runs of shard I of N, I from 0 (docs/remote.md)")
     w.add_argument(
         "--stop-file", metavar="TEMPLATE", help="stop-file path template ({run_dir}, {run}, {logdir})"
@@ -69,10 +82,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
         cfg.listen = args.listen or None
         if cfg.listen and parse_listen(cfg.listen) is None:
             raise ConfigError([_usage(f"--listen: {listen_usage(args.listen)}")])
-    if args.poll is not None:
-        if not args.poll > 0:
-            raise ConfigError([_usage("--poll: expected a positive number of seconds")])
-        cfg.poll = args.poll
+    cfg.poll = _seconds("--poll", args.poll, cfg.poll)
+    cfg.poll_interval = _seconds("--poll-interval", args.poll_interval, cfg.poll_interval)  # type: ignore[assignment]
+    if args.endpoint_url:
+        cfg.endpoint_url = args.endpoint_url
     _apply_shard(cfg, args.shard)
     if args.stop_file:
         try:
@@ -91,16 +104,27 @@ def config_from_args(args: argparse.Namespace) -> Config:
         cfg.log_format = args.log_format
     if not cfg.logdir:
         raise ConfigError([_usage("no logdir: give one on the command line or as `logdir:` in --config")])
-    _local_only(cfg.logdir)
+    if cfg.endpoint_url and not is_remote(cfg.logdir):
+        raise ConfigError([_usage("--endpoint-url / endpoint_url: is for s3:// and gs:// logdirs")])
     return cfg
 
 
-def _local_only(logdir: str) -> None:
-    """The daemon follows local logdirs: an s3:// URL must not be waited for as a relative path."""
-    if is_remote(logdir):
-        raise ConfigError(
-            [_usage(f"{logdir}: watch follows a local logdir; check, export and report read a bucket")]
-        )
+def _seconds(flag: str, value: float | None, default: float | None) -> float | None:
+    if value is None:
+        return default
+    if not value > 0:
+        raise ConfigError([_usage(f"{flag}: expected a positive number of seconds")])
+    return value
+
+
+def _use_endpoint(cfg: Config) -> None:
+    """Point a remote logdir's client at the configured endpoint before the daemon lists it
+    (once: a reload keeps the client; a restart applies a new endpoint)."""
+    if cfg.endpoint_url and cfg.logdir:
+        try:
+            remote_logdir(cfg.logdir, cfg.endpoint_url)
+        except LogdirError as e:
+            raise ConfigError([_usage(str(e))]) from None
 
 
 def _apply_shard(cfg: Config, flag: str | None) -> None:
@@ -119,6 +143,7 @@ def _usage(message: str) -> Problem:
 def cmd_watch(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     setup_logging(args.verbose, args.quiet, cfg.log_format)
+    _use_endpoint(cfg)
     daemon = Daemon(cfg, config_loader=lambda: config_from_args(args))
     install_signals(daemon)
     try:

@@ -15,6 +15,7 @@ from typing import TextIO
 from gradwatch.alerts import FIRING, AlertBook, AlertEvent
 from gradwatch.config import Config
 from gradwatch.daemon.writers import FlagWriter, StopFileWriter
+from gradwatch.events.remote import is_remote
 from gradwatch.notify.console import ConsoleNotifier
 from gradwatch.severity import SEVERITY_NAMES
 
@@ -31,22 +32,27 @@ class Effects:
         self.stopper = StopFileWriter(
             logdir, config.stop_file, config.stop_severity, config.stop_severity_override
         )
-        self.flags = FlagWriter(logdir) if config.tensorboard_flags else None
+        # a bucket is not written to: os paths spelled from its URL would land under the cwd
+        self.writes = not is_remote(logdir)
+        if not self.writes:
+            log.info("%s: a remote logdir: no stop-files or TensorBoard flags are written", logdir)
+        self.flags = FlagWriter(logdir) if config.tensorboard_flags and self.writes else None
         self._console_failed = False
         self.failures: dict[str, int] = {}  # side effect -> times it raised (logged once)
 
     def configure(self, config: Config) -> None:
         """After a reload; the same stop-file writer: its counters and once-per-run problem log survive."""
         self.stopper.configure(config.stop_file, config.stop_severity, config.stop_severity_override)
-        if config.tensorboard_flags and self.flags is None:
+        if config.tensorboard_flags and self.flags is None and self.writes:
             self.flags = FlagWriter(self.logdir)
         elif not config.tensorboard_flags:
             self.flags = None
 
     def before_commit(self, events: list[AlertEvent], dirty_runs: set[str]) -> None:
-        for e in events:
-            self._guarded("writing the stop-file", self._stop_file, e)
-        self._guarded("rewriting a stop-file", self._stop_files_still_wanted, dirty_runs)
+        if self.writes:
+            for e in events:
+                self._guarded("writing the stop-file", self._stop_file, e)
+            self._guarded("rewriting a stop-file", self._stop_files_still_wanted, dirty_runs)
         # the operator hears of a transition when it is decided, whatever the state DB says (a full
         # disk); a kill -9 before the commit prints it again after the restart: at-least-once
         self._act(events, self._render(events))

@@ -15,18 +15,22 @@ import time
 from collections.abc import Callable
 
 from gradwatch.config import Config
+from gradwatch.daemon import sdnotify
 from gradwatch.daemon.reading import FileReads
 from gradwatch.daemon.unit_of_work import UnitOfWork
-from gradwatch.daemon.watcher import Changes, Watcher
+from gradwatch.daemon.watcher import Changes, ListingPoller, Watcher
 from gradwatch.engine import Engine
 from gradwatch.events.logdir import (
     UNREADABLE_DIRECTORY,
     LogdirError,
     LogdirReader,
     ProblemLog,
+    remote_logdir,
     run_of,
     scan,
+    scan_listed,
 )
+from gradwatch.events.remote import is_remote
 
 log = logging.getLogger("gradwatch")
 
@@ -64,8 +68,21 @@ class Follower:
         self._ping = ping
         self._checkpoint = checkpoint
         self._forget_run_state = forget_run_state
-        self.reads = FileReads(reader, engine, problems, uow, stopping, ping, self._vanished)
-        self.watcher = Watcher(logdir, config.poll)
+        # s3://, gs://: listed by a poller thread, stat'ed from its listing (no request per object)
+        self.remote = remote_logdir(logdir) if is_remote(logdir) else None
+        self._stat = self.remote.stat if self.remote is not None else os.stat
+        self.remote_down = False  # the last listing failed (reported once per outage)
+        self.reads = FileReads(
+            reader,
+            engine,
+            problems,
+            uow,
+            stopping,
+            ping,
+            self._vanished,
+            self._stat,  # type: ignore[arg-type]
+        )
+        self.watcher: Watcher | ListingPoller = self._new_watcher(config.poll)
         self.watching = False
         self.saved_files: dict[str, str] | None = saved_files  # path -> run, until the first scan
         self.known_runs: set[str] = set(saved_files.values())
@@ -101,11 +118,16 @@ class Follower:
 
         # polling: directory times from *before* the scan, so what appears during it shows as a change
         dirs = self.watcher.dir_times()
-        try:
-            runs = scan(self.logdir, problems, self.config.shard)  # type: ignore[arg-type]
-        except LogdirError as e:
-            self._logdir_gone(str(e))
-            return
+        if self.remote is not None:
+            if self.remote.listed is None:
+                return  # never listed (stopped while the store was down): keep every run as it is
+            runs = scan_listed(self.remote, self.config.shard)
+        else:
+            try:
+                runs = scan(self.logdir, problems, self.config.shard)  # type: ignore[arg-type]
+            except LogdirError as e:
+                self._logdir_gone(str(e))
+                return
         if self.logdir_missing_since is not None:
             self._logdir_back()
         self._note_unreadable_dirs(unreadable)
@@ -199,7 +221,7 @@ class Follower:
             if run in self.missing:
                 continue
             try:
-                st = os.stat(path)
+                st = self._stat(path)
             except OSError as e:
                 reads.read_error(path, e)
                 continue
@@ -234,6 +256,8 @@ class Follower:
 
     def _run_unreadable(self, run: str) -> bool:
         """The run directory exists but cannot be listed: keep its state, retry later."""
+        if self.remote is not None:
+            return False  # a bucket lists all or nothing: a failed listing changes no run
         path = self.logdir if run == "." else os.path.join(self.logdir, run)
         try:
             os.stat(path)
@@ -283,19 +307,58 @@ class Follower:
     # -- the watcher ---------------------------------------------------------
     def start_watching(self) -> None:
         # watching starts before the catch-up, so nothing written meanwhile is missed
+        if isinstance(self.watcher, ListingPoller):
+            self._wait_for_first_listing(self.watcher)
         self.watcher.start()
         self.watching = True
         self.watcher.remember_dirs(None)
 
+    def _wait_for_first_listing(self, poller: ListingPoller) -> None:
+        """The catch-up needs the bucket's listing: wait for one as for a local logdir that is
+        not there yet, answering the watchdog and SIGTERM, with the poller's backoff."""
+        while not self._stopping.is_set():
+            error = poller.first_listing()
+            if error is None:
+                self._store_back()
+                return
+            if not self.remote_down:
+                sdnotify.ready(f"waiting for {self.logdir}")  # up and doing its job
+            self._store_failed(error)
+            deadline = time.monotonic() + poller.next_delay()
+            while not self._stopping.wait(min(1.0, max(0.0, deadline - time.monotonic()))):
+                self._ping()
+                if time.monotonic() >= deadline:
+                    break
+
+    def _store_failed(self, error: str) -> None:
+        """A listing failed: once per outage in the log and gradwatch_read_problems_total."""
+        if not self.remote_down:
+            self.remote_down = True
+            detail = error.removeprefix(f"{self.logdir}: ")
+            self.problems.again(UNREADABLE_DIRECTORY, self.logdir, f"{detail}; retrying with backoff")
+
+    def _store_back(self) -> None:
+        if self.remote_down:
+            self.remote_down = False
+            log.info("%s: listing works again", self.logdir)
+
+    def _new_watcher(self, poll: float | None) -> Watcher | ListingPoller:
+        if self.remote is not None:
+            return ListingPoller(self.remote, self.config.poll_interval)
+        return Watcher(self.logdir, poll)
+
     def restart_watcher(self) -> None:
         self.watcher.stop()
         poll = self.config.poll or (self.watcher.poll if self.watcher.mode == "poll" else None)
-        self.watcher = Watcher(self.logdir, poll)
+        self.watcher = self._new_watcher(poll)
         self.watcher.start()
         self.watcher.remember_dirs(None)
 
     def handle(self, changes: Changes) -> None:
         """Read what the watcher says may have changed; rescan when a directory did or it is time."""
+        if self.remote is not None:
+            self._handle_listing(changes)
+            return
         readers = self.reader.readers
         paths = changes.paths | self.reads.read_again  # round robin: what one turn left unread
         self.reads.read_again.clear()
@@ -317,6 +380,21 @@ class Follower:
             if self.logdir_missing_since is None:
                 self.check_files(periodic=True)
                 self.check_watches()
+
+    def _handle_listing(self, changes: Changes) -> None:
+        """A remote logdir: each new listing is a whole rescan (new, grown and vanished objects,
+        with no request but the GETs of objects whose size or version changed)."""
+        again = list(self.reads.read_again)  # round robin: what one turn left unread
+        self.reads.read_again.clear()
+        if changes.list_error is not None:
+            self._store_failed(changes.list_error)
+        elif changes.poll:
+            self._store_back()
+            self.rescan()
+            self.check_files()
+        for path in again:
+            if path in self.reader.readers:
+                self.reads.read_file(path)
 
     def _owned(self, path: str) -> bool:
         """Whether a changed path is in a run of this daemon's shard: the other shards' writes
@@ -346,13 +424,13 @@ class Follower:
     def reconfigure(self, config: Config) -> None:
         """After a reload: a new poll interval restarts the watcher."""
         old, self.config = self.config, config
-        if config.poll == old.poll:
+        if (config.poll, config.poll_interval) == (old.poll, old.poll_interval):
             return
         if self.watching and self.logdir_missing_since is None:
             self.restart_watcher()
             log.info("now watching %s (%s)", self.logdir, self.watcher.mode)
         elif not self.watching:
-            self.watcher = Watcher(self.logdir, config.poll)
+            self.watcher = self._new_watcher(config.poll)
 
     @property
     def files(self) -> int:
@@ -364,6 +442,8 @@ class Follower:
 
 
 def logdir_problem(logdir: str) -> str | None:
+    if is_remote(logdir):
+        return None  # a bucket is waited for by its first listing (Follower.start_watching)
     if not os.path.isdir(logdir):
         return "not a directory" if os.path.exists(logdir) else "no such directory"
     if not os.access(logdir, os.R_OK | os.X_OK):

@@ -38,6 +38,7 @@ from gradwatch.daemon.unit_of_work import UnitOfWork
 from gradwatch.daemon.watcher import Watcher
 from gradwatch.engine import Engine
 from gradwatch.events.logdir import LogdirReader, ProblemLog
+from gradwatch.events.remote import is_remote
 from gradwatch.notify.registry import build_notifiers
 from gradwatch.rules import Rule, Series
 from gradwatch.store import StateDB, StateError, restore_series
@@ -60,7 +61,7 @@ class Daemon:
         if not config.logdir:
             raise ConfigError([Problem(config.source or "gradwatch watch", 0, "logdir", _NO_LOGDIR)])
         self.config = config
-        self.logdir = os.path.abspath(config.logdir)
+        self.logdir = config.logdir if is_remote(config.logdir) else os.path.abspath(config.logdir)
         self.loader = config_loader
         self.rules: list[Rule] = load_rules(config.rules)
         self.problems = ProblemLog()

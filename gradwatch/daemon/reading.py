@@ -37,6 +37,7 @@ class FileReads:
         stopping: threading.Event,
         ping: Callable[[], None],
         vanished: Callable[[], None],
+        stat: Callable[[str], os.stat_result] = os.stat,
     ) -> None:
         self.reader = reader
         self.engine = engine
@@ -45,6 +46,7 @@ class FileReads:
         self._stopping = stopping
         self._ping = ping
         self._vanished = vanished
+        self._stat = stat  # a remote logdir's objects: their listing's size and version
         # path -> (size, mtime_ns) seen just before the last read: polls read only what changed
         self.seen: dict[str, tuple[int, int]] = {}
         self.unreadable: set[str] = set()
@@ -64,7 +66,7 @@ class FileReads:
         run, reader = entry
         if st is None:
             try:
-                st = os.stat(path)
+                st = self._stat(path)
             except OSError as e:
                 self.read_error(path, e)
                 return 0

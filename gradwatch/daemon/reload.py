@@ -60,6 +60,7 @@ def keep_fixed_settings(old: Config, new: Config) -> None:
         "log_format": (old.log_format, new.log_format),
         # runs never move between replicas at runtime: a new shard is a new state directory
         "shard": (old.shard, new.shard),
+        "endpoint_url": (old.endpoint_url, new.endpoint_url),  # the remote logdir's client is built once
     }
     for name, (before, after) in fixed.items():
         if before != after:

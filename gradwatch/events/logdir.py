@@ -75,6 +75,11 @@ class ProblemLog:
         where = f"{path}: offset {offset}" if offset >= 0 else path
         log.warning("%s: %s: %s", where, kind.replace("_", " "), detail)
 
+    def again(self, kind: str, path: str, detail: str) -> None:
+        """Count and log a problem reported before, for a new episode of it (a store's outage)."""
+        self._seen.discard((kind, path, -1))
+        self(kind, path, -1, detail)
+
     @property
     def total(self) -> int:
         return sum(self.counts.values())
@@ -86,10 +91,11 @@ def scan(logdir: str, problems: ProblemLog, shard: Shard | None = None) -> dict[
     A remote logdir (``s3://...``, remote.py) is listed with one request per
     1,000 objects; its paths are URLs.
     """
-    runs = _scan_remote(logdir) if is_remote(logdir) else _scan_local(logdir, problems)
-    if shard is not None:
-        runs = {run: paths for run, paths in runs.items() if shard.owns(run)}
-    return runs
+    return _owned(_scan_remote(logdir) if is_remote(logdir) else _scan_local(logdir, problems), shard)
+
+
+def _owned(runs: dict[str, list[str]], shard: Shard | None) -> dict[str, list[str]]:
+    return runs if shard is None else {run: paths for run, paths in runs.items() if shard.owns(run)}
 
 
 def _scan_local(logdir: str, problems: ProblemLog) -> dict[str, list[str]]:
@@ -131,11 +137,22 @@ def remote_logdir(url: str, endpoint_url: str | None = None) -> RemoteLogdir:
 def _scan_remote(url: str) -> dict[str, list[str]]:
     remote = remote_logdir(url)
     try:
-        files = remote.list_event_files()
+        remote.list_event_files()
     except RemoteError as e:
         raise LogdirError(str(e)) from e
+    return remote_runs(remote)
+
+
+def scan_listed(remote: RemoteLogdir, shard: Shard | None = None) -> dict[str, list[str]]:
+    """``scan`` of a remote logdir from the listing in use, without a request: the daemon lists
+    on its poller thread (daemon/watcher.py) and hands each listing to the loop."""
+    return _owned(remote_runs(remote), shard)
+
+
+def remote_runs(remote: RemoteLogdir) -> dict[str, list[str]]:
+    """{run: [event file URLs in name order]} of the listing in use."""
     runs: dict[str, list[str]] = {}
-    for path in sorted(files):
+    for path in sorted(remote.sizes):
         run, name = run_and_name(remote.relative(path))
         if is_event_file(name) and FLAGS_DIR not in (run, run.partition("/")[0]):
             runs.setdefault(run, []).append(path)

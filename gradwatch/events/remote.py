@@ -20,8 +20,10 @@ from __future__ import annotations
 import errno
 import posixpath
 import re
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from gradwatch.events.source import NotRegularFile
 
@@ -83,6 +85,27 @@ def _reason(e: BaseException) -> str:
     return _USERINFO.sub("://", line)
 
 
+class ObjectStat(NamedTuple):
+    """What a listing says of one object, spelled like the two fields of ``os.stat`` the daemon
+    compares between polls: an object whose size and version are unchanged is not read at all."""
+
+    st_size: int
+    st_mtime_ns: int  # not a time: a checksum of the object's version (ETag, generation)
+
+
+# listing fields that change whenever an object is written again, in the order tried:
+# s3fs's ETag, gcsfs's generation and etag, times for backends without either
+_VERSION_FIELDS = ("ETag", "generation", "etag", "LastModified", "updated", "mtime", "created")
+
+
+def _version(info: dict[str, Any]) -> int:
+    for name in _VERSION_FIELDS:
+        value = info.get(name)
+        if value is not None:
+            return zlib.crc32(str(value).encode())
+    return 0
+
+
 class RemoteLogdir:
     """One remote logdir: its filesystem, and each event file's size at the last listing."""
 
@@ -100,22 +123,47 @@ class RemoteLogdir:
         self.url = url
         self.root = root.rstrip("/")
         self.sizes: dict[str, int] = {}
+        self.listed: dict[str, ObjectStat] | None = None  # the listing in use; None before the first
         self.requests = RequestCounts()
 
     def list_event_files(self) -> dict[str, int]:
         """{URL of each object under the prefix: its size}, from one listing (cache dropped first)."""
+        self.use(self.fetch_listing())
+        return self.sizes
+
+    def fetch_listing(self, keep: Callable[[str], bool] | None = None) -> dict[str, ObjectStat]:
+        """{URL of each object under the prefix (whose name ``keep`` keeps): its size and version}:
+        one LIST per 1,000 objects.
+
+        Thread-safe (the daemon lists on a thread of its own); ``use`` makes it the listing
+        that readers and ``stat`` see."""
         # s3fs's and gcsfs's find() list afresh today; a backend that answers from its
         # listing cache would never show a new object or a new size
         self.fs.invalidate_cache()
         self.requests.lists += 1
         try:
             found = self.fs.find(self.root, detail=True)
+            return {
+                self.url_of(p): ObjectStat(int(info.get("size") or 0), _version(info))
+                for p, info in found.items()
+                if _is_file(info) and (keep is None or keep(posixpath.basename(p)))
+            }
         except Exception as e:  # network, permission, no such bucket: one clear line, never a traceback
             self.requests.errors += 1
             raise RemoteError(f"{self.url}: cannot list: {_reason(e)}") from e
-        files = {self.url_of(p): int(info.get("size") or 0) for p, info in found.items() if _is_file(info)}
-        self.sizes = files
-        return files
+
+    def use(self, listing: dict[str, ObjectStat]) -> None:
+        """Read and stat objects as ``listing`` says (sizes without a request per object)."""
+        self.listed = listing
+        self.sizes = {url: st.st_size for url, st in listing.items()}
+
+    def stat(self, url: str) -> ObjectStat:
+        """The object's size and version at the listing in use; FileNotFoundError when it was not
+        listed (deleted: the daemon counts it vanished as it would a local file)."""
+        st = (self.listed or {}).get(url)
+        if st is None:
+            raise FileNotFoundError(errno.ENOENT, "not in the latest listing", url)
+        return st
 
     def url_of(self, path: str) -> str:
         """The URL of a listed object, spelled from the logdir URL the user gave."""
