@@ -16,7 +16,7 @@ from tensorboardX import SummaryWriter
 import gradwatch.events.parallel as parallel
 from gradwatch.config.rulefiles import load_rules
 from gradwatch.events.logdir import ProblemLog, scan
-from gradwatch.events.parallel import ChildFailed, fork_map, split_runs
+from gradwatch.events.parallel import STREAM_AHEAD_ITEMS, ChildFailed, ForkStream, fork_map, split_runs
 from gradwatch.oneshot.check import run_check, write_json, write_text
 
 WALL = 1_700_000_000.0
@@ -122,3 +122,49 @@ def test_after_a_child_fails_the_others_are_still_waited_for_and_their_pipes_clo
     for pid in children:  # every child was reaped: no zombie left
         with pytest.raises(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
+
+
+def _items(arg):
+    n, marker = arg
+    yield from ({"i": i, "data": bytes(1000)} for i in range(n))
+    with open(marker, "w") as f:
+        f.write("all made")
+
+
+def _fails(arg):
+    yield 1
+    raise ValueError(f"broken {arg}")
+
+
+def _wait_for(path, seconds=60.0):
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return os.path.exists(path)
+
+
+def test_a_fork_stream_reads_ahead_of_its_parent_and_gives_every_item_in_order(tmp_path):
+    marker = tmp_path / "done"
+    n = STREAM_AHEAD_ITEMS  # all of them fit ahead: the child finishes before anything is taken
+    stream = ForkStream(_items, (n, str(marker)))
+    assert _wait_for(marker), "the child did not make its items before the parent took one"
+    assert [item["i"] for item in stream] == list(range(n))
+    with pytest.raises(ChildProcessError):
+        os.waitpid(stream.pid, os.WNOHANG)  # reaped
+
+
+def test_a_fork_stream_reports_the_childs_traceback_and_can_be_closed_early(tmp_path):
+    stream = ForkStream(_fails, "here")
+    taken = []
+    with pytest.raises(ChildFailed, match="ValueError: broken here"):
+        for item in stream:
+            taken.append(item)
+    assert taken == [1]
+    # closed before the end: the child (blocked on a full queue) is killed and reaped
+    early = ForkStream(_items, (10_000, str(tmp_path / "never")))
+    next(iter(early))
+    early.close()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(early.pid, os.WNOHANG)

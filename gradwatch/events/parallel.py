@@ -1,4 +1,4 @@
-"""Reading a logdir's runs on several cores, for the one-shot commands.
+"""Reading a logdir's runs on several cores, for the one-shot commands and the daemon's catch-up.
 
 Runs are independent (a series never spans two runs), so a one-shot command
 can read and evaluate groups of runs in forked children and merge what they
@@ -9,12 +9,15 @@ is read in the calling process: a single file never pays for a fork.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import queue
 import signal
+import threading
 import traceback
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterator
+from typing import BinaryIO, TypeVar
 
 T = TypeVar("T")
 
@@ -121,3 +124,81 @@ def _collect(pid: int, fd: int) -> T:
     if not ok:
         raise ChildFailed(f"reader process {pid} failed:\n{value}")
     return value
+
+
+# Items a streaming child may hold that its parent has not taken yet: bounds the child's memory
+# (an item is a batch of records' columns, a few hundred KB) while it reads ahead of the parent.
+STREAM_AHEAD_ITEMS = 64
+_LENGTH = 8
+
+
+class ForkStream:
+    """The items of ``fn(arg)``, a generator run in a forked child, taken in order by the parent.
+
+    The child runs ahead of the parent by up to STREAM_AHEAD_ITEMS items (a thread of its own
+    writes them to the pipe), so the parent can do other work first and then take items that
+    are already made. ``close()`` stops and reaps the child whether or not everything was taken.
+    """
+
+    def __init__(self, fn: Callable[[T], Iterator[object]], arg: T) -> None:
+        r, w = os.pipe()
+        self.pid = os.fork()
+        if not self.pid:
+            os.close(r)
+            _stream_child(fn, arg, w)  # never returns
+        os.close(w)
+        self._file: BinaryIO | None = os.fdopen(r, "rb")
+
+    def __iter__(self) -> Iterator[object]:
+        f = self._file
+        while f is not None:
+            head = f.read(_LENGTH)
+            if len(head) < _LENGTH:
+                self.close()
+                raise ChildFailed(f"reader process {self.pid} died before it had sent everything")
+            ok, value = pickle.loads(f.read(int.from_bytes(head, "little")))
+            if ok is None:  # the end
+                self.close()
+                return
+            if not ok:
+                self.close()
+                raise ChildFailed(f"reader process {self.pid} failed:\n{value}")
+            yield value
+
+    def close(self) -> None:
+        if self._file is None:
+            return
+        self._file.close()
+        self._file = None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)  # finished or not: nothing more is wanted from it
+        os.waitpid(self.pid, 0)
+
+
+def _stream_child(fn: Callable[[T], Iterator[object]], arg: T, fd: int) -> None:
+    """The child of ForkStream: pickles each item and hands it to a writer thread."""
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)  # not the daemon's handlers: a signal ends a reader
+    ahead: queue.Queue[bytes | None] = queue.Queue(STREAM_AHEAD_ITEMS)
+
+    def send() -> None:
+        with os.fdopen(fd, "wb") as f:
+            while (item := ahead.get()) is not None:
+                f.write(len(item).to_bytes(_LENGTH, "little"))
+                f.write(item)
+
+    writer = threading.Thread(target=send, daemon=True)
+    writer.start()
+    status = 0
+    try:
+        for item in fn(arg):
+            ahead.put(pickle.dumps((True, item), pickle.HIGHEST_PROTOCOL))
+        ahead.put(pickle.dumps((None, None)))
+    except BaseException:
+        ahead.put(pickle.dumps((False, traceback.format_exc())))
+        status = 1
+    ahead.put(None)
+    try:
+        writer.join()
+    finally:
+        os._exit(status)  # a parent that closed the pipe early ends the writer with EPIPE
