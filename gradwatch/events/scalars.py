@@ -23,10 +23,11 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 
+import numpy as np
 from google.protobuf.message import DecodeError
 from tensorboard.compat.proto import event_pb2, types_pb2
 
-from gradwatch.events.columns import Columns, group_points
+from gradwatch.events.columns import Columns, ColumnsBuilder, template_hits
 from gradwatch.events.records import UNDECODABLE, RecordTail
 from gradwatch.events.wire import (
     LENGTH_DELIMITED,
@@ -109,6 +110,13 @@ _SUMMARY_STARTS = range(11, 21)
 _readers: dict[str, object] = {}
 # About how many bytes of records one Columns batch spans
 _COLUMN_BATCH_BYTES = 1 << 20
+# Batches of fewer records are decoded one record at a time: numpy's fixed cost per
+# call is more than it saves on them.
+_BULK_MIN_RECORDS = 64
+# Records decoded one at a time after a template was learnt, per record left in the
+# batch, before the rest is matched against the templates again: matching costs about
+# that many times less per record, so re-matching never costs more than it saves.
+_REMATCH_AFTER = 64
 # Summaries longer than this are never learnt as templates: a template keeps its
 # summary's bytes, and scalar summaries are short (tag, metadata, value).
 MAX_TEMPLATE_SUMMARY_BYTES = 512
@@ -155,7 +163,7 @@ class ScalarDecoder:
     so the fast path can never disagree with them.
     """
 
-    __slots__ = ("_more_templates", "_template_count", "_templates", "_tensor_tags")
+    __slots__ = ("_more_templates", "_template_count", "_templates", "_tensor_tags", "forgotten")
 
     def __init__(self) -> None:
         # tag -> True (scalar plugin or none) / False (another plugin)
@@ -166,6 +174,8 @@ class ScalarDecoder:
         # offset: summary length -> [(value offset, heads)], tried on a miss
         self._more_templates: dict[int, list[tuple[int, dict[bytes, Template]]]] = {}
         self._template_count = 0
+        # how many times templates were forgotten: a bulk decoder's matches made before are stale
+        self.forgotten = 0
 
     def decode(self, payload: bytes) -> list[tuple[str, int, float, float]]:
         """Points in one record; raises NotAnEvent for undecodable payloads."""
@@ -281,6 +291,7 @@ class ScalarDecoder:
 
     def _forget_templates(self, tag: str) -> None:
         """A tag taken over by another plugin: its metadata-less tensors are no longer scalars."""
+        self.forgotten += 1
         everything = [*self._templates.values(), *(e for more in self._more_templates.values() for e in more)]
         for _, heads in everything:
             for head in [h for h, hit in heads.items() if hit[1] == tag]:
@@ -354,6 +365,11 @@ class ScalarDecoder:
             return
 
 
+def _step(payload: bytes) -> tuple[int, int]:
+    """An Event's step, read where the template fast path reads it: (step, next position)."""
+    return varint(payload, 10)
+
+
 class EventFileReader:
     """Tail-reads one event file and yields its new scalar points.
 
@@ -392,22 +408,72 @@ class EventFileReader:
 
         After each yield ``offset`` is just past the batch, so a consumer that
         commits between yields commits whole batches; ``budget``: see RecordTail.read.
+        The points are the ones ``read`` yields, decoded a batch of records at once.
         """
         tail = self.tail
-        batch: list[tuple[str, int, float, float]] = []
-        start = after_last = tail.offset
-        for point in self._read(final, None, budget):
-            now = tail.offset  # already past this new point
-            if batch and now - start >= _COLUMN_BATCH_BYTES:
-                tail.offset = after_last
-                yield group_points(batch)
-                batch = []
-                start = after_last
-                tail.offset = now
-            batch.append(point)
-            after_last = tail.offset
-        if batch:
-            yield group_points(batch)
+        out = ColumnsBuilder()
+        # where the last yield left the tail: read again from there if reading fails,
+        # so no decoded point is lost unyielded
+        after_yield = (tail.offset, tail.resyncing)
+        try:
+            for first, batch in tail.read_batches(final, budget):
+                self._decode_batch(out, first, batch)
+                if out and tail.offset - after_yield[0] >= _COLUMN_BATCH_BYTES:
+                    yield out.build()
+                    out = ColumnsBuilder()
+                    after_yield = (tail.offset, tail.resyncing)
+        except OSError:
+            if out:
+                tail.offset, tail.resyncing = after_yield
+            raise
+        if out:
+            yield out.build()
+
+    def _decode_batch(self, out: ColumnsBuilder, first: int, batch: list[bytes]) -> None:
+        """Decode one batch of records (starting at file offset ``first``) into ``out``."""
+        if len(batch) < _BULK_MIN_RECORDS:
+            end = first
+            for i, p in enumerate(batch):
+                end += len(p) + 16
+                out.add_points(i, self._decode_one(p, end))
+        else:
+            lens = np.fromiter(map(len, batch), np.int64, count=len(batch))
+            ends = np.cumsum(lens + 16) + first
+            templates, more = self.decoder._templates, self.decoder._more_templates
+            i = 0
+            while i < len(batch):
+                hits = template_hits(batch[i:] if i else batch, lens[i:], templates, more, _step)
+                stop = self._decode_misses(out, batch, ends, i, hits)
+                out.add_hits(i, hits, stop)
+                i = stop
+        out.end_batch(len(batch))
+
+    def _decode_misses(self, out: ColumnsBuilder, batch: list[bytes], ends, first: int, hits) -> int:
+        """Decode one at a time the records from ``first`` that no template decoded, until
+        the templates changed so that ``hits`` may be wrong (one was forgotten) or matching
+        the rest again pays (new ones learnt); returns where to match again."""
+        decoder = self.decoder
+        missed = np.ones(len(batch) - first, bool)
+        missed[hits.records] = False
+        templates, forgotten = decoder._template_count, decoder.forgotten
+        for slow, i in enumerate((np.flatnonzero(missed) + first).tolist()):
+            if decoder._template_count != templates and slow * _REMATCH_AFTER >= len(batch) - i:
+                return i
+            out.add_points(i, self._decode_one(batch[i], int(ends[i])))
+            if decoder.forgotten != forgotten:
+                return i + 1
+        return len(batch)
+
+    def _decode_one(self, p: bytes, end: int) -> list[tuple[str, int, float, float]]:
+        """The points of one record ending at file offset ``end``; an undecodable one is reported."""
+        try:
+            return self.decoder.decode(p)
+        except NotAnEvent as e:
+            self.undecodable += 1
+            self.tail.report_problem(
+                UNDECODABLE, end - len(p) - 16, f"valid checksums but not an Event ({e}); skipped"
+            )
+            return []
 
     @property
     def pending(self) -> bool:
@@ -452,14 +518,7 @@ class EventFileReader:
                                 continue
                 except IndexError:
                     pass
-                try:
-                    points = decoder.decode(p)
-                except NotAnEvent as e:
-                    self.undecodable += 1
-                    tail.report_problem(
-                        UNDECODABLE, end - len(p) - 16, f"valid checksums but not an Event ({e}); skipped"
-                    )
-                    continue
+                points = self._decode_one(p, end)
                 last = len(points) - 1
                 for i, point in enumerate(points):
                     tail.offset = end if i == last else end - len(p) - 16
