@@ -31,6 +31,7 @@ set, so a caller can go round its files and one file never starves others.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Iterator
 from typing import ClassVar
 
@@ -41,6 +42,8 @@ from gradwatch.events.framing import (
     HEADER_BYTES,
     NONZERO,
     masked_crc32c,
+    period,
+    repeating_run,
     scan_for_record,
     verified_prefix,
 )
@@ -61,6 +64,11 @@ log = logging.getLogger("gradwatch.events")
 # length CRC matches: no allocation is ever sized by an untrusted field.
 DEFAULT_MAX_RECORD_BYTES = 256 << 20
 CHUNK_BYTES = 1 << 20
+# Records walked header by header before the reader looks for a repeating run of record
+# lengths (a writer logging the same tags every step: up to half this many tags), and
+# how many runs may take fewer records than that before it stops looking in a read.
+_WALK_BEFORE_RUN = 128
+_RUN_MISSES = 3
 # What the daemon reads of one file before it turns to the others (about
 # 0.2 s of work); one-shot commands read without a budget.
 DEFAULT_READ_BUDGET = 16 << 20
@@ -209,6 +217,8 @@ class RecordTail:
         # that stops part-way through a batch has set it itself).
         known = self._known
         verified = verified_prefix
+        walk = _WALK_BEFORE_RUN  # records walked one at a time before a repeating run is tried
+        misses = 0  # runs tried that took fewer records than were walked before them
         base = self.offset  # file offset of buf[0]
         buf = self._read(f, CHUNK_BYTES)
         pos = 0
@@ -241,16 +251,30 @@ class RecordTail:
             first = pos
             batch: list[bytes] = []
             append = batch.append
-            # 12 = header bytes, 16 = header + footer (literals: this loop is hot)
-            while n - pos >= 16:
-                length = known.get(buf[pos : pos + 12])
-                if length is None:
-                    break
-                stop = pos + 12 + length
-                if stop + 4 > n:
-                    break
-                append(buf[pos + 12 : stop])
-                pos = stop + 4
+            while True:
+                # 12 = header bytes, 16 = header + footer (literals: this loop is hot)
+                for _ in range(walk):
+                    if n - pos < 16:
+                        break
+                    length = known.get(buf[pos : pos + 12])
+                    if length is None:
+                        break
+                    stop = pos + 12 + length
+                    if stop + 4 > n:
+                        break
+                    append(buf[pos + 12 : stop])
+                    pos = stop + 4
+                else:
+                    # ``walk`` records in a row: if their lengths repeat, take the
+                    # records that go on repeating them at once
+                    taken, pos = self._repeating(buf, pos, batch[-walk:])
+                    batch += taken
+                    if len(taken) < walk:
+                        misses += 1
+                        if misses >= _RUN_MISSES:
+                            walk = sys.maxsize  # not a repeating file: walk the rest
+                    continue
+                break
             if batch:
                 good = verified(buf, first, batch)
                 if good < len(batch):
@@ -311,6 +335,14 @@ class RecordTail:
                 continue
             self._at_eof(buf, base, pos, final)
             return
+
+    @staticmethod
+    def _repeating(buf: bytes, pos: int, walked: list[bytes]) -> tuple[list[bytes], int]:
+        """Records from ``pos`` whose lengths repeat those just ``walked``: (payloads, position after)."""
+        p = period(list(map(len, walked)))
+        if p is None:
+            return [], pos
+        return repeating_run(buf, pos, list(map(len, walked[-p:])))
 
     def _valid_record_follows(self, buf: bytes, pos: int, within: int | None = CHUNK_BYTES) -> bool:
         """Whether a complete, valid record starts after ``pos`` (within ``within`` bytes).
