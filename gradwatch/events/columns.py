@@ -59,6 +59,9 @@ def group_points(points: list[tuple[str, int, float, float]]) -> list[Columns]:
 _PAD = bytes(32)
 _CONT_BITS = 0x8080808080808080  # the continuation bit of each of 8 varint bytes
 _LOW7 = np.uint64(0x7F)
+# Up to this many templates of one summary length are compared one by one; more are
+# looked up by a binary search of the sorted heads.
+_FEW_HEADS = 8
 
 
 def _strided(buf: bytes, dtype: str) -> np.ndarray:
@@ -114,6 +117,8 @@ def template_hits(
     ``step_of(payload)`` decodes a step too
     long for the vectorised varint ((step, summary start), IndexError when malformed).
     """
+    if not templates:  # a new file's first records: nothing learnt yet
+        return TemplateHits(*(np.empty(0, np.int64),) * 2, [], np.empty(0, np.int64), *(np.empty(0),) * 2)
     k = len(batch)
     buf = b"".join(batch) + _PAD
     starts = np.zeros(k, np.int64)
@@ -172,9 +177,12 @@ def _match_heads(buf: bytes, at: np.ndarray, voff: int, heads: dict) -> list[tup
     if voff == 0:
         template = heads.get(b"")
         return [] if template is None else [(template, np.arange(len(at)))]
+    got = _strided(buf, f"V{voff}")[at]
+    if len(heads) <= _FEW_HEADS:
+        found = ((template, np.flatnonzero(got == np.void(head))) for head, template in heads.items())
+        return [(template, members) for template, members in found if members.size]
     known = sorted(heads)
     sorted_heads = np.frombuffer(b"".join(known), f"V{voff}")
-    got = _strided(buf, f"V{voff}")[at]
     where = np.minimum(np.searchsorted(sorted_heads, got), len(known) - 1)
     matched = np.flatnonzero(sorted_heads[where] == got)
     where = where[matched]

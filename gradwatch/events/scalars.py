@@ -117,6 +117,9 @@ _BULK_MIN_RECORDS = 64
 # batch, before the rest is matched against the templates again: matching costs about
 # that many times less per record, so re-matching never costs more than it saves.
 _REMATCH_AFTER = 64
+# Matches of a batch after which only that rule starts another (a match at once when a
+# newly learnt template decodes the next record would cost one match per new tag).
+_EAGER_MATCHES = 8
 # Summaries longer than this are never learnt as templates: a template keeps its
 # summary's bytes, and scalar summaries are short (tag, metadata, value).
 MAX_TEMPLATE_SUMMARY_BYTES = 512
@@ -179,6 +182,18 @@ class ScalarDecoder:
 
     def decode(self, payload: bytes) -> list[tuple[str, int, float, float]]:
         """Points in one record; raises NotAnEvent for undecodable payloads."""
+        point = self.by_template(payload)
+        if point is not None:
+            return [point]
+        if self.skips(payload):
+            return []
+        points = self._parse(payload)
+        if len(points) == 1 and self._template_count < MAX_TEMPLATES:
+            self._learn(payload, points[0])
+        return points
+
+    def by_template(self, payload: bytes) -> tuple[str, int, float, float] | None:
+        """The point of a record a learnt template decodes (the fast path), else None."""
         try:
             if payload[0] == 9 and payload[9] == 16:
                 step, s = varint(payload, 10)
@@ -188,15 +203,10 @@ class ScalarDecoder:
                         hit = heads.get(payload[s : s + voff])
                         if hit is not None and (hit[0] is None or payload.endswith(hit[0])):
                             wall_time, value = hit[2][s](payload)
-                            return [(hit[1], step, wall_time, value)]
+                            return (hit[1], step, wall_time, value)
         except IndexError:
             pass
-        if self.skips(payload):
-            return []
-        points = self._parse(payload)
-        if len(points) == 1 and self._template_count < MAX_TEMPLATES:
-            self._learn(payload, points[0])
-        return points
+        return None
 
     def skips(self, payload: bytes) -> bool:
         """Whether the bytes alone show that this Event holds no scalar point.
@@ -440,15 +450,18 @@ class EventFileReader:
             lens = np.fromiter(map(len, batch), np.int64, count=len(batch))
             ends = np.cumsum(lens + 16) + first
             templates, more = self.decoder._templates, self.decoder._more_templates
-            i = 0
+            i = matches = 0
             while i < len(batch):
                 hits = template_hits(batch[i:] if i else batch, lens[i:], templates, more, _step)
-                stop = self._decode_misses(out, batch, ends, i, hits)
+                matches += 1
+                stop = self._decode_misses(out, batch, ends, i, hits, matches <= _EAGER_MATCHES)
                 out.add_hits(i, hits, stop)
                 i = stop
         out.end_batch(len(batch))
 
-    def _decode_misses(self, out: ColumnsBuilder, batch: list[bytes], ends, first: int, hits) -> int:
+    def _decode_misses(
+        self, out: ColumnsBuilder, batch: list[bytes], ends, first: int, hits, eager: bool
+    ) -> int:
         """Decode one at a time the records from ``first`` that no template decoded, until
         the templates changed so that ``hits`` may be wrong (one was forgotten) or matching
         the rest again pays (new ones learnt); returns where to match again."""
@@ -457,7 +470,12 @@ class EventFileReader:
         missed[hits.records] = False
         templates, forgotten = decoder._template_count, decoder.forgotten
         for slow, i in enumerate((np.flatnonzero(missed) + first).tolist()):
-            if decoder._template_count != templates and slow * _REMATCH_AFTER >= len(batch) - i:
+            if decoder._template_count != templates and (
+                # a template learnt since decodes this record: likely the rest too (a
+                # writer logs the same tags every step), or many went one at a time
+                (eager and decoder.by_template(batch[i]) is not None)
+                or slow * _REMATCH_AFTER >= len(batch) - i
+            ):
                 return i
             out.add_points(i, self._decode_one(batch[i], int(ends[i])))
             if decoder.forgotten != forgotten:
