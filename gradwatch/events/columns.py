@@ -119,6 +119,19 @@ def template_hits(
     """
     if not templates:  # a new file's first records: nothing learnt yet
         return TemplateHits(*(np.empty(0, np.int64),) * 2, [], np.empty(0, np.int64), *(np.empty(0),) * 2)
+    # Only records short enough to hold a template's summary are looked at (histograms
+    # and images never are): a summary starts 11 to 20 bytes into its Event.
+    short = np.flatnonzero(lens <= max(templates) + 20)
+    if len(short) == len(batch):
+        return _hits(batch, lens, templates, more_templates, step_of)
+    hits = _hits([batch[i] for i in short.tolist()], lens[short], templates, more_templates, step_of)
+    return hits._replace(records=short[hits.records])
+
+
+def _hits(
+    batch: list[bytes], lens: np.ndarray, templates: dict, more_templates: dict, step_of
+) -> TemplateHits:
+    """template_hits of a batch of records, none of them too long for a template."""
     k = len(batch)
     buf = b"".join(batch) + _PAD
     starts = np.zeros(k, np.int64)
