@@ -391,3 +391,18 @@ def test_scalar_records_are_decoded_in_bulk_whatever_their_step(tmp_path):
     got = columns_points(reader.read_columns(final=True))
     assert by_tag(got) == by_tag(EventFileReader(str(path)).read(final=True))
     assert reader.decoder.one_at_a_time < len(points) / 50
+
+
+def test_a_replaced_file_is_read_again_a_batch_at_a_time(tmp_path, monkeypatch):
+    """A file replaced by another after its reader had gone far into it is read again from
+    the start in batches of about _COLUMN_BATCH_BYTES, not all at once at the end."""
+    monkeypatch.setattr(scalars, "_COLUMN_BATCH_BYTES", 16 << 10)
+    monkeypatch.setattr(records, "CHUNK_BYTES", 4096)  # batches of a few KB
+    path = tmp_path / "events.out.tfevents.1"
+    path.write_bytes(b"".join(scalar_records(20_000)))
+    both = Both(str(path))
+    assert both.read(final=False) == 20_000
+    path.write_bytes(b"".join(scalar_records(5000, wall_time=WALL + 0.5)))  # replaced, shorter
+    yields = list(both.columns.read_columns(final=False))
+    assert sum(len(c) for columns in yields for c in columns) == 5000
+    assert len(yields) > 10

@@ -422,18 +422,22 @@ class EventFileReader:
         """
         tail = self.tail
         out = ColumnsBuilder()
-        # where the last yield left the tail: read again from there if reading fails,
-        # so no decoded point is lost unyielded
-        after_yield = (tail.offset, tail.resyncing)
+        # Where the points not yet yielded start, and whether the tail was resynchronising
+        # there: read again from there if reading fails, so no decoded point is lost
+        # unyielded. Taken at the first batch, after a replaced or shrunk file was
+        # noticed and the tail went back to its start.
+        after_yield: tuple[int, bool] | None = None
         try:
             for first, batch in tail.read_batches(final, budget):
+                if after_yield is None:
+                    after_yield = (first, False)
                 self._decode_batch(out, first, batch)
                 if out and tail.offset - after_yield[0] >= _COLUMN_BATCH_BYTES:
                     yield out.build()
                     out = ColumnsBuilder()
                     after_yield = (tail.offset, tail.resyncing)
         except OSError:
-            if out:
+            if out and after_yield is not None:
                 tail.offset, tail.resyncing = after_yield
             raise
         if out:
