@@ -53,14 +53,20 @@ def _verified_py(buf: bytes, first: int, batch: list[bytes]) -> int:
     return len(batch)
 
 
-def _verified_numpy(buf: bytes, first: int, batch: list[bytes]) -> int:
+def payload_lengths(batch: list[bytes]):
+    """The length of each payload, as an int64 numpy array."""
+    import numpy as np  # tensorboard's own dependency; imported when a batch is long enough
+
+    return np.fromiter(map(len, batch), np.int64, count=len(batch))
+
+
+def _verified_numpy(buf: bytes, first: int, batch: list[bytes], lengths=None) -> int:
     import numpy as np  # tensorboard's own dependency; imported when a batch is long enough
 
     k = len(batch)
     crcs = np.fromiter(map(_crc32c, batch), np.uint32, count=k)
     masked = ((crcs >> 15) | (crcs << 17)) + np.uint32(0xA282EAD8)  # uint32: wraps like & 0xFFFFFFFF
-    footers = np.fromiter(map(len, batch), np.int64, count=k)
-    footers += HEADER_BYTES + FOOTER_BYTES
+    footers = (payload_lengths(batch) if lengths is None else lengths) + (HEADER_BYTES + FOOTER_BYTES)
     np.cumsum(footers, out=footers)
     footers += first - FOOTER_BYTES
     # every footer at once: a view with a uint32 at each byte offset, indexed by where they are
@@ -70,12 +76,13 @@ def _verified_numpy(buf: bytes, first: int, batch: list[bytes]) -> int:
     return int(bad[0]) if bad.size else k
 
 
-def verified_prefix(buf: bytes, first: int, batch: list[bytes]) -> int:
+def verified_prefix(buf: bytes, first: int, batch: list[bytes], lengths=None) -> int:
     """How many of ``batch`` (records framed back to back in ``buf`` from
-    ``first``) have a valid payload checksum, before the first that does not."""
+    ``first``) have a valid payload checksum, before the first that does not;
+    ``lengths``: the payloads' (payload_lengths), when already known."""
     if len(batch) < NUMPY_MIN_BATCH:
         return _verified_py(buf, first, batch)
-    return _verified_numpy(buf, first, batch)
+    return _verified_numpy(buf, first, batch, lengths)
 
 
 def scan_for_record(

@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable, Iterator
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from gradwatch.events.framing import (
     _CRC,
@@ -41,7 +41,9 @@ from gradwatch.events.framing import (
     FOOTER_BYTES,
     HEADER_BYTES,
     NONZERO,
+    NUMPY_MIN_BATCH,
     masked_crc32c,
+    payload_lengths,
     period,
     repeating_run,
     scan_for_record,
@@ -57,6 +59,9 @@ from gradwatch.events.framing import (
     PARTIAL as _PARTIAL,
 )
 from gradwatch.events.source import ByteSource, LocalFile
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger("gradwatch.events")
 
@@ -185,6 +190,14 @@ class RecordTail:
         batch; a consumer that stops part-way sets ``offset`` itself (each
         record is ``len(payload) + 16`` bytes).
         """
+        for start, batch, _ in self.read_frames(final, budget):
+            yield start, batch
+
+    def read_frames(
+        self, final: bool = False, budget: int | None = None
+    ) -> Iterator[tuple[int, list[bytes], np.ndarray | None]]:
+        """Like ``read_batches()``, with each batch's payload lengths when the
+        checksum check computed them (an int64 array; None for short batches)."""
         with self._open(self.path) as f:
             self._check_rewritten(f)
             f.seek(self.offset)
@@ -211,7 +224,7 @@ class RecordTail:
         self._hole_reported_at = -1
 
     # measured hot path (bench/bench_reader.py): one function keeps the loop's state in locals
-    def _batches(self, f: ByteSource, final: bool) -> Iterator[tuple[int, list[bytes]]]:  # noqa: C901, PLR0915
+    def _batches(self, f: ByteSource, final: bool) -> Iterator[tuple[int, list[bytes], np.ndarray | None]]:  # noqa: C901, PLR0915
         # The hot loop keeps everything in locals; ``offset`` is exact at every
         # yield and at every return, never set by a ``finally`` (a consumer
         # that stops part-way through a batch has set it itself).
@@ -275,17 +288,19 @@ class RecordTail:
                             walk = sys.maxsize  # not a repeating file: walk the rest
                     continue
                 break
+            lengths = payload_lengths(batch) if len(batch) >= NUMPY_MIN_BATCH else None
             if batch:
-                good = verified(buf, first, batch)
+                good = verified(buf, first, batch, lengths)
                 if good < len(batch):
                     # the slow path below finds the bad checksum again and reports it
                     del batch[good:]
+                    lengths = None
                     pos = first + sum(map(len, batch)) + 16 * good
             if batch:
                 self.offset = base + pos
                 self.records += len(batch)
                 self._seen = (base + pos - 4, buf[pos - 4 : pos])
-                yield base + first, batch
+                yield base + first, batch, lengths
             # Out of the fast loop: a header not seen before, a bad record, or
             # the end of what has been read.
             if n - pos >= HEADER_BYTES:

@@ -428,10 +428,10 @@ class EventFileReader:
         # noticed and the tail went back to its start.
         after_yield: tuple[int, bool] | None = None
         try:
-            for first, batch in tail.read_batches(final, budget):
+            for first, batch, lengths in tail.read_frames(final, budget):
                 if after_yield is None:
                     after_yield = (first, False)
-                self._decode_batch(out, first, batch)
+                self._decode_batch(out, first, batch, lengths)
                 if out and tail.offset - after_yield[0] >= _COLUMN_BATCH_BYTES:
                     yield out.build()
                     out = ColumnsBuilder()
@@ -443,15 +443,19 @@ class EventFileReader:
         if out:
             yield out.build()
 
-    def _decode_batch(self, out: ColumnsBuilder, first: int, batch: list[bytes]) -> None:
-        """Decode one batch of records (starting at file offset ``first``) into ``out``."""
+    def _decode_batch(
+        self, out: ColumnsBuilder, first: int, batch: list[bytes], lens: np.ndarray | None
+    ) -> None:
+        """Decode one batch of records (starting at file offset ``first``; ``lens``: their
+        lengths, None when not known yet) into ``out``."""
         if len(batch) < _BULK_MIN_RECORDS:
             end = first
             for i, p in enumerate(batch):
                 end += len(p) + 16
                 out.add_points(i, self._decode_one(p, end))
         else:
-            lens = np.fromiter(map(len, batch), np.int64, count=len(batch))
+            if lens is None:
+                lens = np.fromiter(map(len, batch), np.int64, count=len(batch))
             ends = np.cumsum(lens + 16) + first
             templates, more = self.decoder._templates, self.decoder._more_templates
             i = matches = 0
