@@ -114,11 +114,12 @@ def template_hits(
     decode it: an Event starting with wall_time (0x09, 8 bytes) and step (0x10, a varint),
     then a summary of a length a template has, holding the template's bytes before
     (``head``) and after (``tail``) the value. ``lens``: each record's length.
-    ``step_of(payload)`` decodes a step too
-    long for the vectorised varint ((step, summary start), IndexError when malformed).
+    ``step_of(payload)`` decodes a step too long for the vectorised varint:
+    (step, summary start), IndexError when malformed.
     """
     if not templates:  # a new file's first records: nothing learnt yet
-        return TemplateHits(*(np.empty(0, np.int64),) * 2, [], np.empty(0, np.int64), *(np.empty(0),) * 2)
+        none = np.empty(0, np.int64)
+        return TemplateHits(none, none, [], none, np.empty(0), np.empty(0))
     # Only records short enough to hold a template's summary are looked at (histograms
     # and images never are): a summary starts 11 to 20 bytes into its Event.
     short = np.flatnonzero(lens <= max(templates) + 20)
@@ -132,10 +133,31 @@ def _hits(
     batch: list[bytes], lens: np.ndarray, templates: dict, more_templates: dict, step_of
 ) -> TemplateHits:
     """template_hits of a batch of records, none of them too long for a template."""
-    k = len(batch)
     buf = b"".join(batch) + _PAD
-    starts = np.zeros(k, np.int64)
+    starts = np.zeros(len(batch), np.int64)
     np.cumsum(lens[:-1], out=starts[1:])
+    cand, steps, at = _summaries(buf, batch, lens, starts, step_of)
+    matched = _Matched(len(cand))
+    summary_lens = lens[cand] - (at - starts[cand])
+    for length in np.unique(summary_lens).tolist():
+        entry = templates.get(length)
+        if entry is not None:
+            matched.add(buf, at, np.flatnonzero(summary_lens == length), length, entry, more_templates)
+    hit = np.flatnonzero(matched.tag_of >= 0)
+    value_at, double = matched.value_at[hit], matched.double[hit]
+    values = np.empty(len(hit), np.float64)
+    with np.errstate(invalid="ignore"):  # a signalling NaN is quieted, as struct's "<f" does
+        values[~double] = _strided(buf, "<f4")[value_at[~double]]
+    values[double] = _strided(buf, "<f8")[value_at[double]]
+    wall_times = _strided(buf, "<f8")[starts[cand[hit]] + 1]
+    return TemplateHits(cand[hit], matched.tag_of[hit], matched.names, steps[hit], wall_times, values)
+
+
+def _summaries(
+    buf: bytes, batch: list[bytes], lens: np.ndarray, starts: np.ndarray, step_of
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The records laid out as the fast path reads them (wall_time, then step): their
+    indexes, steps and where each one's summary starts in ``buf``."""
     u8 = np.frombuffer(buf, np.uint8)
     cand = np.flatnonzero((lens >= 11) & (u8[starts] == 9) & (u8[starts + 9] == 16))
     steps, nbytes = _steps(buf, starts[cand] + 10)
@@ -145,44 +167,39 @@ def _hits(
             nbytes[i] = s - 10
         except IndexError:
             nbytes[i] = lens[cand[i]]  # not a varint within the record: no summary left
-    at = starts[cand] + 10 + nbytes  # where each summary starts
-    summary_lens = lens[cand] - 10 - nbytes
-    tag_of = np.full(len(cand), -1, np.int64)  # index into names, -1 while no template hit
-    value_at = np.zeros(len(cand), np.int64)
-    double = np.zeros(len(cand), bool)
-    names: list[str] = []
-    name_index: dict[str, int] = {}
-    for length in np.unique(summary_lens).tolist():
-        entry = templates.get(length)
-        if entry is None:
-            continue
-        group = np.flatnonzero(summary_lens == length)
+    return cand, steps, starts[cand] + 10 + nbytes
+
+
+class _Matched:
+    """Per candidate record: its template's tag (an index into ``names``, -1 while none
+    matched), where its value is and whether it is a double."""
+
+    def __init__(self, n: int) -> None:
+        self.tag_of = np.full(n, -1, np.int64)
+        self.value_at = np.zeros(n, np.int64)
+        self.double = np.zeros(n, bool)
+        self.names: list[str] = []
+        self._index: dict[str, int] = {}
+
+    def add(self, buf: bytes, at: np.ndarray, group: np.ndarray, length: int, entry, more_templates) -> None:
+        """Match the records ``group`` (summaries of ``length`` bytes starting at ``at``)
+        against the templates of that length, the main entry first."""
         for voff, heads in (entry, *more_templates.get(length, ())):
-            group = group[tag_of[group] < 0]
+            group = group[self.tag_of[group] < 0]
             if not group.size or not heads:
                 continue
-            found = _match_heads(buf, at[group], voff, heads)
-            for template, members in found:
-                tail, tag, _ = template
+            for (tail, tag, _), members in _match_heads(buf, at[group], voff, heads):
                 size = length - voff - len(tail or b"")
                 members = group[members]
                 if tail is not None:
                     tails = _strided(buf, f"V{len(tail)}")[at[members] + voff + size]
                     members = members[tails == np.void(tail)]
-                if tag not in name_index:
-                    name_index[tag] = len(names)
-                    names.append(tag)
-                tag_of[members] = name_index[tag]
-                value_at[members] = at[members] + voff
-                double[members] = size == 8
-    hit = np.flatnonzero(tag_of >= 0)
-    values = np.empty(len(hit), np.float64)
-    value_at, double = value_at[hit], double[hit]
-    with np.errstate(invalid="ignore"):  # a signalling NaN is quieted, as struct's "<f" does
-        values[~double] = _strided(buf, "<f4")[value_at[~double]]
-    values[double] = _strided(buf, "<f8")[value_at[double]]
-    wall_times = _strided(buf, "<f8")[starts[cand[hit]] + 1]
-    return TemplateHits(cand[hit], tag_of[hit], names, steps[hit], wall_times, values)
+                if tag not in self._index:
+                    self._index[tag] = len(self.names)
+                    self.names.append(tag)
+                self.tag_of[members] = self._index[tag]
+                self.value_at[members] = at[members] + voff
+                self.double[members] = size == 8
 
 
 def _match_heads(buf: bytes, at: np.ndarray, voff: int, heads: dict) -> list[tuple[tuple, np.ndarray]]:
