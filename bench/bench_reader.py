@@ -76,6 +76,7 @@ DATASETS: dict[str, tuple[str, str, int, int]] = {
 
 READERS: dict[str, str] = {
     "gradwatch": "gradwatch `read_logdir` (last point per series kept)",
+    "columns": "gradwatch `LogdirReader.read_all_columns` (points in numpy columns, counted)",
     "accumulator": "TensorBoard `EventAccumulator` (scalars=0, tensors=0: every point kept)",
     "efl": "TensorBoard `EventFileLoader` (parsed Events, not kept)",
     "raw": "TensorBoard `RawEventFileLoader` (record bytes, not kept)",
@@ -233,6 +234,14 @@ def run_gradwatch(path: str) -> int:
     return n
 
 
+def run_columns(path: str) -> int:
+    from gradwatch.events.logdir import LogdirReader
+
+    reader = LogdirReader(path)
+    reader.refresh()
+    return sum(len(c) for _, columns in reader.read_all_columns(final=True) for c in columns)
+
+
 def run_accumulator(path: str) -> int:
     from tensorboard.backend.event_processing import event_accumulator as ea
     from tensorboard.backend.event_processing import event_multiplexer as em
@@ -260,10 +269,17 @@ def run_raw(path: str) -> int:
     return sum(1 for f in _event_files(path) for _ in RawEventFileLoader(f).Load()) - len(_event_files(path))
 
 
-RUNNERS = {"gradwatch": run_gradwatch, "accumulator": run_accumulator, "efl": run_efl, "raw": run_raw}
+RUNNERS = {
+    "gradwatch": run_gradwatch,
+    "columns": run_columns,
+    "accumulator": run_accumulator,
+    "efl": run_efl,
+    "raw": run_raw,
+}
 # imported before the clock starts
 IMPORTS = {
     "gradwatch": ["gradwatch.events.logdir", "numpy"],
+    "columns": ["gradwatch.events.logdir", "numpy"],
     "accumulator": ["tensorboard.backend.event_processing.event_multiplexer"],
     "efl": ["tensorboard.backend.event_processing.event_file_loader"],
     "raw": ["tensorboard.backend.event_processing.event_file_loader"],

@@ -49,3 +49,245 @@ def group_points(points: list[tuple[str, int, float, float]]) -> list[Columns]:
         )
         for tag, (steps, walls, values) in by_tag.items()
     ]
+
+
+# ---------------------------------------------------------------- bulk decoding of a batch
+
+# Zero bytes after the joined payloads, so that the fixed-width reads below (8 bytes of
+# step varint, the head, tail and value of a template) never run past the buffer; what
+# they read past a record's end is never used.
+_PAD = bytes(32)
+_CONT_BITS = 0x8080808080808080  # the continuation bit of each of 8 varint bytes
+_LOW7 = np.uint64(0x7F)
+# Up to this many templates of one summary length are compared one by one; more are
+# looked up by a binary search of the sorted heads.
+_FEW_HEADS = 8
+
+
+def _strided(buf: bytes, dtype: str) -> np.ndarray:
+    """A view of ``buf`` with one ``dtype`` item starting at every byte offset (no copy)."""
+    size = np.dtype(dtype).itemsize
+    return np.ndarray((len(buf) - size + 1,), dtype=dtype, buffer=buf, strides=(1,))
+
+
+class TemplateHits(NamedTuple):
+    """The records of a batch that a learnt template decodes, in batch order."""
+
+    records: np.ndarray  # int64: index of each such record in the batch
+    tags: np.ndarray  # int64: index into ``names`` per record
+    names: list[str]
+    steps: np.ndarray
+    wall_times: np.ndarray
+    values: np.ndarray
+
+
+def _steps(buf: bytes, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The varints at ``at`` as protobuf reads an int64: (values, bytes each took).
+
+    A varint longer than 8 bytes (a step of 2**56 or more, every negative step) is
+    reported as taking 0 bytes; the caller decodes those few one at a time.
+    """
+    words = _strided(buf, "<u8")[at]
+    ends = ~words & np.uint64(_CONT_BITS)  # the high bit of each byte that ends a varint
+    last = ends & (~ends + np.uint64(1))  # the first of them, alone
+    # last is 2**(8j + 7) for a varint of j + 1 bytes
+    bit = np.log2(np.maximum(last, 1).astype(np.float64)).astype(np.int64)
+    nbytes = np.where(last == 0, 0, (bit + 1) // 8)
+    # only the varint's own bytes: below the bit after its last byte (all of them for 8)
+    words &= np.where(last == 0, np.uint64(0), (last << np.uint64(1)) - np.uint64(1))
+    steps = words & _LOW7
+    for i in range(1, int(nbytes.max(initial=0))):
+        steps |= ((words >> np.uint64(8 * i)) & _LOW7) << np.uint64(7 * i)
+    return steps.view(np.int64), nbytes
+
+
+def template_hits(
+    batch: list[bytes],
+    lens: np.ndarray,
+    templates: dict[int, tuple[int, dict]],
+    more_templates: dict[int, list[tuple[int, dict]]],
+    step_of,
+) -> TemplateHits:
+    """The records of ``batch`` that ScalarDecoder's templates decode, decoded at once.
+
+    A record is decoded by a template exactly when ScalarDecoder.decode's fast path would
+    decode it: an Event starting with wall_time (0x09, 8 bytes) and step (0x10, a varint),
+    then a summary of a length a template has, holding the template's bytes before
+    (``head``) and after (``tail``) the value. ``lens``: each record's length.
+    ``step_of(payload)`` decodes a step too long for the vectorised varint:
+    (step, summary start), IndexError when malformed.
+    """
+    if not templates:  # a new file's first records: nothing learnt yet
+        none = np.empty(0, np.int64)
+        return TemplateHits(none, none, [], none, np.empty(0), np.empty(0))
+    # Only records short enough to hold a template's summary are looked at (histograms
+    # and images never are): a summary starts 11 to 20 bytes into its Event.
+    short = np.flatnonzero(lens <= max(templates) + 20)
+    if len(short) == len(batch):
+        return _hits(batch, lens, templates, more_templates, step_of)
+    hits = _hits([batch[i] for i in short.tolist()], lens[short], templates, more_templates, step_of)
+    return hits._replace(records=short[hits.records])
+
+
+def _hits(
+    batch: list[bytes], lens: np.ndarray, templates: dict, more_templates: dict, step_of
+) -> TemplateHits:
+    """template_hits of a batch of records, none of them too long for a template."""
+    buf = b"".join(batch) + _PAD
+    starts = np.zeros(len(batch), np.int64)
+    np.cumsum(lens[:-1], out=starts[1:])
+    cand, steps, at = _summaries(buf, batch, lens, starts, step_of)
+    matched = _Matched(len(cand))
+    summary_lens = lens[cand] - (at - starts[cand])
+    for length in np.unique(summary_lens).tolist():
+        entry = templates.get(length)
+        if entry is not None:
+            matched.add(buf, at, np.flatnonzero(summary_lens == length), length, entry, more_templates)
+    hit = np.flatnonzero(matched.tag_of >= 0)
+    value_at, double = matched.value_at[hit], matched.double[hit]
+    values = np.empty(len(hit), np.float64)
+    with np.errstate(invalid="ignore"):  # a signalling NaN is quieted, as struct's "<f" does
+        values[~double] = _strided(buf, "<f4")[value_at[~double]]
+    values[double] = _strided(buf, "<f8")[value_at[double]]
+    wall_times = _strided(buf, "<f8")[starts[cand[hit]] + 1]
+    return TemplateHits(cand[hit], matched.tag_of[hit], matched.names, steps[hit], wall_times, values)
+
+
+def _summaries(
+    buf: bytes, batch: list[bytes], lens: np.ndarray, starts: np.ndarray, step_of
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The records laid out as the fast path reads them (wall_time, then step): their
+    indexes, steps and where each one's summary starts in ``buf``."""
+    u8 = np.frombuffer(buf, np.uint8)
+    cand = np.flatnonzero((lens >= 11) & (u8[starts] == 9) & (u8[starts + 9] == 16))
+    steps, nbytes = _steps(buf, starts[cand] + 10)
+    for i in np.flatnonzero(nbytes == 0).tolist():  # long varints: one at a time
+        try:
+            steps[i], s = step_of(batch[cand[i]])
+            nbytes[i] = s - 10
+        except IndexError:
+            nbytes[i] = lens[cand[i]]  # not a varint within the record: no summary left
+    return cand, steps, starts[cand] + 10 + nbytes
+
+
+class _Matched:
+    """Per candidate record: its template's tag (an index into ``names``, -1 while none
+    matched), where its value is and whether it is a double."""
+
+    def __init__(self, n: int) -> None:
+        self.tag_of = np.full(n, -1, np.int64)
+        self.value_at = np.zeros(n, np.int64)
+        self.double = np.zeros(n, bool)
+        self.names: list[str] = []
+        self._index: dict[str, int] = {}
+
+    def add(self, buf: bytes, at: np.ndarray, group: np.ndarray, length: int, entry, more_templates) -> None:
+        """Match the records ``group`` (summaries of ``length`` bytes starting at ``at``)
+        against the templates of that length, the main entry first."""
+        for voff, heads in (entry, *more_templates.get(length, ())):
+            group = group[self.tag_of[group] < 0]
+            if not group.size or not heads:
+                continue
+            for (tail, tag, _), members in _match_heads(buf, at[group], voff, heads):
+                size = length - voff - len(tail or b"")
+                members = group[members]
+                if tail is not None:
+                    tails = _strided(buf, f"V{len(tail)}")[at[members] + voff + size]
+                    members = members[tails == np.void(tail)]
+                if tag not in self._index:
+                    self._index[tag] = len(self.names)
+                    self.names.append(tag)
+                self.tag_of[members] = self._index[tag]
+                self.value_at[members] = at[members] + voff
+                self.double[members] = size == 8
+
+
+def _match_heads(buf: bytes, at: np.ndarray, voff: int, heads: dict) -> list[tuple[tuple, np.ndarray]]:
+    """(template, indexes into ``at``) for each template whose head is the ``voff`` bytes at ``at``."""
+    if voff == 0:
+        template = heads.get(b"")
+        return [] if template is None else [(template, np.arange(len(at)))]
+    got = _strided(buf, f"V{voff}")[at]
+    if len(heads) <= _FEW_HEADS:
+        found = ((template, np.flatnonzero(got == np.void(head))) for head, template in heads.items())
+        return [(template, members) for template, members in found if members.size]
+    known = sorted(heads)
+    sorted_heads = np.frombuffer(b"".join(known), f"V{voff}")
+    where = np.minimum(np.searchsorted(sorted_heads, got), len(known) - 1)
+    matched = np.flatnonzero(sorted_heads[where] == got)
+    where = where[matched]
+    return [(heads[known[i]], matched[where == i]) for i in np.unique(where).tolist()]
+
+
+class ColumnsBuilder:
+    """The points of a run of batches, decoded in bulk or one record at a time, -> one
+    Columns per tag (tags in order of first point, each tag's points in file order)."""
+
+    def __init__(self) -> None:
+        self._names: dict[str, int] = {}
+        # (record numbers, tag numbers, steps, wall times, values) per bulk-decoded part
+        self._parts: list[tuple[np.ndarray, ...]] = []
+        self._points: list[tuple[int, int, int, float, float]] = []  # decoded one at a time
+        self._first = 0  # record number of the current batch's first record
+
+    def __bool__(self) -> bool:
+        return bool(self._points) or any(len(part[0]) for part in self._parts)
+
+    def _tag_number(self, tag: str) -> int:
+        number = self._names.get(tag)
+        if number is None:
+            number = self._names[tag] = len(self._names)
+        return number
+
+    def add_hits(self, first: int, hits: TemplateHits, stop: int) -> None:
+        """The hits of records ``first + hits.records`` of this batch, those before ``stop``."""
+        n = int(np.searchsorted(hits.records, stop - first))
+        numbers = np.array([self._tag_number(t) for t in hits.names], np.int64)
+        self._parts.append(
+            (
+                hits.records[:n] + (self._first + first),
+                numbers[hits.tags[:n]],
+                hits.steps[:n],
+                hits.wall_times[:n],
+                hits.values[:n],
+            )
+        )
+
+    def add_points(self, record: int, points: list[tuple[str, int, float, float]]) -> None:
+        """The points of record ``record`` of this batch, decoded one at a time."""
+        record += self._first
+        for tag, step, wall_time, value in points:
+            self._points.append((record, self._tag_number(tag), step, wall_time, value))
+
+    def end_batch(self, records: int) -> None:
+        self._first += records
+
+    def build(self) -> list[Columns]:
+        parts = list(self._parts)
+        if self._points:
+            records, tags, steps, wall_times, values = zip(*self._points)
+            parts.append(
+                (
+                    np.array(records, np.int64),
+                    np.array(tags, np.int64),
+                    np.array(steps, np.int64),
+                    np.array(wall_times, np.float64),
+                    np.array(values, np.float64),
+                )
+            )
+        records, tags, steps, wall_times, values = (np.concatenate(column) for column in zip(*parts))
+        if len(parts) > 1:
+            # file order; a record's points were added in order and stay so (stable)
+            order = np.argsort(records, kind="stable")
+            tags, steps, wall_times, values = tags[order], steps[order], wall_times[order], values[order]
+        names = list(self._names)
+        if len(names) == 1:
+            return [Columns(names[int(tags[0])], steps, wall_times, values)]
+        small = tags.astype(np.int16) if len(names) < 1 << 15 else tags  # a radix sort
+        by_tag = np.argsort(small, kind="stable")
+        groups = np.split(by_tag, np.flatnonzero(np.diff(small[by_tag])) + 1)
+        groups.sort(key=lambda group: group[0])  # tags in order of their first point
+        return [
+            Columns(names[int(tags[group[0]])], steps[group], wall_times[group], values[group])
+            for group in groups
+        ]

@@ -31,8 +31,9 @@ set, so a caller can go round its files and one file never starves others.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Iterator
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from gradwatch.events.framing import (
     _CRC,
@@ -40,7 +41,11 @@ from gradwatch.events.framing import (
     FOOTER_BYTES,
     HEADER_BYTES,
     NONZERO,
+    NUMPY_MIN_BATCH,
     masked_crc32c,
+    payload_lengths,
+    period,
+    repeating_run,
     scan_for_record,
     verified_prefix,
 )
@@ -55,12 +60,20 @@ from gradwatch.events.framing import (
 )
 from gradwatch.events.source import ByteSource, LocalFile
 
+if TYPE_CHECKING:
+    import numpy as np
+
 log = logging.getLogger("gradwatch.events")
 
 # A record larger than this is treated as a corrupt header even when the
 # length CRC matches: no allocation is ever sized by an untrusted field.
 DEFAULT_MAX_RECORD_BYTES = 256 << 20
 CHUNK_BYTES = 1 << 20
+# Records walked header by header before the reader looks for a repeating run of record
+# lengths (a writer logging the same tags every step: up to half this many tags), and
+# how many runs may take fewer records than that before it stops looking in a read.
+_WALK_BEFORE_RUN = 128
+_RUN_MISSES = 3
 # What the daemon reads of one file before it turns to the others (about
 # 0.2 s of work); one-shot commands read without a budget.
 DEFAULT_READ_BUDGET = 16 << 20
@@ -177,6 +190,14 @@ class RecordTail:
         batch; a consumer that stops part-way sets ``offset`` itself (each
         record is ``len(payload) + 16`` bytes).
         """
+        for start, batch, _ in self.read_frames(final, budget):
+            yield start, batch
+
+    def read_frames(
+        self, final: bool = False, budget: int | None = None
+    ) -> Iterator[tuple[int, list[bytes], np.ndarray | None]]:
+        """Like ``read_batches()``, with each batch's payload lengths when the
+        checksum check computed them (an int64 array; None for short batches)."""
         with self._open(self.path) as f:
             self._check_rewritten(f)
             f.seek(self.offset)
@@ -203,12 +224,14 @@ class RecordTail:
         self._hole_reported_at = -1
 
     # measured hot path (bench/bench_reader.py): one function keeps the loop's state in locals
-    def _batches(self, f: ByteSource, final: bool) -> Iterator[tuple[int, list[bytes]]]:  # noqa: C901, PLR0915
+    def _batches(self, f: ByteSource, final: bool) -> Iterator[tuple[int, list[bytes], np.ndarray | None]]:  # noqa: C901, PLR0915
         # The hot loop keeps everything in locals; ``offset`` is exact at every
         # yield and at every return, never set by a ``finally`` (a consumer
         # that stops part-way through a batch has set it itself).
         known = self._known
         verified = verified_prefix
+        walk = _WALK_BEFORE_RUN  # records walked one at a time before a repeating run is tried
+        misses = 0  # runs tried that took fewer records than were walked before them
         base = self.offset  # file offset of buf[0]
         buf = self._read(f, CHUNK_BYTES)
         pos = 0
@@ -241,27 +264,43 @@ class RecordTail:
             first = pos
             batch: list[bytes] = []
             append = batch.append
-            # 12 = header bytes, 16 = header + footer (literals: this loop is hot)
-            while n - pos >= 16:
-                length = known.get(buf[pos : pos + 12])
-                if length is None:
-                    break
-                stop = pos + 12 + length
-                if stop + 4 > n:
-                    break
-                append(buf[pos + 12 : stop])
-                pos = stop + 4
+            while True:
+                # 12 = header bytes, 16 = header + footer (literals: this loop is hot)
+                for _ in range(walk):
+                    if n - pos < 16:
+                        break
+                    length = known.get(buf[pos : pos + 12])
+                    if length is None:
+                        break
+                    stop = pos + 12 + length
+                    if stop + 4 > n:
+                        break
+                    append(buf[pos + 12 : stop])
+                    pos = stop + 4
+                else:
+                    # ``walk`` records in a row: if their lengths repeat, take the
+                    # records that go on repeating them at once
+                    taken, pos = self._repeating(buf, pos, batch[-walk:])
+                    batch += taken
+                    if len(taken) < walk:
+                        misses += 1
+                        if misses >= _RUN_MISSES:
+                            walk = sys.maxsize  # not a repeating file: walk the rest
+                    continue
+                break
+            lengths = payload_lengths(batch) if len(batch) >= NUMPY_MIN_BATCH else None
             if batch:
-                good = verified(buf, first, batch)
+                good = verified(buf, first, batch, lengths)
                 if good < len(batch):
                     # the slow path below finds the bad checksum again and reports it
                     del batch[good:]
+                    lengths = None
                     pos = first + sum(map(len, batch)) + 16 * good
             if batch:
                 self.offset = base + pos
                 self.records += len(batch)
                 self._seen = (base + pos - 4, buf[pos - 4 : pos])
-                yield base + first, batch
+                yield base + first, batch, lengths
             # Out of the fast loop: a header not seen before, a bad record, or
             # the end of what has been read.
             if n - pos >= HEADER_BYTES:
@@ -311,6 +350,14 @@ class RecordTail:
                 continue
             self._at_eof(buf, base, pos, final)
             return
+
+    @staticmethod
+    def _repeating(buf: bytes, pos: int, walked: list[bytes]) -> tuple[list[bytes], int]:
+        """Records from ``pos`` whose lengths repeat those just ``walked``: (payloads, position after)."""
+        p = period(list(map(len, walked)))
+        if p is None:
+            return [], pos
+        return repeating_run(buf, pos, list(map(len, walked[-p:])))
 
     def _valid_record_follows(self, buf: bytes, pos: int, within: int | None = CHUNK_BYTES) -> bool:
         """Whether a complete, valid record starts after ``pos`` (within ``within`` bytes).

@@ -23,10 +23,11 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 
+import numpy as np
 from google.protobuf.message import DecodeError
 from tensorboard.compat.proto import event_pb2, types_pb2
 
-from gradwatch.events.columns import Columns, group_points
+from gradwatch.events.columns import Columns, ColumnsBuilder, template_hits
 from gradwatch.events.records import UNDECODABLE, RecordTail
 from gradwatch.events.wire import (
     LENGTH_DELIMITED,
@@ -109,6 +110,16 @@ _SUMMARY_STARTS = range(11, 21)
 _readers: dict[str, object] = {}
 # About how many bytes of records one Columns batch spans
 _COLUMN_BATCH_BYTES = 1 << 20
+# Batches of fewer records are decoded one record at a time: numpy's fixed cost per
+# call is more than it saves on them.
+_BULK_MIN_RECORDS = 64
+# Records decoded one at a time after a template was learnt, per record left in the
+# batch, before the rest is matched against the templates again: matching costs about
+# that many times less per record, so re-matching never costs more than it saves.
+_REMATCH_AFTER = 64
+# Matches of a batch after which only that rule starts another (a match at once when a
+# newly learnt template decodes the next record would cost one match per new tag).
+_EAGER_MATCHES = 8
 # Summaries longer than this are never learnt as templates: a template keeps its
 # summary's bytes, and scalar summaries are short (tag, metadata, value).
 MAX_TEMPLATE_SUMMARY_BYTES = 512
@@ -155,7 +166,7 @@ class ScalarDecoder:
     so the fast path can never disagree with them.
     """
 
-    __slots__ = ("_more_templates", "_template_count", "_templates", "_tensor_tags")
+    __slots__ = ("_more_templates", "_template_count", "_templates", "_tensor_tags", "forgotten")
 
     def __init__(self) -> None:
         # tag -> True (scalar plugin or none) / False (another plugin)
@@ -166,9 +177,23 @@ class ScalarDecoder:
         # offset: summary length -> [(value offset, heads)], tried on a miss
         self._more_templates: dict[int, list[tuple[int, dict[bytes, Template]]]] = {}
         self._template_count = 0
+        # how many times templates were forgotten: a bulk decoder's matches made before are stale
+        self.forgotten = 0
 
     def decode(self, payload: bytes) -> list[tuple[str, int, float, float]]:
         """Points in one record; raises NotAnEvent for undecodable payloads."""
+        point = self.by_template(payload)
+        if point is not None:
+            return [point]
+        if self.skips(payload):
+            return []
+        points = self._parse(payload)
+        if len(points) == 1 and self._template_count < MAX_TEMPLATES:
+            self._learn(payload, points[0])
+        return points
+
+    def by_template(self, payload: bytes) -> tuple[str, int, float, float] | None:
+        """The point of a record a learnt template decodes (the fast path), else None."""
         try:
             if payload[0] == 9 and payload[9] == 16:
                 step, s = varint(payload, 10)
@@ -178,15 +203,10 @@ class ScalarDecoder:
                         hit = heads.get(payload[s : s + voff])
                         if hit is not None and (hit[0] is None or payload.endswith(hit[0])):
                             wall_time, value = hit[2][s](payload)
-                            return [(hit[1], step, wall_time, value)]
+                            return (hit[1], step, wall_time, value)
         except IndexError:
             pass
-        if self.skips(payload):
-            return []
-        points = self._parse(payload)
-        if len(points) == 1 and self._template_count < MAX_TEMPLATES:
-            self._learn(payload, points[0])
-        return points
+        return None
 
     def skips(self, payload: bytes) -> bool:
         """Whether the bytes alone show that this Event holds no scalar point.
@@ -281,6 +301,7 @@ class ScalarDecoder:
 
     def _forget_templates(self, tag: str) -> None:
         """A tag taken over by another plugin: its metadata-less tensors are no longer scalars."""
+        self.forgotten += 1
         everything = [*self._templates.values(), *(e for more in self._more_templates.values() for e in more)]
         for _, heads in everything:
             for head in [h for h, hit in heads.items() if hit[1] == tag]:
@@ -354,6 +375,11 @@ class ScalarDecoder:
             return
 
 
+def _step(payload: bytes) -> tuple[int, int]:
+    """An Event's step, read where the template fast path reads it: (step, next position)."""
+    return varint(payload, 10)
+
+
 class EventFileReader:
     """Tail-reads one event file and yields its new scalar points.
 
@@ -392,22 +418,88 @@ class EventFileReader:
 
         After each yield ``offset`` is just past the batch, so a consumer that
         commits between yields commits whole batches; ``budget``: see RecordTail.read.
+        The points are the ones ``read`` yields, decoded a batch of records at once.
         """
         tail = self.tail
-        batch: list[tuple[str, int, float, float]] = []
-        start = after_last = tail.offset
-        for point in self._read(final, None, budget):
-            now = tail.offset  # already past this new point
-            if batch and now - start >= _COLUMN_BATCH_BYTES:
-                tail.offset = after_last
-                yield group_points(batch)
-                batch = []
-                start = after_last
-                tail.offset = now
-            batch.append(point)
-            after_last = tail.offset
-        if batch:
-            yield group_points(batch)
+        out = ColumnsBuilder()
+        # Where the points not yet yielded start, and whether the tail was resynchronising
+        # there: read again from there if reading fails, so no decoded point is lost
+        # unyielded. Taken at the first batch, after a replaced or shrunk file was
+        # noticed and the tail went back to its start.
+        after_yield: tuple[int, bool] | None = None
+        try:
+            for first, batch, lengths in tail.read_frames(final, budget):
+                if after_yield is None:
+                    after_yield = (first, False)
+                self._decode_batch(out, first, batch, lengths)
+                if out and tail.offset - after_yield[0] >= _COLUMN_BATCH_BYTES:
+                    yield out.build()
+                    out = ColumnsBuilder()
+                    after_yield = (tail.offset, tail.resyncing)
+        except OSError:
+            if out and after_yield is not None:
+                tail.offset, tail.resyncing = after_yield
+            raise
+        if out:
+            yield out.build()
+
+    def _decode_batch(
+        self, out: ColumnsBuilder, first: int, batch: list[bytes], lens: np.ndarray | None
+    ) -> None:
+        """Decode one batch of records (starting at file offset ``first``; ``lens``: their
+        lengths, None when not known yet) into ``out``."""
+        if len(batch) < _BULK_MIN_RECORDS:
+            end = first
+            for i, p in enumerate(batch):
+                end += len(p) + 16
+                out.add_points(i, self._decode_one(p, end))
+        else:
+            if lens is None:
+                lens = np.fromiter(map(len, batch), np.int64, count=len(batch))
+            ends = np.cumsum(lens + 16) + first
+            templates, more = self.decoder._templates, self.decoder._more_templates
+            i = matches = 0
+            while i < len(batch):
+                hits = template_hits(batch[i:] if i else batch, lens[i:], templates, more, _step)
+                matches += 1
+                stop = self._decode_misses(out, batch, ends, i, hits, matches <= _EAGER_MATCHES)
+                out.add_hits(i, hits, stop)
+                i = stop
+        out.end_batch(len(batch))
+
+    def _decode_misses(
+        self, out: ColumnsBuilder, batch: list[bytes], ends, first: int, hits, eager: bool
+    ) -> int:
+        """Decode one at a time the records from ``first`` that no template decoded, until
+        the templates changed so that ``hits`` may be wrong (one was forgotten) or matching
+        the rest again pays (new ones learnt); returns where to match again."""
+        decoder = self.decoder
+        missed = np.ones(len(batch) - first, bool)
+        missed[hits.records] = False
+        templates, forgotten = decoder._template_count, decoder.forgotten
+        for slow, i in enumerate((np.flatnonzero(missed) + first).tolist()):
+            if decoder._template_count != templates and (
+                # a template learnt since decodes this record: likely the rest too (a
+                # writer logs the same tags every step), or many went one at a time
+                (eager and decoder.by_template(batch[i]) is not None)
+                or slow * _REMATCH_AFTER >= len(batch) - i
+            ):
+                return i
+            out.add_points(i, self._decode_one(batch[i], int(ends[i])))
+            if decoder.forgotten != forgotten:
+                return i + 1
+        return len(batch)
+
+    def _decode_one(self, p: bytes, end: int) -> list[tuple[str, int, float, float]]:
+        """The points of one record ending at file offset ``end``; an undecodable one is reported."""
+        try:
+            return self.decoder.decode(p)
+        except NotAnEvent as e:
+            self.undecodable += 1
+            self.tail.report_problem(
+                UNDECODABLE, end - len(p) - 16, f"valid checksums but not an Event ({e}); skipped"
+            )
+            return []
 
     @property
     def pending(self) -> bool:
@@ -452,14 +544,7 @@ class EventFileReader:
                                 continue
                 except IndexError:
                     pass
-                try:
-                    points = decoder.decode(p)
-                except NotAnEvent as e:
-                    self.undecodable += 1
-                    tail.report_problem(
-                        UNDECODABLE, end - len(p) - 16, f"valid checksums but not an Event ({e}); skipped"
-                    )
-                    continue
+                points = self._decode_one(p, end)
                 last = len(points) - 1
                 for i, point in enumerate(points):
                     tail.offset = end if i == last else end - len(p) - 16
