@@ -31,13 +31,14 @@ NAME_TOO_LONG = "name_too_long"
 #
 # A sink may also have ``many(series, i, ranks, steps, wall_times, values, measures)``: it then
 # stands for every call of rule i over one batch (``observe_batch``), and must do what those
-# calls would: the engine calls the sink at point j when ranks[j] or the rank in
-# ``series.ranks[i]`` is non-zero, having set ``series.ranks[i] = ranks[j]`` (``previous`` is
-# what it was), and ``series.states[i]`` has ``raw = ranks[j]`` and ``ratio = measures[j]``
-# (growth). ``many`` reads ``series.ranks[i]`` as the rank before the batch, leaves it as the last
-# of those calls would, and finds the state already at the batch's end. Its calls for different
-# rules come rule by rule, not interleaved point by point: only a sink whose rules are independent
-# of each other's order may have it.
+# calls would: the engine calls the sink at point j when ranks[j] (after ``for``), the raw rank
+# of point j (before ``for``: pending) or the rank in ``series.ranks[i]`` is non-zero, having set
+# ``series.ranks[i] = ranks[j]`` (``previous`` is what it was), and ``series.states[i]`` has that
+# raw rank and ``ratio = measures[j]`` (growth); ``many`` is not told the raw ranks, so only a
+# sink to which a pending point is no alert may have it. ``many`` reads ``series.ranks[i]`` as
+# the rank before the batch, leaves it as the last of those calls would, and finds the state
+# already at the batch's end. Its calls for different rules come rule by rule, not interleaved
+# point by point: only a sink whose rules are independent of each other's order may have it.
 #
 # A sink whose attribute ``collapses_steady_runs`` is true declares that after a call at rank r != 0
 # that leaves ``series.ranks[i] == r``, a call at the next point with rank r again only records that
@@ -204,8 +205,8 @@ class Engine:
         """The per-point sink calls of a batch, in (point, rule) order as ``observe`` makes them;
         the sink may change ``s.ranks[i]``, which decides whether the next point is a call."""
         n = len(steps)
-        # per rule: the points whose rank is non-zero (each is a call), as a sorted list
-        alerting = [b.ranks.nonzero()[0].tolist() if b.ranks is not None else [] for b in batches]
+        # per rule: the points whose rank or raw is non-zero (each is a call), as a sorted list
+        alerting = [b.calls() for b in batches]
         upcoming = {}  # rule index -> its next call
         for i, points in enumerate(alerting):
             j = 0 if s.ranks[i] else points[0] if points else None
@@ -222,7 +223,7 @@ class Engine:
             j = upcoming[i]
             b = batches[i]
             b.at(states[i], j)
-            rank = states[i].raw
+            rank = int(b.ranks[j]) if b.ranks is not None else 0
             previous = ranks[i]
             ranks[i] = rank
             s.step, s.wall_time, s.value = steps_[j], walls[j], values_[j]  # what observe shows a sink

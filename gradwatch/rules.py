@@ -20,7 +20,7 @@ A rule has one condition kind:
 Evaluation is per point and per (rule, series) state object; the no-alert
 path allocates no container and touches no dict. ``Rule.evaluate_batch``
 decides a batch of one series' points with numpy (thresholds, nonfinite,
-growth without ``for``), exactly as ``evaluate`` would point by point.
+growth, ``for`` streaks), exactly as ``evaluate`` would point by point.
 """
 
 from __future__ import annotations
@@ -97,13 +97,14 @@ class RuleState:
 class RuleBatch:
     """One rule's decisions on a batch of one series' points, before they touch its state.
 
-    ``ranks[j]`` is the rank point j puts the series at (None: every point 0); with ``for``
-    at most 1 it is also ``raw`` after the point. ``measures[j]`` is a growth rule's
-    ``ratio`` after point j (None for other kinds). ``at(state, j)`` gives ``state`` what
-    a sink reads of it after point j; ``commit(state)`` the state after the whole batch.
+    ``ranks[j]`` is the rank point j puts the series at, after ``for`` (None: every point 0);
+    ``raws[j]`` the rank before ``for`` (``raw`` after the point; None: the same as ranks).
+    ``measures[j]`` is a growth rule's ``ratio`` after point j (None for other kinds).
+    ``at(state, j)`` gives ``state`` what a sink reads of it after point j; ``commit(state)``
+    the state after the whole batch.
     """
 
-    __slots__ = ("last_step", "measures", "ranks", "window")
+    __slots__ = ("last_step", "measures", "ranks", "raws", "streaks", "window")
 
     def __init__(
         self,
@@ -113,17 +114,31 @@ class RuleBatch:
         last_step: int | None = None,
     ) -> None:
         self.ranks = ranks
+        self.raws: np.ndarray | None = None
+        self.streaks: list[int] | None = None  # ``for``: the streaks after the batch
         self.measures = measures
         self.window = window  # growth: the window after the batch (None: unchanged)
         self.last_step = last_step
 
     def at(self, state: RuleState, j: int) -> None:
-        state.raw = int(self.ranks[j]) if self.ranks is not None else 0
+        raws = self.raws if self.raws is not None else self.ranks
+        state.raw = int(raws[j]) if raws is not None else 0
         if self.measures is not None:
             state.ratio = float(self.measures[j])
 
+    def calls(self) -> list[int]:
+        """The points the engine calls the sink at whatever the rank before: rank or raw non-zero."""
+        if self.ranks is None:
+            return []
+        nonzero = self.ranks != 0
+        if self.raws is not None:
+            nonzero |= self.raws != 0
+        return np.flatnonzero(nonzero).tolist()
+
     def commit(self, state: RuleState) -> None:
         self.at(state, -1)
+        if self.streaks is not None:
+            state.streaks[:] = self.streaks
         if self.window is not None:
             state.window = self.window
             state.last_step = self.last_step
@@ -311,20 +326,49 @@ class Rule:
 
     def evaluate_batch(self, state: RuleState, steps: np.ndarray, values: np.ndarray) -> RuleBatch | None:
         """``evaluate`` over a batch of points (int64 steps, float64 values) without touching
-        ``state``; None when this rule must go point by point (``for`` > 1, anomaly, baseline,
-        absent, or a growth window the batch could push past MAX_GROWTH_WINDOW)."""
-        if self.for_points > 1:
-            return None
+        ``state``; None when this rule must go point by point (anomaly, baseline, absent, or a
+        growth window the batch could push past MAX_GROWTH_WINDOW)."""
         mode = self._mode
+        evidence: np.ndarray | None = None  # the points ``for`` counts (None: all of them)
         if mode <= _ABSOLUTE:
-            return self._thresholds_batch(state, values)
-        if mode == _NONFINITE:
+            b = self._thresholds_batch(state, values)
+            evidence = np.isfinite(values)
+        elif mode == _NONFINITE:
             if state.raw == 0 and _all_within(values, self._lo, self._hi):
                 return RuleBatch(None)
-            return RuleBatch(np.where(np.isfinite(values), 0, self._top))
-        if mode == _GROWTH:
-            return _growth_batch(self, state, steps, values)
-        return None
+            b = RuleBatch(np.where(np.isfinite(values), 0, self._top))
+        elif mode == _GROWTH:
+            b = _growth_batch(self, state, steps, values)  # type: ignore[assignment]
+            evidence = np.isfinite(values)
+        else:
+            return None
+        if b is None or self.for_points <= 1 or b.ranks is None:
+            return b  # a quiet batch (raw 0 before and after) leaves every streak at 0
+        return self._for_batch(b, evidence, state)
+
+    def _for_batch(self, b: RuleBatch, evidence: np.ndarray | None, state: RuleState) -> RuleBatch:
+        """``for``: per level, the run of consecutive points (of evidence) at or above it, from the
+        streak carried in, saturating at ``for``; the rank is the highest level whose run reached it.
+        A point that is not evidence holds the rank and the streaks (``_held``)."""
+        n = self.for_points
+        raws = b.ranks
+        at = np.arange(len(raws)) if evidence is None else np.flatnonzero(evidence)
+        raw_at = raws[at]  # type: ignore[index]
+        pos = np.arange(len(at))
+        best = np.zeros(len(at), dtype=np.int64)
+        streaks = list(state.streaks)
+        for i, rank in reversed(self._indexed):  # lowest first: a higher rank overwrites
+            last_break = np.maximum.accumulate(np.where(raw_at >= rank, -1, pos)) if len(at) else pos
+            count = np.minimum(np.where(last_break >= 0, pos - last_break, pos + 1 + streaks[i]), n)
+            best[count >= n] = rank
+            if len(at):
+                streaks[i] = int(count[-1])
+        ranks = np.zeros(len(raws), dtype=np.int64)  # type: ignore[arg-type]
+        ranks[at] = best
+        if evidence is not None:
+            ranks = _forward_fill(ranks, evidence, self._held(state))
+        b.raws, b.ranks, b.streaks = raws, ranks, streaks
+        return b
 
     def _thresholds_batch(self, state: RuleState, values: np.ndarray) -> RuleBatch:
         if state.raw == 0 and _all_within(values, self._lo, self._hi):
@@ -520,12 +564,23 @@ def _growth_batch(rule: Rule, state: RuleState, steps: np.ndarray, values: np.nd
     )
 
 
+def _increasing(steps: np.ndarray, values: np.ndarray, next_step: int) -> bool:
+    """A carried window as ``_remember`` keeps it: steps and positive values strictly increasing,
+    none after the batch's first step. Only then is its head the minimum of its values."""
+    rising = bool((np.diff(steps) > 0).all() and (np.diff(values) > 0).all())
+    return rising and bool(values[0] > 0) and int(steps[-1]) <= next_step
+
+
 def _segment(steps: np.ndarray, values: np.ndarray, carried, within: int):
     """One run of finite points whose steps never go back: (ratio, has a window) per point and the
     positive points (carried window first) as steps and values; None when the cap could bind."""
     positive = values > 0
-    wsteps = np.concatenate([np.array([p[0] for p in carried], dtype=np.int64), steps[positive]])
-    wvalues = np.concatenate([np.array([p[1] for p in carried], dtype=np.float64), values[positive]])
+    csteps = np.array([p[0] for p in carried], dtype=np.int64)
+    cvalues = np.array([p[1] for p in carried], dtype=np.float64)
+    if len(carried) and not _increasing(csteps, cvalues, int(steps[0])):
+        return None  # not a window ``_remember`` made (a state restored from a damaged row)
+    wsteps = np.concatenate([csteps, steps[positive]])
+    wvalues = np.concatenate([cvalues, values[positive]])
     before = np.cumsum(positive) - positive + len(carried)  # positive points before each point
     first = np.searchsorted(wsteps, steps - within, "left")  # the oldest of them within the window
     count = before - first

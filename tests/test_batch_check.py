@@ -18,8 +18,9 @@ from gradwatch.events.logdir import LogdirReader, ProblemLog, scan
 from gradwatch.oneshot.check import CheckResult, FindingSink, SeriesStats, run_check, write_json, write_text
 
 TAGS = ("actor/grad_norm", "critic/grad_norm", "loss")
-BATCHABLE = ["above", "below", "absolute", "nonfinite", "growth", "growth_min", "growth_long", "keep"]
-PER_POINT = ["above_for", "growth_for", "anomaly", "absent"]
+BATCHABLE = ["above", "below", "absolute", "above_for", "nonfinite", "growth", "growth_min", "growth_long"]
+BATCHABLE += ["growth_for", "keep"]
+PER_POINT = ["anomaly", "absent"]
 
 
 def write_logdir(logdir, rng: random.Random, n: int) -> None:

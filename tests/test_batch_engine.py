@@ -99,3 +99,21 @@ def test_a_rise_that_just_fills_the_growth_window_goes_point_by_point():
     assert state_of(e2) == state_of(e1)
     (s,) = e1.all_series()
     assert len(s.states[0].window) == MAX_GROWTH_WINDOW
+
+
+def test_a_restored_window_that_remember_could_not_have_made_goes_point_by_point():
+    """A window from a damaged state row (not increasing): its head is not its minimum, so the batch
+    must not treat it as one; fails if the batch takes the minimum of the window instead."""
+    rules = rules_of(["growth"])
+    engines = Engine(rules, Recorder()), Engine(rules, Recorder())
+    for engine in engines:
+        engine.observe("run", "t", 0, 0.0, 1.0)
+        (s,) = engine.all_series()
+        s.states[0].window.clear()
+        s.states[0].window.extend([(0, 50.0), (1, 2.0), (2, 80.0)])
+        s.states[0].last_step = 2
+    steps, values = np.arange(3, 8), np.array([100.0, 120.0, 90.0, 300.0, 10.0])
+    for step, value in zip(steps.tolist(), values.tolist()):
+        engines[0].observe("run", "t", step, 0.0, value)
+    engines[1].observe_batch("run", "t", steps, np.zeros(5), values)
+    assert state_of(engines[1]) == state_of(engines[0])
