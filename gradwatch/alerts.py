@@ -149,6 +149,11 @@ class AlertBook:
     what is still firing, once.
     """
 
+    # A point at the rank an active alert already has only records the point in the alert (its step,
+    # value, wall time, ratio; clear counters to 0): no transition, no clock read. The engine may
+    # therefore call with the last point of such a run only (engine.py: Sink).
+    collapses_steady_runs = True
+
     def __init__(self, rules: list[Rule], clock=time.time, live: bool = True) -> None:
         self.rules = {r.name: r for r in rules}
         self.clock = clock

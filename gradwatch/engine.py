@@ -4,22 +4,46 @@ The engine finds (once per series) the rules that match it and evaluates
 them on every point. It calls the sink only when a rule's severity is or was
 non-zero, so a healthy series costs two dict lookups per point and one call
 per matching rule.
+
+``observe_batch`` takes a batch of one series' points as numpy arrays and makes
+exactly the sink calls ``observe`` would make point by point, in the same
+order, leaving the same state; a sink with a ``many`` method (see ``Sink``)
+takes a rule's whole batch in one call.
 """
 
 from __future__ import annotations
 
+import bisect
 import fnmatch
 from collections.abc import Callable
+
+import numpy as np
 
 from gradwatch.baseline import References
 from gradwatch.events.logdir import ProblemLog
 from gradwatch.fmt import shown_name
 from gradwatch.match import MAX_NAME_BYTES, name_too_long
-from gradwatch.rules import Rule, Series, series_rules
+from gradwatch.rules import Rule, RuleBatch, Series, series_rules
 
 NAME_TOO_LONG = "name_too_long"
 
 # sink(series, rule index, rank, previous rank, step, wall_time, value)
+#
+# A sink may also have ``many(series, i, ranks, steps, wall_times, values, measures)``: it then
+# stands for every call of rule i over one batch (``observe_batch``), and must do what those
+# calls would: the engine calls the sink at point j when ranks[j] (after ``for``), the raw rank
+# of point j (before ``for``: pending) or the rank in ``series.ranks[i]`` is non-zero, having set
+# ``series.ranks[i] = ranks[j]`` (``previous`` is what it was), and ``series.states[i]`` has that
+# raw rank and ``ratio = measures[j]`` (growth); ``many`` is not told the raw ranks, so only a
+# sink to which a pending point is no alert may have it. ``many`` reads ``series.ranks[i]`` as
+# the rank before the batch, leaves it as the last of those calls would, and finds the state
+# already at the batch's end. Its calls for different rules come rule by rule, not interleaved
+# point by point: only a sink whose rules are independent of each other's order may have it.
+#
+# A sink whose attribute ``collapses_steady_runs`` is true declares that after a call at rank r != 0
+# that leaves ``series.ranks[i] == r``, a call at the next point with rank r again only records that
+# point (nothing else changes, no transition, no clock read); within a batch the engine then calls it
+# only at the last point of such a run of rank r (gradwatch/alerts.py: AlertBook).
 Sink = Callable[[Series, int, int, int, int, float, float], None]
 
 
@@ -127,6 +151,96 @@ class Engine:
                 ranks[i] = rank
                 self.sink(s, i, rank, previous, step, wall_time, value)
 
+    def observe_batch(
+        self, run: str, tag: str, steps: np.ndarray, wall_times: np.ndarray, values: np.ndarray
+    ) -> None:
+        """``observe`` for each point of one series' batch (int64 steps, float64 wall times and
+        values, in order): the same sink calls in the same order, the same state after."""
+        if not len(steps):
+            return
+        s = self.series(run, tag)
+        if s is None:
+            return
+        batches = self._evaluate_batch(s, steps, values)
+        if batches is None:
+            observe = self.observe
+            for step, wall_time, value in zip(steps.tolist(), wall_times.tolist(), values.tolist()):
+                observe(run, tag, step, wall_time, value)
+            return
+        many = getattr(self.sink, "many", None)
+        if many is None:
+            self._calls(s, batches, steps, wall_times, values)
+        s.step = int(steps[-1])
+        s.wall_time = float(wall_times[-1])
+        s.value = float(values[-1])
+        for i, b in enumerate(batches):
+            b.commit(s.states[i])
+            if many is not None and (b.ranks is not None or s.ranks[i]):
+                ranks = b.ranks if b.ranks is not None else np.zeros(len(steps), dtype=np.int64)
+                many(s, i, ranks, steps, wall_times, values, b.measures)
+
+    @staticmethod
+    def _evaluate_batch(s: Series, steps: np.ndarray, values: np.ndarray) -> list[RuleBatch] | None:
+        """Every rule's decisions on the batch, or None when the series goes point by point:
+        some rule cannot take a batch, or the series is a baseline's reference (its history
+        must grow point by point)."""
+        if s.history is not None:
+            return None
+        batches = []
+        for rule, state in zip(s.rules, s.states):
+            b = rule.evaluate_batch(state, steps, values)
+            if b is None:
+                return None
+            batches.append(b)
+        return batches
+
+    def _calls(
+        self,
+        s: Series,
+        batches: list[RuleBatch],
+        steps: np.ndarray,
+        wall_times: np.ndarray,
+        values: np.ndarray,
+    ) -> None:
+        """The per-point sink calls of a batch, in (point, rule) order as ``observe`` makes them;
+        the sink may change ``s.ranks[i]``, which decides whether the next point is a call."""
+        n = len(steps)
+        # per rule: the points whose rank or raw is non-zero (each is a call), as a sorted list
+        alerting = [b.calls() for b in batches]
+        upcoming = {}  # rule index -> its next call
+        for i, points in enumerate(alerting):
+            j = 0 if s.ranks[i] else points[0] if points else None
+            if j is not None:
+                upcoming[i] = j
+        if not upcoming:
+            return
+        steps_, walls, values_ = steps.tolist(), wall_times.tolist(), values.tolist()
+        sink, ranks, states = self.sink, s.ranks, s.states
+        collapse = getattr(sink, "collapses_steady_runs", False)
+        run_ends = [_run_ends(b.ranks) if collapse and b.ranks is not None else [] for b in batches]
+        while upcoming:
+            i = min(upcoming, key=lambda k: (upcoming[k], k))
+            j = upcoming[i]
+            b = batches[i]
+            b.at(states[i], j)
+            rank = int(b.ranks[j]) if b.ranks is not None else 0
+            previous = ranks[i]
+            ranks[i] = rank
+            s.step, s.wall_time, s.value = steps_[j], walls[j], values_[j]  # what observe shows a sink
+            sink(s, i, rank, previous, steps_[j], walls[j], values_[j])
+            if not ranks[i]:
+                nxt = _after(alerting[i], j)
+            elif rank and ranks[i] == rank and run_ends[i]:
+                # a steady alert: the calls at the next points of this rank only record the point
+                # (``collapses_steady_runs``), so the last point of the run stands for them all
+                nxt = max(j + 1, run_ends[i][bisect.bisect_left(run_ends[i], j)])
+            else:
+                nxt = j + 1
+            if nxt is None or nxt >= n:
+                del upcoming[i]
+            else:
+                upcoming[i] = nxt
+
     def forget_run(self, run: str) -> None:
         self.runs.pop(run, None)
         self.references.forget_run(run)
@@ -137,3 +251,14 @@ class Engine:
             for s in list(tags.values()):
                 if s is not None:
                     yield s
+
+
+def _after(points: list[int], j: int) -> int | None:
+    """The first of the sorted ``points`` after j."""
+    k = bisect.bisect_right(points, j)
+    return points[k] if k < len(points) else None
+
+
+def _run_ends(ranks: np.ndarray) -> list[int]:
+    """The last index of each run of equal ranks, sorted."""
+    return [*np.flatnonzero(ranks[1:] != ranks[:-1]).tolist(), len(ranks) - 1]

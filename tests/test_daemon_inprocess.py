@@ -24,7 +24,9 @@ import gradwatch.daemon.reading as reading_module
 from gradwatch.config import Config
 from gradwatch.config.yaml import ConfigError
 from gradwatch.daemon import Daemon
+from gradwatch.events import scalars
 from gradwatch.events.framing import frame
+from gradwatch.events.scalars import EventFileReader
 
 TAG = "gradients/actor_cnn_norm"
 
@@ -214,17 +216,18 @@ def test_a_stop_in_the_middle_of_a_big_file_commits_nothing_half_read(tmp_path, 
     run.mkdir(parents=True)
     points = _multi_value_file(run / "events.out.tfevents.1.merged", records=30, per_record=3)
 
+    monkeypatch.setattr(scalars, "_COLUMN_BATCH_BYTES", 200)  # batches of a few records
     first = Daemon(config(tmp_path))
-    observe = first.engine.observe
+    observe_batch = first.engine.observe_batch
 
-    def observe_then_stop(*point):
-        observe(*point)
+    def observe_then_stop(*batch):
+        observe_batch(*batch)
         first.stop()  # SIGTERM arrives while the file is being read
 
-    first.engine.observe = observe_then_stop
+    first.engine.observe_batch = observe_then_stop
     assert first.catch_up() is False
     first.shutdown()
-    assert first.points == 7  # it stopped after the first batch, inside the third record
+    assert 7 <= first.points < len(points)  # it stopped at the first look after 7 points, between batches
     # the second start reads the file again from its start: no point skipped or counted twice
     second = Daemon(config(tmp_path))
     assert second.catch_up() is True
@@ -240,6 +243,34 @@ def test_a_stop_in_the_middle_of_a_big_file_commits_nothing_half_read(tmp_path, 
     got = {k: (a.state, a.rank, a.step, a.seq) for k, a in again.book.alerts.items()}
     again.shutdown()
     assert got == expected and len(got) == 6  # explosion and growth on three tags
+
+
+def test_a_read_error_inside_a_batch_loses_none_of_its_points(tmp_path, monkeypatch):
+    """The reader fails (EIO) inside a batch it has not handed over: the offset goes back to the
+    batch's start, so the next reading has every point once. Fails if the offset stays where the
+    reader stopped (the points it had read of that batch are skipped for good)."""
+    monkeypatch.setattr(scalars, "_COLUMN_BATCH_BYTES", 200)  # batches of a few records
+    run = tmp_path / "logdir" / "run"
+    run.mkdir(parents=True)
+    points = _multi_value_file(run / "events.out.tfevents.1.merged", records=90, per_record=1)
+    read = EventFileReader._read
+    failed = []
+
+    def fails_once(self, *args):
+        for k, point in enumerate(read(self, *args)):
+            if k == 40 and not failed:  # an I/O error cannot be made on demand here: raise one
+                failed.append(k)
+                raise OSError(errno.EIO, "Input/output error")
+            yield point
+
+    monkeypatch.setattr(EventFileReader, "_read", fails_once)
+    first = Daemon(config(tmp_path))
+    first.catch_up()
+    first.shutdown()
+    second = Daemon(config(tmp_path))
+    second.catch_up()
+    second.shutdown()
+    assert failed and first.points + second.points == len(points)
 
 
 RELOAD_RULES = """

@@ -15,12 +15,14 @@ from collections.abc import Callable, Iterator
 
 from gradwatch.daemon.unit_of_work import UnitOfWork
 from gradwatch.engine import Engine
+from gradwatch.events.columns import Columns
 from gradwatch.events.logdir import UNREADABLE_FILE, LogdirReader, ProblemLog
 from gradwatch.events.records import DEFAULT_READ_BUDGET
 
 log = logging.getLogger("gradwatch")
 
-# points between two looks at the stop flag and the systemd watchdog while reading one big file
+# points (whole batches of them) between two looks at the stop flag and the systemd watchdog while
+# reading one big file
 BATCH_POINTS = 50_000
 READ_BUDGET = DEFAULT_READ_BUDGET  # bytes of one file per turn of the loop; then the others
 
@@ -73,9 +75,9 @@ class FileReads:
         # recorded before reading: bytes appended while we read show up as a change next time
         self.seen[path] = (st.st_size, st.st_mtime_ns)
         records_before = reader.tail.records
-        points = reader.read(budget=READ_BUDGET)
+        batches = reader.read_columns(budget=READ_BUDGET)
         try:
-            self._observe(run, path, points)
+            self._observe(run, path, batches)
         except OSError as e:
             self.read_error(path, e)
         except Exception:
@@ -88,7 +90,7 @@ class FileReads:
                 self.unreadable.discard(path)
                 log.info("%s: readable again", path)
         finally:
-            points.close()
+            batches.close()
             self.records += reader.tail.records - records_before
             if reader.pending:
                 self.read_again.add(path)
@@ -97,23 +99,33 @@ class FileReads:
         self.points += n
         return n
 
-    def _observe(self, run: str, path: str, points: Iterator[tuple[str, int, float, float]]) -> None:
-        """The hot loop: every point of a read pass into the engine; the count lands in
-        ``_observed`` even when the reader fails halfway (what was observed is marked dirty)."""
-        observe = self.engine.observe
+    def _observe(self, run: str, path: str, batches: Iterator[list[Columns]]) -> None:
+        """The hot loop: every batch of a read pass into the engine, a series' points at a time;
+        the count lands in ``_observed`` even when the reader fails halfway (what was observed is
+        marked dirty). A stop is looked at between batches: a batch is observed whole or not at all."""
+        observe_batch = self.engine.observe_batch
+        tail = self.reader.readers[path][1].tail
+        whole = tail.offset  # just past the last batch observed whole
         n = 0
         check_at = BATCH_POINTS
         try:
-            for tag, step, wall_time, value in points:
-                observe(run, tag, step, wall_time, value)
-                n += 1
-                if n == check_at:
+            for columns in batches:
+                for c in columns:
+                    observe_batch(run, c.tag, c.steps, c.wall_times, c.values)
+                    n += len(c)
+                whole = tail.offset
+                if n >= check_at:
                     # a long catch-up still answers systemd's watchdog and SIGTERM
-                    check_at += BATCH_POINTS
+                    check_at = n + BATCH_POINTS
                     self._ping()
                     if self._stopping.is_set():
                         self.abandoned = path
                         break
+        except OSError:
+            # the reader failed inside a batch it had not handed over yet: none of its points were
+            # observed, so the offset goes back to where that batch starts (read again next time)
+            tail.offset = whole
+            raise
         finally:
             self._observed = n
 

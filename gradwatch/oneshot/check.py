@@ -14,9 +14,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+import numpy as np
+
 from gradwatch.anomaly import AnomalyState
 from gradwatch.baseline import Verdict
 from gradwatch.engine import Engine
+from gradwatch.events.columns import Columns
 from gradwatch.events.logdir import LogdirReader, ProblemLog, scan
 from gradwatch.events.parallel import fork_map, split_runs
 from gradwatch.events.remote import is_remote
@@ -65,6 +68,29 @@ class SeriesStats:
             self.max, self.max_step = value, step
         if value < self.min:
             self.min, self.min_step = value, step
+
+    def add_batch(self, steps: np.ndarray, values: np.ndarray) -> None:
+        """``add`` for each point of a batch (int64 steps, float64 values, in order)."""
+        n = len(values)
+        self.count += n
+        self.last_step = int(steps[-1])
+        finite = np.isfinite(values)
+        if not finite.all():
+            bad = np.flatnonzero(~finite)
+            self.nonfinite += len(bad)
+            if self.first_nonfinite is None:
+                self.first_nonfinite = (int(steps[bad[0]]), float(values[bad[0]]))
+            steps, values = steps[finite], values[finite]
+            if not len(values):
+                return
+        high = values.max()
+        if high > self.max:  # the first point at the maximum, as ``add`` keeps it
+            j = int(np.argmax(values == high))
+            self.max, self.max_step = float(values[j]), int(steps[j])
+        low = values.min()
+        if low < self.min:
+            j = int(np.argmax(values == low))
+            self.min, self.min_step = float(values[j]), int(steps[j])
 
     def extreme(self, which: str) -> dict[str, Any] | None:
         """{"step", "value"} of the finite max or min; None when no value was finite."""
@@ -201,17 +227,27 @@ def run_check(
     return result
 
 
-def _check_runs(logdir: str, rules: list[Rule], runs: dict[str, list[str]]) -> CheckResult:
-    findings: dict[tuple[str, str, str], Finding] = {}
+class FindingSink:
+    """check's engine sink: what each rule saw on each series, as ``Finding``s. Its ``many`` takes
+    a rule's batch of points with numpy (see engine.Sink): the same findings as point by point."""
 
-    def sink(s: Series, i: int, rank: int, previous: int, step: int, wall_time: float, value: float) -> None:
+    def __init__(self) -> None:
+        self.findings: dict[tuple[str, str, str], Finding] = {}
+
+    def _finding(self, s: Series, rule: Rule) -> Finding:
+        key = (rule.name, s.run, s.tag)
+        f = self.findings.get(key)
+        if f is None:
+            f = self.findings[key] = Finding(rule, s.run, s.tag)
+        return f
+
+    def __call__(
+        self, s: Series, i: int, rank: int, previous: int, step: int, wall_time: float, value: float
+    ) -> None:
         if not rank and not previous:
             return  # pending (``for`` not met yet): not an alert
         rule = s.rules[i]
-        key = (rule.name, s.run, s.tag)
-        f = findings.get(key)
-        if f is None:
-            f = findings[key] = Finding(rule, s.run, s.tag)
+        f = self._finding(s, rule)
         f.final = rank
         if not rank:
             return
@@ -225,6 +261,55 @@ def _check_runs(logdir: str, rules: list[Rule], runs: dict[str, list[str]]) -> C
             f.worst = rank
             f.annotations = rule.render(rule.fields(s.run, s.tag, step, value, rank, state))
 
+    def many(
+        self,
+        s: Series,
+        i: int,
+        ranks: np.ndarray,
+        steps: np.ndarray,
+        wall_times: np.ndarray,
+        values: np.ndarray,
+        measures: np.ndarray | None,
+    ) -> None:
+        previous = s.ranks[i]
+        s.ranks[i] = int(ranks[-1])  # the rank of the last call (0 after the point that cleared it)
+        alerting = ranks.nonzero()[0]
+        if not len(alerting):
+            if previous:  # the first point clears what the last batch left alerting
+                self._finding(s, s.rules[i]).final = 0
+            return
+        rule = s.rules[i]
+        f = self._finding(s, rule)
+        f.final = int(ranks[-1])
+        at = ranks[alerting]
+        for r, count in zip(*(a.tolist() for a in np.unique(at, return_counts=True))):
+            f.at_rank[r] = f.at_rank.get(r, 0) + count
+        state = s.states[i]
+
+        def measure(j: int) -> float | None:
+            return float(measures[j]) if measures is not None else _ratio_of(rule, state)
+
+        # severity -> its first point; in point order, and at one point the highest severity first
+        firsts = [
+            (int(alerting[np.argmax(at >= r)]), order, sev)
+            for order, (r, sev, _) in enumerate(rule.levels)
+            if sev not in f.first and (at >= r).any()
+        ]
+        for j, _, sev in sorted(firsts):
+            f.first[sev] = (int(steps[j]), float(values[j]), measure(j))
+        top = int(at.max())
+        if top > f.worst:
+            f.worst = top
+            j = int(alerting[np.argmax(at == top)])
+            at_j = RuleState(len(rule.levels))
+            at_j.extra, at_j.raw = state.extra, top
+            at_j.ratio = measure(j) if measures is not None else state.ratio
+            step, value = int(steps[j]), float(values[j])
+            f.annotations = rule.render(rule.fields(s.run, s.tag, step, value, top, at_j))
+
+
+def _check_runs(logdir: str, rules: list[Rule], runs: dict[str, list[str]]) -> CheckResult:
+    sink = FindingSink()
     problems = ProblemLog()
     engine = Engine(rules, sink, problems=problems)
     reader = LogdirReader(logdir, problems=problems)
@@ -232,21 +317,22 @@ def _check_runs(logdir: str, rules: list[Rule], runs: dict[str, list[str]]) -> C
         for path in paths:
             reader.reader(run, path)
     stats: dict[tuple[str, str], SeriesStats] = {}
-    observe = engine.observe
+    observe_batch = engine.observe_batch
     engine_runs = engine.runs
     points = 0
-    for run, tag, step, wall_time, value in _references_first(reader, engine):
-        points += 1
-        observe(run, tag, step, wall_time, value)
-        series = engine_runs[run][tag]
-        if series is not None and series.rules:  # not a baseline's reference that no rule watches
-            st = stats.get((run, tag))
-            if st is None:
-                st = stats[(run, tag)] = SeriesStats()
-            st.add(step, value)
+    for run, batch in _references_first(reader, engine):
+        for c in batch:
+            points += len(c)
+            observe_batch(run, c.tag, c.steps, c.wall_times, c.values)
+            series = engine_runs[run].get(c.tag)
+            if series is not None and series.rules:  # not a baseline's reference that no rule watches
+                st = stats.get((run, c.tag))
+                if st is None:
+                    st = stats[(run, c.tag)] = SeriesStats()
+                st.add_batch(c.steps, c.values)
     tags_seen = {tag for tags in engine_runs.values() for tag in tags}
     result = CheckResult(
-        logdir, rules, findings, stats, sorted(runs), points, dict(problems.counts), tags_seen
+        logdir, rules, sink.findings, stats, sorted(runs), points, dict(problems.counts), tags_seen
     )
     result.uncompared = _uncompared(engine)
     return result
@@ -264,16 +350,16 @@ def _ratio_of(rule: Rule, state: RuleState) -> float | None:
     return None
 
 
-def _references_first(reader: LogdirReader, engine: Engine) -> Iterator[tuple[str, str, int, float, float]]:
-    """Every point, the runs that baseline rules compare with first: a finished logdir's baseline
-    has reached every step when the other runs are compared with it."""
+def _references_first(reader: LogdirReader, engine: Engine) -> Iterator[tuple[str, list[Columns]]]:
+    """Every point in columns, the runs that baseline rules compare with first: a finished logdir's
+    baseline has reached every step when the other runs are compared with it."""
     if not engine.has_baselines:
-        yield from reader.read_all(final=True)
+        yield from reader.read_all_columns(final=True)
         return
     paths = sorted(reader.readers, key=lambda p: (reader.readers[p][0], p))
     reference_runs = {reader.readers[p][0] for p in paths if engine.is_reference_run(reader.readers[p][0])}
     for path in sorted(paths, key=lambda p: reader.readers[p][0] not in reference_runs):
-        yield from reader.read_file(path, final=True)
+        yield from reader.read_file_columns(path, final=True)
 
 
 def _uncompared(engine: Engine) -> list[tuple[Rule, str, str, int, str]]:

@@ -1,0 +1,102 @@
+"""Rule work per million points, point by point against a batch at a time (issue 12).
+
+    .venv/bin/python bench/bench_rules_batch.py [--dataset bench/data/simple] [--repeat R]
+
+The points of the data set are read once, in columns (``LogdirReader.read_all_columns``), before any
+timing: the rows time only what comes after the reader, CPU time (``time.process_time``: other work
+on the machine does not count), median of R repeats, scaled to 1,000,000 points. Rules: the packaged
+defaults (gradwatch/default_rules/: thresholds, nonfinite, growth on ``grad.*norm`` tags).
+
+* ``check, per point``: ``Engine.observe`` + ``SeriesStats.add`` per point into check's sink (what
+  ``gradwatch check`` did before batches);
+* ``check, batch``: ``Engine.observe_batch`` + ``SeriesStats.add_batch`` per Columns, the sink's
+  ``many`` (what it does now);
+* ``daemon, per point`` / ``daemon, batch``: the same into the daemon's ``AlertBook`` while it
+  catches up (transitions decided, no events emitted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from gradwatch.alerts import AlertBook
+from gradwatch.config.rulefiles import load_rules
+from gradwatch.engine import Engine
+from gradwatch.events.logdir import LogdirReader
+from gradwatch.oneshot.check import FindingSink, SeriesStats
+
+
+def read(dataset: str) -> list:
+    reader = LogdirReader(dataset)
+    reader.refresh()
+    return [(run, c) for run, batch in reader.read_all_columns(final=True) for c in batch]
+
+
+def check_per_point(rules, columns) -> None:
+    sink = FindingSink()
+    engine = Engine(rules, sink.__call__)
+    stats: dict = {}
+    for run, c in columns:
+        st = stats.setdefault((run, c.tag), SeriesStats())
+        for step, wall_time, value in c.points():
+            engine.observe(run, c.tag, step, wall_time, value)
+            st.add(step, value)
+
+
+def check_batch(rules, columns) -> None:
+    engine = Engine(rules, FindingSink())
+    stats: dict = {}
+    for run, c in columns:
+        engine.observe_batch(run, c.tag, c.steps, c.wall_times, c.values)
+        stats.setdefault((run, c.tag), SeriesStats()).add_batch(c.steps, c.values)
+
+
+def daemon_per_point(rules, columns) -> None:
+    book = AlertBook(rules, live=False)
+    book.suppress = True
+    engine = Engine(rules, book)
+    for run, c in columns:
+        for step, wall_time, value in c.points():
+            engine.observe(run, c.tag, step, wall_time, value)
+
+
+def daemon_batch(rules, columns) -> None:
+    book = AlertBook(rules, live=False)
+    book.suppress = True
+    engine = Engine(rules, book)
+    for run, c in columns:
+        engine.observe_batch(run, c.tag, c.steps, c.wall_times, c.values)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="bench/data/simple")
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    columns = read(args.dataset)
+    points = sum(len(c) for _, c in columns)
+    rules = load_rules()  # no paths: the packaged defaults
+    print(f"{args.dataset}: {points:,} points in {len(columns):,} columns")
+    print(f"| path | CPU s per 1M points (median of {args.repeat}) |")
+    for name, work in [
+        ("check, per point", check_per_point),
+        ("check, batch", check_batch),
+        ("daemon, per point", daemon_per_point),
+        ("daemon, batch", daemon_batch),
+    ]:
+        times = []
+        for _ in range(args.repeat):
+            t0 = time.process_time()
+            work(rules, columns)
+            times.append(time.process_time() - t0)
+        print(f"| {name} | {statistics.median(times) * 1e6 / points:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
