@@ -24,9 +24,8 @@ import gradwatch.daemon.reading as reading_module
 from gradwatch.config import Config
 from gradwatch.config.yaml import ConfigError
 from gradwatch.daemon import Daemon
-from gradwatch.events import scalars
+from gradwatch.events import records, scalars
 from gradwatch.events.framing import frame
-from gradwatch.events.scalars import EventFileReader
 
 TAG = "gradients/actor_cnn_norm"
 
@@ -216,7 +215,8 @@ def test_a_stop_in_the_middle_of_a_big_file_commits_nothing_half_read(tmp_path, 
     run.mkdir(parents=True)
     points = _multi_value_file(run / "events.out.tfevents.1.merged", records=30, per_record=3)
 
-    monkeypatch.setattr(scalars, "_COLUMN_BATCH_BYTES", 200)  # batches of a few records
+    monkeypatch.setattr(scalars, "_COLUMN_BATCH_BYTES", 200)  # batches of a few records...
+    monkeypatch.setattr(records, "CHUNK_BYTES", 256)  # ... read a few records at a time
     first = Daemon(config(tmp_path))
     observe_batch = first.engine.observe_batch
 
@@ -249,21 +249,22 @@ def test_a_read_error_inside_a_batch_loses_none_of_its_points(tmp_path, monkeypa
     """The reader fails (EIO) inside a batch it has not handed over: the offset goes back to the
     batch's start, so the next reading has every point once. Fails if the offset stays where the
     reader stopped (the points it had read of that batch are skipped for good)."""
-    monkeypatch.setattr(scalars, "_COLUMN_BATCH_BYTES", 200)  # batches of a few records
+    monkeypatch.setattr(scalars, "_COLUMN_BATCH_BYTES", 200)  # batches of a few records...
+    monkeypatch.setattr(records, "CHUNK_BYTES", 256)  # ... read a few records at a time
     run = tmp_path / "logdir" / "run"
     run.mkdir(parents=True)
     points = _multi_value_file(run / "events.out.tfevents.1.merged", records=90, per_record=1)
-    read = EventFileReader._read
+    read_frames = records.RecordTail.read_frames
     failed = []
 
     def fails_once(self, *args):
-        for k, point in enumerate(read(self, *args)):
-            if k == 40 and not failed:  # an I/O error cannot be made on demand here: raise one
+        for k, frames in enumerate(read_frames(self, *args)):
+            if k == 3 and not failed:  # an I/O error cannot be made on demand here: raise one
                 failed.append(k)
                 raise OSError(errno.EIO, "Input/output error")
-            yield point
+            yield frames
 
-    monkeypatch.setattr(EventFileReader, "_read", fails_once)
+    monkeypatch.setattr(records.RecordTail, "read_frames", fails_once)
     first = Daemon(config(tmp_path))
     first.catch_up()
     first.shutdown()

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from gradwatch.config import Config
-from gradwatch.daemon import sdnotify
+from gradwatch.daemon import catchup, sdnotify
 from gradwatch.daemon.reading import FileReads
 from gradwatch.daemon.unit_of_work import UnitOfWork
 from gradwatch.daemon.watcher import Changes, ListingPoller, Watcher
@@ -30,6 +30,7 @@ from gradwatch.events.logdir import (
     scan,
     scan_listed,
 )
+from gradwatch.events.parallel import ForkStream, file_size
 from gradwatch.events.remote import is_remote
 
 log = logging.getLogger("gradwatch")
@@ -170,16 +171,41 @@ class Follower:
         return found, new
 
     def _read_new(self, new: list[str]) -> None:
-        for p in new:
+        here, ahead = new, []
+        if not self._ready.is_set() and self.remote is None:
+            here, ahead = catchup.split(new, {p: file_size(p) for p in new})
+        # the first catch-up of a big logdir: a child decodes the later files meanwhile
+        stream = catchup.stream_files(ahead, self.reader.readers) if ahead else None
+        try:
+            for p in here:
+                if self._stopping.is_set():
+                    return  # catching up when told to stop: the rest is read next time
+                if self._ready.is_set():
+                    self.reads.read_file(p)  # live: a budget per turn, round robin with every other file
+                else:
+                    self._read_through(p)  # the first catch-up reads each file to its end
+                self._after_file()
+            if stream is not None:
+                log.debug("catch-up: %d of %d files read ahead by pid %d", len(ahead), len(new), stream.pid)
+                self._take_decoded(stream)
+        finally:
+            if stream is not None:
+                stream.close()
+
+    def _take_decoded(self, stream: ForkStream) -> None:
+        """The child's files, in its order, each as if this process had read it through."""
+        for path, messages in catchup.by_file(stream):
             if self._stopping.is_set():
-                break  # catching up when told to stop: the rest is read next time
-            if self._ready.is_set():
-                self.reads.read_file(p)  # live: a budget per turn, round robin with every other file
-            else:
-                self._read_through(p)  # the first catch-up reads each file to its end
-            self._ping()
-            # between files offsets are exact: a long catch-up keeps its progress
-            self._checkpoint(lazy=True)
+                return
+            entry = self.reader.readers.get(path)
+            if entry is not None:
+                self.reads.read_file(path, decoded=catchup.Decoded(entry[1], messages, self.problems))
+            self._after_file()
+
+    def _after_file(self) -> None:
+        self._ping()
+        # between files offsets are exact: a long catch-up keeps its progress
+        self._checkpoint(lazy=True)
 
     def _read_through(self, path: str) -> None:
         """Read ``path`` to its end a budget at a time, so a multi-GB file of images still answers

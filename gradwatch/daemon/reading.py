@@ -13,6 +13,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 
+from gradwatch.daemon.catchup import Decoded
 from gradwatch.daemon.unit_of_work import UnitOfWork
 from gradwatch.engine import Engine
 from gradwatch.events.columns import Columns
@@ -59,23 +60,29 @@ class FileReads:
         self.points = 0
         self.records = 0  # TFRecords verified, for gradwatch_records_read_total
 
-    def read_file(self, path: str, st: os.stat_result | None = None) -> int:
+    def read_file(self, path: str, st: os.stat_result | None = None, decoded: Decoded | None = None) -> int:
         """Read what is new in one known event file, READ_BUDGET bytes of it; returns the number
-        of points (the rest is read on the next turn: ``read_again``)."""
+        of points (the rest is read on the next turn: ``read_again``). With ``decoded``, the
+        file's batches come from the catch-up's child (catchup.py), read to the end there."""
         entry = self.reader.readers.get(path)
         if entry is None or self.abandoned is not None:
             return 0
         run, reader = entry
-        if st is None:
-            try:
-                st = self._stat(path)
-            except OSError as e:
-                self.read_error(path, e)
-                return 0
+        if decoded is not None:
+            seen = decoded.stat
+        else:
+            if st is None:
+                try:
+                    st = self._stat(path)
+                except OSError as e:
+                    self.read_error(path, e)
+                    return 0
+            seen = (st.st_size, st.st_mtime_ns)
         # recorded before reading: bytes appended while we read show up as a change next time
-        self.seen[path] = (st.st_size, st.st_mtime_ns)
+        if seen is not None:
+            self.seen[path] = seen
         records_before = reader.tail.records
-        batches = reader.read_columns(budget=READ_BUDGET)
+        batches = decoded.batches() if decoded is not None else reader.read_columns(budget=READ_BUDGET)
         try:
             self._observe(run, path, batches)
         except OSError as e:

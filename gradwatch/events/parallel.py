@@ -32,7 +32,7 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _size(path: str) -> int:
+def file_size(path: str) -> int:
     try:
         return os.stat(path).st_size
     except OSError:
@@ -46,7 +46,7 @@ def split_runs(runs: dict[str, list[str]], cores: int | None = None) -> list[dic
     group keeps the runs in name order.
     """
     cores = usable_cores() if cores is None else cores
-    sizes = {run: sum(map(_size, paths)) for run, paths in runs.items()}
+    sizes = {run: sum(map(file_size, paths)) for run, paths in runs.items()}
     n = min(cores, len(runs))
     if n < 2 or sum(sizes.values()) < MIN_PARALLEL_BYTES:
         return [dict(runs)] if runs else []

@@ -1,0 +1,139 @@
+"""The daemon's first catch-up on two cores: the later files are decoded ahead in a forked child.
+
+Reading the whole logdir at start-up is the daemon's longest job, and ``gradwatch check``
+reads a logdir on every core: the daemon must not be slower. Rules, alerts and state live
+in this process, so only the reading moves: a child reads the later files into columns,
+exactly as this process's readers would (same code, same offsets, same batches), and
+streams them back (events/parallel.py ForkStream); this process reads the first files
+itself meanwhile, then takes the child's batches in file order. Points, offsets and
+problems therefore reach the engine in the order one process reading the files in turn
+gives, so alerts, offsets and commits are the same.
+
+The parent also evaluates every point, so the child gets the larger share of the bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from itertools import chain, groupby
+from typing import Any
+
+from gradwatch.events.columns import Columns
+from gradwatch.events.parallel import MIN_PARALLEL_BYTES, ForkStream, usable_cores
+from gradwatch.events.scalars import EventFileReader
+
+log = logging.getLogger("gradwatch")
+
+# The share of the catch-up's bytes this process reads itself: it also evaluates the child's
+# points, which costs about half as much as reading them (bench/README.md, "Daemon catch-up").
+PARENT_SHARE = 1 / 3
+# What a RecordTail knows about its file beyond its offset: handed back from the child so the
+# next live read of the file goes on exactly where the child's read ended.
+TAIL_STATE = (
+    "offset",
+    "records",
+    "bytes_read",
+    "resyncing",
+    "problems",
+    "_zeros",
+    "_hole_reported_at",
+    "_seen",
+)
+
+# One message of the child's stream: (kind, path, problems reported since the last message, payload)
+Message = tuple[str, str, list[tuple[str, str, int, str]], Any]
+
+
+def split(paths: list[str], sizes: dict[str, int]) -> tuple[list[str], list[str]]:
+    """(files this process reads, files the child reads): the first files up to PARENT_SHARE of
+    the bytes here, the rest in the child; everything here when a second core would not pay."""
+    total = sum(sizes.get(p, 0) for p in paths)
+    if len(paths) < 2 or total < MIN_PARALLEL_BYTES or usable_cores() < 2:
+        return paths, []
+    here = 0
+    for i, p in enumerate(paths[:-1]):
+        here += sizes.get(p, 0)
+        if here >= total * PARENT_SHARE:
+            return paths[: i + 1], paths[i + 1 :]
+    return paths[:-1], paths[-1:]
+
+
+def tail_state(reader: EventFileReader) -> dict[str, Any]:
+    state = {name: getattr(reader.tail, name) for name in TAIL_STATE}
+    state["undecodable"] = reader.undecodable
+    return state
+
+
+def restore(reader: EventFileReader, state: dict[str, Any]) -> None:
+    for name in TAIL_STATE:
+        setattr(reader.tail, name, state[name])
+    reader.undecodable = state["undecodable"]
+
+
+def decode_files(files: list[tuple[str, int, int]]) -> Iterator[Message]:
+    """In the child: each (path, offset, max_record_bytes) read to its end as the daemon's
+    catch-up reads it, one message per batch of columns; a file that fails ends with "error"."""
+    problems: list[tuple[str, str, int, str]] = []
+    for path, offset, max_record_bytes in files:
+        problems.clear()
+        reader = EventFileReader(
+            path, offset, max_record_bytes=max_record_bytes, on_problem=lambda *p: problems.append(p)
+        )
+        try:
+            st = os.stat(path)
+            yield "stat", path, [], (st.st_size, st.st_mtime_ns)
+            for columns in reader.read_columns():
+                yield "batch", path, _taken(problems), (columns, tail_state(reader))
+            yield "end", path, _taken(problems), tail_state(reader)
+        except OSError as e:
+            yield "error", path, _taken(problems), (type(e), e.errno, e.strerror, tail_state(reader))
+
+
+def _taken(problems: list) -> list:
+    out = problems[:]
+    problems.clear()
+    return out
+
+
+class Decoded:
+    """One file's messages from the child, as the batches FileReads.read_file observes.
+
+    Before each batch is handed over, the parent's reader takes the child's state after it,
+    so ``offset`` is exact at every point where the daemon may commit or stop.
+    """
+
+    def __init__(self, reader: EventFileReader, messages: Iterator[Message], report) -> None:
+        self.reader = reader
+        self.report = report  # the daemon's ProblemLog
+        first = next(messages)
+        # (size, mtime_ns) the child saw before reading: what the daemon's polls compare with
+        self.stat: tuple[int, int] | None = first[3] if first[0] == "stat" else None
+        self.messages = messages if self.stat is not None else chain([first], messages)
+
+    def batches(self) -> Iterator[list[Columns]]:
+        for kind, path, problems, payload in self.messages:
+            for problem in problems:
+                self.report(*problem)
+            if kind == "batch":
+                columns, state = payload
+                restore(self.reader, state)
+                yield columns
+            elif kind == "end":
+                restore(self.reader, payload)
+            else:
+                error, number, reason, state = payload
+                restore(self.reader, state)
+                raise error(number, reason, path)
+
+
+def stream_files(paths: list[str], readers: dict[str, tuple[str, EventFileReader]]) -> ForkStream:
+    """Start the child reading ``paths`` from the parent's readers' offsets."""
+    files = [(p, readers[p][1].offset, readers[p][1].tail.max_record_bytes) for p in paths]
+    return ForkStream(decode_files, files)
+
+
+def by_file(stream: ForkStream) -> Iterator[tuple[str, Iterator[Message]]]:
+    """The stream's messages grouped per file, in the child's file order."""
+    return groupby(stream, key=lambda m: m[1])
