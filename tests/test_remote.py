@@ -348,7 +348,7 @@ def test_check_reads_a_remote_logdir_in_one_process(s3, tmp_path, monkeypatch, c
     # a logdir that would be split over two forked readers if it were local
     monkeypatch.setattr(parallel, "MIN_PARALLEL_BYTES", 0)
     monkeypatch.setattr(parallel, "usable_cores", lambda: 2)
-    monkeypatch.setattr(parallel, "_size", lambda path: 1)
+    monkeypatch.setattr(parallel, "file_size", lambda path: 1)
     assert cli.main(["check", f"s3://{bucket}/logs", "--json"]) == 2
     doc = json.loads(capsys.readouterr().out)
     assert doc["findings"] and doc["problems"] == {}

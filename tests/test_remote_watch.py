@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import threading
+import time
 import urllib.request
 
 import pytest
@@ -352,3 +353,19 @@ def test_poll_interval_and_endpoint_in_the_config_file(tmp_path, monkeypatch):
     bad.write_text("logdir: s3://team/runs\npoll_interval: 0s\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml:2: poll_interval: expected a positive interval"):
         load_config(str(bad))
+
+
+def test_a_busy_loop_gets_one_listing_and_no_list_requests_pile_up_meanwhile():
+    """While the loop does not take listings (a long catch-up), the lister does not list again:
+    memory stays one listing, and the store is not asked every interval for nothing."""
+    require_module("fsspec")
+    poller = ListingPoller(RemoteLogdir("memory://busy"), 0.01, uniform=lambda a, b: a)
+    poller.start()
+    try:
+        wait_for(poller.untaken.is_set, "a first listing")
+        time.sleep(0.3)  # a busy loop: 30 intervals without a wait()
+        assert poller.lists == 1 and poller._queue.qsize() == 1
+        assert poller.wait(5).poll  # taken: the next interval lists again
+        wait_for(lambda: poller.lists == 2, "the listing after the one taken")
+    finally:
+        poller.stop()

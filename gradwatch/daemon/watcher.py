@@ -297,6 +297,10 @@ class ListingPoller:
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
+        # a listing (or failure) handed over and not taken yet: the loop is busy (a long
+        # catch-up), and listing again would only pile up listings and LIST requests
+        self.untaken = threading.Event()
+        self.lists = 0  # listings asked for by this poller
 
     def start(self) -> None:
         self.started_at = time.time()
@@ -311,6 +315,9 @@ class ListingPoller:
 
     def _run(self) -> None:
         while not self._stopped.wait(self.next_delay()):
+            if self.untaken.is_set():
+                continue
+            self.lists += 1
             try:
                 listing: object = self.remote.fetch_listing(is_event_file)
             except RemoteError as e:
@@ -318,6 +325,7 @@ class ListingPoller:
                 listing = e
             else:
                 self.failures = 0
+            self.untaken.set()
             self._queue.put(listing)
 
     def wait(self, timeout: float) -> Changes:
@@ -336,6 +344,7 @@ class ListingPoller:
         changes = Changes._of(markers)
         if not outcomes:
             return changes
+        self.untaken.clear()
         last = outcomes[-1]  # the newest listing says all; older ones are out of date
         if isinstance(last, RemoteError):
             return replace(changes, list_error=str(last))
