@@ -9,11 +9,13 @@ the files in turn, on real tensorboardX files, a corrupt record and a cut tail i
 from __future__ import annotations
 
 import io
+import logging
 import os
 
 import pytest
 from daemon_support import parse_alert_lines
 from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.util import tensor_util
 
 import gradwatch.daemon.catchup as catchup
 from gradwatch.config import Config
@@ -45,6 +47,20 @@ def _logdir(root, writer) -> None:
     (root / "run9").mkdir()
     empty = event_pb2.Event(wall_time=1.0, file_version="brain.Event:2").SerializeToString()
     (root / "run9" / "events.out.tfevents.1.x").write_bytes(frame(empty) + b"\x17" * 100)
+    # run8: TF2 tensors of another plugin, which only the tag's first record says
+    (root / "run8").mkdir()
+    with open(root / "run8" / "events.out.tfevents.1.y", "wb") as f:
+        for step in range(50):
+            value = summary_pb2.Summary.Value(tag="pr", tensor=tensor_util.make_tensor_proto(1e9))
+            if step == 0:
+                value.metadata.plugin_data.plugin_name = "pr_curves"
+            f.write(
+                frame(
+                    event_pb2.Event(
+                        step=step, wall_time=1.0, summary=summary_pb2.Summary(value=[value])
+                    ).SerializeToString()
+                )
+            )
     spike = event_pb2.Event(step=400, wall_time=1.0, summary=summary_pb2.Summary(value=[scalar(TAG, 1e9)]))
     with open(next((root / "run4").iterdir()), "ab") as f:
         f.write(frame(spike.SerializeToString())[:-10])
@@ -80,10 +96,11 @@ def _catch_up(tmp_path, name: str, monkeypatch, parallel: bool):
         d.shutdown()
 
 
-@pytest.mark.parametrize("share", [0.01, 1 / 3, 0.9])
-def test_a_catch_up_on_two_cores_is_the_catch_up_of_one_process(tmp_path, writer, monkeypatch, share):
+@pytest.mark.parametrize(("share", "budget"), [(0.01, 4096), (1 / 3, 1 << 24), (0.9, 1 << 24)])
+def test_a_catch_up_on_two_cores_is_the_catch_up_of_one_process(tmp_path, writer, monkeypatch, share, budget):
     _logdir(tmp_path / "logdir", writer)
     monkeypatch.setattr(catchup, "PARENT_SHARE", share)
+    monkeypatch.setattr(catchup, "DEFAULT_READ_BUDGET", budget)  # 4 KB: the child reports progress often
     alerts, readers, problems, points, forks = _catch_up(tmp_path, "one", monkeypatch, parallel=False)
     assert forks == 0
     got = _catch_up(tmp_path, "two", monkeypatch, parallel=True)
@@ -146,3 +163,28 @@ def test_a_stop_during_a_catch_up_on_two_cores_ends_the_child_and_the_next_start
     assert second.catch_up() is True
     second.shutdown()
     assert 0 < read_first < points and read_first + second.points == points
+
+
+def test_when_the_child_dies_the_daemon_reads_its_files_itself(tmp_path, writer, monkeypatch):
+    _logdir(tmp_path / "logdir", writer)
+    monkeypatch.setattr(catchup, "PARENT_SHARE", 0.01)
+    expected = _catch_up(tmp_path, "one", monkeypatch, parallel=False)
+    real = catchup.decode_files
+
+    def dies_after_two_files(files):
+        for n, message in enumerate(real(files)):
+            if message[0] == "stat" and n > 0 and message[1] == files[2][0]:
+                os._exit(9)  # the OOM killer, in the middle of the child's share
+            yield message
+
+    monkeypatch.setattr(catchup, "decode_files", dies_after_two_files)
+    warnings = io.StringIO()
+    handler = logging.StreamHandler(warnings)  # our own: another test's setup_logging stops propagation
+    logging.getLogger("gradwatch").addHandler(handler)
+    try:
+        got = _catch_up(tmp_path, "two", monkeypatch, parallel=True)
+    finally:
+        logging.getLogger("gradwatch").removeHandler(handler)
+    assert got[4] == 1
+    assert "died before it had sent everything; reading its files here" in warnings.getvalue()
+    assert got[:4] == expected[:4]

@@ -168,3 +168,82 @@ def test_a_fork_stream_reports_the_childs_traceback_and_can_be_closed_early(tmp_
     early.close()
     with pytest.raises(ChildProcessError):
         os.waitpid(early.pid, os.WNOHANG)
+
+
+def _slow(arg):
+    import time
+
+    yield 1
+    time.sleep(arg)
+    yield 2
+
+
+def test_a_child_that_dies_or_hangs_is_a_child_failure_and_a_stop_signal_is_not_for_it(monkeypatch, tmp_path):
+    import signal
+    import time
+
+    # killed (the OOM killer) after its first item: the next take says so, not a pickle error
+    stream = ForkStream(_items, (10_000, str(tmp_path / "never")))
+    it = iter(stream)
+    next(it)
+    os.kill(stream.pid, signal.SIGKILL)
+    with pytest.raises(ChildFailed, match="died before it had sent everything"):
+        list(it)
+    # SIGTERM (systemd signals the whole cgroup) is left to the parent, which ends the child
+    stream = ForkStream(_slow, 0.5)
+    it = iter(stream)
+    assert next(it) == 1
+    os.kill(stream.pid, signal.SIGTERM)
+    assert list(it) == [2]
+    # silent past the limit: ended, reported; the waiting parent was called back meanwhile
+    monkeypatch.setattr(parallel, "STREAM_WAIT_TICK", 0.05)
+    monkeypatch.setattr(parallel, "STREAM_SILENCE_LIMIT", 0.3)
+    waits = []
+    stream = ForkStream(_slow, 60, on_wait=lambda: waits.append(time.monotonic()))
+    with pytest.raises(ChildFailed, match="sent nothing for"):
+        list(stream)
+    assert len(waits) >= 5
+    with pytest.raises(ChildProcessError):
+        os.waitpid(stream.pid, os.WNOHANG)
+
+
+ORPHAN = """
+import os, sys
+sys.path.insert(0, sys.argv[1])
+from test_parallel import _items
+from gradwatch.events.parallel import ForkStream
+stream = ForkStream(_items, (100_000, sys.argv[2]))
+next(iter(stream))
+print(stream.pid, flush=True)
+os._exit(0)  # the daemon dies (kill -9) in the middle of its catch-up
+"""
+
+
+def test_a_child_whose_parent_died_ends_instead_of_blocking_forever(tmp_path):
+    import subprocess
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run(
+        [sys.executable, "-c", ORPHAN, here, str(tmp_path / "never")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    pid = int(out.stdout.split()[0])
+    assert _gone(pid), f"the orphaned reader {pid} is still there"
+
+
+def _gone(pid: int, seconds: float = 30.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(") ")[1].startswith("Z"):
+                    return True  # exited; a zombie until init reaps it
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False

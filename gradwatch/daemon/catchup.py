@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import chain, groupby
 from typing import Any
 
 from gradwatch.events.columns import Columns
-from gradwatch.events.parallel import MIN_PARALLEL_BYTES, ForkStream, usable_cores
+from gradwatch.events.parallel import MIN_PARALLEL_BYTES, ChildFailed, ForkStream, usable_cores
+from gradwatch.events.records import DEFAULT_READ_BUDGET
 from gradwatch.events.scalars import EventFileReader
 
 log = logging.getLogger("gradwatch")
@@ -48,7 +49,8 @@ Message = tuple[str, str, list[tuple[str, str, int, str]], Any]
 
 def split(paths: list[str], sizes: dict[str, int]) -> tuple[list[str], list[str]]:
     """(files this process reads, files the child reads): the first files up to PARENT_SHARE of
-    the bytes here, the rest in the child; everything here when a second core would not pay."""
+    the bytes here, the rest in the child; everything here when a second core would not pay.
+    ``sizes``: the bytes each file has left to read."""
     total = sum(sizes.get(p, 0) for p in paths)
     if len(paths) < 2 or total < MIN_PARALLEL_BYTES or usable_cores() < 2:
         return paths, []
@@ -63,6 +65,8 @@ def split(paths: list[str], sizes: dict[str, int]) -> tuple[list[str], list[str]
 def tail_state(reader: EventFileReader) -> dict[str, Any]:
     state = {name: getattr(reader.tail, name) for name in TAIL_STATE}
     state["undecodable"] = reader.undecodable
+    # which tensor tags are scalars: TF2 writers say it only in a tag's first record
+    state["tensor_tags"] = dict(reader.decoder._tensor_tags)
     return state
 
 
@@ -70,11 +74,14 @@ def restore(reader: EventFileReader, state: dict[str, Any]) -> None:
     for name in TAIL_STATE:
         setattr(reader.tail, name, state[name])
     reader.undecodable = state["undecodable"]
+    reader.decoder._tensor_tags.update(state["tensor_tags"])
 
 
 def decode_files(files: list[tuple[str, int, int]]) -> Iterator[Message]:
     """In the child: each (path, offset, max_record_bytes) read to its end as the daemon's
-    catch-up reads it, one message per batch of columns; a file that fails ends with "error"."""
+    catch-up reads it, a budget at a time: a message per batch of columns, and a "progress"
+    after each budget, so the daemon hears from the child (and pings systemd) even through
+    gigabytes of images; a file that fails ends with "error"."""
     problems: list[tuple[str, str, int, str]] = []
     for path, offset, max_record_bytes in files:
         problems.clear()
@@ -84,8 +91,12 @@ def decode_files(files: list[tuple[str, int, int]]) -> Iterator[Message]:
         try:
             st = os.stat(path)
             yield "stat", path, [], (st.st_size, st.st_mtime_ns)
-            for columns in reader.read_columns():
-                yield "batch", path, _taken(problems), (columns, tail_state(reader))
+            while True:
+                for columns in reader.read_columns(budget=DEFAULT_READ_BUDGET):
+                    yield "batch", path, _taken(problems), (columns, tail_state(reader))
+                if not reader.pending:
+                    break
+                yield "progress", path, _taken(problems), tail_state(reader)
             yield "end", path, _taken(problems), tail_state(reader)
         except OSError as e:
             yield "error", path, _taken(problems), (type(e), e.errno, e.strerror, tail_state(reader))
@@ -101,37 +112,52 @@ class Decoded:
     """One file's messages from the child, as the batches FileReads.read_file observes.
 
     Before each batch is handed over, the parent's reader takes the child's state after it,
-    so ``offset`` is exact at every point where the daemon may commit or stop.
+    so ``offset`` is exact at every point where the daemon may commit or stop. ``done``: the
+    child finished this file; ``failed``: the child failed (died, hung) while sending it.
     """
 
-    def __init__(self, reader: EventFileReader, messages: Iterator[Message], report) -> None:
+    def __init__(self, reader: EventFileReader, messages: Iterator[Message], report, ping, stopping) -> None:
         self.reader = reader
         self.report = report  # the daemon's ProblemLog
+        self._ping = ping
+        self._stopping = stopping
+        self.done = False
+        self.failed: ChildFailed | None = None
         first = next(messages)
         # (size, mtime_ns) the child saw before reading: what the daemon's polls compare with
         self.stat: tuple[int, int] | None = first[3] if first[0] == "stat" else None
         self.messages = messages if self.stat is not None else chain([first], messages)
 
     def batches(self) -> Iterator[list[Columns]]:
-        for kind, path, problems, payload in self.messages:
-            for problem in problems:
-                self.report(*problem)
-            if kind == "batch":
-                columns, state = payload
-                restore(self.reader, state)
-                yield columns
-            elif kind == "end":
-                restore(self.reader, payload)
-            else:
-                error, number, reason, state = payload
-                restore(self.reader, state)
-                raise error(number, reason, path)
+        try:
+            for kind, path, problems, payload in self.messages:
+                for problem in problems:
+                    self.report(*problem)
+                if kind == "batch":
+                    columns, state = payload
+                    restore(self.reader, state)
+                    yield columns
+                    continue
+                restore(self.reader, payload if kind != "error" else payload[3])
+                if kind == "progress":
+                    self._ping()
+                    if self._stopping.is_set():
+                        return  # stopped between two budgets: what was observed is whole
+                    continue
+                self.done = True
+                if kind == "error":
+                    error, number, reason, _ = payload
+                    raise error(number, reason, path)
+        except ChildFailed as e:
+            self.failed = e  # not this file's fault: the caller reads the rest itself
 
 
-def stream_files(paths: list[str], readers: dict[str, tuple[str, EventFileReader]]) -> ForkStream:
+def stream_files(
+    paths: list[str], readers: dict[str, tuple[str, EventFileReader]], on_wait: Callable[[], None]
+) -> ForkStream:
     """Start the child reading ``paths`` from the parent's readers' offsets."""
     files = [(p, readers[p][1].offset, readers[p][1].tail.max_record_bytes) for p in paths]
-    return ForkStream(decode_files, files)
+    return ForkStream(decode_files, files, on_wait)
 
 
 def by_file(stream: ForkStream) -> Iterator[tuple[str, Iterator[Message]]]:

@@ -30,7 +30,7 @@ from gradwatch.events.logdir import (
     scan,
     scan_listed,
 )
-from gradwatch.events.parallel import ForkStream, file_size
+from gradwatch.events.parallel import ChildFailed, ForkStream, file_size
 from gradwatch.events.remote import is_remote
 
 log = logging.getLogger("gradwatch")
@@ -173,9 +173,11 @@ class Follower:
     def _read_new(self, new: list[str]) -> None:
         here, ahead = new, []
         if not self._ready.is_set() and self.remote is None:
-            here, ahead = catchup.split(new, {p: file_size(p) for p in new})
+            readers = self.reader.readers
+            left = {p: max(0, file_size(p) - readers[p][1].offset) for p in new}
+            here, ahead = catchup.split(new, left)
         # the first catch-up of a big logdir: a child decodes the later files meanwhile
-        stream = catchup.stream_files(ahead, self.reader.readers) if ahead else None
+        stream = catchup.stream_files(ahead, self.reader.readers, self._ping) if ahead else None
         try:
             for p in here:
                 if self._stopping.is_set():
@@ -187,20 +189,36 @@ class Follower:
                 self._after_file()
             if stream is not None:
                 log.debug("catch-up: %d of %d files read ahead by pid %d", len(ahead), len(new), stream.pid)
-                self._take_decoded(stream)
+                self._take_decoded(stream, ahead)
         finally:
             if stream is not None:
                 stream.close()
 
-    def _take_decoded(self, stream: ForkStream) -> None:
-        """The child's files, in its order, each as if this process had read it through."""
-        for path, messages in catchup.by_file(stream):
-            if self._stopping.is_set():
-                return
-            entry = self.reader.readers.get(path)
-            if entry is not None:
-                self.reads.read_file(path, decoded=catchup.Decoded(entry[1], messages, self.problems))
-            self._after_file()
+    def _take_decoded(self, stream: ForkStream, paths: list[str]) -> None:
+        """The child's files, in its order, each as if this process had read it through; when
+        the child fails, the files it had not finished are read here."""
+        done: set[str] = set()
+        try:
+            for path, messages in catchup.by_file(stream):
+                if self._stopping.is_set():
+                    return
+                entry = self.reader.readers.get(path)
+                if entry is None:
+                    continue
+                decoded = catchup.Decoded(entry[1], messages, self.problems, self._ping, self._stopping)
+                self.reads.read_file(path, decoded=decoded)
+                self._after_file()
+                if decoded.failed is not None:
+                    raise decoded.failed
+                if decoded.done:
+                    done.add(path)
+        except ChildFailed as e:
+            stream.close()
+            log.warning("catch-up: %s; reading its files here", e)
+            for p in paths:
+                if p not in done and not self._stopping.is_set():
+                    self._read_through(p)
+                    self._after_file()
 
     def _after_file(self) -> None:
         self._ping()

@@ -13,11 +13,12 @@ import contextlib
 import os
 import pickle
 import queue
+import select
 import signal
 import threading
 import traceback
 from collections.abc import Callable, Iterator
-from typing import BinaryIO, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -129,6 +130,10 @@ def _collect(pid: int, fd: int) -> T:
 # Items a streaming child may hold that its parent has not taken yet: bounds the child's memory
 # (an item is a batch of records' columns, a few hundred KB) while it reads ahead of the parent.
 STREAM_AHEAD_ITEMS = 64
+# A child that sends nothing for this long is taken for hung: ended, and its work done elsewhere.
+STREAM_SILENCE_LIMIT = 120.0
+# How often a parent waiting on its child calls ``on_wait`` (the daemon pings systemd's watchdog).
+STREAM_WAIT_TICK = 1.0
 _LENGTH = 8
 
 
@@ -137,26 +142,29 @@ class ForkStream:
 
     The child runs ahead of the parent by up to STREAM_AHEAD_ITEMS items (a thread of its own
     writes them to the pipe), so the parent can do other work first and then take items that
-    are already made. ``close()`` stops and reaps the child whether or not everything was taken.
+    are already made. A child that dies, fails or goes silent for STREAM_SILENCE_LIMIT raises
+    ChildFailed in the parent; a parent that dies ends its child (the pipe breaks). ``close()``
+    stops and reaps the child whether or not everything was taken. While it waits, the parent
+    calls ``on_wait`` every STREAM_WAIT_TICK seconds.
     """
 
-    def __init__(self, fn: Callable[[T], Iterator[object]], arg: T) -> None:
+    def __init__(
+        self, fn: Callable[[T], Iterator[object]], arg: T, on_wait: Callable[[], None] | None = None
+    ) -> None:
         r, w = os.pipe()
         self.pid = os.fork()
         if not self.pid:
             os.close(r)
             _stream_child(fn, arg, w)  # never returns
         os.close(w)
-        self._file: BinaryIO | None = os.fdopen(r, "rb")
+        self._fd: int | None = r
+        self._buf = bytearray()
+        self._on_wait = on_wait
 
     def __iter__(self) -> Iterator[object]:
-        f = self._file
-        while f is not None:
-            head = f.read(_LENGTH)
-            if len(head) < _LENGTH:
-                self.close()
-                raise ChildFailed(f"reader process {self.pid} died before it had sent everything")
-            ok, value = pickle.loads(f.read(int.from_bytes(head, "little")))
+        while self._fd is not None:
+            size = int.from_bytes(self._take(_LENGTH), "little")
+            ok, value = pickle.loads(self._take(size))
             if ok is None:  # the end
                 self.close()
                 return
@@ -165,11 +173,37 @@ class ForkStream:
                 raise ChildFailed(f"reader process {self.pid} failed:\n{value}")
             yield value
 
+    def _take(self, n: int) -> bytes:
+        """The next ``n`` bytes from the child: ChildFailed when it dies or hangs first."""
+        silent = 0.0
+        while len(self._buf) < n:
+            fd = self._fd
+            if fd is None:
+                raise ChildFailed(f"reader process {self.pid} was closed")
+            ready, _, _ = select.select([fd], [], [], STREAM_WAIT_TICK)
+            if not ready:
+                silent += STREAM_WAIT_TICK
+                if self._on_wait is not None:
+                    self._on_wait()
+                if silent >= STREAM_SILENCE_LIMIT:
+                    self.close()
+                    raise ChildFailed(f"reader process {self.pid} sent nothing for {silent:.0f} s")
+                continue
+            chunk = os.read(fd, max(n - len(self._buf), 1 << 16))
+            if not chunk:
+                self.close()
+                raise ChildFailed(f"reader process {self.pid} died before it had sent everything")
+            self._buf += chunk
+            silent = 0.0
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
+
     def close(self) -> None:
-        if self._file is None:
+        if self._fd is None:
             return
-        self._file.close()
-        self._file = None
+        os.close(self._fd)
+        self._fd = None
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)  # finished or not: nothing more is wanted from it
         os.waitpid(self.pid, 0)
@@ -178,7 +212,8 @@ class ForkStream:
 def _stream_child(fn: Callable[[T], Iterator[object]], arg: T, fd: int) -> None:
     """The child of ForkStream: pickles each item and hands it to a writer thread."""
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_DFL)  # not the daemon's handlers: a signal ends a reader
+        # a stop signal is for the parent (systemd signals the whole cgroup): it ends this child
+        signal.signal(signum, signal.SIG_IGN)
     ahead: queue.Queue[bytes | None] = queue.Queue(STREAM_AHEAD_ITEMS)
 
     def send() -> None:
@@ -186,18 +221,29 @@ def _stream_child(fn: Callable[[T], Iterator[object]], arg: T, fd: int) -> None:
             while (item := ahead.get()) is not None:
                 f.write(len(item).to_bytes(_LENGTH, "little"))
                 f.write(item)
+                f.flush()
 
     writer = threading.Thread(target=send, daemon=True)
     writer.start()
+
+    def put(item: bytes | None) -> None:
+        while True:
+            try:
+                ahead.put(item, timeout=1.0)
+                return
+            except queue.Full:
+                if not writer.is_alive():  # the parent is gone (the pipe broke): so is this child
+                    os._exit(1)
+
     status = 0
     try:
         for item in fn(arg):
-            ahead.put(pickle.dumps((True, item), pickle.HIGHEST_PROTOCOL))
-        ahead.put(pickle.dumps((None, None)))
+            put(pickle.dumps((True, item), pickle.HIGHEST_PROTOCOL))
+        put(pickle.dumps((None, None)))
     except BaseException:
-        ahead.put(pickle.dumps((False, traceback.format_exc())))
+        put(pickle.dumps((False, traceback.format_exc())))
         status = 1
-    ahead.put(None)
+    put(None)
     try:
         writer.join()
     finally:
