@@ -178,11 +178,22 @@ class AlertBook:
             raw = state.raw
         key = alert_key(rule.name, s.run, s.tag)
         alert = self.alerts.get(key)
-        self._decide(s, i, rule, state, key, alert, rank, raw, step, wall_time, value)
+        if rank and alert is not None and alert.state == ACTIVE and rank == alert.rank:
+            # the common call of a catch-up: a point at the rank the alert fires at (what _decide
+            # does then, without its other branches): no transition, no clock read
+            alert.step = step
+            alert.wall_time = wall_time
+            alert.value = value
+            alert.ratio = state.ratio
+            alert.clear_points = 0
+            alert.clear_since = None
+            self.changed.add(key)
+            s.ranks[i] = rank
+            return
+        alert = self._decide(s, i, rule, state, key, alert, rank, raw, step, wall_time, value)
         # The engine calls the sink while ``ranks[i]`` is non-zero: keep it at the alert's
         # severity while the alert fires, so points during keep_firing_for still arrive here,
         # and at PENDING_RANK while pending, so the point that breaks a ``for`` streak does.
-        alert = self.alerts.get(key)
         s.ranks[i] = 0 if alert is None else alert.rank if alert.state == ACTIVE else PENDING_RANK
 
     def _decide(
@@ -198,7 +209,8 @@ class AlertBook:
         step: int,
         wall_time: float,
         value: float,
-    ) -> None:
+    ) -> Alert | None:
+        """The alert's transition at this point; returns the alert after it (None: no alert)."""
         if rank:
             if alert is None:
                 alert = self.alerts[key] = Alert(rule.name, s.run, s.tag)
@@ -216,28 +228,30 @@ class AlertBook:
                 alert.rank = rank
                 self._emit(rule, alert, kind, state, previous=before)
             self.changed.add(key)
-            return
+            return alert
         if alert is None:
             if raw:  # condition holds but `for` is not yet met
                 alert = self.alerts[key] = Alert(rule.name, s.run, s.tag)
                 self._point(alert, step, wall_time, value)
                 self.changed.add(key)
-            return
+            return alert
         if alert.state == PENDING:
+            self.changed.add(key)
             if not raw:
                 del self.alerts[key]
-            else:
-                self._point(alert, step, wall_time, value)
-            self.changed.add(key)
-            return
+                return None
+            self._point(alert, step, wall_time, value)
+            return alert
         # firing, and this point is back to normal
         self._point(alert, step, wall_time, value, state)
         alert.clear_points += 1
         if alert.clear_since is None:
             alert.clear_since = self.clock()
-        if self._may_resolve(rule, alert, self.clock()):
-            self._resolve(rule, alert, state)
         self.changed.add(key)
+        if self._may_resolve(rule, alert, self.clock()):
+            self._resolve(rule, alert, state, key)
+            return None
+        return alert
 
     def _point(
         self, alert: Alert, step: int, wall_time: float, value: float, state: RuleState | None = None
@@ -255,9 +269,9 @@ class AlertBook:
             return now - alert.clear_since >= rule.keep_firing_for_seconds
         return True
 
-    def _resolve(self, rule: Rule, alert: Alert, state: RuleState | None) -> None:
+    def _resolve(self, rule: Rule, alert: Alert, state: RuleState | None, key: str | None = None) -> None:
         self._emit(rule, alert, RESOLVED, state, ends_at=self.clock())
-        del self.alerts[alert_key(alert.rule, alert.run, alert.tag)]
+        del self.alerts[key or alert_key(alert.rule, alert.run, alert.tag)]
 
     # -- timers --------------------------------------------------------------
     def tick(self, engine_series) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import random
 
+import numpy as np
 import pytest
 from random_series import RULE_SETS, random_series, rules_of, splits
 
@@ -64,3 +65,25 @@ def test_alerts_over_batches_are_those_point_by_point(seed, names, mode):
     assert got[2] == expected[2]
     if not suppress and names and set(names) & {"above", "growth"}:
         assert any('"kind": "resolved"' in e for e in got[0])  # alerts fired and resolved
+
+
+def test_a_point_at_the_rank_an_alert_fires_at_records_the_point_and_its_ratio():
+    """Such a point changes only the alert's point (step, value, wall time, growth ratio): the
+    last one's, point by point as over batches (AlertBook.__call__'s shortcut for it)."""
+    rules = rules_of(["growth"], tag="t")
+    steps = np.arange(300, dtype=np.int64)
+    walls = 1000.0 + steps
+    values = 1.5 ** (steps / 10.0)
+    for feed in ("points", "batches"):
+        book = AlertBook(rules, clock=TickingClock(), live=True)
+        engine = Engine(rules, book)
+        if feed == "points":
+            for point in zip(steps.tolist(), walls.tolist(), values.tolist()):
+                engine.observe("run", "t", *point)
+        else:
+            engine.observe_batch("run", "t", steps, walls, values)
+        (alert,) = book.firing()
+        state = engine.series("run", "t").states[0]
+        assert (alert.step, alert.wall_time, alert.value) == (299, 1299.0, values[-1])
+        assert alert.ratio == state.ratio and alert.ratio > 1
+        assert alert.seq == 1  # fired once, then only points at its rank

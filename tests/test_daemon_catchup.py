@@ -100,7 +100,7 @@ def _catch_up(tmp_path, name: str, monkeypatch, parallel: bool):
 def test_a_catch_up_on_two_cores_is_the_catch_up_of_one_process(tmp_path, writer, monkeypatch, share, budget):
     _logdir(tmp_path / "logdir", writer)
     monkeypatch.setattr(catchup, "PARENT_SHARE", share)
-    monkeypatch.setattr(catchup, "DEFAULT_READ_BUDGET", budget)  # 4 KB: the child reports progress often
+    monkeypatch.setattr(catchup, "CATCHUP_BUDGET", budget)  # 4 KB: the child reports progress often
     alerts, readers, problems, points, forks = _catch_up(tmp_path, "one", monkeypatch, parallel=False)
     assert forks == 0
     got = _catch_up(tmp_path, "two", monkeypatch, parallel=True)
@@ -188,3 +188,34 @@ def test_when_the_child_dies_the_daemon_reads_its_files_itself(tmp_path, writer,
     assert got[4] == 1
     assert "died before it had sent everything; reading its files here" in warnings.getvalue()
     assert got[:4] == expected[:4]
+
+
+def test_the_catch_up_observes_batches_of_one_read_chunk(tmp_path, monkeypatch):
+    """The first catch-up reads CATCHUP_BUDGET (one read chunk) of a file per read, so no batch
+    of columns the engine gets spans more than a chunk's records (with the live 16 MiB budget
+    they spanned two, and the catch-up of one big file peaked about 9 MiB higher)."""
+    from writers import event, file_version, simple, write_events
+
+    from gradwatch.events.records import CHUNK_BYTES
+
+    path = str(tmp_path / "logdir" / "run" / "events.out.tfevents.1.host")
+    n = 60_000  # about 3.6 MB: three and a half chunks
+    write_events(
+        path, [file_version(), *(event([simple(TAG, 1.0)], step=s, wall_time=1.0) for s in range(n))]
+    )
+    per_record = (os.path.getsize(path) - 16) / n
+    d = Daemon(Config(logdir=str(tmp_path / "logdir"), state_dir=str(tmp_path / "state"), listen=None))
+    sizes: list[int] = []
+    observe_batch = d.engine.observe_batch
+
+    def recording(run, tag, steps, wall_times, values):
+        sizes.append(len(steps))
+        observe_batch(run, tag, steps, wall_times, values)
+
+    monkeypatch.setattr(d.engine, "observe_batch", recording)
+    try:
+        assert d.catch_up()
+    finally:
+        d.shutdown()
+    assert sum(sizes) == n == d.points
+    assert max(sizes) * per_record < 1.5 * CHUNK_BYTES  # about one chunk (records vary in length); two before

@@ -84,3 +84,26 @@ def test_a_console_channel_filters_like_any_channel():
     assert not term.accepts(warning) and term.accepts(critical)
     term.send([critical])
     assert out.getvalue().split()[1] == "FIRING"
+
+
+def test_requests_is_imported_only_by_a_channel_that_posts(tmp_path):
+    """A daemon whose only channel is the console never loads requests, urllib3 and ssl (about
+    9 MiB of its memory, bench/README.md "Daemon catch-up"); a webhook channel loads them when it
+    makes its session, and still posts through the deadline adapter."""
+    probe = textwrap.dedent(
+        f"""
+        import sys
+        from gradwatch.config import Config
+        from gradwatch.daemon import Daemon
+        d = Daemon(Config(logdir={str(tmp_path)!r}, state_dir={str(tmp_path / "state")!r}, listen=None))
+        d.catch_up()
+        d.checkpoint()
+        print(sorted(m for m in ("requests", "urllib3", "ssl") if m in sys.modules))
+        from gradwatch.notify.http import make_session
+        adapter = make_session().get_adapter("https://example.invalid/")
+        print(sorted(m for m in ("requests", "urllib3") if m in sys.modules), type(adapter).__name__)
+        d.shutdown()
+        """
+    )
+    p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert p.stdout.splitlines() == ["[]", "['requests', 'urllib3'] _DeadlineAdapter"], (p.stdout, p.stderr)

@@ -22,7 +22,7 @@ from typing import Any
 
 from gradwatch.events.columns import Columns
 from gradwatch.events.parallel import MIN_PARALLEL_BYTES, ChildFailed, ForkStream, usable_cores
-from gradwatch.events.records import DEFAULT_READ_BUDGET
+from gradwatch.events.records import CHUNK_BYTES
 from gradwatch.events.scalars import EventFileReader
 
 log = logging.getLogger("gradwatch")
@@ -30,6 +30,11 @@ log = logging.getLogger("gradwatch")
 # The share of the catch-up's bytes this process reads itself: it also evaluates the child's
 # points, which costs about half as much as reading them (bench/README.md, "Daemon catch-up").
 PARENT_SHARE = 1 / 3
+# Bytes of a file per read during the first catch-up (here and in the child): one read chunk, so
+# each batch of columns holds one chunk's records. With the live READ_BUDGET (16 MiB) a batch
+# spans two chunks (the first ends inside a record), and the catch-up of one big file peaked
+# about 9 MiB higher (bench/README.md, "Daemon catch-up"); the time is the same.
+CATCHUP_BUDGET = CHUNK_BYTES
 # What a RecordTail knows about its file beyond its offset: handed back from the child so the
 # next live read of the file goes on exactly where the child's read ended.
 TAIL_STATE = (
@@ -92,7 +97,7 @@ def decode_files(files: list[tuple[str, int, int]]) -> Iterator[Message]:
             st = os.stat(path)
             yield "stat", path, [], (st.st_size, st.st_mtime_ns)
             while True:
-                for columns in reader.read_columns(budget=DEFAULT_READ_BUDGET):
+                for columns in reader.read_columns(budget=CATCHUP_BUDGET):
                     yield "batch", path, _taken(problems), (columns, tail_state(reader))
                 if not reader.pending:
                     break

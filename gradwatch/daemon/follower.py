@@ -230,7 +230,7 @@ class Follower:
         systemd's watchdog and SIGTERM and keeps its progress (offsets are exact between reads)."""
         read_again = self.reads.read_again
         while not self._stopping.is_set():
-            self.reads.read_file(path)
+            self.reads.read_file(path, budget=catchup.CATCHUP_BUDGET)
             if path not in read_again:
                 return
             read_again.discard(path)

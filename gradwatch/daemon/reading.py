@@ -60,10 +60,16 @@ class FileReads:
         self.points = 0
         self.records = 0  # TFRecords verified, for gradwatch_records_read_total
 
-    def read_file(self, path: str, st: os.stat_result | None = None, decoded: Decoded | None = None) -> int:
-        """Read what is new in one known event file, READ_BUDGET bytes of it; returns the number
-        of points (the rest is read on the next turn: ``read_again``). With ``decoded``, the
-        file's batches come from the catch-up's child (catchup.py), read to the end there."""
+    def read_file(
+        self,
+        path: str,
+        st: os.stat_result | None = None,
+        decoded: Decoded | None = None,
+        budget: int | None = None,
+    ) -> int:
+        """Read what is new in one known event file, ``budget`` (READ_BUDGET) bytes of it; returns
+        the number of points (the rest is read on the next turn: ``read_again``). With ``decoded``,
+        the file's batches come from the catch-up's child (catchup.py), read to the end there."""
         entry = self.reader.readers.get(path)
         if entry is None or self.abandoned is not None:
             return 0
@@ -82,7 +88,10 @@ class FileReads:
         if seen is not None:
             self.seen[path] = seen
         records_before = reader.tail.records
-        batches = decoded.batches() if decoded is not None else reader.read_columns(budget=READ_BUDGET)
+        if decoded is not None:
+            batches = decoded.batches()
+        else:
+            batches = reader.read_columns(budget=budget or READ_BUDGET)
         try:
             self._observe(run, path, batches)
         except OSError as e:

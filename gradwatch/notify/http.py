@@ -4,28 +4,29 @@ requests' ``timeout`` bounds each socket operation, so a receiver that
 trickles one byte every 2 s keeps a 3 s timeout from ever firing. Each POST
 here also has a deadline: when it passes, the request's sockets are shut
 down, which ends any blocked connect, send or read at once.
+
+requests and urllib3 (with ssl, about 9 MiB of a process's memory) are imported at the first
+session or POST: a daemon whose only channel is the console never loads them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import email.utils
+import functools
 import math
 import re
 import socket
 import threading
 import time
 from datetime import timezone
-from typing import Any
-
-import requests
-from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.util.retry import Retry
+from typing import TYPE_CHECKING, Any
 
 from gradwatch.config.secrets import Secret, scrub
 from gradwatch.notify.errors import DeliveryError
+
+if TYPE_CHECKING:
+    import requests
 
 USER_AGENT = "gradwatch"
 RETRYABLE_4XX = (408, 425, 429)
@@ -107,34 +108,38 @@ class _DeadlineSockets:
         super().request(*args, **kwargs)  # type: ignore[misc]
 
 
-class _DeadlineHTTPConnection(_DeadlineSockets, HTTPConnection):
-    pass
+@functools.cache
+def _adapter_class() -> type:
+    """requests' adapter, with connections whose sockets a deadline can shut down (built at the
+    first session: requests and urllib3 are imported then)."""
+    from requests.adapters import HTTPAdapter
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+    class _DeadlineHTTPConnection(_DeadlineSockets, HTTPConnection):
+        pass
 
-class _DeadlineHTTPSConnection(_DeadlineSockets, HTTPSConnection):
-    pass
+    class _DeadlineHTTPSConnection(_DeadlineSockets, HTTPSConnection):
+        pass
 
+    class _HTTPPool(HTTPConnectionPool):
+        ConnectionCls = _DeadlineHTTPConnection
 
-class _HTTPPool(HTTPConnectionPool):
-    ConnectionCls = _DeadlineHTTPConnection
+    class _HTTPSPool(HTTPSConnectionPool):
+        ConnectionCls = _DeadlineHTTPSConnection
 
+    class _DeadlineAdapter(HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
 
-class _HTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _DeadlineHTTPSConnection
+        def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+            manager = super().proxy_manager_for(proxy, **kwargs)
+            if hasattr(manager, "pool_classes_by_scheme"):
+                manager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+            return manager
 
-
-class _DeadlineAdapter(HTTPAdapter):
-    """requests' adapter, with connections whose sockets a deadline can shut down."""
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
-
-    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
-        manager = super().proxy_manager_for(proxy, **kwargs)
-        if hasattr(manager, "pool_classes_by_scheme"):
-            manager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
-        return manager
+    return _DeadlineAdapter
 
 
 def make_session() -> requests.Session:
@@ -143,8 +148,11 @@ def make_session() -> requests.Session:
     The outbox retries, with backoff, persistence and Retry-After; a POST
     that urllib3 retried on its own could reach the receiver twice.
     """
+    import requests
+    from urllib3.util.retry import Retry
+
     s = requests.Session()
-    adapter = _DeadlineAdapter(max_retries=Retry(total=0, read=False, redirect=0, raise_on_status=False))
+    adapter = _adapter_class()(max_retries=Retry(total=0, read=False, redirect=0, raise_on_status=False))
     s.mount("http://", adapter)
     s.mount("https://", adapter)
     s.headers["User-Agent"] = USER_AGENT
@@ -186,6 +194,8 @@ def post(
     retryable; 3xx (redirects are not followed) and other 4xx are permanent.
     No message holds a secret.
     """
+    import requests
+
     where = str(url)
     timed_out = f"POST {where}: timed out after {timeout:g} s"
     secrets = [url, *secrets]
@@ -250,6 +260,8 @@ def network_reason(e: BaseException, secrets: list[Secret | None]) -> str:
             return pattern
     if "RemoteDisconnected" in text or "Connection aborted" in text:
         return "the receiver closed the connection without answering"
-    if isinstance(e, requests.exceptions.SSLError):
+    from requests.exceptions import SSLError
+
+    if isinstance(e, SSLError):
         return "TLS error: " + scrub(text, secrets)[:ERROR_BODY_MAX]
     return f"{type(e).__name__}: {scrub(text, secrets)[:ERROR_BODY_MAX]}"
