@@ -244,12 +244,12 @@ class RecordTail:
                         need = pos + 16 + self._header_length(buf[pos : pos + 12]) - len(buf)
                     if status is _NONE and not NONZERO.search(buf, pos):
                         buf, base, pos = self._past_hole(f, buf, base, pos)
-                    more = self._read_more(f, base + len(buf), need, base + pos > self._call_start)
+                    more = self._read_more(f, buf, base, pos, need, base + pos > self._call_start)
                     if more is None:
                         self._stop_at_budget(base + pos)
                         return
                     if more:
-                        buf = buf[pos:] + more
+                        buf = more
                         base += pos
                         pos = 0
                     elif status is _PARTIAL and (final or self._valid_record_follows(buf, pos)):
@@ -330,12 +330,12 @@ class RecordTail:
                 need = stop + FOOTER_BYTES - n
             else:
                 need = HEADER_BYTES - (n - pos)
-            more = self._read_more(f, base + n, need, base + pos > self._call_start)
+            more = self._read_more(f, buf, base, pos, need, base + pos > self._call_start)
             if more is None:
                 self._stop_at_budget(base + pos)
                 return
             if more:
-                buf = buf[pos:] + more
+                buf = more
                 base += pos
                 pos = 0
                 continue
@@ -367,21 +367,38 @@ class RecordTail:
         """
         return self._scan(buf, pos + 1, None if within is None else pos + 1 + within)[1] is _FOUND
 
-    def _read_more(self, f: ByteSource, file_pos: int, need: int, progressed: bool) -> bytes | None:
-        """The bytes after ``file_pos``, at least ``need`` when the file holds them;
-        None when there are more but this call's budget is spent and it has
-        ``progressed`` (the budget bounds work, never progress: a record larger
-        than the budget is still read whole).
+    def _read_more(
+        self, f: ByteSource, buf: bytes, base: int, pos: int, need: int, progressed: bool
+    ) -> bytes | None:
+        """``buf[pos:]`` (``buf`` starts at file offset ``base``) followed by the file's
+        bytes after ``buf``, at least ``need`` of them when the file holds them; b"" when
+        the file holds none; None when there are more but this call's budget is spent
+        and it has ``progressed`` (the budget bounds work, never progress: a record
+        larger than the budget is still read whole).
 
         Never asks for more than the file holds, so a corrupt length cannot
         make it allocate more than the file's size.
         """
+        file_pos = base + len(buf)
         avail = f.size() - file_pos
         if avail <= 0:
             return b""
         if progressed and self._budget_left is not None and self._budget_left <= 0:
             return None
-        return self._read(f, min(avail, max(CHUNK_BYTES, need)))
+        size = min(avail, max(CHUNK_BYTES, need))
+        keep = len(buf) - pos
+        if keep and type(f) is LocalFile:
+            # The bytes kept read again with the new ones, from the page cache: one copy
+            # of the chunk instead of a read and a concatenation (a record cut by the end
+            # of a chunk is kept every chunk). Used only when they read back the same.
+            f.seek(base + pos)
+            data = f.read(keep + size)
+            if len(data) > keep and data.startswith(buf[pos:]):
+                self._spend(len(data) - keep)
+                return data
+            f.seek(file_pos)
+        more = self._read(f, size)
+        return buf[pos:] + more if more else b""
 
     def _read(self, f: ByteSource, size: int) -> bytes:
         data = f.read(size)

@@ -99,6 +99,60 @@ class NotAnEvent(ValueError):
     """A record with valid checksums whose payload is not an Event."""
 
 
+# The keys (field number << 3 | length-delimited) of Summary.Value's obsolete histogram,
+# image, histo and audio: a value holding one of them holds no scalar.
+_NOT_SCALAR_KEYS = frozenset((3 << 3 | 2, 4 << 3 | 2, 5 << 3 | 2, 6 << 3 | 2))
+
+
+def _lone_value_without_scalar(p: bytes) -> bool:
+    """Whether ``p`` is, byte for byte, what writers emit for a histogram, image or
+    audio: an Event of wall_time, step and a summary of one value of a tag (under 128
+    bytes) and one image/histo/audio, each length reaching exactly to the end.
+
+    A shape ``ScalarDecoder.skips``'s walk also skips (the same fields, the same
+    bounds: varints of at most 10 bytes for the step and of at most 5 for lengths), in
+    a few byte tests and three varints instead of three walks; False means only "not
+    this shape": the walk judges the rest.
+    """
+    try:
+        if p[0] != 9 or p[9] != 16:
+            return False
+        i = 10
+        while p[i] > 127 and i < 20:  # the step
+            i += 1
+        i += 1
+        if i > 20 or p[i] != 42:  # Event.summary
+            return False
+        i = _reaches_end(p, i + 1)
+        if not i or p[i] != 10:  # Summary.value
+            return False
+        i = _reaches_end(p, i + 1)
+        if not i or p[i] != 10 or p[i + 1] > 127:  # Value.tag, its length one byte
+            return False
+        i += 2 + p[i + 1]
+        return p[i] in _NOT_SCALAR_KEYS and _reaches_end(p, i + 1) > 0
+    except IndexError:
+        return False
+
+
+def _reaches_end(p: bytes, i: int) -> int:
+    """Where the value of the field whose length is the varint at ``i`` starts, when
+    that varint takes at most 5 bytes and the value runs exactly to the end of ``p``;
+    else 0. IndexError when the varint runs past the end."""
+    b = p[i]
+    size = b & 127
+    shift = 7
+    while b > 127:
+        if shift > 28:
+            return 0
+        i += 1
+        b = p[i]
+        size |= (b & 127) << shift
+        shift += 7
+    i += 1
+    return i if i + size == len(p) else 0
+
+
 _F32_ = struct.Struct("<f")
 _F64_ = struct.Struct("<d")
 _unpack_f64 = _F64_.unpack_from
@@ -218,6 +272,8 @@ class ScalarDecoder:
         value (a histogram, an image) is not noticed: its checksum was right
         and it could never have held a scalar.
         """
+        if _lone_value_without_scalar(payload):
+            return True
         fields = wire_fields(payload, 0, len(payload))
         if fields is None:
             return False
