@@ -39,6 +39,7 @@ gradwatch checks every one); ``rustboard-sampled`` is RustBoard's default sampli
 from __future__ import annotations
 
 import argparse
+import compileall
 import importlib
 import json
 import os
@@ -437,6 +438,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in datasets + readers:
         if name not in DATASETS and name not in READERS:
             p.error(f"unknown data set or reader {name!r}")
+    # Bytecode as an installed package has it (pip compiles at install time): with
+    # PYTHONDONTWRITEBYTECODE set, every whole-process run would otherwise compile gradwatch again.
+    compileall.compile_dir(os.path.join(os.path.dirname(HERE), "gradwatch"), quiet=1)
     # Generated in a child: the parent stays small, and a child's ru_maxrss starts from
     # its parent's high-water mark at exec on Linux.
     subprocess.run(
