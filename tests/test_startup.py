@@ -30,3 +30,19 @@ def test_check_never_imports_numpy_ma(tmp_path):
         points = [event([simple("gradients/actor_norm", s / 8)], step=s, wall_time=1e9) for s in range(300)]
         write_events(str(tmp_path / run / "events.out.tfevents.1.host"), points)
     assert "numpy.ma" not in imported_by_check(str(tmp_path))
+
+
+def test_check_leaves_the_daemons_config_model_out(tmp_path):
+    """gradwatch.config re-exports the config model lazily: check reads rule files only."""
+    write_events(str(tmp_path / "run" / "events.out.tfevents.1.host"), [event([simple("loss", 1.0)], step=1)])
+    imported = imported_by_check(str(tmp_path))
+    assert "gradwatch.config.rulefiles" in imported
+    assert not imported & {"gradwatch.config.model", "gradwatch.config.channels", "gradwatch.trainer"}
+
+
+def test_the_config_package_still_re_exports_its_names():
+    import gradwatch.config as config
+    from gradwatch.config import model, yaml
+
+    for name in config.__all__:
+        assert getattr(config, name) is getattr(model if hasattr(model, name) else yaml, name)
