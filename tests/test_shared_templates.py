@@ -11,6 +11,7 @@ import struct
 from test_scalars import PlainDecoder, bits, random_events
 from writers import event, file_version, metadata, simple, tensor, tensor_value, write_events
 
+from gradwatch.events import scalars
 from gradwatch.events.logdir import LogdirReader
 from gradwatch.events.scalars import EventFileReader, ScalarDecoder
 
@@ -210,3 +211,20 @@ def test_a_file_that_gave_a_tag_to_another_plugin_takes_no_shared_template_of_it
         "ab",
     )
     assert list(reader.read_file(pb, final=True)) == [] == plain_points(pb)
+
+
+def test_a_logdir_shares_a_bounded_number_of_templates(tmp_path):
+    """Every file's decoder takes every shared template: their number is bounded, the rest of a
+    file's tags are learnt by the file itself, and its points are the same."""
+    n = scalars.MAX_SHARED_TEMPLATES + 20
+    paths = []
+    for run in ("a", "b"):
+        payloads = [at(s, simple(f"tag/{i}", s + i / 8)) for s in range(1, 4) for i in range(n)]
+        paths.append(write_events(str(tmp_path / run / "events.out.tfevents.1.host"), payloads))
+    reader = LogdirReader(str(tmp_path))
+    reader.refresh()
+    got = {p: [(t, s, bits(w), bits(v)) for _, t, s, w, v in reader.read_file(p, final=True)] for p in paths}
+    assert got == {p: plain_points(p) for p in paths}
+    assert len(reader.templates.learnt) == scalars.MAX_SHARED_TEMPLATES
+    b = reader.readers[paths[1]][1].decoder
+    assert len(b._adopted) == scalars.MAX_SHARED_TEMPLATES and b._template_count == n

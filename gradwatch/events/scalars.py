@@ -124,7 +124,10 @@ _EAGER_MATCHES = 8
 # summary's bytes, and scalar summaries are short (tag, metadata, value).
 MAX_TEMPLATE_SUMMARY_BYTES = 512
 # Most templates the files of one logdir share (TemplateStore); beyond it each file learns its own.
-MAX_SHARED_TEMPLATES = 1024
+# Every file's decoder takes them all (about 75 bytes each), so a logdir whose runs log different
+# tags costs each file at most about 5 KB more than its own templates; a writer's scalars (the
+# same tags in every run) are a few dozen.
+MAX_SHARED_TEMPLATES = 64
 
 
 def _wall_time_and_value(value_at: int, code: str):
