@@ -17,7 +17,7 @@ from gradwatch.events import records
 from gradwatch.events.columns import Columns
 from gradwatch.events.records import DEFAULT_MAX_RECORD_BYTES
 from gradwatch.events.remote import RemoteError, RemoteLogdir, endpoint_options, is_remote, run_and_name
-from gradwatch.events.scalars import EventFileReader
+from gradwatch.events.scalars import EventFileReader, TemplateStore
 from gradwatch.events.shard import Shard
 
 log = logging.getLogger("gradwatch.events")
@@ -178,6 +178,8 @@ class LogdirReader:
         self.readers: dict[str, tuple[str, EventFileReader]] = {}
         self._offsets = dict(offsets or {})
         self.max_record_bytes = max_record_bytes
+        # templates learnt in one file serve every file from its first record (scalars.py)
+        self.templates = TemplateStore()
 
     def reader(self, run: str, path: str) -> EventFileReader:
         entry = self.readers.get(path)
@@ -185,6 +187,7 @@ class LogdirReader:
             r = EventFileReader(
                 path,
                 self._offsets.pop(path, 0),
+                self.templates,
                 on_problem=self.problems,
                 max_record_bytes=self.max_record_bytes,
                 opener=self._opener,

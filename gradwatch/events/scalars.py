@@ -177,6 +177,11 @@ _EAGER_MATCHES = 8
 # Summaries longer than this are never learnt as templates: a template keeps its
 # summary's bytes, and scalar summaries are short (tag, metadata, value).
 MAX_TEMPLATE_SUMMARY_BYTES = 512
+# Most templates the files of one logdir share (TemplateStore); beyond it each file learns its own.
+# Every file's decoder takes them all (about 75 bytes each), so a logdir whose runs log different
+# tags costs each file at most about 5 KB more than its own templates; a writer's scalars (the
+# same tags in every run) are a few dozen.
+MAX_SHARED_TEMPLATES = 64
 
 
 def _wall_time_and_value(value_at: int, code: str):
@@ -206,6 +211,54 @@ _SCALAR_PLUGINS = (b"", b"scalars")
 Template = tuple[bytes | None, str, list]
 
 
+class TemplateStore:
+    """Templates the files of one logdir share, so a file's first records take the fast path.
+
+    Only a template that decodes the same whatever the file decided about its tensor tags
+    is shared (``_decodes_anywhere``): a metadata-less TF2 tensor is a scalar only in a
+    file whose tag was not given to another plugin, a per-file fact, so its templates stay
+    with the file that learnt them. A shared template is still a pure function of bytes,
+    verified once by a probe parse. At most MAX_SHARED_TEMPLATES, first learnt first kept.
+    """
+
+    __slots__ = ("_keys", "learnt")
+
+    def __init__(self) -> None:
+        # (summary length, value offset, head, Template), in the order they were learnt
+        self.learnt: list[tuple[int, int, bytes, Template]] = []
+        self._keys: set[tuple[int, int, bytes]] = set()
+
+    def add(self, length: int, voff: int, head: bytes, template: Template) -> None:
+        key = (length, voff, head)
+        if key not in self._keys and len(self.learnt) < MAX_SHARED_TEMPLATES:
+            self._keys.add(key)
+            self.learnt.append((length, voff, head, template))
+
+
+class _EveryTagElsewhere(dict):
+    """Per-tag plugin decisions as in a file that gave every tensor tag to another plugin."""
+
+    def get(self, tag, default=None):
+        return dict.get(self, tag, False)
+
+
+def _decodes_anywhere(payload: bytes, point: tuple[str, int, float, float]) -> bool:
+    """Whether ``payload`` parses to just ``point`` in any file, whatever it decided about
+    its tensor tags. A value's point depends only on its own tag's decision, given before
+    the event or by an earlier value's metadata, and is there for "a scalar" whenever it is
+    there for "another plugin"; so the two extremes (nothing decided, every tag elsewhere)
+    cover every file."""
+    for decisions in ({}, _EveryTagElsewhere()):
+        decoder = ScalarDecoder()
+        decoder._tensor_tags = decisions
+        try:
+            if decoder._parse(payload) != [point]:
+                return False
+        except NotAnEvent:
+            return False
+    return True
+
+
 class ScalarDecoder:
     """Decodes the payloads of one event file into (tag, step, wall_time, value).
 
@@ -220,9 +273,18 @@ class ScalarDecoder:
     so the fast path can never disagree with them.
     """
 
-    __slots__ = ("_more_templates", "_template_count", "_templates", "_tensor_tags", "forgotten")
+    __slots__ = (
+        "_adopted",
+        "_more_templates",
+        "_shared",
+        "_shared_seen",
+        "_template_count",
+        "_templates",
+        "_tensor_tags",
+        "forgotten",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, shared: TemplateStore | None = None) -> None:
         # tag -> True (scalar plugin or none) / False (another plugin)
         self._tensor_tags: dict[str, bool] = {}
         # summary length -> (value offset in the summary, {summary bytes before the value -> Template})
@@ -233,6 +295,31 @@ class ScalarDecoder:
         self._template_count = 0
         # how many times templates were forgotten: a bulk decoder's matches made before are stale
         self.forgotten = 0
+        # the logdir's shared templates, and how many of them this decoder has looked at
+        self._shared = shared
+        self._shared_seen = 0
+        # tags of shared templates taken (the file's own decisions stay in _tensor_tags)
+        self._adopted: set[str] = set()
+
+    def adopt_shared(self) -> None:
+        """Take the shared templates learnt since the last call (called before each read).
+
+        A tag this file gave to another plugin takes none: a tensor with the scalars plugin's
+        metadata would give it back to the scalars plugin when parsed, which a template does
+        not do. If this file gives a tag that took one to another plugin later, its templates
+        are forgotten, as for one learnt here (``_adopted``).
+        """
+        store = self._shared
+        if store is None or self._shared_seen == len(store.learnt):
+            return
+        tensor_tags = self._tensor_tags
+        for length, voff, head, template in store.learnt[self._shared_seen :]:
+            tag = template[1]
+            if tensor_tags.get(tag) is False or self._template_count >= MAX_TEMPLATES:
+                continue
+            self._adopted.add(tag)
+            self._keep(length, voff, head, template)
+        self._shared_seen = len(store.learnt)
 
     def decode(self, payload: bytes) -> list[tuple[str, int, float, float]]:
         """Points in one record; raises NotAnEvent for undecodable payloads."""
@@ -347,7 +434,7 @@ class ScalarDecoder:
                     was = scalar
                     scalar = v.metadata.plugin_data.plugin_name in ("", "scalars")
                     self._tensor_tags[tag] = scalar
-                    if was and not scalar:
+                    if not scalar and (was or (was is None and tag in self._adopted)):
                         self._forget_templates(tag)
                 if scalar:
                     value = tensor_scalar(v.tensor)
@@ -409,26 +496,37 @@ class ScalarDecoder:
                     tail,
                 )
             )
-            try:
-                check = self._parse(probe_payload)
-            except NotAnEvent:
-                return
-            if check != [probe]:
-                continue
-            entry = self._templates.setdefault(len(summary), (voff, {}))
-            if entry[0] != voff:
-                more = self._more_templates.setdefault(len(summary), [])
-                entry = next((e for e in more if e[0] == voff), None)
-                if entry is None:
-                    entry = (voff, {})
-                    more.append(entry)
-            if head not in entry[1]:
-                readers = [None] * _SUMMARY_STARTS[0] + [
-                    _wall_time_and_value(s + voff, code) for s in _SUMMARY_STARTS
-                ]
-                entry[1][head] = (tail or None, tag, readers)
-                self._template_count += 1
+            # Decoded the same in any file: shared with the logdir's other files (and valid here)
+            shared = self._shared is not None and _decodes_anywhere(probe_payload, probe)
+            if not shared:
+                try:
+                    check = self._parse(probe_payload)
+                except NotAnEvent:
+                    return
+                if check != [probe]:
+                    continue
+            readers = [None] * _SUMMARY_STARTS[0] + [
+                _wall_time_and_value(s + voff, code) for s in _SUMMARY_STARTS
+            ]
+            template = (tail or None, tag, readers)
+            if self._keep(len(summary), voff, head, template) and shared:
+                self._shared.add(len(summary), voff, head, template)
             return
+
+    def _keep(self, length: int, voff: int, head: bytes, template: Template) -> bool:
+        """Keep a template for summaries of ``length`` bytes; False when one with that head was kept."""
+        entry = self._templates.setdefault(length, (voff, {}))
+        if entry[0] != voff:
+            more = self._more_templates.setdefault(length, [])
+            entry = next((e for e in more if e[0] == voff), None)
+            if entry is None:
+                entry = (voff, {})
+                more.append(entry)
+        if head in entry[1]:
+            return False
+        entry[1][head] = template
+        self._template_count += 1
+        return True
 
 
 def _step(payload: bytes) -> tuple[int, int]:
@@ -446,9 +544,12 @@ class EventFileReader:
 
     __slots__ = ("decoder", "tail", "undecodable")
 
-    def __init__(self, path: str, offset: int = 0, **tail_options) -> None:
+    def __init__(
+        self, path: str, offset: int = 0, templates: TemplateStore | None = None, **tail_options
+    ) -> None:
         self.tail = RecordTail(path, offset, **tail_options)
-        self.decoder = ScalarDecoder()
+        # ``templates``: the logdir's shared templates (LogdirReader's), None for a file alone
+        self.decoder = ScalarDecoder(templates)
         self.undecodable = 0
 
     @property
@@ -477,6 +578,7 @@ class EventFileReader:
         The points are the ones ``read`` yields, decoded a batch of records at once.
         """
         tail = self.tail
+        self.decoder.adopt_shared()
         out = ColumnsBuilder()
         # Where the points not yet yielded start, and whether the tail was resynchronising
         # there: read again from there if reading fails, so no decoded point is lost
@@ -564,6 +666,7 @@ class EventFileReader:
 
     def _read(self, final: bool, run: str | None, budget: int | None) -> Iterator[tuple]:
         decoder = self.decoder
+        decoder.adopt_shared()
         templates = decoder._templates
         tail = self.tail
         # The template fast path of ScalarDecoder.decode, inlined: this loop
