@@ -23,7 +23,7 @@ from typing import Any
 from gradwatch.events.columns import Columns
 from gradwatch.events.parallel import MIN_PARALLEL_BYTES, ChildFailed, ForkStream, usable_cores
 from gradwatch.events.records import CHUNK_BYTES
-from gradwatch.events.scalars import EventFileReader
+from gradwatch.events.scalars import EventFileReader, TemplateStore
 
 log = logging.getLogger("gradwatch")
 
@@ -88,10 +88,15 @@ def decode_files(files: list[tuple[str, int, int]]) -> Iterator[Message]:
     after each budget, so the daemon hears from the child (and pings systemd) even through
     gigabytes of images; a file that fails ends with "error"."""
     problems: list[tuple[str, str, int, str]] = []
+    templates = TemplateStore()  # the child's files share what they learn, as the daemon's do
     for path, offset, max_record_bytes in files:
         problems.clear()
         reader = EventFileReader(
-            path, offset, max_record_bytes=max_record_bytes, on_problem=lambda *p: problems.append(p)
+            path,
+            offset,
+            templates,
+            max_record_bytes=max_record_bytes,
+            on_problem=lambda *p: problems.append(p),
         )
         try:
             st = os.stat(path)
