@@ -369,3 +369,45 @@ def test_a_busy_loop_gets_one_listing_and_no_list_requests_pile_up_meanwhile():
         wait_for(lambda: poller.lists == 2, "the listing after the one taken")
     finally:
         poller.stop()
+
+
+def test_a_failed_get_ends_the_pass_so_an_outage_of_gets_holds_the_loop_once_per_poll(tmp_path, monkeypatch):
+    """The listing works but GETs fail (throttling, a permission on the objects): each failed GET
+    holds the loop for the SDK's retries, so a pass stops at the first one and the other changed
+    objects wait for the next poll; when GETs work again every object is read, each alert once."""
+    from gradwatch.events import remote
+
+    runs = ["r0", "r1", "r2"]
+    for run in runs:
+        write_scalars("tensorboardX", str(tmp_path / run), [(TAG, 1, 10.0)])
+    with in_process(tmp_path, "get-outage") as (d, out, fs):
+        for run in runs:
+            (path,) = event_files(str(tmp_path / run))
+            fs.put_file(path, f"/get-outage/logs/{run}/" + os.path.basename(path))
+        wait_for(lambda: d.follower.runs == 3 and d.points == 3, "the three runs")
+        fetch = remote.RemoteObject._fetch
+        attempts = []
+        passes = []
+        handle = d.follower._handle_listing
+
+        def counted(changes):
+            passes.append(changes.poll)
+            handle(changes)
+
+        def failing(self, offset, size):
+            attempts.append(self.url)
+            raise remote.RemoteError("SlowDown: please reduce your request rate")
+
+        monkeypatch.setattr(d.follower, "_handle_listing", counted)
+        monkeypatch.setattr(remote.RemoteObject, "_fetch", failing)
+        for run in runs:  # every run's object changes (rewritten, or one beside it): three GETs to make
+            write_scalars("tensorboardX", str(tmp_path / f"{run}-more"), [(TAG, 1, 10.0), (TAG, 2, SPIKE)])
+            (path,) = event_files(str(tmp_path / f"{run}-more"))
+            fs.put_file(path, f"/get-outage/logs/{run}/" + os.path.basename(path))
+        wait_for(lambda: len(attempts) >= 3, "three failed GETs")
+        # one failed GET per pass at most, never one per changed object in the same pass
+        assert len(attempts) <= sum(passes), (attempts, passes)
+        monkeypatch.setattr(remote.RemoteObject, "_fetch", fetch)
+        wait_for(lambda: out.getvalue().count("gradient_explosion") >= 3, "the three alerts after the outage")
+    alerts = [a["run"] for a in parse_alert_lines(out.getvalue()) if a["rule"] == "gradient_explosion"]
+    assert sorted(alerts) == runs

@@ -183,7 +183,10 @@ class Follower:
                 if self._stopping.is_set():
                     return  # catching up when told to stop: the rest is read next time
                 if self._ready.is_set():
+                    failed = self.reads.store_errors
                     self.reads.read_file(p)  # live: a budget per turn, round robin with every other file
+                    if self.reads.store_errors != failed:
+                        return  # a failed GET: the other new objects are read at the next poll
                 else:
                     self._read_through(p)  # the first catch-up reads each file to its end
                 self._after_file()
@@ -272,7 +275,12 @@ class Follower:
             if (st.st_size, st.st_mtime_ns) != reads.seen.get(path):
                 if periodic and path not in reads.unreadable and st.st_mtime < limit and path in reads.seen:
                     missed += 1
+                failed = reads.store_errors
                 reads.read_file(path, st)
+                if reads.store_errors != failed:
+                    # a GET failed after the listing worked: each further one would hold the loop
+                    # for the SDK's retries; the rest of the changed objects wait for the next poll
+                    break
         if missed and self.watcher.mode == "inotify":
             self._inotify_missed(f"it did not report changes to {missed} event file(s)")
 
@@ -434,8 +442,10 @@ class Follower:
             self._store_failed(changes.list_error)
         elif changes.poll:
             self._store_back()
+            failed = self.reads.store_errors
             self.rescan()
-            self.check_files()
+            if self.reads.store_errors == failed:  # after a failed GET, the rest waits for the next poll
+                self.check_files()
         for path in again:
             if path in self.reader.readers:
                 self.reads.read_file(path)

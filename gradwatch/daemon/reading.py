@@ -19,6 +19,7 @@ from gradwatch.engine import Engine
 from gradwatch.events.columns import Columns
 from gradwatch.events.logdir import UNREADABLE_FILE, LogdirReader, ProblemLog
 from gradwatch.events.records import DEFAULT_READ_BUDGET
+from gradwatch.events.remote import RemoteError
 
 log = logging.getLogger("gradwatch")
 
@@ -59,6 +60,7 @@ class FileReads:
         self._observed = 0  # points of the last read pass
         self.points = 0
         self.records = 0  # TFRecords verified, for gradwatch_records_read_total
+        self.store_errors = 0  # failed GETs of a remote logdir's objects
 
     def read_file(
         self,
@@ -147,6 +149,8 @@ class FileReads:
 
     def read_error(self, path: str, e: OSError) -> None:
         self.seen.pop(path, None)  # so the next poll or safety check tries again
+        if isinstance(e, RemoteError):
+            self.store_errors += 1  # a pass over a bucket stops at its first failed GET
         if isinstance(e, (FileNotFoundError, NotADirectoryError)):
             self._vanished()  # the rescan tells a deleted file from a deleted run
             return
