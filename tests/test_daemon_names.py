@@ -8,7 +8,7 @@ import re
 import sqlite3
 import urllib.request
 
-from daemon_support import Daemon, watch_args
+from daemon_support import Daemon, wait_for, watch_args
 from receivers import Receiver
 
 TAG = "gradients/actor_cnn_norm"
@@ -41,8 +41,8 @@ def test_a_run_named_with_invalid_utf8_is_watched_and_survives_a_restart(tmp_pat
     assert fired["run"] == "run-\\xff", fired  # shown escaped, never the raw byte
     # and as a label: the exposition format escapes the backslash once more
     address = re.search(r"/-/ready on (\S+)", first.err()).group(1)
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as r:
-        assert 'run="run-\\\\xff"' in r.read().decode()
+    # the status behind /metrics is published after the loop's iteration that printed the alert
+    wait_for(lambda: 'run="run-\\\\xff"' in _scrape(address), "the run's label on /metrics")
     assert first.stop() == 0
     assert "Traceback" not in first.err(), first.err()
     assert _saved_runs(state) == {b"run-\xff"}  # the bytes on disk, not a replacement character
@@ -60,3 +60,8 @@ def test_a_run_named_with_invalid_utf8_is_watched_and_survives_a_restart(tmp_pat
     got = [(a["status"], a["labels"]["run"]) for r in receiver.requests for a in json.loads(r.body)["alerts"]]
     assert ("firing", RUN) in got and ("resolved", RUN) in got, got
     receiver.stop()
+
+
+def _scrape(address: str) -> str:
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as r:
+        return r.read().decode()

@@ -18,6 +18,7 @@ import sys
 
 import pytest
 from conftest import require_module
+from daemon_support import wait_for
 from objectstores import GcsEmulator, MotoS3
 from receivers import refused_port
 from test_records import DAMAGED, Recorder, payload, read_guarded
@@ -251,8 +252,8 @@ def test_endpoint_url_flag_reaches_a_store_the_environment_does_not_name(s3, mon
         monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
         assert cli.main(["export", f"s3://{bucket}", "--endpoint-url", s3.endpoint]) == 3  # no scalars
     assert "no scalar points in s3://" in capsys.readouterr().err
-    requests = s3.requests()
-    assert f"GET /{bucket}/run/events.out.tfevents.1" in requests  # listed and read from moto
+    # listed and read from moto (whose access log line may land a moment after the response)
+    wait_for(lambda: f"GET /{bucket}/run/events.out.tfevents.1" in s3.requests(), "moto's log of the GET")
     assert cli.main(["export", "logs/", "--endpoint-url", s3.endpoint]) == 3
     assert "--endpoint-url is for s3:// and gs:// logdirs" in capsys.readouterr().err
 
