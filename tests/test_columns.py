@@ -24,7 +24,7 @@ from writers import (
 )
 
 from gradwatch.events import records, scalars
-from gradwatch.events.columns import group_points
+from gradwatch.events.columns import Columns
 from gradwatch.events.framing import frame
 from gradwatch.events.logdir import LogdirReader
 from gradwatch.events.scalars import EventFileReader
@@ -406,3 +406,24 @@ def test_a_replaced_file_is_read_again_a_batch_at_a_time(tmp_path, monkeypatch):
     yields = list(both.columns.read_columns(final=False))
     assert sum(len(c) for columns in yields for c in columns) == 5000
     assert len(yields) > 10
+
+
+def group_points(points: list[tuple[str, int, float, float]]) -> list[Columns]:
+    """The oracle (what read_columns once did): points -> one Columns per tag, tags in first-point order."""
+    by_tag: dict[str, tuple[list[int], list[float], list[float]]] = {}
+    for tag, step, wall_time, value in points:
+        cols = by_tag.get(tag)
+        if cols is None:
+            cols = by_tag[tag] = ([], [], [])
+        cols[0].append(step)
+        cols[1].append(wall_time)
+        cols[2].append(value)
+    return [
+        Columns(
+            tag,
+            np.array(steps, dtype=np.int64),
+            np.array(walls, dtype=np.float64),
+            np.array(values, dtype=np.float64),
+        )
+        for tag, (steps, walls, values) in by_tag.items()
+    ]

@@ -30,27 +30,6 @@ class Columns(NamedTuple):
         return zip(self.steps.tolist(), self.wall_times.tolist(), self.values.tolist())
 
 
-def group_points(points: list[tuple[str, int, float, float]]) -> list[Columns]:
-    """(tag, step, wall_time, value) points -> one Columns per tag, tags in order of first point."""
-    by_tag: dict[str, tuple[list[int], list[float], list[float]]] = {}
-    for tag, step, wall_time, value in points:
-        cols = by_tag.get(tag)
-        if cols is None:
-            cols = by_tag[tag] = ([], [], [])
-        cols[0].append(step)
-        cols[1].append(wall_time)
-        cols[2].append(value)
-    return [
-        Columns(
-            tag,
-            np.array(steps, dtype=np.int64),
-            np.array(walls, dtype=np.float64),
-            np.array(values, dtype=np.float64),
-        )
-        for tag, (steps, walls, values) in by_tag.items()
-    ]
-
-
 # ---------------------------------------------------------------- bulk decoding of a batch
 
 # Zero bytes after the joined payloads, so that the fixed-width reads below (8 bytes of
