@@ -411,3 +411,33 @@ def test_a_failed_get_ends_the_pass_so_an_outage_of_gets_holds_the_loop_once_per
         wait_for(lambda: out.getvalue().count("gradient_explosion") >= 3, "the three alerts after the outage")
     alerts = [a["run"] for a in parse_alert_lines(out.getvalue()) if a["rule"] == "gradient_explosion"]
     assert sorted(alerts) == runs
+
+
+def test_the_docs_command_for_a_bucket_runs_as_pasted(s3, tmp_path):
+    """docs/remote.md's `gradwatch watch s3://ml-team/runs ...`, word for word, against moto (the
+    endpoint and credentials from the environment, as the docs say): it follows the bucket."""
+    import shlex
+    import subprocess
+    import sys
+
+    from snippets import snippet
+
+    argv = shlex.split(snippet("docs/remote.md", "watch-bucket"))
+    assert argv[0] == "gradwatch"
+    fs = s3.filesystem()
+    if not fs.exists("ml-team"):
+        fs.mkdir("ml-team")
+    env = {**os.environ, **s3.env(), "XDG_STATE_HOME": str(tmp_path)}  # the default state dir
+    script = os.path.join(os.path.dirname(sys.executable), "gradwatch")
+    proc = subprocess.Popen([script, *argv[1:]], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in proc.stderr:  # type: ignore[union-attr]
+            lines.append(line)
+            if "caught up on s3://ml-team/runs" in line or len(lines) > 200:
+                break
+        assert any("caught up on s3://ml-team/runs" in line for line in lines), "".join(lines)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert proc.returncode == 0
