@@ -3,12 +3,12 @@ of the UNKNOWN verdict when the check could not run."""
 
 from __future__ import annotations
 
-import json
 import math
 import textwrap
 from typing import Any, TextIO
 
 from gradwatch.fmt import escape, human, json_number
+from gradwatch.fmt import write_json as write_json_document
 from gradwatch.oneshot.findings import STATUS, UNKNOWN, CheckResult, Finding, SeriesStats
 from gradwatch.rules import Rule
 from gradwatch.severity import Severity
@@ -149,15 +149,14 @@ def write_json(result: CheckResult, out: TextIO) -> None:
         ],
         "problems": result.problems,
     }
-    json.dump(doc, out, indent=2)
-    out.write("\n")
+    # json.dump's layout for the document and its lists, a finding to a line (docs/commands.md)
+    write_json_document(doc, out)
 
 
 def write_error_json(logdir: str, message: str, out: TextIO) -> None:
     """``--json`` output when the check could not run (bad rules, bad logdir): UNKNOWN."""
     doc = {"status": STATUS[UNKNOWN], "exit_code": UNKNOWN, "logdir": logdir, "errors": message.splitlines()}
-    json.dump(doc, out, indent=2)
-    out.write("\n")
+    write_json_document(doc, out)
 
 
 def write_error_text(error: Exception, out: TextIO) -> None:
