@@ -143,40 +143,26 @@ class Match:
 
     def matches_run(self, run: str) -> bool:
         """The run half of :meth:`matches`: the run patterns, then ``exclude_runs``."""
-        verdicts = self._run_verdicts
-        verdict = verdicts.get(run)
+        verdict = self._run_verdicts.get(run)
         if verdict is None:
-            verdict = self._run_matches(run)
-            _remember(verdicts, run, verdict)
+            verdict = _remember(self._run_verdicts, run, self.run_regex, self.runs, self.exclude_runs)
         return verdict
 
     def matches_tag(self, tag: str) -> bool:
         """The tag half of :meth:`matches` (a baseline rule's reference runs are chosen by name)."""
-        verdicts = self._tag_verdicts
-        verdict = verdicts.get(tag)
+        verdict = self._tag_verdicts.get(tag)
         if verdict is None:
-            verdict = self._tag_matches(tag)
-            _remember(verdicts, tag, verdict)
+            verdict = _remember(self._tag_verdicts, tag, self.tag_regex, self.tags, self.exclude_tags)
         return verdict
 
-    def _run_matches(self, run: str) -> bool:
-        if self.run_regex is not None:
-            if not self.run_regex.search(run):
-                return False
-        elif not any(fnmatch.fnmatchcase(run, g) for g in self.runs):
-            return False
-        return not any(fnmatch.fnmatchcase(run, g) for g in self.exclude_runs)
 
-    def _tag_matches(self, tag: str) -> bool:
-        if self.tag_regex is not None:
-            if not self.tag_regex.search(tag):
-                return False
-        elif not any(fnmatch.fnmatchcase(tag, g) for g in self.tags):
-            return False
-        return not any(fnmatch.fnmatchcase(tag, g) for g in self.exclude_tags)
-
-
-def _remember(verdicts: dict[str, bool], name: str, verdict: bool) -> None:
+def _remember(
+    verdicts: dict[str, bool], name: str, regex: Pattern | None, globs: list[str], excludes: list[str]
+) -> bool:
+    """One half's verdict on ``name`` (its regex, else its globs; then its excludes), remembered."""
+    found = regex.search(name) if regex is not None else any(fnmatch.fnmatchcase(name, g) for g in globs)
+    verdict = bool(found) and not any(fnmatch.fnmatchcase(name, g) for g in excludes)
     if len(verdicts) >= MAX_REMEMBERED_NAMES:
         verdicts.clear()
     verdicts[name] = verdict
+    return verdict
