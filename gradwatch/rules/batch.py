@@ -194,11 +194,16 @@ def _growth_batch(rule: Rule, state: RuleState, steps: np.ndarray, values: np.nd
     values before it since the last step restart within ``within_steps``; None when the cap on the
     window (MAX_GROWTH_WINDOW) could bind, so the per-point deque decides instead."""
     finite = np.isfinite(values)
-    at = np.flatnonzero(finite)
     n = len(values)
-    if not len(at):  # no evidence: every rank and the ratio hold, the window and last step too
-        return RuleBatch(np.full(n, state.raw, dtype=np.int64), np.full(n, state.ratio))
-    fsteps, fvalues = steps[at], values[at]
+    # the common batch has only finite points: it indexes nothing and fills nothing in
+    all_finite = bool(finite.all())
+    if all_finite:
+        at, fsteps, fvalues = None, steps, values
+    else:
+        at = np.flatnonzero(finite)
+        if not len(at):  # no evidence: every rank and the ratio hold, the window and last step too
+            return RuleBatch(np.full(n, state.raw, dtype=np.int64), np.full(n, state.ratio))
+        fsteps, fvalues = steps[at], values[at]
     within = rule.within_steps
     if int(fsteps.min()) < _INT64_MIN + within:
         return None  # step - within would wrap around in int64
@@ -208,33 +213,39 @@ def _growth_batch(rule: Rule, state: RuleState, steps: np.ndarray, values: np.nd
     carried = state.window or ()
     if state.last_step is not None and fsteps[0] < state.last_step:
         carried = ()  # steps went back at the first point: a restarted run
-    ratios = np.full(len(at), np.nan)
-    has_window = np.zeros(len(at), dtype=bool)
-    bounds = [0, *starts, len(at)]
-    for a, b in itertools.pairwise(bounds):
-        seg = _segment(fsteps[a:b], fvalues[a:b], carried if a == 0 else (), within)
+    if not starts:
+        seg = _segment(fsteps, fvalues, carried, within)
         if seg is None:
             return None
-        ratios[a:b], has_window[a:b], wsteps, wvalues = seg
-    raw = np.zeros(len(at), dtype=np.int64)
+        ratios, has_window, wsteps, wvalues = seg
+    else:
+        ratios = np.full(len(fvalues), np.nan)
+        has_window = np.zeros(len(fvalues), dtype=bool)
+        bounds = [0, *starts, len(fvalues)]
+        for a, b in itertools.pairwise(bounds):
+            seg = _segment(fsteps[a:b], fvalues[a:b], carried if a == 0 else (), within)
+            if seg is None:
+                return None
+            ratios[a:b], has_window[a:b], wsteps, wvalues = seg
+    raw = np.zeros(len(fvalues), dtype=np.int64)
     alerting = has_window & (fvalues > rule.min_value)
     raw[alerting] = _ranked(
         [(rank, ratios[alerting] >= f) for rank, _, f in rule.levels], int(alerting.sum())
     )
-    ranks = np.zeros(n, dtype=np.int64)
-    ranks[at] = raw
-    ratio_at = np.full(n, np.nan)
-    ratio_at[at[has_window]] = ratios[has_window]
-    defined = np.zeros(n, dtype=bool)
-    defined[at[has_window]] = True
+    if all_finite:
+        # ratios is NaN exactly where no window was: the points whose measure holds the last one
+        ranks, measures = raw, _forward_fill(ratios, has_window, state.ratio)
+    else:
+        ranks = np.zeros(n, dtype=np.int64)
+        ranks[at] = raw
+        ratio_at = np.full(n, np.nan)
+        ratio_at[at[has_window]] = ratios[has_window]
+        defined = np.zeros(n, dtype=bool)
+        defined[at[has_window]] = True
+        ranks, measures = _held(ranks, finite, state.raw), _forward_fill(ratio_at, defined, state.ratio)
     horizon = int(fsteps[-1]) - within
     keep = np.searchsorted(wsteps, horizon, "left")
-    return RuleBatch(
-        _held(ranks, finite, state.raw),
-        _forward_fill(ratio_at, defined, state.ratio),
-        _final_window(wsteps[keep:], wvalues[keep:]),
-        int(fsteps[-1]),
-    )
+    return RuleBatch(ranks, measures, _final_window(wsteps[keep:], wvalues[keep:]), int(fsteps[-1]))
 
 
 def _increasing(steps: np.ndarray, values: np.ndarray, next_step: int) -> bool:
@@ -244,22 +255,38 @@ def _increasing(steps: np.ndarray, values: np.ndarray, next_step: int) -> bool:
     return rising and bool(values[0] > 0) and int(steps[-1]) <= next_step
 
 
+_NO_STEPS = np.empty(0, dtype=np.int64)
+_NO_VALUES = np.empty(0, dtype=np.float64)
+
+
 def _segment(steps: np.ndarray, values: np.ndarray, carried, within: int):
     """One run of finite points whose steps never go back: (ratio, has a window) per point and the
     positive points (carried window first) as steps and values; None when the cap could bind."""
     positive = values > 0
-    csteps = np.array([p[0] for p in carried], dtype=np.int64)
-    cvalues = np.array([p[1] for p in carried], dtype=np.float64)
-    if len(carried) and not _increasing(csteps, cvalues, int(steps[0])):
-        return None  # not a window ``_remember`` made (a state restored from a damaged row)
-    wsteps = np.concatenate([csteps, steps[positive]])
-    wvalues = np.concatenate([cvalues, values[positive]])
-    before = np.cumsum(positive) - positive + len(carried)  # positive points before each point
+    if carried:
+        carried_steps, carried_values = zip(*carried)
+        csteps = np.array(carried_steps, dtype=np.int64)
+        cvalues = np.array(carried_values, dtype=np.float64)
+        if not _increasing(csteps, cvalues, int(steps[0])):
+            return None  # not a window ``_remember`` made (a state restored from a damaged row)
+    else:
+        csteps, cvalues = _NO_STEPS, _NO_VALUES
+    if positive.all():  # the common case: no point to leave out, each point has all before it
+        wsteps = np.concatenate([csteps, steps])
+        wvalues = np.concatenate([cvalues, values])
+        before = np.arange(len(carried), len(carried) + len(values))
+    else:
+        wsteps = np.concatenate([csteps, steps[positive]])
+        wvalues = np.concatenate([cvalues, values[positive]])
+        before = np.cumsum(positive) - positive + len(carried)  # positive points before each point
     first = np.searchsorted(wsteps, steps - within, "left")  # the oldest of them within the window
     count = before - first
     if len(count) and int(count.max()) >= MAX_GROWTH_WINDOW:
         return None  # the deque could reach its cap: its oldest point would go, not the minimum's rule
     has_window = count > 0
+    if has_window.all():
+        with np.errstate(over="ignore"):
+            return values / _range_min(wvalues, first, before), has_window, wsteps, wvalues
     ratios = np.full(len(values), np.nan)
     if has_window.any():
         with np.errstate(over="ignore"):
