@@ -69,13 +69,12 @@ class SeriesStats:
             steps, values = steps[finite], values[finite]
             if not len(values):
                 return
-        high = values.max()
-        if high > self.max:  # the first point at the maximum, as ``add`` keeps it
-            j = int(np.argmax(values == high))
+        # argmax/argmin give the first point at the extreme, as ``add`` keeps it (-0.0 == 0.0)
+        j = int(values.argmax())
+        if values[j] > self.max:
             self.max, self.max_step = float(values[j]), int(steps[j])
-        low = values.min()
-        if low < self.min:
-            j = int(np.argmax(values == low))
+        j = int(values.argmin())
+        if values[j] < self.min:
             self.min, self.min_step = float(values[j]), int(steps[j])
 
     def extreme(self, which: str) -> dict[str, Any] | None:
@@ -188,18 +187,21 @@ class FindingSink:
         measures: np.ndarray | None,
     ) -> None:
         previous = s.ranks[i]
-        s.ranks[i] = int(ranks[-1])  # the rank of the last call (0 after the point that cleared it)
-        alerting = ranks.nonzero()[0]
-        if not len(alerting):
+        last = int(ranks[-1])
+        s.ranks[i] = last  # the rank of the last call (0 after the point that cleared it)
+        # points per rank in one pass (ranks are small and never negative); its length says the top rank
+        counts = np.bincount(ranks).tolist()
+        top = len(counts) - 1
+        if not top:
             if previous:  # the first point clears what the last batch left alerting
                 self._finding(s, s.rules[i]).final = 0
             return
         rule = s.rules[i]
         f = self._finding(s, rule)
-        f.final = int(ranks[-1])
-        at = ranks[alerting]
-        for r, count in zip(*(a.tolist() for a in np.unique(at, return_counts=True))):
-            f.at_rank[r] = f.at_rank.get(r, 0) + count
+        f.final = last
+        for r in range(1, top + 1):
+            if counts[r]:
+                f.at_rank[r] = f.at_rank.get(r, 0) + counts[r]
         state = s.states[i]
 
         def measure(j: int) -> float | None:
@@ -207,16 +209,15 @@ class FindingSink:
 
         # severity -> its first point; in point order, and at one point the highest severity first
         firsts = [
-            (int(alerting[np.argmax(at >= r)]), order, sev)
+            (int(np.argmax(ranks >= r)), order, sev)
             for order, (r, sev, _) in enumerate(rule.levels)
-            if sev not in f.first and (at >= r).any()
+            if sev not in f.first and r <= top
         ]
         for j, _, sev in sorted(firsts):
             f.first[sev] = (int(steps[j]), float(values[j]), measure(j))
-        top = int(at.max())
         if top > f.worst:
             f.worst = top
-            j = int(alerting[np.argmax(at == top)])
+            j = int(np.argmax(ranks == top))
             at_j = RuleState(len(rule.levels))
             at_j.extra, at_j.raw = state.extra, top
             at_j.ratio = measure(j) if measures is not None else state.ratio
