@@ -227,11 +227,9 @@ def _growth_batch(rule: Rule, state: RuleState, steps: np.ndarray, values: np.nd
             if seg is None:
                 return None
             ratios[a:b], has_window[a:b], wsteps, wvalues = seg
-    raw = np.zeros(len(fvalues), dtype=np.int64)
     alerting = has_window & (fvalues > rule.min_value)
-    raw[alerting] = _ranked(
-        [(rank, ratios[alerting] >= f) for rank, _, f in rule.levels], int(alerting.sum())
-    )
+    with np.errstate(invalid="ignore"):  # NaN ratios (no window) are not alerting anyway
+        raw = _ranked([(rank, alerting & (ratios >= f)) for rank, _, f in rule.levels], len(fvalues))
     if all_finite:
         # ratios is NaN exactly where no window was: the points whose measure holds the last one
         ranks, measures = raw, _forward_fill(ratios, has_window, state.ratio)
@@ -251,7 +249,7 @@ def _growth_batch(rule: Rule, state: RuleState, steps: np.ndarray, values: np.nd
 def _increasing(steps: np.ndarray, values: np.ndarray, next_step: int) -> bool:
     """A carried window as ``_remember`` keeps it: steps and positive values strictly increasing,
     none after the batch's first step. Only then is its head the minimum of its values."""
-    rising = bool((np.diff(steps) > 0).all() and (np.diff(values) > 0).all())
+    rising = bool((steps[1:] > steps[:-1]).all() and (values[1:] > values[:-1]).all())
     return rising and bool(values[0] > 0) and int(steps[-1]) <= next_step
 
 
