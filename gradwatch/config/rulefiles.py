@@ -10,7 +10,6 @@ from __future__ import annotations
 import glob
 import os
 import re
-from importlib import resources
 
 from gradwatch.config.conditions import CONDITIONS, severity_level
 from gradwatch.config.yaml import ConfigError, Problem, Section, load_yaml_file, parse_duration
@@ -58,7 +57,11 @@ DEFAULT_ANNOTATIONS = {
 
 
 def default_rules_path() -> str:
-    return str(resources.files("gradwatch").joinpath("default_rules", DEFAULT_RULES))
+    # the package's own directory, as importlib.resources.files("gradwatch") gives it for an
+    # installed package (a zip import could not open that path either); importlib.resources
+    # costs one-shot commands ~5 ms of imports (zipfile, tempfile, shutil) at start-up
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.join(package, "default_rules", DEFAULT_RULES)
 
 
 def expand_rule_paths(paths: list[str], problems: list[Problem] | None = None) -> list[str]:
