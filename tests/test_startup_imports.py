@@ -1,6 +1,7 @@
 """One-shot commands leave out of their start-up the modules they do not use: PyYAML when no
-rule file is read (``export``), difflib until there is a suggestion to make, importlib.resources
-(and the zipfile, tempfile and shutil it brings) to find the packaged rules."""
+rule file is read (``export``) or only the packaged rules (``check``), difflib until there is a
+suggestion to make, importlib.resources (and the zipfile, tempfile and shutil it brings) to
+find the packaged rules."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def test_export_reads_no_yaml(tmp_path):
     assert not imported & {"yaml", "difflib"}
 
 
-def test_check_with_the_packaged_rules_imports_neither_difflib_nor_importlib_resources(tmp_path):
+def test_check_with_the_packaged_rules_imports_no_yaml_difflib_or_importlib_resources(tmp_path):
     imported = imported_by("check", "--json", logdir_of(tmp_path))
     assert "gradwatch.config.rulefiles" in imported
-    assert not imported & {"difflib", "importlib.resources", "zipfile"}
+    assert not imported & {"yaml", "difflib", "importlib.resources", "zipfile"}  # packaged_rules.py

@@ -12,7 +12,15 @@ import os
 import re
 
 from gradwatch.config.conditions import CONDITIONS, severity_level
-from gradwatch.config.yaml import ConfigError, Problem, Section, load_yaml_file, parse_duration
+from gradwatch.config.packaged_rules import load_packaged
+from gradwatch.config.yaml import (
+    ConfigError,
+    Problem,
+    Section,
+    load_yaml_text,
+    parse_duration,
+    read_yaml_file,
+)
 from gradwatch.match import Match, Pattern
 from gradwatch.rules import Rule
 from gradwatch.severity import SEVERITY_NAMES
@@ -93,12 +101,19 @@ def load_rule_file(path: str, problems: list[Problem]) -> list[Rule]:
     """The valid rules of one file; its problems are appended to ``problems``, in line order."""
     found: list[Problem] = []
     try:
-        rules = parse_rules(load_yaml_file(path), path, found)
+        rules = parse_rules(_rule_yaml(path), path, found)
     except ConfigError as e:
         found.extend(e.problems)
         rules = []
     problems.extend(sorted(found, key=lambda p: p.line))  # stable: one line's problems keep their order
     return rules
+
+
+def _rule_yaml(path: str):
+    """A rule file's parsed YAML; the packaged rules' comes without PyYAML (packaged_rules.py)."""
+    text = read_yaml_file(path)
+    known, data = load_packaged(text)
+    return data if known else load_yaml_text(text, path)
 
 
 def duplicate_names(rules: list[Rule]) -> list[Problem]:

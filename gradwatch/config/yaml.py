@@ -133,14 +133,18 @@ def load_yaml_text(text: str, file: str) -> Any:
 
 
 def load_yaml_file(path: str) -> Any:
+    return load_yaml_text(read_yaml_file(path), path)
+
+
+def read_yaml_file(path: str) -> str:
+    """The text of a YAML file; ConfigError when it cannot be read or is not UTF-8."""
     try:
         with open(path, encoding="utf-8") as f:
-            text = f.read()
+            return f.read()
     except UnicodeDecodeError:
         raise ConfigError([Problem(path, 0, "", "not a UTF-8 text file")]) from None
     except OSError as e:
         raise ConfigError([Problem(path, 0, "", f"cannot read: {_why_unreadable(path, e)}")]) from None
-    return load_yaml_text(text, path)
 
 
 def _why_unreadable(path: str, e: OSError) -> str:
