@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
 import logging
 import sys
 from collections.abc import Iterator
 from typing import TextIO
 
 from gradwatch import __version__
-from gradwatch.config.yaml import ConfigError
+from gradwatch.config.yaml import ConfigError, close_matches
 from gradwatch.events.logdir import LogdirError, ProblemLog, remote_logdir
 from gradwatch.events.remote import is_remote
 from gradwatch.events.shard import Shard, parse_shard
@@ -280,7 +279,7 @@ def cmd_report(args) -> int:
         wanted = ", ".join(map(repr, rep.unmatched))
         raise UsageError(f"no run matching {wanted} has tag {args.tag!r} (runs with it: {have})")
     if not rep.runs:
-        close = difflib.get_close_matches(args.tag, sorted(rep.tags_seen), n=5, cutoff=0.4)
+        close = close_matches(args.tag, sorted(rep.tags_seen), n=5, cutoff=0.4)
         hint = f"; similar tags: {', '.join(close)}" if close else ""
         raise UsageError(f"no run in {args.logdir} has tag {args.tag!r}{hint}")
     writer = report.write_json if args.json else report.write_csv if args.csv else report.write_text

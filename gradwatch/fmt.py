@@ -22,7 +22,7 @@ import json
 import math
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TextIO
 
 # Bidi embeddings/overrides (U+202A-U+202E), isolates (U+2066-U+2069), marks
 # (U+200E/U+200F) and the Arabic letter mark (U+061C): invisible, and they
@@ -116,6 +116,45 @@ def json_dumps(obj: Any, **kwargs: Any) -> str:
     return json.dumps(json_safe(obj), allow_nan=False, **kwargs)
 
 
+# json's C encoder: ``json.dump(..., indent=...)`` runs the pure-Python one (0.15-0.2 s for check's
+# 850 KB document of 1,000 findings), so write_json lays out the outer levels itself
+_encode_line = json.JSONEncoder().encode
+
+
+def write_json(doc: Any, out: TextIO, depth: int = 2, indent: int = 2) -> None:
+    """``json.dump(doc, out, indent=indent)`` and a newline, except that containers deeper than
+    ``depth`` levels are written on one line each (``", "`` and ``": "`` between items): a
+    document of many records stays readable and greppable, a record to a line, and is written
+    by the C encoder. With a depth beyond the document's the text is ``json.dump``'s."""
+    parts: list[str] = []
+    _layout(doc, depth, 0, " " * indent, parts)
+    parts.append("\n")
+    out.write("".join(parts))
+
+
+def _layout(obj: Any, depth: int, level: int, pad: str, parts: list[str]) -> None:
+    if isinstance(obj, dict):
+        laid_out = depth > 0 and obj and all(isinstance(k, str) for k in obj)
+    else:
+        laid_out = depth > 0 and isinstance(obj, (list, tuple)) and obj
+    if not laid_out:
+        parts.append(_encode_line(obj))
+        return
+    inner = "\n" + pad * (level + 1)
+    if isinstance(obj, dict):
+        parts.append("{")
+        for i, (key, value) in enumerate(obj.items()):
+            parts.append(("," if i else "") + inner + _encode_line(key) + ": ")
+            _layout(value, depth - 1, level + 1, pad, parts)
+        parts.append("\n" + pad * level + "}")
+    else:
+        parts.append("[")
+        for i, value in enumerate(obj):
+            parts.append(("," if i else "") + inner)
+            _layout(value, depth - 1, level + 1, pad, parts)
+        parts.append("\n" + pad * level + "]")
+
+
 __all__ = [
     "STORED_NONFINITE",
     "escape",
@@ -127,4 +166,5 @@ __all__ = [
     "rfc3339",
     "shown_name",
     "stored_number",
+    "write_json",
 ]

@@ -114,9 +114,20 @@ class Pattern:
         return f"Pattern({self.text!r}, engine={self.engine})"
 
 
+# Most names a Match remembers its verdict for, per half (runs, tags); past this it starts over.
+# Names come from the logdir (untrusted): the memory is bounded whatever a trainer writes.
+MAX_REMEMBERED_NAMES = 4096
+
+
 @dataclass
 class Match:
-    """Which series a rule watches: run and tag globs (whole name) or regexes (searched)."""
+    """Which series a rule watches: run and tag globs (whole name) or regexes (searched).
+
+    A series matches when its run matches the run half and its tag the tag half, each half
+    independent of the other's name: each half's verdict is remembered per name, so 200 runs
+    of the same 5 tags cost 200 + 5 pattern tests, not 1,000 of each (the patterns must not
+    change once the rule matches series: a rule file is loaded into new ``Match`` objects).
+    """
 
     runs: list[str] = field(default_factory=lambda: ["*"])
     tags: list[str] = field(default_factory=lambda: ["*"])
@@ -124,27 +135,34 @@ class Match:
     tag_regex: Pattern | None = None
     exclude_tags: list[str] = field(default_factory=list)
     exclude_runs: list[str] = field(default_factory=list)
+    _run_verdicts: dict[str, bool] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _tag_verdicts: dict[str, bool] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def matches(self, run: str, tag: str) -> bool:
-        if self.run_regex is not None:
-            if not self.run_regex.search(run):
-                return False
-        elif not any(fnmatch.fnmatchcase(run, g) for g in self.runs):
-            return False
-        if self.tag_regex is not None:
-            if not self.tag_regex.search(tag):
-                return False
-        elif not any(fnmatch.fnmatchcase(tag, g) for g in self.tags):
-            return False
-        if any(fnmatch.fnmatchcase(run, g) for g in self.exclude_runs):
-            return False
-        return not any(fnmatch.fnmatchcase(tag, g) for g in self.exclude_tags)
+        return self.matches_run(run) and self.matches_tag(tag)
+
+    def matches_run(self, run: str) -> bool:
+        """The run half of :meth:`matches`: the run patterns, then ``exclude_runs``."""
+        verdict = self._run_verdicts.get(run)
+        if verdict is None:
+            verdict = _remember(self._run_verdicts, run, self.run_regex, self.runs, self.exclude_runs)
+        return verdict
 
     def matches_tag(self, tag: str) -> bool:
         """The tag half of :meth:`matches` (a baseline rule's reference runs are chosen by name)."""
-        if self.tag_regex is not None:
-            if not self.tag_regex.search(tag):
-                return False
-        elif not any(fnmatch.fnmatchcase(tag, g) for g in self.tags):
-            return False
-        return not any(fnmatch.fnmatchcase(tag, g) for g in self.exclude_tags)
+        verdict = self._tag_verdicts.get(tag)
+        if verdict is None:
+            verdict = _remember(self._tag_verdicts, tag, self.tag_regex, self.tags, self.exclude_tags)
+        return verdict
+
+
+def _remember(
+    verdicts: dict[str, bool], name: str, regex: Pattern | None, globs: list[str], excludes: list[str]
+) -> bool:
+    """One half's verdict on ``name`` (its regex, else its globs; then its excludes), remembered."""
+    found = regex.search(name) if regex is not None else any(fnmatch.fnmatchcase(name, g) for g in globs)
+    verdict = bool(found) and not any(fnmatch.fnmatchcase(name, g) for g in excludes)
+    if len(verdicts) >= MAX_REMEMBERED_NAMES:
+        verdicts.clear()
+    verdicts[name] = verdict
+    return verdict

@@ -214,6 +214,16 @@ def test_cli_check_json_and_exit_code(seed_logdir, capsys):
     assert json.loads(capsys.readouterr().out)["status"] == "CRITICAL"
 
 
+def test_cli_check_json_writes_a_finding_to_a_line(seed_logdir, capsys):
+    """docs/commands.md: the document is indented, each finding on one line (grep finds a finding)."""
+    assert main(["check", seed_logdir, "--json"]) == CRITICAL
+    out = capsys.readouterr().out
+    doc = json.loads(out)
+    lines = [json.loads(line.strip().rstrip(",")) for line in out.splitlines() if '"rule": ' in line]
+    assert lines == doc["findings"] and len(lines) == 2
+    assert out.startswith('{\n  "status": "CRITICAL",\n')
+
+
 def test_cli_check_bad_rules_is_unknown_with_the_problem(tmp_path, seed_logdir, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("rules:\n  - name: x\n    thresholds: {warning: ten thousand}\n")

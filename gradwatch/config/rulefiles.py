@@ -10,10 +10,17 @@ from __future__ import annotations
 import glob
 import os
 import re
-from importlib import resources
 
 from gradwatch.config.conditions import CONDITIONS, severity_level
-from gradwatch.config.yaml import ConfigError, Problem, Section, load_yaml_file, parse_duration
+from gradwatch.config.packaged_rules import load_packaged
+from gradwatch.config.yaml import (
+    ConfigError,
+    Problem,
+    Section,
+    load_yaml_text,
+    parse_duration,
+    read_yaml_file,
+)
 from gradwatch.match import Match, Pattern
 from gradwatch.rules import Rule
 from gradwatch.severity import SEVERITY_NAMES
@@ -58,7 +65,11 @@ DEFAULT_ANNOTATIONS = {
 
 
 def default_rules_path() -> str:
-    return str(resources.files("gradwatch").joinpath("default_rules", DEFAULT_RULES))
+    # the package's own directory, as importlib.resources.files("gradwatch") gives it for an
+    # installed package (a zip import could not open that path either); importlib.resources
+    # costs one-shot commands ~5 ms of imports (zipfile, tempfile, shutil) at start-up
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.join(package, "default_rules", DEFAULT_RULES)
 
 
 def expand_rule_paths(paths: list[str], problems: list[Problem] | None = None) -> list[str]:
@@ -90,12 +101,19 @@ def load_rule_file(path: str, problems: list[Problem]) -> list[Rule]:
     """The valid rules of one file; its problems are appended to ``problems``, in line order."""
     found: list[Problem] = []
     try:
-        rules = parse_rules(load_yaml_file(path), path, found)
+        rules = parse_rules(_rule_yaml(path), path, found)
     except ConfigError as e:
         found.extend(e.problems)
         rules = []
     problems.extend(sorted(found, key=lambda p: p.line))  # stable: one line's problems keep their order
     return rules
+
+
+def _rule_yaml(path: str):
+    """A rule file's parsed YAML; the packaged rules' comes without PyYAML (packaged_rules.py)."""
+    text = read_yaml_file(path)
+    known, data = load_packaged(text)
+    return data if known else load_yaml_text(text, path)
 
 
 def duplicate_names(rules: list[Rule]) -> list[Problem]:

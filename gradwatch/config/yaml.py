@@ -8,7 +8,7 @@ file are reported together instead of one per edit-run cycle.
 
 from __future__ import annotations
 
-import difflib
+import functools
 import math
 import os
 import re
@@ -16,7 +16,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
+
+def close_matches(word: str, possibilities, n: int, cutoff: float) -> list[str]:
+    """difflib's suggestions, imported only when there is something to suggest (start-up)."""
+    import difflib
+
+    return difflib.get_close_matches(word, possibilities, n=n, cutoff=cutoff)
 
 
 @dataclass(frozen=True)
@@ -54,60 +59,67 @@ class _Seq(list):
 MAX_NESTING = 64
 
 
-class _TooDeep(yaml.YAMLError):
-    def __init__(self, mark) -> None:
-        super().__init__()
-        self.problem_mark = mark
-        self.problem = f"nesting too deep (more than {MAX_NESTING} levels of mappings and lists)"
+@functools.cache
+def _loader():
+    """PyYAML's line-numbering loader, made on first use: importing PyYAML is ~15 ms that a
+    command reading no YAML (``export``; ``check`` with the packaged rules) need not pay."""
+    import yaml
 
+    class _TooDeep(yaml.YAMLError):
+        def __init__(self, mark) -> None:
+            super().__init__()
+            self.problem_mark = mark
+            self.problem = f"nesting too deep (more than {MAX_NESTING} levels of mappings and lists)"
 
-class _LineLoader(yaml.SafeLoader):
-    """SafeLoader whose mappings and sequences know their lines (1-based), nested at most MAX_NESTING deep."""
+    class _LineLoader(yaml.SafeLoader):
+        """SafeLoader whose mappings and sequences know their lines (1-based), nested at most
+        MAX_NESTING deep."""
 
-    _depth = 0
+        _depth = 0
 
-    def compose_node(self, parent, index):  # type: ignore[override]
-        self._depth += 1
-        try:
-            if self._depth > MAX_NESTING:
-                raise _TooDeep(self.peek_event().start_mark)
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
+        def compose_node(self, parent, index):  # type: ignore[override]
+            self._depth += 1
+            try:
+                if self._depth > MAX_NESTING:
+                    raise _TooDeep(self.peek_event().start_mark)
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
 
-    def construct_mapping(self, node, deep=False):  # type: ignore[override]
-        # Duplicate keys are a classic silent override: refuse them.
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if isinstance(key, (str, int, float, bool)) and key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first on line {seen[key]})", key_node.start_mark
-                )
-            if isinstance(key, (str, int, float, bool)):
-                seen[key] = key_node.start_mark.line + 1
-        out = _Map(super().construct_mapping(node, deep=True))
-        out.line = node.start_mark.line + 1
-        out.key_lines = {
-            str(self.construct_object(k, deep=True)): k.start_mark.line + 1 for k, _ in node.value
-        }
-        return out
+        def construct_mapping(self, node, deep=False):  # type: ignore[override]
+            # Duplicate keys are a classic silent override: refuse them.
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, (str, int, float, bool)) and key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first on line {seen[key]})", key_node.start_mark
+                    )
+                if isinstance(key, (str, int, float, bool)):
+                    seen[key] = key_node.start_mark.line + 1
+            out = _Map(super().construct_mapping(node, deep=True))
+            out.line = node.start_mark.line + 1
+            out.key_lines = {
+                str(self.construct_object(k, deep=True)): k.start_mark.line + 1 for k, _ in node.value
+            }
+            return out
 
-    def construct_sequence(self, node, deep=False):  # type: ignore[override]
-        out = _Seq(super().construct_sequence(node, deep=True))
-        out.line = node.start_mark.line + 1
-        out.item_lines = [n.start_mark.line + 1 for n in node.value]
-        return out
+        def construct_sequence(self, node, deep=False):  # type: ignore[override]
+            out = _Seq(super().construct_sequence(node, deep=True))
+            out.line = node.start_mark.line + 1
+            out.item_lines = [n.start_mark.line + 1 for n in node.value]
+            return out
 
-
-_LineLoader.add_constructor("tag:yaml.org,2002:map", _LineLoader.construct_mapping)
-_LineLoader.add_constructor("tag:yaml.org,2002:seq", _LineLoader.construct_sequence)
+    _LineLoader.add_constructor("tag:yaml.org,2002:map", _LineLoader.construct_mapping)
+    _LineLoader.add_constructor("tag:yaml.org,2002:seq", _LineLoader.construct_sequence)
+    return yaml, _LineLoader, _TooDeep
 
 
 def load_yaml_text(text: str, file: str) -> Any:
+    yaml, line_loader, too_deep = _loader()
     try:
-        return yaml.load(text, Loader=_LineLoader)
-    except _TooDeep as e:
+        return yaml.load(text, Loader=line_loader)
+    except too_deep as e:
         raise ConfigError([Problem(file, e.problem_mark.line + 1, "", e.problem)]) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
@@ -121,14 +133,18 @@ def load_yaml_text(text: str, file: str) -> Any:
 
 
 def load_yaml_file(path: str) -> Any:
+    return load_yaml_text(read_yaml_file(path), path)
+
+
+def read_yaml_file(path: str) -> str:
+    """The text of a YAML file; ConfigError when it cannot be read or is not UTF-8."""
     try:
         with open(path, encoding="utf-8") as f:
-            text = f.read()
+            return f.read()
     except UnicodeDecodeError:
         raise ConfigError([Problem(path, 0, "", "not a UTF-8 text file")]) from None
     except OSError as e:
         raise ConfigError([Problem(path, 0, "", f"cannot read: {_why_unreadable(path, e)}")]) from None
-    return load_yaml_text(text, path)
 
 
 def _why_unreadable(path: str, e: OSError) -> str:
@@ -276,7 +292,9 @@ class Section:
 
     def choice(self, key: str, choices: tuple[str, ...], default: Any = None, required: bool = False) -> Any:
         value = self.data.get(key)
-        close = difflib.get_close_matches(value, choices, n=1, cutoff=0.6) if isinstance(value, str) else []
+        # a suggestion only for a wrong value (difflib is imported on first use)
+        wrong = isinstance(value, str) and value not in choices
+        close = close_matches(value, choices, n=1, cutoff=0.6) if wrong else []
         return self.get(
             key,
             lambda v: v if v in choices else None,
@@ -323,7 +341,7 @@ class Section:
     def finish(self) -> None:
         for key in self.data:
             if key not in self._used:
-                close = difflib.get_close_matches(str(key), self._used, n=1, cutoff=0.7)
+                close = close_matches(str(key), self._used, n=1, cutoff=0.7)
                 hint = f"did you mean '{close[0]}'? " if close else ""
                 known = ", ".join(sorted(self._used)) or "none"
                 self.error(str(key), f"unknown key ({hint}known keys here: {known})")

@@ -20,12 +20,12 @@ A rule has one condition kind:
 Evaluation is per point and per (rule, series) state object; the no-alert
 path allocates no container and touches no dict. ``Rule.evaluate_batch``
 decides a batch of one series' points with numpy (thresholds, nonfinite,
-growth, ``for`` streaks), exactly as ``evaluate`` would point by point.
+growth, ``for`` streaks), exactly as ``evaluate`` would point by point
+(gradwatch/rules/batch.py).
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import sys
 from collections import deque
@@ -37,6 +37,18 @@ import numpy as np
 from gradwatch.anomaly import AnomalyState, Detector
 from gradwatch.baseline import Baseline, History, Verdict
 from gradwatch.match import Match
+from gradwatch.rules.batch import RuleBatch, evaluate_batch
+from gradwatch.rules.modes import (
+    ABOVE,
+    ABSENT,
+    ABSOLUTE,
+    ANOMALY,
+    BASELINE,
+    BELOW,
+    GROWTH,
+    MAX_GROWTH_WINDOW,
+    NONFINITE,
+)
 from gradwatch.severity import Severity
 from gradwatch.templates import (
     NOT_APPLICABLE,
@@ -49,16 +61,6 @@ KINDS = ("thresholds", "nonfinite", "growth", "absent", "anomaly", "baseline")
 DIRECTIONS = ("above", "below", "absolute")
 
 _isfinite = math.isfinite
-
-
-# evaluation modes, decided once per rule so ``evaluate`` branches on an int
-_ABOVE, _BELOW, _ABSOLUTE, _NONFINITE, _GROWTH, _ABSENT, _ANOMALY, _BASELINE = range(8)
-
-
-# Most points a growth rule remembers per series. The window normally holds only the rising points
-# within ``within_steps``; a series that keeps rising at one step, or over a huge window, would grow
-# it without end (1M points at a constant step saved 14.9 MB of state). Past this the oldest go.
-MAX_GROWTH_WINDOW = 1024
 
 
 def _remember(window: deque, step: int, value: float) -> None:
@@ -94,56 +96,6 @@ class RuleState:
         self.ratio = 0.0
 
 
-class RuleBatch:
-    """One rule's decisions on a batch of one series' points, before they touch its state.
-
-    ``ranks[j]`` is the rank point j puts the series at, after ``for`` (None: every point 0);
-    ``raws[j]`` the rank before ``for`` (``raw`` after the point; None: the same as ranks).
-    ``measures[j]`` is a growth rule's ``ratio`` after point j (None for other kinds).
-    ``at(state, j)`` gives ``state`` what a sink reads of it after point j; ``commit(state)``
-    the state after the whole batch.
-    """
-
-    __slots__ = ("last_step", "measures", "ranks", "raws", "streaks", "window")
-
-    def __init__(
-        self,
-        ranks: np.ndarray | None,
-        measures: np.ndarray | None = None,
-        window: deque | None = None,
-        last_step: int | None = None,
-    ) -> None:
-        self.ranks = ranks
-        self.raws: np.ndarray | None = None
-        self.streaks: list[int] | None = None  # ``for``: the streaks after the batch
-        self.measures = measures
-        self.window = window  # growth: the window after the batch (None: unchanged)
-        self.last_step = last_step
-
-    def at(self, state: RuleState, j: int) -> None:
-        raws = self.raws if self.raws is not None else self.ranks
-        state.raw = int(raws[j]) if raws is not None else 0
-        if self.measures is not None:
-            state.ratio = float(self.measures[j])
-
-    def calls(self) -> list[int]:
-        """The points the engine calls the sink at whatever the rank before: rank or raw non-zero."""
-        if self.ranks is None:
-            return []
-        nonzero = self.ranks != 0
-        if self.raws is not None:
-            nonzero |= self.raws != 0
-        return np.flatnonzero(nonzero).tolist()
-
-    def commit(self, state: RuleState) -> None:
-        self.at(state, -1)
-        if self.streaks is not None:
-            state.streaks[:] = self.streaks
-        if self.window is not None:
-            state.window = self.window
-            state.last_step = self.last_step
-
-
 @dataclass
 class Rule:
     name: str
@@ -175,14 +127,14 @@ class Rule:
     def __post_init__(self) -> None:
         self.levels = sorted(self.levels, reverse=True)
         if self.kind == "thresholds":
-            self._mode = _ABSOLUTE if self.absolute else _BELOW if self.below else _ABOVE
+            self._mode = ABSOLUTE if self.absolute else BELOW if self.below else ABOVE
         else:
             self._mode = {
-                "nonfinite": _NONFINITE,
-                "growth": _GROWTH,
-                "absent": _ABSENT,
-                "anomaly": _ANOMALY,
-                "baseline": _BASELINE,
+                "nonfinite": NONFINITE,
+                "growth": GROWTH,
+                "absent": ABSENT,
+                "anomaly": ANOMALY,
+                "baseline": BASELINE,
             }[self.kind]
         self._ranks = tuple(r for r, _, _ in self.levels)
         self._indexed = tuple(enumerate(self._ranks))
@@ -191,15 +143,19 @@ class Rule:
         big = sys.float_info.max
         lo, hi = math.inf, -math.inf
         values = [level for _, _, level in self.levels]
-        if self._mode == _ABOVE and values:
+        if self._mode == ABOVE and values:
             lo, hi = -big, min(values)
-        elif self._mode == _BELOW and values:
+        elif self._mode == BELOW and values:
             lo, hi = max(values), big
-        elif self._mode == _ABSOLUTE and values:
+        elif self._mode == ABSOLUTE and values:
             lo, hi = -min(values), min(values)
-        elif self._mode == _NONFINITE:
+        elif self._mode == NONFINITE:
             lo, hi = -big, big
         self._lo, self._hi = lo, hi
+
+    def evaluate_batch(self, state: RuleState, steps: np.ndarray, values: np.ndarray) -> RuleBatch | None:
+        """``evaluate`` over a batch of points without touching ``state`` (gradwatch/rules/batch.py)."""
+        return evaluate_batch(self, state, steps, values)
 
     @property
     def direction(self) -> str:
@@ -232,7 +188,7 @@ class Rule:
             return 0
         mode = self._mode
         # the same shortcut for the kinds whose quiet range is per series (inline: a call costs)
-        if mode == _ANOMALY and not state.raw:
+        if mode == ANOMALY and not state.raw:
             extra = state.extra
             if extra.lo < value < extra.hi:  # type: ignore[union-attr]
                 pending = extra.pending  # type: ignore[union-attr]
@@ -240,19 +196,19 @@ class Rule:
                 if len(pending) >= extra.due:  # type: ignore[union-attr]
                     self.detector._refresh(extra)  # type: ignore[union-attr, arg-type]
                 return 0
-        elif mode == _BASELINE and not state.raw and self._quiet(state.extra, step, value):  # type: ignore[arg-type]
+        elif mode == BASELINE and not state.raw and self._quiet(state.extra, step, value):  # type: ignore[arg-type]
             return 0
         raw = 0
-        if mode <= _ABSOLUTE:
+        if mode <= ABSOLUTE:
             if not _isfinite(value):
                 # not evidence either way: the nonfinite kind alerts on it, this rule holds
                 return self._held(state)
-            if mode == _ABOVE:
+            if mode == ABOVE:
                 for rank, _, level in self.levels:
                     if value > level:
                         raw = rank
                         break
-            elif mode == _BELOW:
+            elif mode == BELOW:
                 for rank, _, level in self.levels:
                     if value < level:
                         raw = rank
@@ -263,19 +219,19 @@ class Rule:
                     if magnitude > level:
                         raw = rank
                         break
-        elif mode == _NONFINITE:
+        elif mode == NONFINITE:
             if not _isfinite(value):
                 raw = self._top
-        elif mode == _ANOMALY:
+        elif mode == ANOMALY:
             raw = self.detector.observe(state.extra, value)  # type: ignore[union-attr, arg-type]
             if raw < 0:  # NaN/±Inf: not evidence
                 return self._held(state)
-        elif mode == _BASELINE:
+        elif mode == BASELINE:
             v = state.extra
             raw = self.baseline.judge(v, v.refs, v.run, v.tag, step, value)  # type: ignore[union-attr]
             if raw < 0:  # not compared (the baseline has not reached this step, ...): not evidence
                 return self._held(state)
-        elif mode == _GROWTH:
+        elif mode == GROWTH:
             if not _isfinite(value):
                 return self._held(state)
             window = state.window
@@ -323,64 +279,6 @@ class Rule:
             else:
                 streaks[i] = 0
         return best
-
-    def evaluate_batch(self, state: RuleState, steps: np.ndarray, values: np.ndarray) -> RuleBatch | None:
-        """``evaluate`` over a batch of points (int64 steps, float64 values) without touching
-        ``state``; None when this rule must go point by point (anomaly, baseline, absent, or a
-        growth window the batch could push past MAX_GROWTH_WINDOW)."""
-        mode = self._mode
-        evidence: np.ndarray | None = None  # the points ``for`` counts (None: all of them)
-        if mode <= _ABSOLUTE:
-            b = self._thresholds_batch(state, values)
-            evidence = np.isfinite(values)
-        elif mode == _NONFINITE:
-            if state.raw == 0 and _all_within(values, self._lo, self._hi):
-                return RuleBatch(None)
-            b = RuleBatch(np.where(np.isfinite(values), 0, self._top))
-        elif mode == _GROWTH:
-            b = _growth_batch(self, state, steps, values)  # type: ignore[assignment]
-            evidence = np.isfinite(values)
-        else:
-            return None
-        if b is None or self.for_points <= 1 or b.ranks is None:
-            return b  # a quiet batch (raw 0 before and after) leaves every streak at 0
-        return self._for_batch(b, evidence, state)
-
-    def _for_batch(self, b: RuleBatch, evidence: np.ndarray | None, state: RuleState) -> RuleBatch:
-        """``for``: per level, the run of consecutive points (of evidence) at or above it, from the
-        streak carried in, saturating at ``for``; the rank is the highest level whose run reached it.
-        A point that is not evidence holds the rank and the streaks (``_held``)."""
-        n = self.for_points
-        raws = b.ranks
-        at = np.arange(len(raws)) if evidence is None else np.flatnonzero(evidence)
-        raw_at = raws[at]  # type: ignore[index]
-        pos = np.arange(len(at))
-        best = np.zeros(len(at), dtype=np.int64)
-        streaks = list(state.streaks)
-        for i, rank in reversed(self._indexed):  # lowest first: a higher rank overwrites
-            last_break = np.maximum.accumulate(np.where(raw_at >= rank, -1, pos)) if len(at) else pos
-            count = np.minimum(np.where(last_break >= 0, pos - last_break, pos + 1 + streaks[i]), n)
-            best[count >= n] = rank
-            if len(at):
-                streaks[i] = int(count[-1])
-        ranks = np.zeros(len(raws), dtype=np.int64)  # type: ignore[arg-type]
-        ranks[at] = best
-        if evidence is not None:
-            ranks = _forward_fill(ranks, evidence, self._held(state))
-        b.raws, b.ranks, b.streaks = raws, ranks, streaks
-        return b
-
-    def _thresholds_batch(self, state: RuleState, values: np.ndarray) -> RuleBatch:
-        if state.raw == 0 and _all_within(values, self._lo, self._hi):
-            return RuleBatch(None)  # the quiet range: two reductions, no per-point work
-        mode = self._mode
-        x = np.abs(values) if mode == _ABSOLUTE else values
-        with np.errstate(invalid="ignore"):
-            conditions = [
-                (rank, x < level if mode == _BELOW else x > level) for rank, _, level in self.levels
-            ]
-        finite = np.isfinite(values)
-        return RuleBatch(_held(_ranked(conditions, len(values)), finite, state.raw))
 
     @staticmethod
     def _quiet(v: Verdict, step: int, value: float) -> bool:
@@ -452,148 +350,6 @@ class Rule:
             # notifiers show this text instead of the bare level: "threshold x10", not "threshold 10"
             out.setdefault("threshold", str(fields["threshold"]))
         return out
-
-
-# -- batches (Rule.evaluate_batch) ------------------------------------------------
-
-# a growth batch whose finite steps go back more often than this goes point by point
-_MAX_RESTARTS = 16
-_INT64_MIN = np.iinfo(np.int64).min
-
-
-def _all_within(values: np.ndarray, lo: float, hi: float) -> bool:
-    """Every value in [lo, hi] (NaN is not: min/max propagate it and compare False)."""
-    return bool(lo <= values.min() and values.max() <= hi)
-
-
-def _ranked(conditions: list[tuple[int, np.ndarray]], n: int) -> np.ndarray:
-    """Per point, the highest rank whose condition holds (0 if none), as ``evaluate``'s loop
-    over the levels (highest first, first hit wins)."""
-    ranks = np.zeros(n, dtype=np.int64)
-    for rank, holds in sorted(conditions, key=lambda c: c[0]):  # lowest first: a higher rank overwrites
-        ranks[holds] = rank
-    return ranks
-
-
-def _forward_fill(values: np.ndarray, defined: np.ndarray, initial: float | int) -> np.ndarray:
-    """values[j] where defined[j], else the last defined value before j, else ``initial``."""
-    if defined.all():
-        return values
-    last = np.where(defined, np.arange(len(values)), -1)
-    np.maximum.accumulate(last, out=last)
-    return np.where(last >= 0, values[last], initial)
-
-
-def _held(ranks: np.ndarray, finite: np.ndarray, raw: int) -> np.ndarray:
-    """A non-finite point is not evidence: it holds the rank of the last finite point."""
-    return _forward_fill(ranks, finite, raw)
-
-
-def _range_min(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """min(values[lo[k]:hi[k]]) for every k (each range non-empty), with a sparse table: row e
-    holds min(values[i:i + 2**e]), and two overlapping rows of 2**e cover any range."""
-    exponent = np.frexp(hi - lo)[1] - 1  # floor(log2(length)), exact for ints
-    m = len(values)
-    table = np.empty((int(exponent.max()) + 1, m))
-    table[0] = values
-    for e in range(1, len(table)):
-        width, half = m - (1 << e) + 1, 1 << (e - 1)  # the starts whose 2**e values all exist
-        table[e, :width] = np.minimum(table[e - 1, :width], table[e - 1, half : half + width])
-    return np.minimum(table[exponent, lo], table[exponent, hi - np.left_shift(1, exponent)])
-
-
-def _final_window(steps: np.ndarray, values: np.ndarray) -> deque:
-    """The deque ``_remember`` leaves after pushing these (step, value) points in order (steps
-    non-decreasing, values positive, at most MAX_GROWTH_WINDOW): a point stays while every later
-    value is larger, and of those at one step only the first was ever added."""
-    later_min = np.empty_like(values)
-    later_min[-1:] = np.inf
-    later_min[:-1] = np.minimum.accumulate(values[:0:-1])[::-1]
-    stays = values < later_min
-    steps, values = steps[stays], values[stays]
-    first_at_step = np.ones(len(steps), dtype=bool)
-    first_at_step[1:] = steps[1:] != steps[:-1]
-    return deque(zip(steps[first_at_step].tolist(), values[first_at_step].tolist()))
-
-
-def _growth_batch(rule: Rule, state: RuleState, steps: np.ndarray, values: np.ndarray) -> RuleBatch | None:
-    """Growth over a batch: per finite point, the ratio of its value to the minimum of the positive
-    values before it since the last step restart within ``within_steps``; None when the cap on the
-    window (MAX_GROWTH_WINDOW) could bind, so the per-point deque decides instead."""
-    finite = np.isfinite(values)
-    at = np.flatnonzero(finite)
-    n = len(values)
-    if not len(at):  # no evidence: every rank and the ratio hold, the window and last step too
-        return RuleBatch(np.full(n, state.raw, dtype=np.int64), np.full(n, state.ratio))
-    fsteps, fvalues = steps[at], values[at]
-    within = rule.within_steps
-    if int(fsteps.min()) < _INT64_MIN + within:
-        return None  # step - within would wrap around in int64
-    starts = (np.flatnonzero(fsteps[1:] < fsteps[:-1]) + 1).tolist()
-    if len(starts) > _MAX_RESTARTS:
-        return None
-    carried = state.window or ()
-    if state.last_step is not None and fsteps[0] < state.last_step:
-        carried = ()  # steps went back at the first point: a restarted run
-    ratios = np.full(len(at), np.nan)
-    has_window = np.zeros(len(at), dtype=bool)
-    bounds = [0, *starts, len(at)]
-    for a, b in itertools.pairwise(bounds):
-        seg = _segment(fsteps[a:b], fvalues[a:b], carried if a == 0 else (), within)
-        if seg is None:
-            return None
-        ratios[a:b], has_window[a:b], wsteps, wvalues = seg
-    raw = np.zeros(len(at), dtype=np.int64)
-    alerting = has_window & (fvalues > rule.min_value)
-    raw[alerting] = _ranked(
-        [(rank, ratios[alerting] >= f) for rank, _, f in rule.levels], int(alerting.sum())
-    )
-    ranks = np.zeros(n, dtype=np.int64)
-    ranks[at] = raw
-    ratio_at = np.full(n, np.nan)
-    ratio_at[at[has_window]] = ratios[has_window]
-    defined = np.zeros(n, dtype=bool)
-    defined[at[has_window]] = True
-    horizon = int(fsteps[-1]) - within
-    keep = np.searchsorted(wsteps, horizon, "left")
-    return RuleBatch(
-        _held(ranks, finite, state.raw),
-        _forward_fill(ratio_at, defined, state.ratio),
-        _final_window(wsteps[keep:], wvalues[keep:]),
-        int(fsteps[-1]),
-    )
-
-
-def _increasing(steps: np.ndarray, values: np.ndarray, next_step: int) -> bool:
-    """A carried window as ``_remember`` keeps it: steps and positive values strictly increasing,
-    none after the batch's first step. Only then is its head the minimum of its values."""
-    rising = bool((np.diff(steps) > 0).all() and (np.diff(values) > 0).all())
-    return rising and bool(values[0] > 0) and int(steps[-1]) <= next_step
-
-
-def _segment(steps: np.ndarray, values: np.ndarray, carried, within: int):
-    """One run of finite points whose steps never go back: (ratio, has a window) per point and the
-    positive points (carried window first) as steps and values; None when the cap could bind."""
-    positive = values > 0
-    csteps = np.array([p[0] for p in carried], dtype=np.int64)
-    cvalues = np.array([p[1] for p in carried], dtype=np.float64)
-    if len(carried) and not _increasing(csteps, cvalues, int(steps[0])):
-        return None  # not a window ``_remember`` made (a state restored from a damaged row)
-    wsteps = np.concatenate([csteps, steps[positive]])
-    wvalues = np.concatenate([cvalues, values[positive]])
-    before = np.cumsum(positive) - positive + len(carried)  # positive points before each point
-    first = np.searchsorted(wsteps, steps - within, "left")  # the oldest of them within the window
-    count = before - first
-    if len(count) and int(count.max()) >= MAX_GROWTH_WINDOW:
-        return None  # the deque could reach its cap: its oldest point would go, not the minimum's rule
-    has_window = count > 0
-    ratios = np.full(len(values), np.nan)
-    if has_window.any():
-        with np.errstate(over="ignore"):
-            ratios[has_window] = values[has_window] / _range_min(
-                wvalues, first[has_window], before[has_window]
-            )
-    return ratios, has_window, wsteps, wvalues
 
 
 class Series:
