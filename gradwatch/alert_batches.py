@@ -73,9 +73,11 @@ def rule_transitions(
     """The alert of one rule without ``for`` over a batch of ``n`` points whose ranks are ``ranks``
     (None: all 0), given the alert before it: ``active`` at ``rank`` with ``clear_points`` points
     back to normal so far, or none (``active`` False)."""
-    t = RuleTransitions()
     if ranks is None:
         ranks = np.zeros(n, dtype=np.int64)
+    if not keep_points and not clear_points:
+        return _edges(ranks, rank if active else 0)
+    t = RuleTransitions()
     idx = np.arange(n)
     nonzero = ranks != 0
     # the last non-zero point at or before each point (-1: none in this batch)
@@ -123,6 +125,40 @@ def rule_transitions(
         t.notified = (int(changes[-1]), FIRST)
     if t.clear_points and (last[-1] >= 0 or clear_points == 0):
         t.clear_since = (int(last[-1]) + 1, FIRST)  # the first point of the run back to normal
+    return t
+
+
+def _edges(ranks: np.ndarray, rank: int) -> RuleTransitions:
+    """``rule_transitions`` without keep_firing_for (the alert before at ``rank``, 0: none): the
+    alert is on exactly at non-zero ranks, so everything happens where the rank changes."""
+    t = RuleTransitions()
+    before = np.empty(len(ranks), dtype=np.int64)
+    before[0] = rank
+    before[1:] = ranks[:-1]
+    edges = np.flatnonzero(ranks != before)
+    t.called = bool(rank or len(edges))
+    if not len(edges):
+        if rank:
+            t.active, t.rank = True, rank  # steady at its rank: points recorded, no transition
+        return t
+    old, new = before[edges], ranks[edges]
+    fired = old == 0
+    # fire: starts_at, event; resolve: clear_since, _may_resolve, ends_at, event; change: event
+    t.read_points = edges
+    t.read_counts = np.where(fired, 2, np.where(new == 0, 4, 1))
+    t.rank = int(ranks[-1])
+    t.active = t.rank != 0
+    if not t.active:
+        return t
+    starts = np.flatnonzero(fired)
+    start = int(starts[-1]) if len(starts) else -1  # an index into edges
+    t.fired = start >= 0
+    t.emits = len(edges) - max(start, 0)  # the firing (if any) and every change after it
+    if t.fired:
+        t.starts_at = (int(edges[start]), FIRST)
+        t.notified = (int(edges[start]), SECOND)
+    if start < len(edges) - 1:
+        t.notified = (int(edges[-1]), FIRST)
     return t
 
 

@@ -14,6 +14,7 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from itertools import repeat, starmap
 from typing import Any
 
 import numpy as np
@@ -232,7 +233,7 @@ class AlertBook:
             return True
         offsets, total = reading_offsets([t for *_, t in planned])
         clock = self.clock
-        readings = [clock() for _ in range(total)]  # as many, in the same order, as point by point
+        readings = list(starmap(clock, repeat((), total)))  # as many and in the order of point by point
         last = (int(steps[-1]), float(wall_times[-1]), float(values[-1]))
         # alerts that start firing in the batch join ``alerts`` (whose order the catch-up summary
         # keeps) in the order point by point would add them: by point, at one point by rule
