@@ -20,6 +20,7 @@ the alert fires at 0.
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import numpy as np
 
@@ -183,3 +184,28 @@ def reading(t: RuleTransitions, offsets: np.ndarray, at: tuple[int, int]) -> int
     """The index, in the batch's readings, of reading ``at`` = (point, which) of rule ``t``."""
     point, which = at
     return int(offsets[np.searchsorted(t.read_points, point)]) + which
+
+
+def settle(
+    alert: Any,
+    t: RuleTransitions,
+    readings: list[float],
+    offsets: np.ndarray,
+    last: tuple[int, float, float],
+    ratio: float,
+) -> None:
+    """Leave an alert (gradwatch/alerts.py: Alert) firing after the batch as its calls would: the
+    batch's last point (step, wall time, value) and ``ratio`` are the last call's."""
+    alert.seq += t.emits
+    if t.starts_at is not None:
+        alert.starts_at = readings[reading(t, offsets, t.starts_at)]
+    if t.notified is not None:
+        alert.last_notified = readings[reading(t, offsets, t.notified)]
+    if not t.clear_points:
+        alert.clear_since = None
+    elif t.clear_since is not None:
+        alert.clear_since = readings[reading(t, offsets, t.clear_since)]
+    alert.rank = t.rank
+    alert.clear_points = t.clear_points
+    alert.step, alert.wall_time, alert.value = last
+    alert.ratio = ratio

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from gradwatch.alert_batches import RuleTransitions, reading, reading_offsets, rule_transitions
+from gradwatch.alert_batches import RuleTransitions, reading_offsets, rule_transitions, settle
 from gradwatch.fmt import stored_number
 from gradwatch.rules import Rule, RuleBatch, RuleState, Series
 from gradwatch.severity import PENDING_RANK, Severity
@@ -254,18 +254,8 @@ class AlertBook:
             self.alerts.pop(key, None)
             alert = self.alerts[key] = Alert(s.rules[i].name, s.run, s.tag)
             alert.state = ACTIVE
-        alert.seq += t.emits
-        for name, at in (("starts_at", t.starts_at), ("last_notified", t.notified)):
-            if at is not None:
-                setattr(alert, name, readings[reading(t, offsets, at)])
-        if not t.clear_points:
-            alert.clear_since = None
-        elif t.clear_since is not None:
-            alert.clear_since = readings[reading(t, offsets, t.clear_since)]
-        alert.rank = t.rank
-        alert.clear_points = t.clear_points
-        alert.step, alert.wall_time, alert.value = last
-        alert.ratio = float(b.measures[-1]) if b.measures is not None else s.states[i].ratio
+        ratio = float(b.measures[-1]) if b.measures is not None else s.states[i].ratio
+        settle(alert, t, readings, offsets, last, ratio)
         return t.rank
 
     def _decide(
