@@ -5,10 +5,11 @@ tens of thousands of times (a growth rule on noisy values) cost a Python call pe
 made the catch-up 1.3-1.7x slower than ``gradwatch check`` on the same logdir (issue 12). Without
 ``for`` (no pending state) and without ``keep_firing_for`` in seconds (no clock in the decision),
 an alert's life over a batch depends only on the batch's ranks: it is on after point j when j's
-rank is non-zero or when fewer than ``keep_firing_for`` points have been back to normal since the
-last non-zero rank. ``rule_transitions`` computes that, and where the per-point path reads the
-clock and how many times, so the AlertBook can read it as often, in the same order (a transition's
-times are the readings the per-point path would have taken: tests/test_batch_alerts.py).
+rank is non-zero or when at most ``keep_firing_for`` points (j included) have been back to normal
+since the last non-zero rank. ``rule_transitions`` computes that, and where the per-point path
+reads the clock and how many times, so the AlertBook can read it as often, in the same order (a
+transition's times are the readings the per-point path would have taken: tests/test_batch_alerts.py,
+tests/test_batch_alert_transitions.py).
 
 Clock readings per call of the per-point path (gradwatch/alerts.py, ``_decide``): firing 2
 (starts_at, then the event's time: last_notified); escalation or de-escalation 1 (last_notified);
