@@ -14,10 +14,14 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from itertools import repeat, starmap
 from typing import Any
 
+import numpy as np
+
+from gradwatch.alert_batches import RuleTransitions, reading_offsets, rule_transitions, settle
 from gradwatch.fmt import stored_number
-from gradwatch.rules import Rule, RuleState, Series
+from gradwatch.rules import Rule, RuleBatch, RuleState, Series
 from gradwatch.severity import PENDING_RANK, Severity
 
 # kinds of transition that reach people
@@ -195,6 +199,64 @@ class AlertBook:
         # severity while the alert fires, so points during keep_firing_for still arrive here,
         # and at PENDING_RANK while pending, so the point that breaks a ``for`` streak does.
         s.ranks[i] = 0 if alert is None else alert.rank if alert.state == ACTIVE else PENDING_RANK
+
+    def batch_calls(
+        self,
+        s: Series,
+        batches: list[RuleBatch],
+        steps: np.ndarray,
+        wall_times: np.ndarray,
+        values: np.ndarray,
+    ) -> bool:
+        """Every per-point call of one series' batch at once (engine.py: Sink), when the alerts'
+        transitions follow from the ranks alone (alert_batches.py) and nothing is emitted (catch-up):
+        the same alerts, changed keys and clock readings. False: the engine makes the calls."""
+        if not self.suppress:
+            return False  # live: every transition is an event, built from its own point
+        planned: list[tuple[int, str, Alert | None, RuleTransitions]] = []
+        n = len(steps)
+        for i, b in enumerate(batches):
+            rank = s.ranks[i]
+            if b.ranks is None and not rank:
+                continue  # no call at any point
+            rule = s.rules[i]
+            if b.raws is not None or rule.keep_firing_for_seconds or rule.kind == "absent":
+                return False  # pending, or the clock decides
+            key = alert_key(rule.name, s.run, s.tag)
+            alert = self.alerts.get(key)
+            if not _batchable(alert, rank):
+                return False
+            c0 = alert.clear_points if alert is not None else 0
+            t = rule_transitions(b.ranks, n, rule.keep_firing_for_points, alert is not None, rank, c0)
+            planned.append((i, key, alert, t))
+        if not planned:
+            return True
+        offsets, total = reading_offsets([t for *_, t in planned])
+        clock = self.clock
+        readings = list(starmap(clock, repeat((), total)))  # as many and in the order of point by point
+        last = (int(steps[-1]), float(wall_times[-1]), float(values[-1]))
+        # alerts that start firing in the batch join ``alerts`` (whose order the catch-up summary
+        # keeps) in the order point by point would add them: by point, at one point by rule
+        order = sorted(range(len(planned)), key=lambda k: planned[k][3].starts_at or (-1, k))
+        for k in order:
+            i, key, alert, t = planned[k]
+            s.ranks[i] = self._apply(s, i, key, alert, t, readings, offsets[k], last, batches[i])
+        return True
+
+    def _apply(self, s, i, key, alert, t, readings, offsets, last, b) -> int:
+        """Leave the alert as rule i's calls over the batch would; returns its rank for ``s.ranks``."""
+        if t.called:
+            self.changed.add(key)
+        if not t.active:
+            self.alerts.pop(key, None)
+            return 0
+        if t.fired:  # a new alert (the one before resolved): at the end of ``alerts``, as after a del
+            self.alerts.pop(key, None)
+            alert = self.alerts[key] = Alert(s.rules[i].name, s.run, s.tag)
+            alert.state = ACTIVE
+        ratio = float(b.measures[-1]) if b.measures is not None else s.states[i].ratio
+        settle(alert, t, readings, offsets, last, ratio)
+        return t.rank
 
     def _decide(
         self,
@@ -438,3 +500,14 @@ class AlertBook:
 
     def firing(self) -> list[Alert]:
         return [a for a in self.alerts.values() if a.state == ACTIVE]
+
+
+def _batchable(alert: Alert | None, rank: int) -> bool:
+    """Whether the alert before a batch is one ``rule_transitions`` starts from: none (and the
+    series' rank 0), or firing at the series' rank with clear_since set exactly when it counts
+    clear points. Anything else (pending; a rank a reload or restore left) goes point by point."""
+    if alert is None:
+        return not rank
+    if alert.state != ACTIVE or alert.rank != rank:
+        return False
+    return (alert.clear_points == 0) == (alert.clear_since is None)

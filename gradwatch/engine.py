@@ -40,6 +40,12 @@ NAME_TOO_LONG = "name_too_long"
 # already at the batch's end. Its calls for different rules come rule by rule, not interleaved
 # point by point: only a sink whose rules are independent of each other's order may have it.
 #
+# A sink may instead have ``batch_calls(series, batches, steps, wall_times, values)``: called before
+# the rules' batches are committed to ``series.states``, it stands for every call of the batch (all
+# rules, their (point, rule) order included) when it returns True, and has then left ``series.ranks``
+# as the last of those calls would; when it returns False it has changed nothing and the engine
+# makes the calls (gradwatch/alerts.py: AlertBook during a catch-up).
+#
 # A sink whose attribute ``collapses_steady_runs`` is true declares that after a call at rank r != 0
 # that leaves ``series.ranks[i] == r``, a call at the next point with rank r again only records that
 # point (nothing else changes, no transition, no clock read); within a batch the engine then calls it
@@ -169,7 +175,9 @@ class Engine:
             return
         many = getattr(self.sink, "many", None)
         if many is None:
-            self._calls(s, batches, steps, wall_times, values)
+            batch_calls = getattr(self.sink, "batch_calls", None)
+            if batch_calls is None or not batch_calls(s, batches, steps, wall_times, values):
+                self._calls(s, batches, steps, wall_times, values)
         s.step = int(steps[-1])
         s.wall_time = float(wall_times[-1])
         s.value = float(values[-1])

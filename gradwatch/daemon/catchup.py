@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from itertools import chain, groupby
 from typing import Any
@@ -35,6 +36,15 @@ PARENT_SHARE = 1 / 3
 # spans two chunks (the first ends inside a record), and the catch-up of one big file peaked
 # about 9 MiB higher (bench/README.md, "Daemon catch-up"); the time is the same.
 CATCHUP_BUDGET = CHUNK_BYTES
+# The child's messages travel to the daemon in packs of up to PACK_POINTS points (one batch when
+# a batch alone holds more), a pack at least every PACK_SECONDS. The child runs only so many items
+# (events/parallel.py STREAM_AHEAD_ITEMS) ahead of the daemon, which takes them after reading its
+# own files: one item per message (a batch per 1 MiB read, a progress, a stat and an end per file)
+# stopped it after a quarter of its share on files of images (a few hundred points per MiB) or of
+# many small files, and the daemon then waited for it. A pack holds at most what one batch of
+# dense scalars did, so the child's lead in memory stays as it was.
+PACK_POINTS = 16_384
+PACK_SECONDS = 0.5
 # What a RecordTail knows about its file beyond its offset: handed back from the child so the
 # next live read of the file goes on exactly where the child's read ended.
 TAIL_STATE = (
@@ -112,6 +122,29 @@ def decode_files(files: list[tuple[str, int, int]]) -> Iterator[Message]:
             yield "error", path, _taken(problems), (type(e), e.errno, e.strerror, tail_state(reader))
 
 
+def packed(messages: Iterator[Message]) -> Iterator[list[Message]]:
+    """``messages`` in order, in packs (PACK_POINTS, PACK_SECONDS); ``by_file`` unpacks them."""
+    pack: list[Message] = []
+    points = 0
+    since = time.monotonic()
+    for message in messages:
+        n = sum(len(c) for c in message[3][0]) if message[0] == "batch" else 0
+        if pack and points + n > PACK_POINTS:
+            yield pack
+            pack, points, since = [], 0, time.monotonic()
+        pack.append(message)
+        points += n
+        if points >= PACK_POINTS or time.monotonic() - since >= PACK_SECONDS:
+            yield pack
+            pack, points, since = [], 0, time.monotonic()
+    if pack:
+        yield pack
+
+
+def _packed_files(files: list[tuple[str, int, int]]) -> Iterator[list[Message]]:
+    return packed(decode_files(files))
+
+
 def _taken(problems: list) -> list:
     out = problems[:]
     problems.clear()
@@ -167,9 +200,9 @@ def stream_files(
 ) -> ForkStream:
     """Start the child reading ``paths`` from the parent's readers' offsets."""
     files = [(p, readers[p][1].offset, readers[p][1].tail.max_record_bytes) for p in paths]
-    return ForkStream(decode_files, files, on_wait)
+    return ForkStream(_packed_files, files, on_wait)
 
 
 def by_file(stream: ForkStream) -> Iterator[tuple[str, Iterator[Message]]]:
     """The stream's messages grouped per file, in the child's file order."""
-    return groupby(stream, key=lambda m: m[1])
+    return groupby(chain.from_iterable(stream), key=lambda m: m[1])
