@@ -28,8 +28,9 @@ def test_built_from_the_literal_is_what_pyyaml_builds_lines_included():
 
 
 def test_rules_from_the_literal_are_the_rules_from_yaml(tmp_path):
+    # a trailing comment makes the copy another text: PyYAML parses it, the literal is not used
     copy = tmp_path / "gradient_explosion.yaml"
-    copy.write_text(data.TEXT)
+    copy.write_text(data.TEXT + "\n# parsed by PyYAML\n")
     edited = tmp_path / "edited.yaml"
     edited.write_text(data.TEXT.replace("warning: 10000", "warning: 20000"))
 
@@ -40,6 +41,7 @@ def test_rules_from_the_literal_are_the_rules_from_yaml(tmp_path):
         return [(r.name, r.kind, r.source.rpartition(":")[2], r.levels, r.labels, r.stop) for r in rules]
 
     assert load_packaged(edited.read_text()) == (False, None)
+    assert load_packaged(copy.read_text()) == (False, None)
     packaged, from_copy, from_edited = described(default_rules_path()), described(copy), described(edited)
     assert packaged == from_copy
     assert from_edited != packaged
