@@ -505,9 +505,10 @@ class AlertBook:
 def _batchable(alert: Alert | None, rank: int) -> bool:
     """Whether the alert before a batch is one ``rule_transitions`` starts from: none (and the
     series' rank 0), or firing at the series' rank with clear_since set exactly when it counts
-    clear points. Anything else (pending; a rank a reload or restore left) goes point by point."""
+    clear points. Anything else (pending; a rank a reload or restore left; a restored row gradwatch
+    never writes, firing at rank 0 or with negative clear points) goes point by point."""
     if alert is None:
         return not rank
-    if alert.state != ACTIVE or alert.rank != rank:
+    if alert.state != ACTIVE or not rank or alert.rank != rank or alert.clear_points < 0:
         return False
     return (alert.clear_points == 0) == (alert.clear_since is None)

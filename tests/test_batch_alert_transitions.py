@@ -177,8 +177,19 @@ def test_live_and_point_by_point_rules_make_the_per_point_calls():
         {"state": "firing", "clear_points": 0, "clear_since": 999_999.0},
         {"state": "firing", "clear_points": 2, "clear_since": 999_990.0},  # a batch goes on from it
         {"state": "firing", "clear_points": 5, "clear_since": 999_980.0},  # over keep_firing_for
+        # rows the state's row check accepts though gradwatch never writes them (a hand-edited DB)
+        {"state": "firing", "rank": 0, "clear_points": 0, "clear_since": None},
+        {"state": "firing", "clear_points": -1, "clear_since": None},
     ],
-    ids=["pending", "clear_points_without_since", "since_without_clear_points", "clearing", "over_keep"],
+    ids=[
+        "pending",
+        "clear_points_without_since",
+        "since_without_clear_points",
+        "clearing",
+        "over_keep",
+        "firing_at_rank_0",
+        "negative_clear_points",
+    ],
 )
 @pytest.mark.parametrize("keep", [3, 0])  # 0: a reload dropped keep_firing_for
 def test_a_restored_alert_of_any_shape_ends_as_point_by_point(saved, keep):
@@ -186,7 +197,7 @@ def test_a_restored_alert_of_any_shape_ends_as_point_by_point(saved, keep):
     rng = random.Random(7)
     rules = rules_named(["keep3"], keep={"keep3": keep})
     warning = rules[0].levels[1][0]
-    alert = {"rule": "keep3", "run": "run", "tag": "t", "rank": warning, "seq": 3, "step": 5, **saved}
+    alert = {"rule": "keep3", "run": "run", "tag": "t", "rank": warning, "seq": 3, "step": 5} | saved
     state = {alert_key("keep3", "run", "t"): {**alert, "value": 50.0}}
     values = np.array([1.0, 1.0, 1.0, 1.0, 500.0, 1.0, 50.0, 1.0, 1.0, 7.0])
     series = {"t": (np.arange(10, dtype=np.int64), 1000.0 + np.arange(10), values)}

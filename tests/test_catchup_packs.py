@@ -6,6 +6,8 @@ alone is, and a pack at least every PACK_SECONDS. Real tensorboardX files; the c
 from __future__ import annotations
 
 import itertools
+import os
+import pickle
 
 import numpy as np
 import pytest
@@ -126,3 +128,22 @@ def test_the_child_stream_is_in_packs(tmp_path):
     finally:
         stream.close()
     assert len(items) < 3 < len(messages([path]))
+
+
+def test_each_message_carries_the_reader_state_of_its_own_moment(tmp_path, clock):
+    """A pack is pickled after the reader went on: a message's state must be a copy made when the
+    message was, not the reader's live counters (a damaged record late in the file must not show in
+    the problem counts of the batches before it)."""
+    path = histograms_file(tmp_path)
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:  # damage a record about 3/4 into the file
+        f.seek(size * 3 // 4)
+        damaged = bytes(b ^ 0xFF for b in f.read(16))
+        f.seek(size * 3 // 4)
+        f.write(damaged)
+    files = [(path, 0, DEFAULT_MAX_RECORD_BYTES)]
+    one_by_one = [pickle.loads(pickle.dumps(m)) for m in catchup.decode_files(files)]
+    in_packs = [m for p in catchup._packed_files(files) for m in pickle.loads(pickle.dumps(p))]
+    assert [plain(m) for m in in_packs] == [plain(m) for m in one_by_one]
+    counted = [m[3][1]["problems"] for m in one_by_one if m[0] == "batch"]
+    assert not counted[0] and counted[-1]  # the damage is counted by the last batch, not the first

@@ -79,6 +79,8 @@ def split(paths: list[str], sizes: dict[str, int]) -> tuple[list[str], list[str]
 
 def tail_state(reader: EventFileReader) -> dict[str, Any]:
     state = {name: getattr(reader.tail, name) for name in TAIL_STATE}
+    # a copy: the message may be pickled (in its pack) after the reader counted more problems
+    state["problems"] = dict(reader.tail.problems)
     state["undecodable"] = reader.undecodable
     # which tensor tags are scalars: TF2 writers say it only in a tag's first record
     state["tensor_tags"] = dict(reader.decoder._tensor_tags)
