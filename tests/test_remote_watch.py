@@ -35,7 +35,7 @@ from receivers import free_port
 from test_remote import new_bucket
 from writers import write_scalars
 
-from gradwatch.daemon.watcher import JITTER, LIST_BACKOFF_CAP, ListingPoller
+from gradwatch.daemon.listing import JITTER, LIST_BACKOFF_CAP, ListingPoller
 from gradwatch.events.remote import RemoteLogdir
 
 # test_remote's servers (one per module) and its fresh fsspec clients for each test

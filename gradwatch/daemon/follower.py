@@ -16,9 +16,10 @@ from collections.abc import Callable
 
 from gradwatch.config import Config
 from gradwatch.daemon import catchup, sdnotify
+from gradwatch.daemon.listing import ListingPoller
 from gradwatch.daemon.reading import FileReads
 from gradwatch.daemon.unit_of_work import UnitOfWork
-from gradwatch.daemon.watcher import Changes, ListingPoller, Watcher
+from gradwatch.daemon.watcher import Changes, Watcher
 from gradwatch.engine import Engine
 from gradwatch.events.logdir import (
     UNREADABLE_DIRECTORY,
