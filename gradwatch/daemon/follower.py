@@ -72,7 +72,6 @@ class Follower:
         # s3://, gs://: listed by a poller thread, stat'ed from its listing (no request per object)
         self.remote = remote_logdir(logdir) if is_remote(logdir) else None
         self._stat = self.remote.stat if self.remote is not None else os.stat
-        self.bucket = Bucket(logdir, problems, stopping, ping)  # a remote logdir's listing outages
         self.reads = FileReads(
             reader,
             engine,
@@ -83,8 +82,20 @@ class Follower:
             self._vanished,
             self._stat,  # type: ignore[arg-type]
         )
+        # a remote logdir's listing outages, and the bytes its lister fetches for the loop
+        self.bucket = Bucket(
+            logdir,
+            self.remote,
+            reader,
+            self.reads,
+            problems,
+            stopping,
+            ready,
+            ping,
+            lambda: self.config.shard,
+        )
         self.new_files = NewFiles(
-            reader, self.reads, problems, stopping, ready, ping, checkpoint, self.remote is not None
+            reader, self.reads, problems, stopping, ready, ping, checkpoint, self.bucket
         )
         self.watcher: Watcher | ListingPoller = self._new_watcher(config.poll)
         self.watching = False
@@ -206,13 +217,16 @@ class Follower:
                 reads.read_error(path, e)
                 continue
             if (st.st_size, st.st_mtime_ns) != reads.seen.get(path):
+                if self.bucket.waits(path):
+                    continue  # its new bytes come with a later listing, fetched off the loop
                 if periodic and path not in reads.unreadable and st.st_mtime < limit and path in reads.seen:
                     missed += 1
                 failed = reads.store_errors
                 reads.read_file(path, st)
+                self.bucket.after_read(path)
                 if reads.store_errors != failed:
-                    # a GET failed after the listing worked: each further one would hold the loop
-                    # for the SDK's retries; the rest of the changed objects wait for the next poll
+                    # a GET the loop made failed (rare: it reads the bytes the lister fetched): each
+                    # further one would hold it for the SDK's retries; the rest wait for the next poll
                     break
         if missed and self.watcher.mode == "inotify":
             self._inotify_missed(f"it did not report changes to {missed} event file(s)")
@@ -259,6 +273,7 @@ class Follower:
 
     def _forget_file(self, path: str) -> None:
         self.reader.forget(path)
+        self.bucket.forget(path)
         self.reads.forget(path)
         self.uow.forget_file(path)
 
@@ -300,7 +315,7 @@ class Follower:
 
     def _new_watcher(self, poll: float | None) -> Watcher | ListingPoller:
         if self.remote is not None:
-            return ListingPoller(self.remote, self.config.poll_interval)
+            return ListingPoller(self.remote, self.config.poll_interval, prefetch=self.bucket.prefetch)
         return Watcher(self.logdir, poll)
 
     def restart_watcher(self) -> None:
@@ -339,20 +354,25 @@ class Follower:
 
     def _handle_listing(self, changes: Changes) -> None:
         """A remote logdir: each new listing is a whole rescan (new, grown and vanished objects,
-        with no request but the GETs of objects whose size or version changed)."""
+        read from the bytes the lister fetched with the listing: no request here)."""
         again = list(self.reads.read_again)  # round robin: what one turn left unread
         self.reads.read_again.clear()
         if changes.list_error is not None:
             self.bucket.failed(changes.list_error)
         elif changes.poll:
             self.bucket.back()
+            if changes.get_failed is not None:
+                self.reads.read_error(*changes.get_failed)  # reported as a GET the loop made would be
             failed = self.reads.store_errors
             self.rescan()
             if self.reads.store_errors == failed:  # after a failed GET, the rest waits for the next poll
                 self.check_files()
         for path in again:
-            if path in self.reader.readers:
+            if path in self.reader.readers and not self.bucket.waits(path):
                 self.reads.read_file(path)
+                self.bucket.after_read(path)
+        if self.remote is not None:
+            self.remote.keep_blocks(self.reads.read_again)  # the rest is read: free their bytes
 
     def _owned(self, path: str) -> bool:
         """Whether a changed path is in a run of this daemon's shard: the other shards' writes

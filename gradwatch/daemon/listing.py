@@ -1,7 +1,9 @@
 """The watcher of a bucket: a thread that lists the remote logdir and hands each listing to the loop.
 
 Object stores have no inotify; what changed is what a listing says changed (size or version).
-The loop never waits for the network to list: it takes the newest listing the thread made.
+The loop never waits for the network: it takes the newest listing the thread made, with the
+new bytes of the changed objects, which the thread fetched too (a slow store holds the thread
+for the SDK's retries, never the loop's ticks, reloads and local work).
 """
 
 from __future__ import annotations
@@ -11,17 +13,29 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from gradwatch.daemon.watcher import _RESCAN, Changes
 from gradwatch.events.logdir import is_event_file
-from gradwatch.events.remote import RemoteError, RemoteLogdir
+from gradwatch.events.remote import Block, ObjectStat, RemoteError, RemoteLogdir
 from gradwatch.notify.policy import backoff
 
 # a remote logdir: listings are this much apart, jittered so replicas do not list in step
 JITTER = 0.2
 # and after failed listings at most this much (exponential backoff from the interval)
 LIST_BACKOFF_CAP = 60.0
+
+# what the lister fetches for a listing: (blocks, the object and error of a GET that failed)
+Prefetch = Callable[[dict[str, ObjectStat]], tuple[dict[str, Block], tuple[str, RemoteError] | None]]
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One listing handed to the loop, with the bytes fetched ahead for it."""
+
+    objects: dict[str, ObjectStat]
+    blocks: dict[str, Block]
+    get_failed: tuple[str, RemoteError] | None = None
 
 
 class ListingPoller:
@@ -32,7 +46,9 @@ class ListingPoller:
     so the loop reads and stats against one consistent listing and never waits for the
     network to list. Only event files are kept of a listing: a prefix that also holds
     checkpoints costs no memory for them. A failed listing is handed over too (``Changes.list_error``) and the
-    next one is tried after an exponential, capped, jittered backoff.
+    next one is tried after an exponential, capped, jittered backoff. With ``prefetch``, the
+    thread also fetches what each listing shows new (the follower says which bytes) and hands
+    them over with it; a failed GET is handed over as ``Changes.get_failed``.
     """
 
     mode = "poll"
@@ -42,8 +58,10 @@ class ListingPoller:
         remote: RemoteLogdir,
         interval: float,
         uniform: Callable[[float, float], float] = random.uniform,
+        prefetch: Prefetch | None = None,
     ) -> None:
         self.remote = remote
+        self.prefetch = prefetch
         self.logdir = remote.url
         self.poll = interval
         self.started_at = 0.0
@@ -74,14 +92,21 @@ class ListingPoller:
                 continue
             self.lists += 1
             try:
-                listing: object = self.remote.fetch_listing(is_event_file)
+                objects = self.remote.fetch_listing(is_event_file)
             except RemoteError as e:
                 self.failures += 1
-                listing = e
+                listing: Listing | RemoteError = e
             else:
                 self.failures = 0
+                listing = self._with_blocks(objects)
             self.untaken.set()
             self._queue.put(listing)
+
+    def _with_blocks(self, objects: dict[str, ObjectStat]) -> Listing:
+        if self.prefetch is None:
+            return Listing(objects, {})
+        blocks, failed = self.prefetch(objects)
+        return Listing(objects, blocks, failed)
 
     def wait(self, timeout: float) -> Changes:
         """The newest listing (now the one in use) or failure since the last call, and wake-ups."""
@@ -103,8 +128,8 @@ class ListingPoller:
         last = outcomes[-1]  # the newest listing says all; older ones are out of date
         if isinstance(last, RemoteError):
             return replace(changes, list_error=str(last))
-        self.remote.use(last)  # type: ignore[arg-type]
-        return replace(changes, poll=True)
+        self.remote.use(last.objects, last.blocks)  # type: ignore[union-attr]
+        return replace(changes, poll=True, get_failed=last.get_failed)  # type: ignore[union-attr]
 
     def first_listing(self) -> str | None:
         """List now, on the caller's thread (the catch-up needs a listing); the reason it failed."""

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 
 from gradwatch.daemon import catchup
+from gradwatch.daemon.bucket import Bucket
 from gradwatch.daemon.reading import FileReads
 from gradwatch.events.logdir import LogdirReader, ProblemLog
 from gradwatch.events.parallel import ChildFailed, ForkStream, file_size
@@ -21,8 +22,9 @@ log = logging.getLogger("gradwatch")
 
 
 class NewFiles:
-    """Reads files just found by a scan (``read``); ``remote``: a bucket's objects are not split
-    with a child (their size is the listing's, and the child would GET them again)."""
+    """Reads files just found by a scan (``read``). A bucket's objects are not split with a child
+    (their size is the listing's, and the child would GET them again), and once caught up they
+    are read from the bytes its lister fetched (``bucket``)."""
 
     def __init__(
         self,
@@ -33,7 +35,7 @@ class NewFiles:
         ready: threading.Event,
         ping: Callable[[], None],
         checkpoint: Callable[..., bool],
-        remote: bool,
+        bucket: Bucket,
     ) -> None:
         self.reader = reader
         self.reads = reads
@@ -42,11 +44,11 @@ class NewFiles:
         self._ready = ready
         self._ping = ping
         self._checkpoint = checkpoint
-        self._remote = remote
+        self._bucket = bucket
 
     def read(self, new: list[str]) -> None:
         here, ahead = new, []
-        if not self._ready.is_set() and not self._remote:
+        if not self._ready.is_set() and self._bucket.remote is None:
             readers = self.reader.readers
             left = {p: max(0, file_size(p) - readers[p][1].offset) for p in new}
             here, ahead = catchup.split(new, left)
@@ -57,8 +59,11 @@ class NewFiles:
                 if self._stopping.is_set():
                     return  # catching up when told to stop: the rest is read next time
                 if self._ready.is_set():
+                    if self._bucket.waits(p):
+                        continue  # its bytes come with a later listing, fetched off the loop
                     failed = self.reads.store_errors
                     self.reads.read_file(p)  # live: a budget per turn, round robin with every other file
+                    self._bucket.after_read(p)
                     if self.reads.store_errors != failed:
                         return  # a failed GET: the other new objects are read at the next poll
                 else:

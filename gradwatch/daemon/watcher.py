@@ -43,6 +43,8 @@ class Changes:
     new_dir: bool = False  # inotify: a directory appeared; did watchdog manage to watch it?
     # a remote logdir: why its last listing failed (None: it worked, or none was due)
     list_error: str | None = None
+    # a remote logdir: the object whose GET the lister made for this listing failed, and why
+    get_failed: tuple[str, OSError] | None = None
 
     @classmethod
     def _of(cls, items: set[str], poll: bool = False) -> Changes:
