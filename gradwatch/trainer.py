@@ -66,12 +66,33 @@ def stop_file_path(logdir: str, run: str = ".", template: str = DEFAULT_STOP_FIL
     """The stop-file ``gradwatch watch LOGDIR`` writes for ``run``, rendered as the daemon renders it.
 
     ``template`` is the daemon's ``--stop-file`` / ``stop_file:`` setting, with
-    ``{run_dir}`` (logdir/run), ``{run}`` (the run with "/" as "__", "_root"
-    for the logdir itself) and ``{logdir}``.
+    ``{run_dir}`` (logdir/run), ``{run}`` (``run_file_name``: the run with "/" as
+    "__", "_root" for the logdir itself) and ``{logdir}``.
     """
     run_dir = os.path.normpath(os.path.join(logdir, run))
-    safe_run = run.replace("/", "__") if run != "." else "_root"
-    return template.format(run_dir=run_dir, run=safe_run, logdir=logdir)
+    return template.format(run_dir=run_dir, run=run_file_name(run), logdir=logdir)
+
+
+# What marks an escaped run name: "___" never occurs in a plain one (see run_file_name).
+ESCAPED_RUN_PREFIX = "___"
+
+
+def run_file_name(run: str) -> str:
+    """``run`` as one file name, a different one for every run (the ``{run}`` of a stop-file template).
+
+    The plain rule, "/" as "__" and "_root" for the logdir itself, keeps the names
+    trainers already use, but alone it maps ``a/b`` and ``a__b`` (and ``a_/b`` and
+    ``a/_b``, and ``_root`` and ``.``) to one file, and one run's alert would stop
+    another run's trainer. So it is kept only for runs it can be read back from: no
+    "__", no "_" next to a "/", not "_root". In such a name every "__" is a "/" and no
+    "___" occurs. Every other run is written as "___" followed by the run with "%" as
+    "%25" and "/" as "%2F", which reads back unambiguously too.
+    """
+    if run == ".":
+        return "_root"
+    if "__" in run or "_/" in run or "/_" in run or run == "_root":
+        return ESCAPED_RUN_PREFIX + run.replace("%", "%25").replace("/", "%2F")
+    return run.replace("/", "__")
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,9 @@ def test_a_full_state_disk_prints_alerts_reports_it_and_delivers_everything_late
         # said, not failed: a liveness probe's restart would not start again on a full disk
         _, body = wait_for(lambda: "cannot save" in (s := get(base + "/-/healthy"))[1] and s, "/-/healthy")
         assert body == "gradwatch is running but cannot save its state: database or disk is full\n", body
+        # still ready (it reads and alerts), and says why notifications wait
+        ready = "gradwatch is ready but cannot save its state: database or disk is full\n"
+        assert get(base + "/-/ready") == (200, ready)
         assert metric(base, "gradwatch_state_save_failing") == 1
         assert metric(base, "gradwatch_state_save_errors_total") >= 1
         # and `systemctl status` says so
@@ -115,6 +118,7 @@ def test_a_full_state_disk_prints_alerts_reports_it_and_delivers_everything_late
         # in two requests: one payload holds one state per alert, and neither may be lost
         assert delivered(receiver) == [("firing", RULE, "a"), ("resolved", RULE, "a")]
         assert get(base + "/-/healthy") == (200, "gradwatch is healthy.\n")
+        assert get(base + "/-/ready") == (200, "gradwatch is ready.\n")
         assert last_status().startswith("watching "), seen
         assert metric(base, "gradwatch_state_save_failing") == 0
         d.wait_err("state saved to .* again")

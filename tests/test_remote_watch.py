@@ -35,7 +35,7 @@ from receivers import free_port
 from test_remote import new_bucket
 from writers import write_scalars
 
-from gradwatch.daemon.watcher import JITTER, LIST_BACKOFF_CAP, ListingPoller
+from gradwatch.daemon.listing import JITTER, LIST_BACKOFF_CAP, ListingPoller
 from gradwatch.events.remote import RemoteLogdir
 
 # test_remote's servers (one per module) and its fresh fsspec clients for each test
@@ -373,8 +373,9 @@ def test_a_busy_loop_gets_one_listing_and_no_list_requests_pile_up_meanwhile():
 
 def test_a_failed_get_ends_the_pass_so_an_outage_of_gets_holds_the_loop_once_per_poll(tmp_path, monkeypatch):
     """The listing works but GETs fail (throttling, a permission on the objects): each failed GET
-    holds the loop for the SDK's retries, so a pass stops at the first one and the other changed
-    objects wait for the next poll; when GETs work again every object is read, each alert once."""
+    holds the lister for the SDK's retries, so a pass stops at the first one and the other changed
+    objects wait for the next poll, and the loop, which reads only bytes the lister fetched, makes
+    none of its own; when GETs work again every object is read, each alert once."""
     from gradwatch.events import remote
 
     runs = ["r0", "r1", "r2"]
@@ -387,30 +388,135 @@ def test_a_failed_get_ends_the_pass_so_an_outage_of_gets_holds_the_loop_once_per
         wait_for(lambda: d.follower.runs == 3 and d.points == 3, "the three runs")
         fetch = remote.RemoteObject._fetch
         attempts = []
-        passes = []
-        handle = d.follower._handle_listing
-
-        def counted(changes):
-            passes.append(changes.poll)
-            handle(changes)
 
         def failing(self, offset, size):
-            attempts.append(self.url)
+            attempts.append((self.url, threading.current_thread().name))
             raise remote.RemoteError("SlowDown: please reduce your request rate")
 
-        monkeypatch.setattr(d.follower, "_handle_listing", counted)
         monkeypatch.setattr(remote.RemoteObject, "_fetch", failing)
         for run in runs:  # every run's object changes (rewritten, or one beside it): three GETs to make
             write_scalars("tensorboardX", str(tmp_path / f"{run}-more"), [(TAG, 1, 10.0), (TAG, 2, SPIKE)])
             (path,) = event_files(str(tmp_path / f"{run}-more"))
             fs.put_file(path, f"/get-outage/logs/{run}/" + os.path.basename(path))
         wait_for(lambda: len(attempts) >= 3, "three failed GETs")
-        # one failed GET per pass at most, never one per changed object in the same pass
-        assert len(attempts) <= sum(passes), (attempts, passes)
+        # one failed GET per listing at most, never one per changed object, and none on the loop
+        assert len(attempts) <= d.follower.watcher.lists, attempts
+        assert {thread for _, thread in attempts} == {"gradwatch-lister"}
+        problems = d.problems.counts
+        assert problems.get("unreadable_file", 0) >= 1, problems  # each failure reported as before
         monkeypatch.setattr(remote.RemoteObject, "_fetch", fetch)
         wait_for(lambda: out.getvalue().count("gradient_explosion") >= 3, "the three alerts after the outage")
     alerts = [a["run"] for a in parse_alert_lines(out.getvalue()) if a["rule"] == "gradient_explosion"]
     assert sorted(alerts) == runs
+
+
+def test_a_get_that_hangs_does_not_hold_the_loop(tmp_path, monkeypatch):
+    """The listing works but the GET of a changed object never answers (a store that accepts and
+    says nothing, for the SDK's whole retry cycle): the loop still does its other work, here a
+    reload asked for meanwhile, and the object's alert arrives once the GET answers."""
+    from gradwatch.config import Config
+    from gradwatch.events import remote
+
+    write_scalars("tensorboardX", str(tmp_path / "r0"), [(TAG, 1, 10.0)])
+    write_scalars("tensorboardX", str(tmp_path / "r0-more"), [(TAG, 1, 10.0), (TAG, 2, SPIKE)])
+    (first,) = event_files(str(tmp_path / "r0"))
+    (more,) = event_files(str(tmp_path / "r0-more"))
+    reloaded = Config(
+        logdir="memory://get-hangs/logs", state_dir=str(tmp_path / "state"), listen=None, poll_interval=0.07
+    )
+    with in_process(tmp_path, "get-hangs", config_loader=lambda: reloaded) as (d, out, fs):
+        fs.put_file(first, "/get-hangs/logs/r0/events.out.tfevents.1.first")
+        wait_for(lambda: d.follower.runs == 1 and d.points == 1, "the first object")
+        fetch = remote.RemoteObject._fetch
+        hanging, answer = threading.Event(), threading.Event()
+
+        def hangs(self, offset, size):
+            hanging.set()
+            answer.wait(120)
+            return fetch(self, offset, size)
+
+        monkeypatch.setattr(remote.RemoteObject, "_fetch", hangs)
+        try:
+            fs.put_file(more, "/get-hangs/logs/r0/events.out.tfevents.2.more")
+            wait_for(hanging.is_set, "a GET of the new object")
+            d.request_reload()
+            wait_for(lambda: d.follower.watcher.poll == 0.07, "the reload, while the GET hangs")
+            assert "gradient_explosion" not in out.getvalue()  # not read yet: its bytes are not here
+        finally:
+            answer.set()
+        wait_for(lambda: "gradient_explosion run=r0 " in out.getvalue(), "the alert once the GET answers")
+
+
+def test_an_object_is_read_in_blocks_fetched_ahead_also_past_a_record_longer_than_a_block(
+    tmp_path, monkeypatch
+):
+    """The lister fetches at most a block of each changed object per listing: the loop reads what
+    was fetched and the next listing fetches on from there; a record longer than a block (a
+    histogram) makes the next block longer instead of waiting for it for ever."""
+    import numpy as np
+    from tensorboardX import SummaryWriter
+
+    import gradwatch.daemon.bucket as bucket
+
+    with SummaryWriter(str(tmp_path / "r0"), flush_secs=3600) as w:
+        w.add_histogram("weights", np.arange(512.0), 0)  # one record of a few kB
+        for step in range(1, 41):
+            w.add_scalar(TAG, SPIKE if step == 40 else 10.0, step)
+    (path,) = event_files(str(tmp_path / "r0"))
+    with in_process(tmp_path, "blocks") as (d, out, fs):
+        monkeypatch.setattr(bucket, "BLOCK_BYTES", 256)
+        fs.put_file(path, "/blocks/logs/r0/" + os.path.basename(path))
+        wait_for(lambda: "gradient_explosion run=r0 " in out.getvalue(), "the alert at the last step")
+        assert d.points == 40
+        assert d.follower.remote.blocks == {}  # read: no bytes kept
+
+
+def test_bytes_fetched_for_an_offset_the_catch_up_has_left_are_not_read(tmp_path, monkeypatch):
+    """The lister lists and fetches while the first catch-up reads (its listing waits for the loop):
+    a block fetched from where the catch-up then was ends before where it got to. Read as the
+    object's end it would look shrunk (read again from the start, every point twice); it is
+    dropped, and the next listing fetches from where the reader is."""
+    require_module("fsspec")
+    import fsspec
+
+    import gradwatch.daemon.bucket as bucket
+    from gradwatch.config import Config
+    from gradwatch.daemon import Daemon as InProcessDaemon
+    from gradwatch.events import remote
+
+    short = [(TAG, step, 10.0) for step in range(1, 31)]
+    write_scalars("tensorboardX", str(tmp_path / "short"), short)
+    write_scalars("tensorboardX", str(tmp_path / "long"), [*short, (TAG, 31, SPIKE)])
+    (short_path,) = event_files(str(tmp_path / "short"))
+    (long_path,) = event_files(str(tmp_path / "long"))
+    fs = fsspec.filesystem("memory")
+    key = "/stale/logs/r0/events.out.tfevents.1.host"
+    fs.put_file(short_path, key)
+    cfg = Config(
+        logdir="memory://stale/logs", state_dir=str(tmp_path / "state"), listen=None, poll_interval=0.05
+    )
+    d = InProcessDaemon(cfg, out=(out := io.StringIO()))
+    monkeypatch.setattr(bucket, "BLOCK_BYTES", 256)
+    fetch = remote.RemoteObject._fetch
+
+    def catch_up_waits_for_a_prefetch(self, offset, size):
+        if threading.current_thread().name == "test-daemon" and not d.follower.watcher.untaken.is_set():
+            fs.put_file(long_path, key)  # written on while the catch-up reads
+            wait_for(d.follower.watcher.untaken.is_set, "the lister's listing and its block")
+        return fetch(self, offset, size)
+
+    monkeypatch.setattr(remote.RemoteObject, "_fetch", catch_up_waits_for_a_prefetch)
+    thread = threading.Thread(target=d.run, name="test-daemon")
+    thread.start()
+    try:
+        wait_for(lambda: "gradient_explosion run=r0 " in out.getvalue(), "the alert at step 31")
+        assert d.points == 31  # each point once
+        assert "file_shrunk" not in d.problems.counts, d.problems.counts
+    finally:
+        d.stop()
+        thread.join(20)
+        fs.rm("/stale", recursive=True)
+    assert not thread.is_alive()
 
 
 def test_the_docs_command_for_a_bucket_runs_as_pasted(s3, tmp_path):

@@ -15,10 +15,12 @@ import time
 from collections.abc import Callable
 
 from gradwatch.config import Config
-from gradwatch.daemon import catchup, sdnotify
+from gradwatch.daemon.bucket import Bucket
+from gradwatch.daemon.listing import ListingPoller
+from gradwatch.daemon.new_files import NewFiles
 from gradwatch.daemon.reading import FileReads
 from gradwatch.daemon.unit_of_work import UnitOfWork
-from gradwatch.daemon.watcher import Changes, ListingPoller, Watcher
+from gradwatch.daemon.watcher import Changes, Watcher
 from gradwatch.engine import Engine
 from gradwatch.events.logdir import (
     UNREADABLE_DIRECTORY,
@@ -30,7 +32,6 @@ from gradwatch.events.logdir import (
     scan,
     scan_listed,
 )
-from gradwatch.events.parallel import ChildFailed, ForkStream, file_size
 from gradwatch.events.remote import is_remote
 
 log = logging.getLogger("gradwatch")
@@ -67,12 +68,10 @@ class Follower:
         self._stopping = stopping
         self._ready = ready
         self._ping = ping
-        self._checkpoint = checkpoint
         self._forget_run_state = forget_run_state
         # s3://, gs://: listed by a poller thread, stat'ed from its listing (no request per object)
         self.remote = remote_logdir(logdir) if is_remote(logdir) else None
         self._stat = self.remote.stat if self.remote is not None else os.stat
-        self.remote_down = False  # the last listing failed (reported once per outage)
         self.reads = FileReads(
             reader,
             engine,
@@ -82,6 +81,21 @@ class Follower:
             ping,
             self._vanished,
             self._stat,  # type: ignore[arg-type]
+        )
+        # a remote logdir's listing outages, and the bytes its lister fetches for the loop
+        self.bucket = Bucket(
+            logdir,
+            self.remote,
+            reader,
+            self.reads,
+            problems,
+            stopping,
+            ready,
+            ping,
+            lambda: self.config.shard,
+        )
+        self.new_files = NewFiles(
+            reader, self.reads, problems, stopping, ready, ping, checkpoint, self.bucket
         )
         self.watcher: Watcher | ListingPoller = self._new_watcher(config.poll)
         self.watching = False
@@ -144,7 +158,7 @@ class Follower:
         if periodic and new and self.watcher.mode == "inotify" and self._ready.is_set():
             self._check_missed_new(new)
         self.watcher.remember_dirs(dirs)
-        self._read_new(new)
+        self.new_files.read(new)
 
     def _note_unreadable_dirs(self, unreadable: set[str]) -> None:
         fixed = self.unreadable_dirs - unreadable
@@ -169,76 +183,6 @@ class Follower:
                     self.known_runs.add(run)
                     new.append(p)
         return found, new
-
-    def _read_new(self, new: list[str]) -> None:
-        here, ahead = new, []
-        if not self._ready.is_set() and self.remote is None:
-            readers = self.reader.readers
-            left = {p: max(0, file_size(p) - readers[p][1].offset) for p in new}
-            here, ahead = catchup.split(new, left)
-        # the first catch-up of a big logdir: a child decodes the later files meanwhile
-        stream = catchup.stream_files(ahead, self.reader.readers, self._ping) if ahead else None
-        try:
-            for p in here:
-                if self._stopping.is_set():
-                    return  # catching up when told to stop: the rest is read next time
-                if self._ready.is_set():
-                    failed = self.reads.store_errors
-                    self.reads.read_file(p)  # live: a budget per turn, round robin with every other file
-                    if self.reads.store_errors != failed:
-                        return  # a failed GET: the other new objects are read at the next poll
-                else:
-                    self._read_through(p)  # the first catch-up reads each file to its end
-                self._after_file()
-            if stream is not None:
-                log.debug("catch-up: %d of %d files read ahead by pid %d", len(ahead), len(new), stream.pid)
-                self._take_decoded(stream, ahead)
-        finally:
-            if stream is not None:
-                stream.close()
-
-    def _take_decoded(self, stream: ForkStream, paths: list[str]) -> None:
-        """The child's files, in its order, each as if this process had read it through; when
-        the child fails, the files it had not finished are read here."""
-        done: set[str] = set()
-        try:
-            for path, messages in catchup.by_file(stream):
-                if self._stopping.is_set():
-                    return
-                entry = self.reader.readers.get(path)
-                if entry is None:
-                    continue
-                decoded = catchup.Decoded(entry[1], messages, self.problems, self._ping, self._stopping)
-                self.reads.read_file(path, decoded=decoded)
-                self._after_file()
-                if decoded.failed is not None:
-                    raise decoded.failed
-                if decoded.done:
-                    done.add(path)
-        except ChildFailed as e:
-            stream.close()
-            log.warning("catch-up: %s; reading its files here", e)
-            for p in paths:
-                if p not in done and not self._stopping.is_set():
-                    self._read_through(p)
-                    self._after_file()
-
-    def _after_file(self) -> None:
-        self._ping()
-        # between files offsets are exact: a long catch-up keeps its progress
-        self._checkpoint(lazy=True)
-
-    def _read_through(self, path: str) -> None:
-        """Read ``path`` to its end a budget at a time, so a multi-GB file of images still answers
-        systemd's watchdog and SIGTERM and keeps its progress (offsets are exact between reads)."""
-        read_again = self.reads.read_again
-        while not self._stopping.is_set():
-            self.reads.read_file(path, budget=catchup.CATCHUP_BUDGET)
-            if path not in read_again:
-                return
-            read_again.discard(path)
-            self._ping()
-            self._checkpoint(lazy=True)
 
     def _check_missed_new(self, new: list[str]) -> None:
         limit = self.drained_at - MISSED_AFTER
@@ -273,13 +217,16 @@ class Follower:
                 reads.read_error(path, e)
                 continue
             if (st.st_size, st.st_mtime_ns) != reads.seen.get(path):
+                if self.bucket.waits(path):
+                    continue  # its new bytes come with a later listing, fetched off the loop
                 if periodic and path not in reads.unreadable and st.st_mtime < limit and path in reads.seen:
                     missed += 1
                 failed = reads.store_errors
                 reads.read_file(path, st)
+                self.bucket.after_read(path)
                 if reads.store_errors != failed:
-                    # a GET failed after the listing worked: each further one would hold the loop
-                    # for the SDK's retries; the rest of the changed objects wait for the next poll
+                    # a GET the loop made failed (rare: it reads the bytes the lister fetched): each
+                    # further one would hold it for the SDK's retries; the rest wait for the next poll
                     break
         if missed and self.watcher.mode == "inotify":
             self._inotify_missed(f"it did not report changes to {missed} event file(s)")
@@ -326,6 +273,7 @@ class Follower:
 
     def _forget_file(self, path: str) -> None:
         self.reader.forget(path)
+        self.bucket.forget(path)
         self.reads.forget(path)
         self.uow.forget_file(path)
 
@@ -360,43 +308,14 @@ class Follower:
     def start_watching(self) -> None:
         # watching starts before the catch-up, so nothing written meanwhile is missed
         if isinstance(self.watcher, ListingPoller):
-            self._wait_for_first_listing(self.watcher)
+            self.bucket.wait_for_first_listing(self.watcher)
         self.watcher.start()
         self.watching = True
         self.watcher.remember_dirs(None)
 
-    def _wait_for_first_listing(self, poller: ListingPoller) -> None:
-        """The catch-up needs the bucket's listing: wait for one as for a local logdir that is
-        not there yet, answering the watchdog and SIGTERM, with the poller's backoff."""
-        while not self._stopping.is_set():
-            error = poller.first_listing()
-            if error is None:
-                self._store_back()
-                return
-            if not self.remote_down:
-                sdnotify.ready(f"waiting for {self.logdir}")  # up and doing its job
-            self._store_failed(error)
-            deadline = time.monotonic() + poller.next_delay()
-            while not self._stopping.wait(min(1.0, max(0.0, deadline - time.monotonic()))):
-                self._ping()
-                if time.monotonic() >= deadline:
-                    break
-
-    def _store_failed(self, error: str) -> None:
-        """A listing failed: once per outage in the log and gradwatch_read_problems_total."""
-        if not self.remote_down:
-            self.remote_down = True
-            detail = error.removeprefix(f"{self.logdir}: ")
-            self.problems.again(UNREADABLE_DIRECTORY, self.logdir, f"{detail}; retrying with backoff")
-
-    def _store_back(self) -> None:
-        if self.remote_down:
-            self.remote_down = False
-            log.info("%s: listing works again", self.logdir)
-
     def _new_watcher(self, poll: float | None) -> Watcher | ListingPoller:
         if self.remote is not None:
-            return ListingPoller(self.remote, self.config.poll_interval)
+            return ListingPoller(self.remote, self.config.poll_interval, prefetch=self.bucket.prefetch)
         return Watcher(self.logdir, poll)
 
     def restart_watcher(self) -> None:
@@ -435,20 +354,25 @@ class Follower:
 
     def _handle_listing(self, changes: Changes) -> None:
         """A remote logdir: each new listing is a whole rescan (new, grown and vanished objects,
-        with no request but the GETs of objects whose size or version changed)."""
+        read from the bytes the lister fetched with the listing: no request here)."""
         again = list(self.reads.read_again)  # round robin: what one turn left unread
         self.reads.read_again.clear()
         if changes.list_error is not None:
-            self._store_failed(changes.list_error)
+            self.bucket.failed(changes.list_error)
         elif changes.poll:
-            self._store_back()
+            self.bucket.back()
+            if changes.get_failed is not None:
+                self.reads.read_error(*changes.get_failed)  # reported as a GET the loop made would be
             failed = self.reads.store_errors
             self.rescan()
             if self.reads.store_errors == failed:  # after a failed GET, the rest waits for the next poll
                 self.check_files()
         for path in again:
-            if path in self.reader.readers:
+            if path in self.reader.readers and not self.bucket.waits(path):
                 self.reads.read_file(path)
+                self.bucket.after_read(path)
+        if self.remote is not None:
+            self.remote.keep_blocks(self.reads.read_again)  # the rest is read: free their bytes
 
     def _owned(self, path: str) -> bool:
         """Whether a changed path is in a run of this daemon's shard: the other shards' writes

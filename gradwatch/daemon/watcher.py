@@ -14,15 +14,11 @@ import errno
 import logging
 import os
 import queue
-import random
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from gradwatch.events.logdir import FLAGS_DIR, is_event_file
-from gradwatch.events.remote import RemoteError, RemoteLogdir
-from gradwatch.notify.policy import backoff
 
 log = logging.getLogger("gradwatch.watch")
 
@@ -47,6 +43,8 @@ class Changes:
     new_dir: bool = False  # inotify: a directory appeared; did watchdog manage to watch it?
     # a remote logdir: why its last listing failed (None: it worked, or none was due)
     list_error: str | None = None
+    # a remote logdir: the object whose GET the lister made for this listing failed, and why
+    get_failed: tuple[str, OSError] | None = None
 
     @classmethod
     def _of(cls, items: set[str], poll: bool = False) -> Changes:
@@ -261,132 +259,6 @@ class Watcher:
                     observer.join(timeout=5)
             except (OSError, RuntimeError) as e:  # a watch on a directory that is gone
                 log.debug("stopping the inotify observer: %s", e)
-
-
-# a remote logdir: listings are this much apart, jittered so replicas do not list in step
-JITTER = 0.2
-# and after failed listings at most this much (exponential backoff from the interval)
-LIST_BACKOFF_CAP = 60.0
-
-
-class ListingPoller:
-    """The watcher of a remote logdir (``s3://``, ``gs://``): object stores have no inotify.
-
-    A thread of its own lists the whole prefix every ``interval`` seconds (jittered by
-    ±JITTER) and hands each listing to the loop, which makes it the one in use in ``wait``,
-    so the loop reads and stats against one consistent listing and never waits for the
-    network to list. Only event files are kept of a listing: a prefix that also holds
-    checkpoints costs no memory for them. A failed listing is handed over too (``Changes.list_error``) and the
-    next one is tried after an exponential, capped, jittered backoff.
-    """
-
-    mode = "poll"
-
-    def __init__(
-        self,
-        remote: RemoteLogdir,
-        interval: float,
-        uniform: Callable[[float, float], float] = random.uniform,
-    ) -> None:
-        self.remote = remote
-        self.logdir = remote.url
-        self.poll = interval
-        self.started_at = 0.0
-        self.failures = 0  # listings failed in a row
-        self._uniform = uniform
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._stopped = threading.Event()
-        self._thread: threading.Thread | None = None
-        # a listing (or failure) handed over and not taken yet: the loop is busy (a long
-        # catch-up), and listing again would only pile up listings and LIST requests
-        self.untaken = threading.Event()
-        self.lists = 0  # listings asked for by this poller
-
-    def start(self) -> None:
-        self.started_at = time.time()
-        self._thread = threading.Thread(target=self._run, name="gradwatch-lister", daemon=True)
-        self._thread.start()
-
-    def next_delay(self) -> float:
-        """Seconds until the next listing: the interval ±JITTER, or the backoff after failures."""
-        if self.failures:
-            return backoff(self.failures, None, self.poll, max(LIST_BACKOFF_CAP, self.poll), self._uniform)
-        return self.poll * self._uniform(1 - JITTER, 1 + JITTER)
-
-    def _run(self) -> None:
-        while not self._stopped.wait(self.next_delay()):
-            if self.untaken.is_set():
-                continue
-            self.lists += 1
-            try:
-                listing: object = self.remote.fetch_listing(is_event_file)
-            except RemoteError as e:
-                self.failures += 1
-                listing = e
-            else:
-                self.failures = 0
-            self.untaken.set()
-            self._queue.put(listing)
-
-    def wait(self, timeout: float) -> Changes:
-        """The newest listing (now the one in use) or failure since the last call, and wake-ups."""
-        try:
-            items = [self._queue.get(timeout=timeout)]
-        except queue.Empty:
-            return Changes()
-        while True:
-            try:
-                items.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        markers = {i for i in items if isinstance(i, str)}
-        outcomes = [i for i in items if not isinstance(i, str)]
-        changes = Changes._of(markers)
-        if not outcomes:
-            return changes
-        self.untaken.clear()
-        last = outcomes[-1]  # the newest listing says all; older ones are out of date
-        if isinstance(last, RemoteError):
-            return replace(changes, list_error=str(last))
-        self.remote.use(last)  # type: ignore[arg-type]
-        return replace(changes, poll=True)
-
-    def first_listing(self) -> str | None:
-        """List now, on the caller's thread (the catch-up needs a listing); the reason it failed."""
-        try:
-            self.remote.use(self.remote.fetch_listing(is_event_file))
-        except RemoteError as e:
-            self.failures += 1
-            return str(e)
-        self.failures = 0
-        return None
-
-    def wake(self) -> None:
-        self._queue.put(_RESCAN)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread is None or self._thread.is_alive() or self._stopped.is_set()
-
-    def stop(self) -> None:
-        # a listing under way is not waited for: its thread is a daemon and drops the result
-        self._stopped.set()
-
-    # what the follower asks any watcher; a bucket has no directories to time or watch
-    def dir_times(self) -> None:
-        return None
-
-    def remember_dirs(self, dirs: object) -> None:
-        return None
-
-    def dirs_changed(self) -> bool:
-        return False
-
-    def unwatched_reason(self) -> None:
-        return None
-
-    def fall_back(self, reason: str, poll: float | None = None) -> None:
-        return None  # already polling
 
 
 def dir_snapshot(logdir: str) -> dict[str, int]:

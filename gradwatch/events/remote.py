@@ -31,6 +31,13 @@ from gradwatch.events.source import NotRegularFile
 # memory bounded per file however large the object.
 BLOCK_BYTES = 8 << 20
 
+# Bytes the daemon's lister thread fetches ahead per listing, all objects together (and what the
+# loop keeps of them meanwhile): a bound on memory, whatever a poll found written.
+PREFETCH_BYTES = 4 * BLOCK_BYTES
+
+# (offset of its first byte, the bytes) of an object, fetched ahead of the read that needs them
+Block = tuple[int, bytes]
+
 # fsspec protocol -> the package that provides it, for the "install it" message
 _EXTRAS = {"s3": "gradwatch[s3]", "s3a": "gradwatch[s3]", "gs": "gradwatch[gcs]", "gcs": "gradwatch[gcs]"}
 
@@ -124,6 +131,8 @@ class RemoteLogdir:
         self.root = root.rstrip("/")
         self.sizes: dict[str, int] = {}
         self.listed: dict[str, ObjectStat] | None = None  # the listing in use; None before the first
+        # bytes fetched ahead by another thread (fetch_blocks): reads of them make no request
+        self.blocks: dict[str, Block] = {}
         self.requests = RequestCounts()
 
     def list_event_files(self) -> dict[str, int]:
@@ -152,10 +161,46 @@ class RemoteLogdir:
             self.requests.errors += 1
             raise RemoteError(f"{self.url}: cannot list: {_reason(e)}") from e
 
-    def use(self, listing: dict[str, ObjectStat]) -> None:
-        """Read and stat objects as ``listing`` says (sizes without a request per object)."""
+    def use(self, listing: dict[str, ObjectStat], blocks: dict[str, Block] | None = None) -> None:
+        """Read and stat objects as ``listing`` says (sizes without a request per object), and
+        read ``blocks`` (fetched ahead for this listing) and the blocks kept of the last one."""
         self.listed = listing
         self.sizes = {url: st.st_size for url, st in listing.items()}
+        kept = {url: block for url, block in self.blocks.items() if url in listing}
+        self.blocks = {**kept, **(blocks or {})}
+
+    def fetch_blocks(
+        self, listing: dict[str, ObjectStat], wanted: list[tuple[str, int, int]], budget: int = PREFETCH_BYTES
+    ) -> tuple[dict[str, Block], tuple[str, RemoteError] | None]:
+        """GET (url, offset, length) of each ``wanted`` object of ``listing`` until ``budget`` bytes
+        are fetched; the blocks, and the object and error of a GET that failed. Thread-safe.
+
+        The first failed GET ends the pass (each holds its thread for the SDK's retries); the
+        objects after it wait for the next listing."""
+        blocks: dict[str, Block] = {}
+        spent = 0
+        for url, offset, length in wanted:
+            if spent >= budget:
+                break
+            obj = RemoteObject(self.fs, self._path(url), url, listing[url].st_size, self.requests)
+            try:
+                obj._fetch(offset, length)
+            except FileNotFoundError:
+                continue  # deleted since the listing: the next one says so
+            except RemoteError as e:
+                return blocks, (url, e)
+            blocks[url] = (obj._block_at, obj._block)
+            spent += len(obj._block)
+        return blocks, None
+
+    def keep_blocks(self, urls: set[str]) -> None:
+        """Drop the blocks fetched ahead but those of ``urls`` (objects read on at the next turn)."""
+        self.blocks = {url: block for url, block in self.blocks.items() if url in urls}
+
+    def short(self, url: str) -> bool:
+        """The object holds more than the bytes fetched ahead of it: the rest comes with a later block."""
+        block = self.blocks.get(url)
+        return block is not None and block[0] + len(block[1]) < self.sizes.get(url, 0)
 
     def stat(self, url: str) -> ObjectStat:
         """The object's size and version at the listing in use; FileNotFoundError when it was not
@@ -172,9 +217,13 @@ class RemoteLogdir:
     def relative(self, url: str) -> str:
         return url[len(self.url.rstrip("/")) :].lstrip("/")
 
+    def _path(self, url: str) -> str:
+        return self.root + "/" + self.relative(url)
+
     def open(self, url: str) -> RemoteObject:
-        path = self.root + "/" + self.relative(url)
-        return RemoteObject(self.fs, path, url, self.sizes.get(url), self.requests)
+        return RemoteObject(
+            self.fs, self._path(url), url, self.sizes.get(url), self.requests, self.blocks.get(url)
+        )
 
 
 def _is_file(info: dict[str, Any]) -> bool:
@@ -198,7 +247,13 @@ class RemoteObject:
     """
 
     def __init__(
-        self, fs: Any, path: str, url: str, size: int | None, requests: RequestCounts | None = None
+        self,
+        fs: Any,
+        path: str,
+        url: str,
+        size: int | None,
+        requests: RequestCounts | None = None,
+        block: Block | None = None,
     ) -> None:
         self.fs = fs
         self.path = path
@@ -208,6 +263,11 @@ class RemoteObject:
         self._pos = 0
         self._block = b""
         self._block_at = 0
+        if block is not None:
+            # bytes fetched ahead: the object ends where they end for this read (no GET for the
+            # rest, which comes with a later block)
+            self._block_at, self._block = block
+            self._size = min(self._size, self._block_at + len(self._block))
 
     def _info_size(self) -> int:
         info = self._call(self.fs.info, self.path)

@@ -212,6 +212,11 @@ def simple_response(request: _Request, ready: bool, state_save_error: str | None
         body = f"gradwatch is running but cannot save its state: {escape(state_save_error)}\n".encode()
         return http_response("200 OK", _TEXT, body, head_only)
     if request.path == "/-/ready":
+        if ready and state_save_error is not None:
+            # still ready: it reads, alerts on the console and writes stop-files; a probe that
+            # failed would not free the disk either (docs/operating.md, "A full state disk")
+            body = f"gradwatch is ready but cannot save its state: {escape(state_save_error)}\n".encode()
+            return http_response("200 OK", _TEXT, body, head_only)
         if ready:
             return http_response("200 OK", _TEXT, b"gradwatch is ready.\n", head_only)
         body = b"gradwatch is catching up on existing event files.\n"

@@ -1,0 +1,85 @@
+"""Each run has a stop-file of its own, also in one external stop directory.
+
+Found in review: ``{run}`` spelled a run with "/" as "__", so the runs ``a/b`` and ``a__b``
+shared ``/stop/a__b.json``, and an alert on the diverging ``a/b`` stopped the trainer of the
+healthy ``a__b``. The names of runs that could not collide stay what trainers already use.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+
+import pytest
+from tensorboardX import SummaryWriter
+
+from gradwatch.config import Config
+from gradwatch.daemon import Daemon
+from gradwatch.daemon.watcher import Changes
+from gradwatch.trainer import StopFile, run_file_name, stop_file_path
+
+
+def _runs(alphabet: str, longest: int) -> list[str]:
+    """Every run name (a relative path: no empty, "." or ".." part) up to ``longest`` characters."""
+    out = ["."]
+    for n in range(1, longest + 1):
+        for chars in itertools.product(alphabet, repeat=n):
+            run = "".join(chars)
+            if all(part not in ("", ".", "..") for part in run.split("/")):
+                out.append(run)
+    return out
+
+
+def test_no_two_runs_share_a_stop_file_name():
+    runs = [*_runs("a_/%", 6), "_root", "___", "___a", "%2F", "a%2Fb"]
+    names: dict[str, str] = {}
+    for run in runs:
+        name = run_file_name(run)
+        assert "/" not in name and name not in ("", ".", ".."), run
+        assert names.setdefault(name, run) == run, f"{run!r} and {names[name]!r} both map to {name!r}"
+
+
+@pytest.mark.parametrize(
+    "run", ["td3", "sweep/lr-0.01", "sweep/lr_0.01/seed_1", "_private", "a_b/c_d", "deep/er/run", "."]
+)
+def test_runs_that_could_not_collide_keep_their_names(run):
+    before = run.replace("/", "__") if run != "." else "_root"  # the rule trainers already use
+    assert run_file_name(run) == before
+    assert stop_file_path("/logs", run, "/stop/{run}.json") == f"/stop/{before}.json"
+
+
+@pytest.mark.parametrize(("run", "name"), [("a__b", "___a__b"), ("a_/b", "___a_%2Fb"), ("_root", "____root")])
+def test_runs_that_could_collide_are_escaped_as_documented(run, name):
+    assert run_file_name(run) == name
+
+
+def _write(logdir, run: str, step: int, value: float) -> None:
+    with SummaryWriter(str(logdir / run), flush_secs=3600) as w:
+        w.add_scalar("gradients/norm", value, step)
+
+
+def test_a_diverging_run_does_not_stop_the_run_whose_name_collided(tmp_path):
+    """The daemon writes the stop-file of ``a/b`` and the trainer of ``a__b``, checking the path
+    ``stop_file_path`` gives it, is not told to stop (and the other way round)."""
+    logdir = tmp_path / "logdir"
+    (tmp_path / "stop").mkdir()
+    template = str(tmp_path / "stop" / "{run}.json")
+    for run in ("a/b", "a__b"):
+        _write(logdir, run, 1, 1.0)
+    config = Config(logdir=str(logdir), state_dir=str(tmp_path / "state"), listen=None, stop_file=template)
+    d = Daemon(config, out=io.StringIO())
+    trainers = {run: StopFile(stop_file_path(str(logdir), run, template)) for run in ("a/b", "a__b")}
+    assert trainers["a/b"].path != trainers["a__b"].path
+    try:
+        d.catch_up()
+        _write(logdir, "a/b", 2, 1e9)
+        d.follower.rescan()
+        d.follower.handle(Changes(frozenset(d.reader.readers)))
+        assert d.checkpoint() is True
+        reason = trainers["a/b"].check()
+        assert reason is not None and reason.run == "a/b"
+        assert trainers["a__b"].check() is None
+        assert sorted(os.listdir(tmp_path / "stop")) == [os.path.basename(trainers["a/b"].path)]
+    finally:
+        d.shutdown()
