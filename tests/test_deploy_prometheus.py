@@ -24,7 +24,7 @@ def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
 def test_rules_check():
     p = promtool("check", "rules", str(PROM / "gradwatch_rules.yml"))
     assert p.returncode == 0, p.stdout + p.stderr
-    assert "SUCCESS: 11 rules found" in p.stdout
+    assert "SUCCESS: 12 rules found" in p.stdout
 
 
 def test_rule_unit_tests_pass(tmp_path):

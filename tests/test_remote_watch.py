@@ -371,7 +371,7 @@ def test_a_busy_loop_gets_one_listing_and_no_list_requests_pile_up_meanwhile():
         poller.stop()
 
 
-def test_a_failed_get_ends_the_pass_so_an_outage_of_gets_holds_the_loop_once_per_poll(tmp_path, monkeypatch):
+def test_a_failed_get_ends_the_pass_so_an_outage_of_gets_costs_one_get_per_poll(tmp_path, monkeypatch):
     """The listing works but GETs fail (throttling, a permission on the objects): each failed GET
     holds the lister for the SDK's retries, so a pass stops at the first one and the other changed
     objects wait for the next poll, and the loop, which reads only bytes the lister fetched, makes
