@@ -146,6 +146,32 @@ class RecordTail:
         # was rewritten under us, not merely appended to.
         self._seen: tuple[int, bytes] | None = None
 
+    def checkpoint(self) -> tuple:
+        """What a read changes, to ``rollback`` to when the consumer could not keep what it read."""
+        return (
+            self.offset,
+            self.resyncing,
+            dict(self.problems),
+            self.records,
+            self._seen,
+            self._zeros,
+            self._hole_reported_at,
+        )
+
+    def rollback(self, checkpoint: tuple) -> None:
+        """Back to ``checkpoint()``'s state: the records after it are read (and their problems
+        counted) again by the next read."""
+        (
+            self.offset,
+            self.resyncing,
+            problems,
+            self.records,
+            self._seen,
+            self._zeros,
+            self._hole_reported_at,
+        ) = checkpoint
+        self.problems = dict(problems)
+
     def report_problem(self, kind: str, offset: int, detail: str) -> None:
         self.problems[kind] = self.problems.get(kind, 0) + 1
         self.on_problem(kind, self.path, offset, detail)
@@ -190,21 +216,27 @@ class RecordTail:
         batch; a consumer that stops part-way sets ``offset`` itself (each
         record is ``len(payload) + 16`` bytes).
         """
-        for start, batch, _ in self.read_frames(final, budget):
+        for start, batch, _, _ in self.read_frames(final, budget):
             yield start, batch
 
     def read_frames(
-        self, final: bool = False, budget: int | None = None
-    ) -> Iterator[tuple[int, list[bytes], np.ndarray | None]]:
+        self, final: bool = False, budget: int | None = None, batch_bytes: int | None = None
+    ) -> Iterator[tuple[int, list[bytes], np.ndarray | None, bool]]:
         """Like ``read_batches()``, with each batch's payload lengths when the
-        checksum check computed them (an int64 array; None for short batches)."""
+        checksum check computed them (an int64 array; None for short batches),
+        and whether the batch ends at a cut.
+
+        With ``batch_bytes`` a batch also ends (a cut) at the first record that
+        ends ``batch_bytes`` or more after the last cut (the call's start at
+        first), whatever was read at once.
+        """
         with self._open(self.path) as f:
             self._check_rewritten(f)
             f.seek(self.offset)
             self.pending = False
             self._budget_left = budget
             self._call_start = self.offset
-            yield from self._batches(f, final)
+            yield from self._batches(f, final, batch_bytes)
 
     def _check_rewritten(self, f: ByteSource) -> None:
         size = f.size()
@@ -224,7 +256,9 @@ class RecordTail:
         self._hole_reported_at = -1
 
     # measured hot path (bench/bench_reader.py): one function keeps the loop's state in locals
-    def _batches(self, f: ByteSource, final: bool) -> Iterator[tuple[int, list[bytes], np.ndarray | None]]:  # noqa: C901, PLR0915
+    def _batches(  # noqa: C901, PLR0915
+        self, f: ByteSource, final: bool, batch_bytes: int | None
+    ) -> Iterator[tuple[int, list[bytes], np.ndarray | None, bool]]:
         # The hot loop keeps everything in locals; ``offset`` is exact at every
         # yield and at every return, never set by a ``finally`` (a consumer
         # that stops part-way through a batch has set it itself).
@@ -235,6 +269,7 @@ class RecordTail:
         base = self.offset  # file offset of buf[0]
         buf = self._read(f, CHUNK_BYTES)
         pos = 0
+        cut = None if batch_bytes is None else base + batch_bytes  # where the batch ends at the latest
         while True:
             if self.resyncing:
                 pos, status = self._scan(buf, pos)
@@ -289,6 +324,10 @@ class RecordTail:
                     continue
                 break
             lengths = payload_lengths(batch) if len(batch) >= NUMPY_MIN_BATCH else None
+            if cut is not None and batch and base + pos >= cut:
+                # the batch ends at the record that reaches ``cut``; the rest is framed again
+                pos, lengths = self._cut_batch(batch, lengths, base + first, cut)
+                pos -= base
             if batch:
                 good = verified(buf, first, batch, lengths)
                 if good < len(batch):
@@ -300,7 +339,10 @@ class RecordTail:
                 self.offset = base + pos
                 self.records += len(batch)
                 self._seen = (base + pos - 4, buf[pos - 4 : pos])
-                yield base + first, batch, lengths
+                at_cut = cut is not None and base + pos >= cut
+                if at_cut:
+                    cut = base + pos + batch_bytes
+                yield base + first, batch, lengths, at_cut
             # Out of the fast loop: a header not seen before, a bad record, or
             # the end of what has been read.
             if n - pos >= HEADER_BYTES:
@@ -350,6 +392,27 @@ class RecordTail:
                 continue
             self._at_eof(buf, base, pos, final)
             return
+
+    @staticmethod
+    def _cut_batch(
+        batch: list[bytes], lengths: np.ndarray | None, first: int, cut: int
+    ) -> tuple[int, np.ndarray | None]:
+        """Drop the records of ``batch`` (framed from file offset ``first``) after the one that
+        reaches ``cut``: (file offset after the records kept, their lengths)."""
+        import numpy as np  # imported already when ``lengths`` is an array
+
+        if lengths is None:
+            end = first
+            kept = 0
+            while end < cut:  # a short batch (under NUMPY_MIN_BATCH records)
+                end += len(batch[kept]) + 16
+                kept += 1
+            del batch[kept:]
+            return end, None
+        ends = np.cumsum(lengths + 16)
+        k = int(np.searchsorted(ends, cut - first))  # the first record ending at or after cut
+        del batch[k + 1 :]
+        return first + int(ends[k]), lengths[: k + 1]
 
     @staticmethod
     def _repeating(buf: bytes, pos: int, walked: list[bytes]) -> tuple[list[bytes], int]:

@@ -574,29 +574,27 @@ class EventFileReader:
         """The new points a batch of records at a time, one Columns per tag (see columns.py).
 
         After each yield ``offset`` is just past the batch, so a consumer that
-        commits between yields commits whole batches; ``budget``: see RecordTail.read.
-        The points are the ones ``read`` yields, decoded a batch of records at once.
+        commits between yields commits whole batches; a batch ends at the first
+        record that ends _COLUMN_BATCH_BYTES or more after the last one, whatever
+        ``budget`` (see RecordTail.read) reads at once. When reading fails (OSError)
+        the reader goes back to the state its last yield left (the call's start
+        before any): offset, problem counts and all, so a retry reads the rest
+        once. The points are the ones ``read`` yields, decoded a batch of records at once.
         """
         tail = self.tail
         self.decoder.adopt_shared()
         out = ColumnsBuilder()
-        # Where the points not yet yielded start, and whether the tail was resynchronising
-        # there: read again from there if reading fails, so no decoded point is lost
-        # unyielded. Taken at the first batch, after a replaced or shrunk file was
-        # noticed and the tail went back to its start.
-        after_yield: tuple[int, bool] | None = None
+        handed = (tail.checkpoint(), self.undecodable)
         try:
-            for first, batch, lengths in tail.read_frames(final, budget):
-                if after_yield is None:
-                    after_yield = (first, False)
+            for first, batch, lengths, at_cut in tail.read_frames(final, budget, _COLUMN_BATCH_BYTES):
                 self._decode_batch(out, first, batch, lengths)
-                if out and tail.offset - after_yield[0] >= _COLUMN_BATCH_BYTES:
+                if at_cut and out:
                     yield out.build()
                     out = ColumnsBuilder()
-                    after_yield = (tail.offset, tail.resyncing)
+                    handed = (tail.checkpoint(), self.undecodable)
         except OSError:
-            if out and after_yield is not None:
-                tail.offset, tail.resyncing = after_yield
+            tail.rollback(handed[0])
+            self.undecodable = handed[1]
             raise
         if out:
             yield out.build()
