@@ -1,9 +1,11 @@
-"""read_columns when reading fails part-way, and its batch sizes.
+"""read_columns when reading fails part-way, its batch sizes, and one template edge case.
 
 * A read that fails (OSError) leaves the reader exactly as its last yield left it (or as
   the call found it): offset, resync flag, per-file problem counts, records counted, and
   a retry reads what is left with every point once and every problem counted once.
 * A batch of columns ends at about _COLUMN_BATCH_BYTES whatever the read's chunk or budget.
+* A template learnt while another tag of its event belonged to another plugin is not used
+  once that tag is a scalar again.
 """
 
 from __future__ import annotations
@@ -183,3 +185,25 @@ def test_batches_cut_inside_a_read_read_the_same_as_per_point(monkeypatch, tmp_p
     both = Both(path)
     assert both.read(final=True) == 2999
     assert both.columns.undecodable == 1
+
+
+# ---------------------------------------------------------------- a template and another tag's decision
+
+
+def test_a_template_learnt_while_another_tag_was_elsewhere_is_not_used_once_it_is_a_scalar(tmp_path):
+    """Events of a scalar "a" and a metadata-less tensor "h": while "h" belongs to another
+    plugin they hold one point, once "h" is given back to the scalars plugin two."""
+    both_values = [
+        event([simple("a", i), tensor_value("h", tensor(float_val=[7.0]))], step=i, wall_time=WALL + i)
+        for i in range(300)
+    ]
+    payloads = [event([tensor_value("h", tensor(float_val=[0.0]), metadata("pr_curves"))], step=0)]
+    payloads += both_values[:150]
+    payloads.append(event([tensor_value("h", tensor(float_val=[1.0]), metadata("scalars"))], step=150))
+    payloads += both_values[150:]
+    path = write_events(str(tmp_path / "events.out.tfevents.1"), payloads)
+    got = list(EventFileReader(path).read(final=True))
+    assert len([p for p in got if p[0] == "a"]) == 300
+    assert len([p for p in got if p[0] == "h"]) == 1 + 150
+    columns = columns_points(EventFileReader(path).read_columns(final=True))
+    assert by_tag(columns) == by_tag(got)

@@ -275,6 +275,7 @@ class ScalarDecoder:
 
     __slots__ = (
         "_adopted",
+        "_leant_on_decision",
         "_more_templates",
         "_shared",
         "_shared_seen",
@@ -300,6 +301,9 @@ class ScalarDecoder:
         self._shared_seen = 0
         # tags of shared templates taken (the file's own decisions stay in _tensor_tags)
         self._adopted: set[str] = set()
+        # the last parse dropped a metadata-less tensor because its tag was given to another
+        # plugin: its event decodes otherwise once the tag is a scalar again, so is no template
+        self._leant_on_decision = False
 
     def adopt_shared(self) -> None:
         """Take the shared templates learnt since the last call (called before each read).
@@ -329,7 +333,7 @@ class ScalarDecoder:
         if self.skips(payload):
             return []
         points = self._parse(payload)
-        if len(points) == 1 and self._template_count < MAX_TEMPLATES:
+        if len(points) == 1 and self._template_count < MAX_TEMPLATES and not self._leant_on_decision:
             self._learn(payload, points[0])
         return points
 
@@ -419,6 +423,7 @@ class ScalarDecoder:
         except (DecodeError, RuntimeError) as e:
             raise NotAnEvent(str(e) or "undecodable protobuf") from None
         out: list[tuple[str, int, float, float]] = []
+        self._leant_on_decision = False
         if not ev.HasField("summary"):
             return out
         step = ev.step
@@ -436,6 +441,8 @@ class ScalarDecoder:
                     self._tensor_tags[tag] = scalar
                     if not scalar and (was or (was is None and tag in self._adopted)):
                         self._forget_templates(tag)
+                elif not scalar:
+                    self._leant_on_decision = True
                 if scalar:
                     value = tensor_scalar(v.tensor)
                     if value is not None:
