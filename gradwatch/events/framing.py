@@ -60,6 +60,24 @@ def payload_lengths(batch: list[bytes]):
     return np.fromiter(map(len, batch), np.int64, count=len(batch))
 
 
+def batch_lengths(batch: list[bytes], runs: list[tuple[int, list[int], int]]):
+    """payload_lengths of a batch part of which was taken as runs of repeating lengths: each
+    run ``(first index, lengths, count)`` is ``count`` records repeating ``lengths``, known
+    without a len() per record."""
+    import numpy as np  # tensorboard's own dependency; imported when a batch is long enough
+
+    pieces = []
+    i = 0
+    for start, pattern, count in runs:
+        if start > i:
+            pieces.append(payload_lengths(batch[i:start]))
+        pieces.append(np.resize(np.array(pattern, np.int64), count))
+        i = start + count
+    if i < len(batch):
+        pieces.append(payload_lengths(batch[i:]))
+    return np.concatenate(pieces)
+
+
 def _verified_numpy(buf: bytes, first: int, batch: list[bytes], lengths=None) -> int:
     import numpy as np  # tensorboard's own dependency; imported when a batch is long enough
 

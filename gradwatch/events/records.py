@@ -42,6 +42,7 @@ from gradwatch.events.framing import (
     HEADER_BYTES,
     NONZERO,
     NUMPY_MIN_BATCH,
+    batch_lengths,
     masked_crc32c,
     payload_lengths,
     period,
@@ -74,6 +75,9 @@ CHUNK_BYTES = 1 << 20
 # how many runs may take fewer records than that before it stops looking in a read.
 _WALK_BEFORE_RUN = 128
 _RUN_MISSES = 3
+# Records walked before the next run is tried after one took at least a walk's worth (at least
+# four periods of its pattern): a writer's pattern goes on in the next chunk, or a byte longer.
+_WALK_AFTER_RUN = 16
 # What the daemon reads of one file before it turns to the others (about
 # 0.2 s of work); one-shot commands read without a budget.
 DEFAULT_READ_BUDGET = 16 << 20
@@ -299,6 +303,7 @@ class RecordTail:
             first = pos
             batch: list[bytes] = []
             append = batch.append
+            runs: list[tuple[int, list[int], int]] = []  # (first index, lengths, count) of runs taken
             while True:
                 # 12 = header bytes, 16 = header + footer (literals: this loop is hot)
                 for _ in range(walk):
@@ -315,15 +320,23 @@ class RecordTail:
                 else:
                     # ``walk`` records in a row: if their lengths repeat, take the
                     # records that go on repeating them at once
-                    taken, pos = self._repeating(buf, pos, batch[-walk:])
-                    batch += taken
+                    taken, pos, pattern = self._repeating(buf, pos, batch[-walk:])
+                    if taken:
+                        runs.append((len(batch), pattern, len(taken)))
+                        batch += taken
                     if len(taken) < walk:
                         misses += 1
                         if misses >= _RUN_MISSES:
                             walk = sys.maxsize  # not a repeating file: walk the rest
+                    else:
+                        # the next run (a step's varint one byte longer, the next chunk)
+                        # most likely repeats as this one did: a few periods show it
+                        walk = min(_WALK_BEFORE_RUN, max(4 * len(pattern), _WALK_AFTER_RUN))
                     continue
                 break
-            lengths = payload_lengths(batch) if len(batch) >= NUMPY_MIN_BATCH else None
+            lengths = None
+            if len(batch) >= NUMPY_MIN_BATCH:
+                lengths = batch_lengths(batch, runs) if runs else payload_lengths(batch)
             if cut is not None and batch and base + pos >= cut:
                 # the batch ends at the record that reaches ``cut``; the rest is framed again
                 pos, lengths = self._cut_batch(batch, lengths, base + first, cut)
@@ -415,12 +428,16 @@ class RecordTail:
         return first + int(ends[k]), lengths[: k + 1]
 
     @staticmethod
-    def _repeating(buf: bytes, pos: int, walked: list[bytes]) -> tuple[list[bytes], int]:
-        """Records from ``pos`` whose lengths repeat those just ``walked``: (payloads, position after)."""
-        p = period(list(map(len, walked)))
+    def _repeating(buf: bytes, pos: int, walked: list[bytes]) -> tuple[list[bytes], int, list[int]]:
+        """Records from ``pos`` whose lengths repeat those just ``walked``: (payloads, position
+        after, the lengths repeated). The lengths are looked for in the last half of the walk
+        too: a file's first record (file_version) is not in its writer's pattern."""
+        lengths = list(map(len, walked))
+        p = period(lengths) or period(lengths[len(lengths) // 2 :])
         if p is None:
-            return [], pos
-        return repeating_run(buf, pos, list(map(len, walked[-p:])))
+            return [], pos, []
+        pattern = lengths[-p:]
+        return (*repeating_run(buf, pos, pattern), pattern)
 
     def _valid_record_follows(self, buf: bytes, pos: int, within: int | None = CHUNK_BYTES) -> bool:
         """Whether a complete, valid record starts after ``pos`` (within ``within`` bytes).
