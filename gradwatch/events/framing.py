@@ -8,8 +8,12 @@ import itertools
 import re
 import struct
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import google_crc32c
+
+if TYPE_CHECKING:
+    import numpy as np
 
 HEADER_BYTES = 12
 FOOTER_BYTES = 4
@@ -213,3 +217,36 @@ def _payloads(buf: bytes, pos: int, pattern: list[int], k: int) -> list[bytes]:
         payloads.append(buf[stop + HEADER_BYTES : stop + HEADER_BYTES + n])
         stop += n + HEADER_BYTES + FOOTER_BYTES
     return payloads
+
+
+def cut_batch(
+    batch: list[bytes], lengths: np.ndarray | None, first: int, cut: int
+) -> tuple[int, np.ndarray | None]:
+    """Drop the records of ``batch`` (framed from file offset ``first``) after the one that
+    reaches ``cut``: (file offset after the records kept, their lengths)."""
+    if lengths is None:
+        end = first
+        kept = 0
+        while end < cut:  # a short batch (under NUMPY_MIN_BATCH records)
+            end += len(batch[kept]) + 16
+            kept += 1
+        del batch[kept:]
+        return end, None
+    import numpy as np  # imported already: ``lengths`` is an array
+
+    ends = np.cumsum(lengths + 16)
+    k = int(np.searchsorted(ends, cut - first))  # the first record ending at or after cut
+    del batch[k + 1 :]
+    return first + int(ends[k]), lengths[: k + 1]
+
+
+def repeat_walked(buf: bytes, pos: int, walked: list[bytes]) -> tuple[list[bytes], int, list[int]]:
+    """Records from ``pos`` whose lengths repeat those just ``walked``: (payloads, position
+    after, the lengths repeated). The lengths are looked for in the last half of the walk
+    too: a file's first record (file_version) is not in its writer's pattern."""
+    lengths = list(map(len, walked))
+    p = period(lengths) or period(lengths[len(lengths) // 2 :])
+    if p is None:
+        return [], pos, []
+    pattern = lengths[-p:]
+    return (*repeating_run(buf, pos, pattern), pattern)

@@ -30,11 +30,12 @@ set, so a caller can go round its files and one file never starves others.
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, ClassVar
 
+from gradwatch.events.file_bytes import SPENT as _SPENT
+from gradwatch.events.file_bytes import FileBytes
 from gradwatch.events.framing import (
     _CRC,
     _LENGTH,
@@ -43,10 +44,10 @@ from gradwatch.events.framing import (
     NONZERO,
     NUMPY_MIN_BATCH,
     batch_lengths,
+    cut_batch,
     masked_crc32c,
     payload_lengths,
-    period,
-    repeating_run,
+    repeat_walked,
     scan_for_record,
     verified_prefix,
 )
@@ -59,12 +60,21 @@ from gradwatch.events.framing import (
 from gradwatch.events.framing import (
     PARTIAL as _PARTIAL,
 )
+from gradwatch.events.problems import (  # re-exported: where callers have always found them
+    CORRUPT,
+    REPLACED,
+    SHRUNK,
+    SPARSE_HOLE,
+    TRUNCATED,
+    UNDECODABLE,
+    ZERO_PADDING,
+    ProblemHandler,
+    log_problem,
+)
 from gradwatch.events.source import ByteSource, LocalFile
 
 if TYPE_CHECKING:
     import numpy as np
-
-log = logging.getLogger("gradwatch.events")
 
 # A record larger than this is treated as a corrupt header even when the
 # length CRC matches: no allocation is ever sized by an untrusted field.
@@ -83,23 +93,20 @@ _WALK_AFTER_RUN = 16
 DEFAULT_READ_BUDGET = 16 << 20
 
 
-# Problem kinds reported through ``on_problem`` (and counted in metrics).
-CORRUPT = "corrupt_record"
-TRUNCATED = "truncated_record"
-ZERO_PADDING = "zero_padding"
-SHRUNK = "file_shrunk"
-REPLACED = "file_replaced"
-UNDECODABLE = "undecodable_record"
-SPARSE_HOLE = "sparse_hole"
-
-ProblemHandler = Callable[[str, str, int, str], None]
-
-
-def _log_problem(kind: str, path: str, offset: int, detail: str) -> None:
-    log.warning("%s: offset %d: %s: %s", path, offset, kind.replace("_", " "), detail)
+__all__ = [
+    "CORRUPT",
+    "REPLACED",
+    "SHRUNK",
+    "SPARSE_HOLE",
+    "TRUNCATED",
+    "UNDECODABLE",
+    "ZERO_PADDING",
+    "ProblemHandler",
+    "RecordTail",
+]
 
 
-class RecordTail:
+class RecordTail(FileBytes):
     """Reads the verified records of one file, from ``offset`` on.
 
     ``read()`` can be called again and again; each call yields only records
@@ -129,7 +136,7 @@ class RecordTail:
         self._open = opener or LocalFile
         self.offset = offset
         self.max_record_bytes = max_record_bytes
-        self.on_problem = on_problem or _log_problem
+        self.on_problem = on_problem or log_problem
         self.problems: dict[str, int] = {}
         self.records = 0
         # Bytes read from the file, all calls together; ``pending``: the last
@@ -283,7 +290,9 @@ class RecordTail:
                         need = pos + 16 + self._header_length(buf[pos : pos + 12]) - len(buf)
                     if status is _NONE and not NONZERO.search(buf, pos):
                         buf, base, pos = self._past_hole(f, buf, base, pos)
-                    more = self._read_more(f, buf, base, pos, need, base + pos > self._call_start)
+                    more = self._read_more(
+                        f, buf, base, pos, need, base + pos > self._call_start, CHUNK_BYTES
+                    )
                     if more is None:
                         self._stop_at_budget(base + pos)
                         return
@@ -320,7 +329,7 @@ class RecordTail:
                 else:
                     # ``walk`` records in a row: if their lengths repeat, take the
                     # records that go on repeating them at once
-                    taken, pos, pattern = self._repeating(buf, pos, batch[-walk:])
+                    taken, pos, pattern = repeat_walked(buf, pos, batch[-walk:])
                     if taken:
                         runs.append((len(batch), pattern, len(taken)))
                         batch += taken
@@ -339,7 +348,7 @@ class RecordTail:
                 lengths = batch_lengths(batch, runs) if runs else payload_lengths(batch)
             if cut is not None and batch and base + pos >= cut:
                 # the batch ends at the record that reaches ``cut``; the rest is framed again
-                pos, lengths = self._cut_batch(batch, lengths, base + first, cut)
+                pos, lengths = cut_batch(batch, lengths, base + first, cut)
                 pos -= base
             if batch:
                 good = verified(buf, first, batch, lengths)
@@ -361,7 +370,7 @@ class RecordTail:
             if n - pos >= HEADER_BYTES:
                 length = self._header_length(buf[pos : pos + HEADER_BYTES])
                 if length is None:
-                    eof = self._zeros_to_eof(f, buf, base, pos)
+                    eof = self._zeros_to_eof(f, buf, base, pos, CHUNK_BYTES)
                     if eof is _SPENT:
                         self._stop_at_budget(base + pos)
                         return
@@ -385,7 +394,7 @@ class RecordTail:
                 need = stop + FOOTER_BYTES - n
             else:
                 need = HEADER_BYTES - (n - pos)
-            more = self._read_more(f, buf, base, pos, need, base + pos > self._call_start)
+            more = self._read_more(f, buf, base, pos, need, base + pos > self._call_start, CHUNK_BYTES)
             if more is None:
                 self._stop_at_budget(base + pos)
                 return
@@ -406,39 +415,6 @@ class RecordTail:
             self._at_eof(buf, base, pos, final)
             return
 
-    @staticmethod
-    def _cut_batch(
-        batch: list[bytes], lengths: np.ndarray | None, first: int, cut: int
-    ) -> tuple[int, np.ndarray | None]:
-        """Drop the records of ``batch`` (framed from file offset ``first``) after the one that
-        reaches ``cut``: (file offset after the records kept, their lengths)."""
-        import numpy as np  # imported already when ``lengths`` is an array
-
-        if lengths is None:
-            end = first
-            kept = 0
-            while end < cut:  # a short batch (under NUMPY_MIN_BATCH records)
-                end += len(batch[kept]) + 16
-                kept += 1
-            del batch[kept:]
-            return end, None
-        ends = np.cumsum(lengths + 16)
-        k = int(np.searchsorted(ends, cut - first))  # the first record ending at or after cut
-        del batch[k + 1 :]
-        return first + int(ends[k]), lengths[: k + 1]
-
-    @staticmethod
-    def _repeating(buf: bytes, pos: int, walked: list[bytes]) -> tuple[list[bytes], int, list[int]]:
-        """Records from ``pos`` whose lengths repeat those just ``walked``: (payloads, position
-        after, the lengths repeated). The lengths are looked for in the last half of the walk
-        too: a file's first record (file_version) is not in its writer's pattern."""
-        lengths = list(map(len, walked))
-        p = period(lengths) or period(lengths[len(lengths) // 2 :])
-        if p is None:
-            return [], pos, []
-        pattern = lengths[-p:]
-        return (*repeating_run(buf, pos, pattern), pattern)
-
     def _valid_record_follows(self, buf: bytes, pos: int, within: int | None = CHUNK_BYTES) -> bool:
         """Whether a complete, valid record starts after ``pos`` (within ``within`` bytes).
 
@@ -447,133 +423,9 @@ class RecordTail:
         """
         return self._scan(buf, pos + 1, None if within is None else pos + 1 + within)[1] is _FOUND
 
-    def _read_more(
-        self, f: ByteSource, buf: bytes, base: int, pos: int, need: int, progressed: bool
-    ) -> bytes | None:
-        """``buf[pos:]`` (``buf`` starts at file offset ``base``) followed by the file's
-        bytes after ``buf``, at least ``need`` of them when the file holds them; b"" when
-        the file holds none; None when there are more but this call's budget is spent
-        and it has ``progressed`` (the budget bounds work, never progress: a record
-        larger than the budget is still read whole).
-
-        Never asks for more than the file holds, so a corrupt length cannot
-        make it allocate more than the file's size.
-        """
-        file_pos = base + len(buf)
-        avail = f.size() - file_pos
-        if avail <= 0:
-            return b""
-        if progressed and self._budget_left is not None and self._budget_left <= 0:
-            return None
-        size = min(avail, max(CHUNK_BYTES, need))
-        keep = len(buf) - pos
-        if keep and type(f) is LocalFile:
-            # The bytes kept read again with the new ones, from the page cache: one copy
-            # of the chunk instead of a read and a concatenation (a record cut by the end
-            # of a chunk is kept every chunk). Used only when they read back the same.
-            f.seek(base + pos)
-            data = f.read(keep + size)
-            if len(data) > keep and data.startswith(buf[pos:]):
-                self._spend(len(data) - keep)
-                return data
-            f.seek(file_pos)
-        more = self._read(f, size)
-        return buf[pos:] + more if more else b""
-
-    def _read(self, f: ByteSource, size: int) -> bytes:
-        data = f.read(size)
-        self._spend(len(data))
-        return data
-
-    def _spend(self, size: int) -> None:
-        self.bytes_read += size
-        if self._budget_left is not None:
-            self._budget_left -= size
-
-    def _stop_at_budget(self, offset: int) -> None:
-        self.offset = offset
-        self.pending = True
-
-    def _past_hole(self, f: ByteSource, buf: bytes, base: int, pos: int) -> tuple[bytes, int, int]:
-        """While scanning zeros for the next record: jump over a hole after ``buf``.
-
-        Returns (buf, base, pos) to scan on with; the last 11 zero bytes are
-        kept, as a header could start in them.
-        """
-        end = base + len(buf)
-        data = f.next_data(end)
-        if data is None or data <= end:
-            return buf, base, pos
-        keep = HEADER_BYTES - 1
-        return b"\0" * keep, data - keep, 0
-
-    def _at_eof(self, buf: bytes, base: int, pos: int, final: bool) -> None:
-        """What is left from ``pos`` is not a complete record: awaited, or reported when final."""
-        leftover = len(buf) - pos
-        if not final or not leftover:
-            self.offset = base + pos
-            return
-        kind = ZERO_PADDING if not buf[pos:].strip(b"\0") else TRUNCATED
-        self.report_problem(
-            kind, base + pos, f"{leftover} bytes at end of file do not form a complete record"
-        )
-        self.offset = base + len(buf)
-
-    def _zeros_to_eof(self, f: ByteSource, buf: bytes, base: int, pos: int) -> int | object | None:
-        """The offset of EOF when everything from ``pos`` to there is zero bytes, else
-        None; ``_SPENT`` when the budget ran out first (checked on from there next time).
-
-        Some filesystems extend a file before its data lands; a zero tail is
-        awaited rather than reported while the file may still be written.
-        Holes are never read: ``SEEK_DATA`` jumps over them, and the first
-        hole is reported once.
-        """
-        if NONZERO.search(buf, pos):
-            return None
-        start = base + pos
-        at = base + len(buf)
-        if self._zeros[0] == start:
-            at = max(at, self._zeros[1])
-        while True:
-            data = f.next_data(at)
-            if data is None:  # only a hole from here to EOF
-                self._report_hole(f, start, at, f.size())
-                return f.size()
-            if data > at:
-                self._report_hole(f, start, at, data)
-                at = data
-            chunk = f.pread(CHUNK_BYTES, at)
-            self._spend(len(chunk))
-            if not chunk:
-                return at
-            if NONZERO.search(chunk):
-                return None
-            at += len(chunk)
-            if self._budget_left is not None and self._budget_left <= 0:
-                self._zeros = (start, at)  # checked on from here next time: always progress
-                return _SPENT
-
-    def _report_hole(self, f: ByteSource, start: int, hole: int, end: int) -> None:
-        """Report once the hole that ``SEEK_DATA`` skipped from ``hole`` to ``end``."""
-        if self._hole_reported_at == start or end <= hole:
-            return
-        self._hole_reported_at = start
-        begins = f.hole_start(start)
-        if begins is not None:
-            hole = min(hole, begins)  # where it really begins
-        self.report_problem(
-            SPARSE_HOLE,
-            start,
-            f"a {end - hole}-byte hole (a sparse file) from offset {hole}: "
-            "not read; records written after it will be",
-        )
-
     def _start_resync(self, offset: int, detail: str) -> None:
         self.report_problem(CORRUPT, offset, detail + "; skipping to the next valid record")
         self.resyncing = True
 
     def _scan(self, buf: bytes, pos: int, end: int | None = None) -> tuple[int, str]:
         return scan_for_record(buf, pos, end, self._header_length, self.max_record_bytes < 1 << 32)
-
-
-_SPENT = object()
