@@ -64,19 +64,19 @@ def payload_lengths(batch: list[bytes]):
     return np.fromiter(map(len, batch), np.int64, count=len(batch))
 
 
-def batch_lengths(batch: list[bytes], runs: list[tuple[int, list[int], int]]):
-    """payload_lengths of a batch part of which was taken as runs of repeating lengths: each
-    run ``(first index, lengths, count)`` is ``count`` records repeating ``lengths``, known
-    without a len() per record."""
+def batch_lengths(batch: list[bytes], runs: list[tuple[int, np.ndarray]]):
+    """payload_lengths of a batch part of which was taken as runs of repeating lengths
+    (``(first index, their lengths)`` each, as repeat_walked gives them): known without a
+    len() per record."""
     import numpy as np  # tensorboard's own dependency; imported when a batch is long enough
 
     pieces = []
     i = 0
-    for start, pattern, count in runs:
+    for start, lengths in runs:
         if start > i:
             pieces.append(payload_lengths(batch[i:start]))
-        pieces.append(np.resize(np.array(pattern, np.int64), count))
-        i = start + count
+        pieces.append(lengths)
+        i = start + len(lengths)
     if i < len(batch):
         pieces.append(payload_lengths(batch[i:]))
     return np.concatenate(pieces)
@@ -173,7 +173,14 @@ def header(length: int) -> bytes:
 
 def repeating_run(buf: bytes, pos: int, pattern: list[int]) -> tuple[list[bytes], int]:
     """The payloads of the records from ``pos`` whose lengths go on repeating ``pattern``
-    (``pattern[0]`` first), and the position after the last of them.
+    (``pattern[0]`` first), and the position after the last of them (see _run)."""
+    payloads, end, _ = _run(buf, pos, pattern)
+    return payloads, end
+
+
+def _run(buf: bytes, pos: int, pattern: list[int]) -> tuple[list[bytes], int, np.ndarray]:
+    """The payloads of the records from ``pos`` whose lengths go on repeating ``pattern``
+    (``pattern[0]`` first), the position after the last of them, and their lengths.
 
     Each is taken only where the 12 bytes at its predicted start are the valid header
     of its predicted length and the whole record is in ``buf``, up to the first that is
@@ -195,8 +202,8 @@ def repeating_run(buf: bytes, pos: int, pattern: list[int]) -> tuple[list[bytes]
     wrong = np.flatnonzero(found != predicted)
     k = int(wrong[0]) if wrong.size else fits
     if not k:
-        return [], pos
-    return _payloads(buf, pos, pattern, k), int(ends[k - 1])
+        return [], pos, lengths[:0]
+    return _payloads(buf, pos, pattern, k), int(ends[k - 1]), lengths[:k]
 
 
 _block_formats: dict[tuple[int, ...], struct.Struct] = {}
@@ -240,13 +247,15 @@ def cut_batch(
     return first + int(ends[k]), lengths[: k + 1]
 
 
-def repeat_walked(buf: bytes, pos: int, walked: list[bytes]) -> tuple[list[bytes], int, list[int]]:
+def repeat_walked(
+    buf: bytes, pos: int, walked: list[bytes]
+) -> tuple[list[bytes], int, np.ndarray | None, int]:
     """Records from ``pos`` whose lengths repeat those just ``walked``: (payloads, position
-    after, the lengths repeated). The lengths are looked for in the last half of the walk
-    too: a file's first record (file_version) is not in its writer's pattern."""
+    after, their lengths, the period of the pattern; None and 0 when none repeat). The
+    lengths are looked for in the last half of the walk too: a file's first record
+    (file_version) is not in its writer's pattern."""
     lengths = list(map(len, walked))
     p = period(lengths) or period(lengths[len(lengths) // 2 :])
     if p is None:
-        return [], pos, []
-    pattern = lengths[-p:]
-    return (*repeating_run(buf, pos, pattern), pattern)
+        return [], pos, None, 0
+    return (*_run(buf, pos, lengths[-p:]), p)

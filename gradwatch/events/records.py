@@ -312,7 +312,7 @@ class RecordTail(FileBytes):
             first = pos
             batch: list[bytes] = []
             append = batch.append
-            runs: list[tuple[int, list[int], int]] = []  # (first index, lengths, count) of runs taken
+            runs: list[tuple[int, np.ndarray]] = []  # (first index, lengths) of each run taken
             while True:
                 # 12 = header bytes, 16 = header + footer (literals: this loop is hot)
                 for _ in range(walk):
@@ -329,9 +329,9 @@ class RecordTail(FileBytes):
                 else:
                     # ``walk`` records in a row: if their lengths repeat, take the
                     # records that go on repeating them at once
-                    taken, pos, pattern = repeat_walked(buf, pos, batch[-walk:])
+                    taken, pos, taken_lengths, p = repeat_walked(buf, pos, batch[-walk:])
                     if taken:
-                        runs.append((len(batch), pattern, len(taken)))
+                        runs.append((len(batch), taken_lengths))
                         batch += taken
                     if len(taken) < walk:
                         misses += 1
@@ -340,7 +340,7 @@ class RecordTail(FileBytes):
                     else:
                         # the next run (a step's varint one byte longer, the next chunk)
                         # most likely repeats as this one did: a few periods show it
-                        walk = min(_WALK_BEFORE_RUN, max(4 * len(pattern), _WALK_AFTER_RUN))
+                        walk = min(_WALK_BEFORE_RUN, max(4 * p, _WALK_AFTER_RUN))
                     continue
                 break
             lengths = None
