@@ -1,4 +1,4 @@
-"""read_columns when reading fails part-way, its batch sizes, and one template edge case.
+"""read_columns when reading fails part-way, its batch sizes, a template edge case, short records.
 
 * A read that fails (OSError) leaves the reader exactly as its last yield left it (or as
   the call found it): offset, resync flag, per-file problem counts, records counted, and
@@ -6,6 +6,7 @@
 * A batch of columns ends at about _COLUMN_BATCH_BYTES whatever the read's chunk or budget.
 * A template learnt while another tag of its event belonged to another plugin is not used
   once that tag is a scalar again.
+* The bulk decoder reads payloads in the bytes they were framed from, never past them.
 """
 
 from __future__ import annotations
@@ -207,3 +208,20 @@ def test_a_template_learnt_while_another_tag_was_elsewhere_is_not_used_once_it_i
     assert len([p for p in got if p[0] == "h"]) == 1 + 150
     columns = columns_points(EventFileReader(path).read_columns(final=True))
     assert by_tag(columns) == by_tag(got)
+
+
+# ---------------------------------------------------------------- bulk decoding in the framed bytes
+
+
+@pytest.mark.parametrize(
+    "last", [b"", event(step=5), event(step=5, wall_time=WALL)], ids=["empty", "step", "11 bytes"]
+)
+def test_a_short_last_record_is_decoded_where_it_was_framed(last, tmp_path):
+    """The bulk decoder reads each payload inside the bytes it was framed from, a few bytes
+    past a short record's end (its step as one word): a short record at the very end of
+    those bytes must not be read past them."""
+    payloads = [event([simple(f"t{i % 3}", i)], step=i, wall_time=WALL + i) for i in range(300)]
+    path = write_events(str(tmp_path / "events.out.tfevents.1"), [*payloads, last])
+    both = Both(path)
+    assert both.read(final=True) == 300
+    assert both.columns.offset == os.path.getsize(path)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 from gradwatch.events.file_bytes import SPENT as _SPENT
 from gradwatch.events.file_bytes import FileBytes
@@ -101,9 +101,21 @@ __all__ = [
     "TRUNCATED",
     "UNDECODABLE",
     "ZERO_PADDING",
+    "Frames",
     "ProblemHandler",
     "RecordTail",
 ]
+
+
+class Frames(NamedTuple):
+    """A batch of records framed back to back, as read_frames yields them."""
+
+    start: int  # file offset of the first record
+    payloads: list[bytes]
+    lengths: np.ndarray | None  # the payloads' lengths (int64) when the checksum check took them
+    at_cut: bool  # the batch ends at a cut (read_frames' ``batch_bytes``)
+    buf: bytes  # what the records were framed from: the first one's header is at buf[at]
+    at: int
 
 
 class RecordTail(FileBytes):
@@ -227,15 +239,15 @@ class RecordTail(FileBytes):
         batch; a consumer that stops part-way sets ``offset`` itself (each
         record is ``len(payload) + 16`` bytes).
         """
-        for start, batch, _, _ in self.read_frames(final, budget):
-            yield start, batch
+        for frames in self.read_frames(final, budget):
+            yield frames.start, frames.payloads
 
     def read_frames(
         self, final: bool = False, budget: int | None = None, batch_bytes: int | None = None
-    ) -> Iterator[tuple[int, list[bytes], np.ndarray | None, bool]]:
-        """Like ``read_batches()``, with each batch's payload lengths when the
-        checksum check computed them (an int64 array; None for short batches),
-        and whether the batch ends at a cut.
+    ) -> Iterator[Frames]:
+        """Like ``read_batches()``, a Frames at a time: with each batch's payload lengths
+        when the checksum check computed them, whether the batch ends at a cut, and the
+        bytes the records were framed from.
 
         With ``batch_bytes`` a batch also ends (a cut) at the first record that
         ends ``batch_bytes`` or more after the last cut (the call's start at
@@ -269,7 +281,7 @@ class RecordTail(FileBytes):
     # measured hot path (bench/bench_reader.py): one function keeps the loop's state in locals
     def _batches(  # noqa: C901, PLR0915
         self, f: ByteSource, final: bool, batch_bytes: int | None
-    ) -> Iterator[tuple[int, list[bytes], np.ndarray | None, bool]]:
+    ) -> Iterator[Frames]:
         # The hot loop keeps everything in locals; ``offset`` is exact at every
         # yield and at every return, never set by a ``finally`` (a consumer
         # that stops part-way through a batch has set it itself).
@@ -364,7 +376,7 @@ class RecordTail(FileBytes):
                 at_cut = cut is not None and base + pos >= cut
                 if at_cut:
                     cut = base + pos + batch_bytes
-                yield base + first, batch, lengths, at_cut
+                yield Frames(base + first, batch, lengths, at_cut, buf, first)
             # Out of the fast loop: a header not seen before, a bad record, or
             # the end of what has been read.
             if n - pos >= HEADER_BYTES:

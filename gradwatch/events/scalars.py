@@ -20,7 +20,7 @@ from gradwatch.events.decoder import (  # re-exported: the reader's public names
     TemplateStore,
     _Event,
 )
-from gradwatch.events.records import UNDECODABLE, RecordTail
+from gradwatch.events.records import UNDECODABLE, Frames, RecordTail
 from gradwatch.events.tensor_scalars import tensor_scalar
 from gradwatch.events.wire import varint
 
@@ -106,9 +106,9 @@ class EventFileReader:
         out = ColumnsBuilder()
         handed = (tail.checkpoint(), self.undecodable)
         try:
-            for first, batch, lengths, at_cut in tail.read_frames(final, budget, _COLUMN_BATCH_BYTES):
-                self._decode_batch(out, first, batch, lengths)
-                if at_cut and out:
+            for frames in tail.read_frames(final, budget, _COLUMN_BATCH_BYTES):
+                self._decode_batch(out, frames)
+                if frames.at_cut and out:
                     yield out.build()
                     out = ColumnsBuilder()
                     handed = (tail.checkpoint(), self.undecodable)
@@ -119,11 +119,9 @@ class EventFileReader:
         if out:
             yield out.build()
 
-    def _decode_batch(
-        self, out: ColumnsBuilder, first: int, batch: list[bytes], lens: np.ndarray | None
-    ) -> None:
-        """Decode one batch of records (starting at file offset ``first``; ``lens``: their
-        lengths, None when not known yet) into ``out``."""
+    def _decode_batch(self, out: ColumnsBuilder, frames: Frames) -> None:
+        """Decode one batch of records (see RecordTail.read_frames) into ``out``."""
+        first, batch, lens = frames.start, frames.payloads, frames.lengths
         if len(batch) < _BULK_MIN_RECORDS:
             end = first
             for i, p in enumerate(batch):
@@ -132,11 +130,15 @@ class EventFileReader:
         else:
             if lens is None:
                 lens = np.fromiter(map(len, batch), np.int64, count=len(batch))
-            ends = np.cumsum(lens + 16) + first
+            framed = np.cumsum(lens + 16)  # where each record ends, from the first's start
+            ends = framed + first
+            starts = framed - lens - 4 + frames.at  # each payload's start in frames.buf
             templates, more = self.decoder._templates, self.decoder._more_templates
             i = matches = 0
             while i < len(batch):
-                hits = template_hits(batch[i:] if i else batch, lens[i:], templates, more, _step)
+                hits = template_hits(
+                    frames.buf, starts[i:], lens[i:], templates, more, lambda j, i=i: _step(batch[i + j])
+                )
                 matches += 1
                 stop = self._decode_misses(out, batch, ends, i, hits, matches <= _EAGER_MATCHES)
                 out.add_hits(i, hits, stop)
