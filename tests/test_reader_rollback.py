@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 
 import pytest
 from test_columns import Both, by_tag, columns_points
@@ -186,6 +187,26 @@ def test_batches_cut_inside_a_read_read_the_same_as_per_point(monkeypatch, tmp_p
     both = Both(path)
     assert both.read(final=True) == 2999
     assert both.columns.undecodable == 1
+
+
+def test_a_few_records_after_a_skipped_stretch_past_the_batch_size_are_read(monkeypatch, tmp_path):
+    """Corrupt bytes skipped past where the batch was to end, then fewer records than the
+    numpy checks take: the batch ends after its first record, and reading goes on."""
+    monkeypatch.setattr(scalars, "_COLUMN_BATCH_BYTES", 200)
+    records_ = [frame(event([simple("a", i)], step=i, wall_time=WALL)) for i in range(25)]
+    junk = b"\x01" * 300  # no header anywhere in it: skipped by the resync scan
+    data = b"".join([*records_[:5], junk, *records_[5:15], junk, *records_[15:]])
+    path = tmp_path / "events.out.tfevents.1"
+    path.write_bytes(data)
+    reader = EventFileReader(str(path), on_problem=Recorder())
+    got = []
+    done = threading.Thread(target=lambda: got.extend(columns_points(reader.read_columns(final=True))))
+    done.daemon = True
+    done.start()
+    done.join(60)
+    assert not done.is_alive(), "the read did not finish"
+    assert [p[1] for p in got] == list(range(25))
+    assert reader.tail.problems == {records.CORRUPT: 2}
 
 
 # ---------------------------------------------------------------- a template and another tag's decision

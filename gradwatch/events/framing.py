@@ -231,10 +231,11 @@ def cut_batch(
 ) -> tuple[int, np.ndarray | None]:
     """Drop the records of ``batch`` (framed from file offset ``first``) after the one that
     reaches ``cut``: (file offset after the records kept, their lengths)."""
-    if lengths is None:
-        end = first
-        kept = 0
-        while end < cut:  # a short batch (under NUMPY_MIN_BATCH records)
+    if lengths is None:  # a short batch (under NUMPY_MIN_BATCH records)
+        # at least one record: ``cut`` is behind ``first`` when a resync skipped past it
+        end = first + len(batch[0]) + 16
+        kept = 1
+        while end < cut:
             end += len(batch[kept]) + 16
             kept += 1
         del batch[kept:]
