@@ -4,6 +4,7 @@ the payload checksums of a batch of records at once (the reader's hot path)."""
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import re
 import struct
@@ -226,26 +227,34 @@ def _payloads(buf: bytes, pos: int, pattern: list[int], k: int) -> list[bytes]:
     return payloads
 
 
-def cut_batch(
-    batch: list[bytes], lengths: np.ndarray | None, first: int, cut: int
-) -> tuple[int, np.ndarray | None]:
-    """Drop the records of ``batch`` (framed from file offset ``first``) after the one that
-    reaches ``cut``: (file offset after the records kept, their lengths)."""
+def batch_cuts(
+    batch: list[bytes], lengths: np.ndarray | None, start: int, cut: int, batch_bytes: int
+) -> tuple[list[tuple[int, int, int, bool]], int]:
+    """``batch`` (framed from file offset ``start``) in parts that each end at the first
+    record ending at or after a cut, the next cut ``batch_bytes`` after that end:
+    ([(first index, end index, file offset after, whether it ends at a cut)], next cut).
+    A part has at least one record: ``cut`` may be behind ``start`` (a resync skipped
+    past it)."""
     if lengths is None:  # a short batch (under NUMPY_MIN_BATCH records)
-        # at least one record: ``cut`` is behind ``first`` when a resync skipped past it
-        end = first + len(batch[0]) + 16
-        kept = 1
-        while end < cut:
-            end += len(batch[kept]) + 16
-            kept += 1
-        del batch[kept:]
-        return end, None
-    import numpy as np  # imported already: ``lengths`` is an array
+        ends = list(itertools.accumulate(len(p) + 16 for p in batch))
+        first_reaching = bisect.bisect_left
+    else:
+        import numpy as np  # imported already: ``lengths`` is an array
 
-    ends = np.cumsum(lengths + 16)
-    k = int(np.searchsorted(ends, cut - first))  # the first record ending at or after cut
-    del batch[k + 1 :]
-    return first + int(ends[k]), lengths[: k + 1]
+        ends = np.cumsum(lengths + 16)
+        first_reaching = np.searchsorted
+    parts = []
+    i, n = 0, len(batch)
+    while i < n:
+        k = max(int(first_reaching(ends, cut - start)), i)
+        if k >= n:
+            parts.append((i, n, start + int(ends[-1]), False))
+            break
+        end = start + int(ends[k])
+        parts.append((i, k + 1, end, True))
+        cut = end + batch_bytes
+        i = k + 1
+    return parts, cut
 
 
 def repeat_walked(

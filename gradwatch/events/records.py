@@ -43,8 +43,8 @@ from gradwatch.events.framing import (
     HEADER_BYTES,
     NONZERO,
     NUMPY_MIN_BATCH,
+    batch_cuts,
     batch_lengths,
-    cut_batch,
     masked_crc32c,
     payload_lengths,
     repeat_walked,
@@ -358,10 +358,6 @@ class RecordTail(FileBytes):
             lengths = None
             if len(batch) >= NUMPY_MIN_BATCH:
                 lengths = batch_lengths(batch, runs) if runs else payload_lengths(batch)
-            if cut is not None and batch and base + pos >= cut:
-                # the batch ends at the record that reaches ``cut``; the rest is framed again
-                pos, lengths = cut_batch(batch, lengths, base + first, cut)
-                pos -= base
             if batch:
                 good = verified(buf, first, batch, lengths)
                 if good < len(batch):
@@ -370,13 +366,25 @@ class RecordTail(FileBytes):
                     lengths = None
                     pos = first + sum(map(len, batch)) + 16 * good
             if batch:
-                self.offset = base + pos
-                self.records += len(batch)
-                self._seen = (base + pos - 4, buf[pos - 4 : pos])
-                at_cut = cut is not None and base + pos >= cut
-                if at_cut:
-                    cut = base + pos + batch_bytes
-                yield Frames(base + first, batch, lengths, at_cut, buf, first)
+                if cut is None or base + pos < cut:
+                    parts = [(0, len(batch), base + pos, False)]
+                else:  # batches that end at the records reaching each cut
+                    parts, cut = batch_cuts(batch, lengths, base + first, cut, batch_bytes)
+                start = base + first
+                for i, j, end, at_cut in parts:
+                    self.offset = end
+                    self.records += j - i
+                    self._seen = (end - 4, buf[end - base - 4 : end - base])
+                    whole = j - i == len(batch)
+                    yield Frames(
+                        start,
+                        batch if whole else batch[i:j],
+                        lengths if whole or lengths is None else lengths[i:j],
+                        at_cut,
+                        buf,
+                        start - base,
+                    )
+                    start = end
             # Out of the fast loop: a header not seen before, a bad record, or
             # the end of what has been read.
             if n - pos >= HEADER_BYTES:
