@@ -147,19 +147,20 @@ def test_a_failed_read_of_a_shrunk_file_counts_the_shrink_once(tmp_path):
 # ---------------------------------------------------------------- batch sizes
 
 
-def batch_spans(reader: EventFileReader, budget: int | None) -> list[int]:
+def batch_spans(reader: EventFileReader, budget: int | None, batch_bytes: int | None = None) -> list[int]:
     spans = []
     start = reader.offset
-    for _ in reader.read_columns(final=True, budget=budget):
+    for _ in reader.read_columns(final=True, budget=budget, batch_bytes=batch_bytes):
         spans.append(reader.offset - start)
         start = reader.offset
     return spans
 
 
 @pytest.mark.parametrize("budget", [None, 16 << 20, 1 << 20], ids=["no budget", "16 MiB", "1 MiB"])
-def test_a_batch_ends_at_the_batch_size_whatever_the_read_size(budget, tmp_path):
+def test_a_batch_ends_at_the_batch_size_whatever_the_read_size(budget, monkeypatch, tmp_path):
     """Records of a few dozen bytes: each batch but the last of a read call spans the batch
     size and at most one record more, however much the call reads."""
+    monkeypatch.setattr(scalars, "_COLUMN_BATCH_BYTES", 700 << 10)  # not a multiple of a read
     bench = load_bench()
     path = tmp_path / "events.out.tfevents.1"
     path.write_bytes(bench.event_records("simple", bench.bench_points(120_000, seed=3), WALL))
@@ -175,6 +176,14 @@ def test_a_batch_ends_at_the_batch_size_whatever_the_read_size(budget, tmp_path)
     for spans in calls:
         assert all(size <= span <= size + 200 for span in spans[:-1]), spans
         assert spans[-1] <= size + 200, spans
+
+
+def test_a_batch_size_can_be_asked_for(tmp_path):
+    bench = load_bench()
+    path = tmp_path / "events.out.tfevents.1"
+    path.write_bytes(bench.event_records("simple", bench.bench_points(20_000, seed=3), WALL))
+    spans = batch_spans(EventFileReader(str(path)), None, batch_bytes=100 << 10)
+    assert len(spans) > 5 and all(100 << 10 <= span <= (100 << 10) + 200 for span in spans[:-1])
 
 
 def test_batches_cut_inside_a_read_read_the_same_as_per_point(monkeypatch, tmp_path):
