@@ -78,10 +78,14 @@ def test_groups_are_balanced_by_bytes_and_deterministic(tmp_path):
             f.truncate(size)  # sparse: the size is all split_runs looks at
         runs[run] = [str(path)]
     groups = split_runs(runs, cores=2)
+    # the first group, this process's (it also merges and writes), is the lighter one
     assert groups == [
-        {"big": runs["big"]},
         {"mid": runs["mid"], "small1": runs["small1"], "small2": runs["small2"]},
+        {"big": runs["big"]},
     ]
+    even = {f"r{i}": runs["small1"] for i in range(20)}  # 20 runs of 10 MiB
+    first, second = split_runs(even, cores=2)
+    assert (len(first), len(second)) == (9, 11)
     assert split_runs(dict(reversed(runs.items())), cores=2) == groups
     assert split_runs(runs, cores=1) == [runs]
     assert split_runs({"big": runs["big"]}, cores=2) == [{"big": runs["big"]}]  # one run: no fork

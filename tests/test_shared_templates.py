@@ -117,7 +117,10 @@ def test_a_template_that_depends_on_another_tags_plugin_is_not_shared(tmp_path):
     reader = LogdirReader(str(tmp_path))
     reader.refresh()
     list(reader.read_file(pa, final=True))
-    assert reader.readers[pa][1].decoder._template_count  # learnt, but only for file a
+    # not even learnt for file a: its one point leans on "aux"'s decision, which may change
+    # (tests/test_reader_rollback.py)
+    assert not reader.readers[pa][1].decoder._template_count
+    assert not reader.templates.learnt
     for columns in (False, True):
         got = shared_points(str(tmp_path), [pa, pb], columns)
         assert got[pa] == expected(plain_points(pa), columns)

@@ -16,8 +16,9 @@ import pytest
 from tensorboard.compat.proto import summary_pb2, types_pb2
 from writers import event, metadata, simple, tensor, tensor_value
 
-from gradwatch.events import scalars
-from gradwatch.events.scalars import NotAnEvent, ScalarDecoder, _lone_value_without_scalar
+from gradwatch.events import scalars, skipping
+from gradwatch.events.scalars import NotAnEvent, ScalarDecoder
+from gradwatch.events.skipping import _lone_value_without_scalar
 from gradwatch.events.wire import encode_varint
 
 WALL = 1_700_000_000.0
@@ -25,12 +26,12 @@ WALL = 1_700_000_000.0
 
 def walk_skips(payload: bytes) -> bool:
     """What ScalarDecoder.skips says with the shape test switched off (the walk alone)."""
-    shape_test = scalars._lone_value_without_scalar
-    scalars._lone_value_without_scalar = lambda p: False
+    shape_test = skipping._lone_value_without_scalar
+    skipping._lone_value_without_scalar = lambda p: False
     try:
         return ScalarDecoder().skips(payload)
     finally:
-        scalars._lone_value_without_scalar = shape_test
+        skipping._lone_value_without_scalar = shape_test
 
 
 def parsed(payload: bytes):

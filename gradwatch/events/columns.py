@@ -32,10 +32,10 @@ class Columns(NamedTuple):
 
 # ---------------------------------------------------------------- bulk decoding of a batch
 
-# Zero bytes after the joined payloads, so that the fixed-width reads below (8 bytes of
-# step varint, the head, tail and value of a template) never run past the buffer; what
-# they read past a record's end is never used.
-_PAD = bytes(32)
+# Bytes from a record's start that template_hits reads whatever the record's length: the
+# step's varint as one 8-byte word 10 bytes in. What it reads past a short record's end (its
+# footer, the next record) is never used.
+_READ_AHEAD = 18
 _CONT_BITS = 0x8080808080808080  # the continuation bit of each of 8 varint bytes
 _LOW7 = np.uint64(0x7F)
 # Up to this many templates of one summary length are compared one by one; more are
@@ -88,41 +88,44 @@ def _steps(buf: bytes, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def template_hits(
-    batch: list[bytes],
+    buf: bytes,
+    starts: np.ndarray,
     lens: np.ndarray,
     templates: dict[int, tuple[int, dict]],
     more_templates: dict[int, list[tuple[int, dict]]],
     step_of,
 ) -> TemplateHits:
-    """The records of ``batch`` that ScalarDecoder's templates decode, decoded at once.
+    """The records that ScalarDecoder's templates decode, decoded at once.
 
+    The records' payloads are in ``buf`` (the bytes they were framed from), record i's
+    ``lens[i]`` bytes from ``starts[i]``: read where they are, never copied.
     A record is decoded by a template exactly when ScalarDecoder.decode's fast path would
     decode it: an Event starting with wall_time (0x09, 8 bytes) and step (0x10, a varint),
     then a summary of a length a template has, holding the template's bytes before
-    (``head``) and after (``tail``) the value. ``lens``: each record's length.
-    ``step_of(payload)`` decodes a step too long for the vectorised varint:
-    (step, summary start), IndexError when malformed.
+    (``head``) and after (``tail``) the value. ``step_of(i)`` decodes the step of record
+    i when it is too long for the vectorised varint: (step, summary start in its payload),
+    IndexError when malformed.
     """
     if not templates:  # a new file's first records: nothing learnt yet
         none = np.empty(0, np.int64)
         return TemplateHits(none, none, [], none, np.empty(0), np.empty(0))
     # Only records short enough to hold a template's summary are looked at (histograms
-    # and images never are): a summary starts 11 to 20 bytes into its Event.
-    short = np.flatnonzero(lens <= max(templates) + 20)
-    if len(short) == len(batch):
-        return _hits(batch, lens, templates, more_templates, step_of)
-    hits = _hits([batch[i] for i in short.tolist()], lens[short], templates, more_templates, step_of)
-    return hits._replace(records=short[hits.records])
+    # and images never are): a summary starts 11 to 20 bytes into its Event. The varint
+    # read takes 8 bytes from the 11th: a record too close to the end of ``buf`` for that
+    # is left to the one-at-a-time path.
+    looked_at = (lens <= max(templates) + 20) & (starts <= len(buf) - _READ_AHEAD)
+    if looked_at.all():
+        return _hits(buf, starts, lens, templates, more_templates, step_of)
+    some = np.flatnonzero(looked_at)
+    hits = _hits(buf, starts[some], lens[some], templates, more_templates, lambda i: step_of(int(some[i])))
+    return hits._replace(records=some[hits.records])
 
 
 def _hits(
-    batch: list[bytes], lens: np.ndarray, templates: dict, more_templates: dict, step_of
+    buf: bytes, starts: np.ndarray, lens: np.ndarray, templates: dict, more_templates: dict, step_of
 ) -> TemplateHits:
-    """template_hits of a batch of records, none of them too long for a template."""
-    buf = b"".join(batch) + _PAD
-    starts = np.zeros(len(batch), np.int64)
-    np.cumsum(lens[:-1], out=starts[1:])
-    cand, steps, at = _summaries(buf, batch, lens, starts, step_of)
+    """template_hits of records none of which is too long for a template."""
+    cand, steps, at = _summaries(buf, lens, starts, step_of)
     matched = _Matched(len(cand))
     summary_lens = lens[cand] - (at - starts[cand])
     for length in _distinct(summary_lens):
@@ -140,7 +143,7 @@ def _hits(
 
 
 def _summaries(
-    buf: bytes, batch: list[bytes], lens: np.ndarray, starts: np.ndarray, step_of
+    buf: bytes, lens: np.ndarray, starts: np.ndarray, step_of
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The records laid out as the fast path reads them (wall_time, then step): their
     indexes, steps and where each one's summary starts in ``buf``."""
@@ -149,7 +152,7 @@ def _summaries(
     steps, nbytes = _steps(buf, starts[cand] + 10)
     for i in np.flatnonzero(nbytes == 0).tolist():  # long varints: one at a time
         try:
-            steps[i], s = step_of(batch[cand[i]])
+            steps[i], s = step_of(int(cand[i]))
             nbytes[i] = s - 10
         except IndexError:
             nbytes[i] = lens[cand[i]]  # not a varint within the record: no summary left

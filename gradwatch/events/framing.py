@@ -4,12 +4,17 @@ the payload checksums of a batch of records at once (the reader's hot path)."""
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import re
 import struct
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import google_crc32c
+
+if TYPE_CHECKING:
+    import numpy as np
 
 HEADER_BYTES = 12
 FOOTER_BYTES = 4
@@ -58,6 +63,24 @@ def payload_lengths(batch: list[bytes]):
     import numpy as np  # tensorboard's own dependency; imported when a batch is long enough
 
     return np.fromiter(map(len, batch), np.int64, count=len(batch))
+
+
+def batch_lengths(batch: list[bytes], runs: list[tuple[int, np.ndarray]]):
+    """payload_lengths of a batch part of which was taken as runs of repeating lengths
+    (``(first index, their lengths)`` each, as repeat_walked gives them): known without a
+    len() per record."""
+    import numpy as np  # tensorboard's own dependency; imported when a batch is long enough
+
+    pieces = []
+    i = 0
+    for start, lengths in runs:
+        if start > i:
+            pieces.append(payload_lengths(batch[i:start]))
+        pieces.append(lengths)
+        i = start + len(lengths)
+    if i < len(batch):
+        pieces.append(payload_lengths(batch[i:]))
+    return np.concatenate(pieces)
 
 
 def _verified_numpy(buf: bytes, first: int, batch: list[bytes], lengths=None) -> int:
@@ -151,7 +174,14 @@ def header(length: int) -> bytes:
 
 def repeating_run(buf: bytes, pos: int, pattern: list[int]) -> tuple[list[bytes], int]:
     """The payloads of the records from ``pos`` whose lengths go on repeating ``pattern``
-    (``pattern[0]`` first), and the position after the last of them.
+    (``pattern[0]`` first), and the position after the last of them (see _run)."""
+    payloads, end, _ = _run(buf, pos, pattern)
+    return payloads, end
+
+
+def _run(buf: bytes, pos: int, pattern: list[int]) -> tuple[list[bytes], int, np.ndarray]:
+    """The payloads of the records from ``pos`` whose lengths go on repeating ``pattern``
+    (``pattern[0]`` first), the position after the last of them, and their lengths.
 
     Each is taken only where the 12 bytes at its predicted start are the valid header
     of its predicted length and the whole record is in ``buf``, up to the first that is
@@ -173,8 +203,8 @@ def repeating_run(buf: bytes, pos: int, pattern: list[int]) -> tuple[list[bytes]
     wrong = np.flatnonzero(found != predicted)
     k = int(wrong[0]) if wrong.size else fits
     if not k:
-        return [], pos
-    return _payloads(buf, pos, pattern, k), int(ends[k - 1])
+        return [], pos, lengths[:0]
+    return _payloads(buf, pos, pattern, k), int(ends[k - 1]), lengths[:k]
 
 
 _block_formats: dict[tuple[int, ...], struct.Struct] = {}
@@ -195,3 +225,47 @@ def _payloads(buf: bytes, pos: int, pattern: list[int], k: int) -> list[bytes]:
         payloads.append(buf[stop + HEADER_BYTES : stop + HEADER_BYTES + n])
         stop += n + HEADER_BYTES + FOOTER_BYTES
     return payloads
+
+
+def batch_cuts(
+    batch: list[bytes], lengths: np.ndarray | None, start: int, cut: int, batch_bytes: int
+) -> tuple[list[tuple[int, int, int, bool]], int]:
+    """``batch`` (framed from file offset ``start``) in parts that each end at the first
+    record ending at or after a cut, the next cut ``batch_bytes`` after that end:
+    ([(first index, end index, file offset after, whether it ends at a cut)], next cut).
+    A part has at least one record: ``cut`` may be behind ``start`` (a resync skipped
+    past it)."""
+    if lengths is None:  # a short batch (under NUMPY_MIN_BATCH records)
+        ends = list(itertools.accumulate(len(p) + 16 for p in batch))
+        first_reaching = bisect.bisect_left
+    else:
+        import numpy as np  # imported already: ``lengths`` is an array
+
+        ends = np.cumsum(lengths + 16)
+        first_reaching = np.searchsorted
+    parts = []
+    i, n = 0, len(batch)
+    while i < n:
+        k = max(int(first_reaching(ends, cut - start)), i)
+        if k >= n:
+            parts.append((i, n, start + int(ends[-1]), False))
+            break
+        end = start + int(ends[k])
+        parts.append((i, k + 1, end, True))
+        cut = end + batch_bytes
+        i = k + 1
+    return parts, cut
+
+
+def repeat_walked(
+    buf: bytes, pos: int, walked: list[bytes]
+) -> tuple[list[bytes], int, np.ndarray | None, int]:
+    """Records from ``pos`` whose lengths repeat those just ``walked``: (payloads, position
+    after, their lengths, the period of the pattern; None and 0 when none repeat). The
+    lengths are looked for in the last half of the walk too: a file's first record
+    (file_version) is not in its writer's pattern."""
+    lengths = list(map(len, walked))
+    p = period(lengths) or period(lengths[len(lengths) // 2 :])
+    if p is None:
+        return [], pos, None, 0
+    return (*_run(buf, pos, lengths[-p:]), p)

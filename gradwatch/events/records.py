@@ -30,11 +30,12 @@ set, so a caller can go round its files and one file never starves others.
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
+from gradwatch.events.file_bytes import SPENT as _SPENT
+from gradwatch.events.file_bytes import FileBytes
 from gradwatch.events.framing import (
     _CRC,
     _LENGTH,
@@ -42,10 +43,11 @@ from gradwatch.events.framing import (
     HEADER_BYTES,
     NONZERO,
     NUMPY_MIN_BATCH,
+    batch_cuts,
+    batch_lengths,
     masked_crc32c,
     payload_lengths,
-    period,
-    repeating_run,
+    repeat_walked,
     scan_for_record,
     verified_prefix,
 )
@@ -58,12 +60,21 @@ from gradwatch.events.framing import (
 from gradwatch.events.framing import (
     PARTIAL as _PARTIAL,
 )
+from gradwatch.events.problems import (  # re-exported: where callers have always found them
+    CORRUPT,
+    REPLACED,
+    SHRUNK,
+    SPARSE_HOLE,
+    TRUNCATED,
+    UNDECODABLE,
+    ZERO_PADDING,
+    ProblemHandler,
+    log_problem,
+)
 from gradwatch.events.source import ByteSource, LocalFile
 
 if TYPE_CHECKING:
     import numpy as np
-
-log = logging.getLogger("gradwatch.events")
 
 # A record larger than this is treated as a corrupt header even when the
 # length CRC matches: no allocation is ever sized by an untrusted field.
@@ -74,28 +85,40 @@ CHUNK_BYTES = 1 << 20
 # how many runs may take fewer records than that before it stops looking in a read.
 _WALK_BEFORE_RUN = 128
 _RUN_MISSES = 3
+# Records walked before the next run is tried after one took at least a walk's worth (at least
+# four periods of its pattern): a writer's pattern goes on in the next chunk, or a byte longer.
+_WALK_AFTER_RUN = 16
 # What the daemon reads of one file before it turns to the others (about
 # 0.2 s of work); one-shot commands read without a budget.
 DEFAULT_READ_BUDGET = 16 << 20
 
 
-# Problem kinds reported through ``on_problem`` (and counted in metrics).
-CORRUPT = "corrupt_record"
-TRUNCATED = "truncated_record"
-ZERO_PADDING = "zero_padding"
-SHRUNK = "file_shrunk"
-REPLACED = "file_replaced"
-UNDECODABLE = "undecodable_record"
-SPARSE_HOLE = "sparse_hole"
-
-ProblemHandler = Callable[[str, str, int, str], None]
-
-
-def _log_problem(kind: str, path: str, offset: int, detail: str) -> None:
-    log.warning("%s: offset %d: %s: %s", path, offset, kind.replace("_", " "), detail)
+__all__ = [
+    "CORRUPT",
+    "REPLACED",
+    "SHRUNK",
+    "SPARSE_HOLE",
+    "TRUNCATED",
+    "UNDECODABLE",
+    "ZERO_PADDING",
+    "Frames",
+    "ProblemHandler",
+    "RecordTail",
+]
 
 
-class RecordTail:
+class Frames(NamedTuple):
+    """A batch of records framed back to back, as read_frames yields them."""
+
+    start: int  # file offset of the first record
+    payloads: list[bytes]
+    lengths: np.ndarray | None  # the payloads' lengths (int64) when the checksum check took them
+    at_cut: bool  # the batch ends at a cut (read_frames' ``batch_bytes``)
+    buf: bytes  # what the records were framed from: the first one's header is at buf[at]
+    at: int
+
+
+class RecordTail(FileBytes):
     """Reads the verified records of one file, from ``offset`` on.
 
     ``read()`` can be called again and again; each call yields only records
@@ -125,7 +148,7 @@ class RecordTail:
         self._open = opener or LocalFile
         self.offset = offset
         self.max_record_bytes = max_record_bytes
-        self.on_problem = on_problem or _log_problem
+        self.on_problem = on_problem or log_problem
         self.problems: dict[str, int] = {}
         self.records = 0
         # Bytes read from the file, all calls together; ``pending``: the last
@@ -145,6 +168,32 @@ class RecordTail:
         # (file offset, 4 bytes read there): if those bytes change, the file
         # was rewritten under us, not merely appended to.
         self._seen: tuple[int, bytes] | None = None
+
+    def checkpoint(self) -> tuple:
+        """What a read changes, to ``rollback`` to when the consumer could not keep what it read."""
+        return (
+            self.offset,
+            self.resyncing,
+            dict(self.problems),
+            self.records,
+            self._seen,
+            self._zeros,
+            self._hole_reported_at,
+        )
+
+    def rollback(self, checkpoint: tuple) -> None:
+        """Back to ``checkpoint()``'s state: the records after it are read (and their problems
+        counted) again by the next read."""
+        (
+            self.offset,
+            self.resyncing,
+            problems,
+            self.records,
+            self._seen,
+            self._zeros,
+            self._hole_reported_at,
+        ) = checkpoint
+        self.problems = dict(problems)
 
     def report_problem(self, kind: str, offset: int, detail: str) -> None:
         self.problems[kind] = self.problems.get(kind, 0) + 1
@@ -190,21 +239,27 @@ class RecordTail:
         batch; a consumer that stops part-way sets ``offset`` itself (each
         record is ``len(payload) + 16`` bytes).
         """
-        for start, batch, _ in self.read_frames(final, budget):
-            yield start, batch
+        for frames in self.read_frames(final, budget):
+            yield frames.start, frames.payloads
 
     def read_frames(
-        self, final: bool = False, budget: int | None = None
-    ) -> Iterator[tuple[int, list[bytes], np.ndarray | None]]:
-        """Like ``read_batches()``, with each batch's payload lengths when the
-        checksum check computed them (an int64 array; None for short batches)."""
+        self, final: bool = False, budget: int | None = None, batch_bytes: int | None = None
+    ) -> Iterator[Frames]:
+        """Like ``read_batches()``, a Frames at a time: with each batch's payload lengths
+        when the checksum check computed them, whether the batch ends at a cut, and the
+        bytes the records were framed from.
+
+        With ``batch_bytes`` a batch also ends (a cut) at the first record that
+        ends ``batch_bytes`` or more after the last cut (the call's start at
+        first), whatever was read at once.
+        """
         with self._open(self.path) as f:
             self._check_rewritten(f)
             f.seek(self.offset)
             self.pending = False
             self._budget_left = budget
             self._call_start = self.offset
-            yield from self._batches(f, final)
+            yield from self._batches(f, final, batch_bytes)
 
     def _check_rewritten(self, f: ByteSource) -> None:
         size = f.size()
@@ -224,7 +279,9 @@ class RecordTail:
         self._hole_reported_at = -1
 
     # measured hot path (bench/bench_reader.py): one function keeps the loop's state in locals
-    def _batches(self, f: ByteSource, final: bool) -> Iterator[tuple[int, list[bytes], np.ndarray | None]]:  # noqa: C901, PLR0915
+    def _batches(  # noqa: C901, PLR0915
+        self, f: ByteSource, final: bool, batch_bytes: int | None
+    ) -> Iterator[Frames]:
         # The hot loop keeps everything in locals; ``offset`` is exact at every
         # yield and at every return, never set by a ``finally`` (a consumer
         # that stops part-way through a batch has set it itself).
@@ -235,6 +292,7 @@ class RecordTail:
         base = self.offset  # file offset of buf[0]
         buf = self._read(f, CHUNK_BYTES)
         pos = 0
+        cut = None if batch_bytes is None else base + batch_bytes  # where the batch ends at the latest
         while True:
             if self.resyncing:
                 pos, status = self._scan(buf, pos)
@@ -244,7 +302,9 @@ class RecordTail:
                         need = pos + 16 + self._header_length(buf[pos : pos + 12]) - len(buf)
                     if status is _NONE and not NONZERO.search(buf, pos):
                         buf, base, pos = self._past_hole(f, buf, base, pos)
-                    more = self._read_more(f, buf, base, pos, need, base + pos > self._call_start)
+                    more = self._read_more(
+                        f, buf, base, pos, need, base + pos > self._call_start, CHUNK_BYTES
+                    )
                     if more is None:
                         self._stop_at_budget(base + pos)
                         return
@@ -264,6 +324,7 @@ class RecordTail:
             first = pos
             batch: list[bytes] = []
             append = batch.append
+            runs: list[tuple[int, np.ndarray]] = []  # (first index, lengths) of each run taken
             while True:
                 # 12 = header bytes, 16 = header + footer (literals: this loop is hot)
                 for _ in range(walk):
@@ -280,15 +341,23 @@ class RecordTail:
                 else:
                     # ``walk`` records in a row: if their lengths repeat, take the
                     # records that go on repeating them at once
-                    taken, pos = self._repeating(buf, pos, batch[-walk:])
-                    batch += taken
+                    taken, pos, taken_lengths, p = repeat_walked(buf, pos, batch[-walk:])
+                    if taken:
+                        runs.append((len(batch), taken_lengths))
+                        batch += taken
                     if len(taken) < walk:
                         misses += 1
                         if misses >= _RUN_MISSES:
                             walk = sys.maxsize  # not a repeating file: walk the rest
+                    else:
+                        # the next run (a step's varint one byte longer, the next chunk)
+                        # most likely repeats as this one did: a few periods show it
+                        walk = min(_WALK_BEFORE_RUN, max(4 * p, _WALK_AFTER_RUN))
                     continue
                 break
-            lengths = payload_lengths(batch) if len(batch) >= NUMPY_MIN_BATCH else None
+            lengths = None
+            if len(batch) >= NUMPY_MIN_BATCH:
+                lengths = batch_lengths(batch, runs) if runs else payload_lengths(batch)
             if batch:
                 good = verified(buf, first, batch, lengths)
                 if good < len(batch):
@@ -297,16 +366,31 @@ class RecordTail:
                     lengths = None
                     pos = first + sum(map(len, batch)) + 16 * good
             if batch:
-                self.offset = base + pos
-                self.records += len(batch)
-                self._seen = (base + pos - 4, buf[pos - 4 : pos])
-                yield base + first, batch, lengths
+                if cut is None or base + pos < cut:
+                    parts = [(0, len(batch), base + pos, False)]
+                else:  # batches that end at the records reaching each cut
+                    parts, cut = batch_cuts(batch, lengths, base + first, cut, batch_bytes)
+                start = base + first
+                for i, j, end, at_cut in parts:
+                    self.offset = end
+                    self.records += j - i
+                    self._seen = (end - 4, buf[end - base - 4 : end - base])
+                    whole = j - i == len(batch)
+                    yield Frames(
+                        start,
+                        batch if whole else batch[i:j],
+                        lengths if whole or lengths is None else lengths[i:j],
+                        at_cut,
+                        buf,
+                        start - base,
+                    )
+                    start = end
             # Out of the fast loop: a header not seen before, a bad record, or
             # the end of what has been read.
             if n - pos >= HEADER_BYTES:
                 length = self._header_length(buf[pos : pos + HEADER_BYTES])
                 if length is None:
-                    eof = self._zeros_to_eof(f, buf, base, pos)
+                    eof = self._zeros_to_eof(f, buf, base, pos, CHUNK_BYTES)
                     if eof is _SPENT:
                         self._stop_at_budget(base + pos)
                         return
@@ -330,7 +414,7 @@ class RecordTail:
                 need = stop + FOOTER_BYTES - n
             else:
                 need = HEADER_BYTES - (n - pos)
-            more = self._read_more(f, buf, base, pos, need, base + pos > self._call_start)
+            more = self._read_more(f, buf, base, pos, need, base + pos > self._call_start, CHUNK_BYTES)
             if more is None:
                 self._stop_at_budget(base + pos)
                 return
@@ -351,14 +435,6 @@ class RecordTail:
             self._at_eof(buf, base, pos, final)
             return
 
-    @staticmethod
-    def _repeating(buf: bytes, pos: int, walked: list[bytes]) -> tuple[list[bytes], int]:
-        """Records from ``pos`` whose lengths repeat those just ``walked``: (payloads, position after)."""
-        p = period(list(map(len, walked)))
-        if p is None:
-            return [], pos
-        return repeating_run(buf, pos, list(map(len, walked[-p:])))
-
     def _valid_record_follows(self, buf: bytes, pos: int, within: int | None = CHUNK_BYTES) -> bool:
         """Whether a complete, valid record starts after ``pos`` (within ``within`` bytes).
 
@@ -367,133 +443,9 @@ class RecordTail:
         """
         return self._scan(buf, pos + 1, None if within is None else pos + 1 + within)[1] is _FOUND
 
-    def _read_more(
-        self, f: ByteSource, buf: bytes, base: int, pos: int, need: int, progressed: bool
-    ) -> bytes | None:
-        """``buf[pos:]`` (``buf`` starts at file offset ``base``) followed by the file's
-        bytes after ``buf``, at least ``need`` of them when the file holds them; b"" when
-        the file holds none; None when there are more but this call's budget is spent
-        and it has ``progressed`` (the budget bounds work, never progress: a record
-        larger than the budget is still read whole).
-
-        Never asks for more than the file holds, so a corrupt length cannot
-        make it allocate more than the file's size.
-        """
-        file_pos = base + len(buf)
-        avail = f.size() - file_pos
-        if avail <= 0:
-            return b""
-        if progressed and self._budget_left is not None and self._budget_left <= 0:
-            return None
-        size = min(avail, max(CHUNK_BYTES, need))
-        keep = len(buf) - pos
-        if keep and type(f) is LocalFile:
-            # The bytes kept read again with the new ones, from the page cache: one copy
-            # of the chunk instead of a read and a concatenation (a record cut by the end
-            # of a chunk is kept every chunk). Used only when they read back the same.
-            f.seek(base + pos)
-            data = f.read(keep + size)
-            if len(data) > keep and data.startswith(buf[pos:]):
-                self._spend(len(data) - keep)
-                return data
-            f.seek(file_pos)
-        more = self._read(f, size)
-        return buf[pos:] + more if more else b""
-
-    def _read(self, f: ByteSource, size: int) -> bytes:
-        data = f.read(size)
-        self._spend(len(data))
-        return data
-
-    def _spend(self, size: int) -> None:
-        self.bytes_read += size
-        if self._budget_left is not None:
-            self._budget_left -= size
-
-    def _stop_at_budget(self, offset: int) -> None:
-        self.offset = offset
-        self.pending = True
-
-    def _past_hole(self, f: ByteSource, buf: bytes, base: int, pos: int) -> tuple[bytes, int, int]:
-        """While scanning zeros for the next record: jump over a hole after ``buf``.
-
-        Returns (buf, base, pos) to scan on with; the last 11 zero bytes are
-        kept, as a header could start in them.
-        """
-        end = base + len(buf)
-        data = f.next_data(end)
-        if data is None or data <= end:
-            return buf, base, pos
-        keep = HEADER_BYTES - 1
-        return b"\0" * keep, data - keep, 0
-
-    def _at_eof(self, buf: bytes, base: int, pos: int, final: bool) -> None:
-        """What is left from ``pos`` is not a complete record: awaited, or reported when final."""
-        leftover = len(buf) - pos
-        if not final or not leftover:
-            self.offset = base + pos
-            return
-        kind = ZERO_PADDING if not buf[pos:].strip(b"\0") else TRUNCATED
-        self.report_problem(
-            kind, base + pos, f"{leftover} bytes at end of file do not form a complete record"
-        )
-        self.offset = base + len(buf)
-
-    def _zeros_to_eof(self, f: ByteSource, buf: bytes, base: int, pos: int) -> int | object | None:
-        """The offset of EOF when everything from ``pos`` to there is zero bytes, else
-        None; ``_SPENT`` when the budget ran out first (checked on from there next time).
-
-        Some filesystems extend a file before its data lands; a zero tail is
-        awaited rather than reported while the file may still be written.
-        Holes are never read: ``SEEK_DATA`` jumps over them, and the first
-        hole is reported once.
-        """
-        if NONZERO.search(buf, pos):
-            return None
-        start = base + pos
-        at = base + len(buf)
-        if self._zeros[0] == start:
-            at = max(at, self._zeros[1])
-        while True:
-            data = f.next_data(at)
-            if data is None:  # only a hole from here to EOF
-                self._report_hole(f, start, at, f.size())
-                return f.size()
-            if data > at:
-                self._report_hole(f, start, at, data)
-                at = data
-            chunk = f.pread(CHUNK_BYTES, at)
-            self._spend(len(chunk))
-            if not chunk:
-                return at
-            if NONZERO.search(chunk):
-                return None
-            at += len(chunk)
-            if self._budget_left is not None and self._budget_left <= 0:
-                self._zeros = (start, at)  # checked on from here next time: always progress
-                return _SPENT
-
-    def _report_hole(self, f: ByteSource, start: int, hole: int, end: int) -> None:
-        """Report once the hole that ``SEEK_DATA`` skipped from ``hole`` to ``end``."""
-        if self._hole_reported_at == start or end <= hole:
-            return
-        self._hole_reported_at = start
-        begins = f.hole_start(start)
-        if begins is not None:
-            hole = min(hole, begins)  # where it really begins
-        self.report_problem(
-            SPARSE_HOLE,
-            start,
-            f"a {end - hole}-byte hole (a sparse file) from offset {hole}: "
-            "not read; records written after it will be",
-        )
-
     def _start_resync(self, offset: int, detail: str) -> None:
         self.report_problem(CORRUPT, offset, detail + "; skipping to the next valid record")
         self.resyncing = True
 
     def _scan(self, buf: bytes, pos: int, end: int | None = None) -> tuple[int, str]:
         return scan_for_record(buf, pos, end, self._header_length, self.max_record_bytes < 1 << 32)
-
-
-_SPENT = object()
