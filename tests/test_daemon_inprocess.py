@@ -247,8 +247,9 @@ def test_a_stop_in_the_middle_of_a_big_file_commits_nothing_half_read(tmp_path, 
 
 def test_a_read_error_inside_a_batch_loses_none_of_its_points(tmp_path, monkeypatch):
     """The reader fails (EIO) inside a batch it has not handed over: the offset goes back to the
-    batch's start, so the next reading has every point once. Fails if the offset stays where the
-    reader stopped (the points it had read of that batch are skipped for good)."""
+    batch's start (the reader's own rollback, read_columns; the daemon undoes nothing), so the next
+    reading has every point once. Fails if the offset stays where the reader stopped (the points it
+    had read of that batch are skipped for good)."""
     monkeypatch.setattr(scalars, "_COLUMN_BATCH_BYTES", 200)  # batches of a few records...
     monkeypatch.setattr(records, "CHUNK_BYTES", 256)  # ... read a few records at a time
     run = tmp_path / "logdir" / "run"

@@ -122,16 +122,15 @@ class FileReads:
         the count lands in ``_observed`` even when the reader fails halfway (what was observed is
         marked dirty). A stop is looked at between batches: a batch is observed whole or not at all."""
         observe_batch = self.engine.observe_batch
-        tail = self.reader.readers[path][1].tail
-        whole = tail.offset  # just past the last batch observed whole
         n = 0
         check_at = BATCH_POINTS
         try:
+            # a read that fails inside a batch leaves the reader as it was after the last batch it
+            # handed over (read_columns rolls back itself): nothing to undo here
             for columns in batches:
                 for c in columns:
                     observe_batch(run, c.tag, c.steps, c.wall_times, c.values)
                     n += len(c)
-                whole = tail.offset
                 if n >= check_at:
                     # a long catch-up still answers systemd's watchdog and SIGTERM
                     check_at = n + BATCH_POINTS
@@ -139,11 +138,6 @@ class FileReads:
                     if self._stopping.is_set():
                         self.abandoned = path
                         break
-        except OSError:
-            # the reader failed inside a batch it had not handed over yet: none of its points were
-            # observed, so the offset goes back to where that batch starts (read again next time)
-            tail.offset = whole
-            raise
         finally:
             self._observed = n
 
