@@ -85,7 +85,10 @@ class Bucket:
             return 0 if owned else None  # a new object: the loop follows it at this listing's rescan
         if self.reads.seen.get(url) == (st.st_size, st.st_mtime_ns):
             return None  # read as it is listed
-        return max(0, entry[1].offset - CHECKED_BEFORE_OFFSET)
+        offset = entry[1].offset
+        if st.st_size < offset:
+            return 0  # shrunk (replaced by a shorter object): RecordTail reads it again from 0
+        return max(0, offset - CHECKED_BEFORE_OFFSET)
 
     # -- on the loop -------------------------------------------------------------
     def waits(self, path: str) -> bool:
@@ -106,6 +109,8 @@ class Bucket:
         offset = entry[1].offset
         if block[0] <= max(0, offset - CHECKED_BEFORE_OFFSET) and offset <= block[0] + len(block[1]):
             return True
+        if block[0] == 0 and len(block[1]) == remote.sizes.get(path) < offset:
+            return True  # the whole object, shorter than the offset: RecordTail sees it shrunk
         # fetched for an offset the reader has left (the catch-up read on meanwhile): read as the
         # end of the object, it would look shrunk
         del remote.blocks[path]
@@ -117,14 +122,21 @@ class Bucket:
         remote = self.remote
         if remote is None:
             return
+        block = remote.blocks.get(path)
+        entry = self.reader.readers.get(path)
+        if block is not None and entry is not None and entry[1].offset < block[0]:
+            # found rewritten, the reader starts again at 0, before the bytes fetched: the next
+            # listing fetches from there (the loop makes no GET of its own)
+            self.reads.seen.pop(path, None)
+            self._longer.pop(path, None)
+            return
         if not remote.short(path):
             self._longer.pop(path, None)
             return
         self.reads.seen.pop(path, None)  # so the lister and the next pass see it as changed
-        block_at, block = remote.blocks[path]
-        entry = self.reader.readers.get(path)
+        block_at, data = remote.blocks[path]
         if entry is not None and entry[1].offset <= block_at + CHECKED_BEFORE_OFFSET:
-            self._longer[path] = 2 * len(block)  # one record longer than the block
+            self._longer[path] = 2 * len(data)  # one record longer than the block
         else:
             self._longer.pop(path, None)
 

@@ -263,6 +263,8 @@ class RemoteObject:
         self._pos = 0
         self._block = b""
         self._block_at = 0
+        # read from bytes fetched ahead only: never a GET of its own (the daemon's loop reads it)
+        self._ahead = block is not None
         if block is not None:
             # bytes fetched ahead: the object ends where they end for this read (no GET for the
             # rest, which comes with a later block)
@@ -306,6 +308,10 @@ class RemoteObject:
         if end <= offset:
             return b""
         if not self._block_at <= offset or end > self._block_at + len(self._block):
+            if self._ahead:
+                # before the bytes fetched ahead (RecordTail found them rewritten and starts
+                # again at 0): no more data now; a later block brings them (Bucket.after_read)
+                return b""
             self._fetch(offset, max(size, BLOCK_BYTES))
         at = offset - self._block_at
         return self._block[at : at + end - offset]

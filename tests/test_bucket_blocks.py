@@ -1,0 +1,62 @@
+"""A bucket's objects read from the blocks the lister fetches ahead, when they shrink, are rewritten,
+or compete for the bytes of one listing (review findings after the GETs moved off the loop).
+
+The daemon runs in a thread on fsspec's ``memory://`` store (the same follower code as for a
+bucket); each test checks which thread made every GET: after the first catch-up, only the lister.
+"""
+
+from __future__ import annotations
+
+from daemon_support import event_files, wait_for
+from test_remote_watch import SPIKE, TAG, in_process, spy_on_gets
+from writers import write_scalars
+
+
+def only_the_lister(gets: list[tuple[str, str, int]]) -> bool:
+    return {thread for thread, _, _ in gets} <= {"gradwatch-lister"}
+
+
+def replaced(tmp_path, monkeypatch, root: str, first: list, then: list, problem: str) -> list:
+    """A daemon on ``memory://root`` reads an object of the points ``first``, then the object is
+    replaced by one of ``then`` ending in a spike: its alert arrives, ``problem`` is counted once;
+    every GET made after the first version was read."""
+    for name, points in (("first", first), ("then", then)):
+        write_scalars("tensorboardX", str(tmp_path / name), points)
+    (first_path,) = event_files(str(tmp_path / "first"))
+    (then_path,) = event_files(str(tmp_path / "then"))
+    key = f"/{root}/logs/r0/events.out.tfevents.1.host"
+    with in_process(tmp_path, root) as (d, out, fs):
+        fs.put_file(first_path, key)
+        wait_for(lambda: d.points == len(first), "the first version")
+        gets = spy_on_gets(monkeypatch)
+        fs.put_file(then_path, key)
+        wait_for(lambda: "gradient_explosion run=r0 " in out.getvalue(), "the replaced object's alert")
+        assert d.points == len(first) + len(then)
+        assert d.problems.counts.get(problem) == 1, d.problems.counts
+    return gets
+
+
+def test_an_object_replaced_by_a_shorter_one_is_read_again_from_the_start(tmp_path, monkeypatch):
+    """An object of 30 points replaced by a shorter one holding a spike (a run restarted under the
+    same key): its size is below the reader's offset, so RecordTail must see it shrunk and read it
+    from 0. Found in review: the lister fetched only from the old offset, nothing was ever read."""
+    first = [(TAG, s, 10.0) for s in range(1, 31)]
+    gets = replaced(tmp_path, monkeypatch, "shrink", first, [(TAG, 1, 10.0), (TAG, 2, SPIKE)], "file_shrunk")
+    assert only_the_lister(gets), gets
+
+
+def test_an_object_rewritten_at_the_same_size_is_read_again_with_no_get_on_the_loop(tmp_path, monkeypatch):
+    """Rewritten with other bytes at the same size: RecordTail finds the bytes before its offset
+    changed and starts again at 0, before the block fetched ahead. Found in review: the loop then
+    made the GET itself; now the next listing fetches from 0 on the lister."""
+    same = [(TAG, s, 10.0) for s in range(1, 30)]
+    gets = replaced(
+        tmp_path,
+        monkeypatch,
+        "rewritten",
+        [*same, (TAG, 30, 10.0)],
+        [*same, (TAG, 30, SPIKE)],
+        "file_replaced",
+    )
+    assert only_the_lister(gets), gets
+    assert [offset for _, _, offset in gets][-1] == 0  # the last block fetched from the start
