@@ -7,6 +7,9 @@ bucket); each test checks which thread made every GET: after the first catch-up,
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
+
 from daemon_support import event_files, wait_for
 from test_remote_watch import SPIKE, TAG, in_process, spy_on_gets
 from writers import write_scalars
@@ -60,3 +63,43 @@ def test_an_object_rewritten_at_the_same_size_is_read_again_with_no_get_on_the_l
     )
     assert only_the_lister(gets), gets
     assert [offset for _, _, offset in gets][-1] == 0  # the last block fetched from the start
+
+
+def test_runs_writing_more_than_a_listing_fetches_do_not_starve_the_runs_listed_after_them(
+    tmp_path, monkeypatch
+):
+    """Four runs write more than a block per poll (images, in real life) and the bytes one listing
+    may fetch hold four blocks (scaled down: 256 B and 1 KiB for 8 MiB and 32 MiB). Found in review:
+    the lister fetched in listing order, so the budget went to them every poll and the run listed
+    after them, which diverges, was never read. Least recently fetched go first now."""
+    import gradwatch.daemon.bucket as bucket
+
+    write_scalars("tensorboardX", str(tmp_path / "r0"), [(TAG, s, 10.0) for s in range(1, 6001)])  # ~300 kB
+    write_scalars("tensorboardX", str(tmp_path / "r4"), [(TAG, 1, 10.0), (TAG, 2, SPIKE)])
+    data = {run: Path(event_files(str(tmp_path / run))[0]).read_bytes() for run in ("r0", "r4")}
+    with in_process(tmp_path, "starve") as (_, out, fs):
+        monkeypatch.setattr(bucket, "BLOCK_BYTES", 256)
+        monkeypatch.setattr(bucket, "PREFETCH_BYTES", 1024)
+        gets = spy_on_gets(monkeypatch)
+        stop = threading.Event()
+
+        # 512 B per run every 0.05 s, more than a block per poll, for 30 s (the alert's wait)
+        def busy_runs() -> None:
+            size = 100
+            while not stop.wait(0.05) and size < len(data["r0"]):
+                size += 512
+                for run in ("r0", "r1", "r2", "r3"):
+                    fs.pipe_file(f"/starve/logs/{run}/events.out.tfevents.1.h", data["r0"][:size])
+
+        writing = threading.Thread(target=busy_runs, daemon=True)
+        writing.start()
+        try:
+            wait_for(lambda: len({url for _, url, _ in gets}) == 4, "the busy runs fetched")
+            fs.pipe_file("/starve/logs/r4/events.out.tfevents.1.h", data["r4"])  # the run that diverges
+            wait_for(
+                lambda: "gradient_explosion run=r4 " in out.getvalue(), "the alert of the run listed last"
+            )
+        finally:
+            stop.set()
+            writing.join()
+        assert only_the_lister(gets), gets

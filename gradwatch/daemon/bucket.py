@@ -25,7 +25,15 @@ from gradwatch.daemon import sdnotify
 from gradwatch.daemon.listing import ListingPoller
 from gradwatch.daemon.reading import FileReads
 from gradwatch.events.logdir import UNREADABLE_DIRECTORY, LogdirReader, ProblemLog
-from gradwatch.events.remote import BLOCK_BYTES, Block, ObjectStat, RemoteError, RemoteLogdir, run_and_name
+from gradwatch.events.remote import (
+    BLOCK_BYTES,
+    PREFETCH_BYTES,
+    Block,
+    ObjectStat,
+    RemoteError,
+    RemoteLogdir,
+    run_and_name,
+)
 from gradwatch.events.shard import Shard
 
 log = logging.getLogger("gradwatch")
@@ -61,6 +69,10 @@ class Bucket:
         self.down = False  # the last listing failed (reported once per outage)
         # objects whose last block ended inside one record: the next block is this long
         self._longer: dict[str, int] = {}
+        # the lister's passes, and the pass that last fetched each object: least recently fetched
+        # first, so the bytes one listing may fetch never go to the same objects for ever
+        self._passes = 0
+        self._fetched_in: dict[str, int] = {}
 
     # -- on the lister thread --------------------------------------------------
     def prefetch(
@@ -75,7 +87,13 @@ class Bucket:
             start = self._fetch_from(remote, url, st)
             if start is not None and start < st.st_size:
                 wanted.append((url, start, self._longer.get(url, BLOCK_BYTES)))
-        return remote.fetch_blocks(listing, wanted)
+        fetched_in = self._fetched_in
+        wanted.sort(key=lambda w: fetched_in.get(w[0], -1))  # stable: listing order among equals
+        blocks, failed = remote.fetch_blocks(listing, wanted, PREFETCH_BYTES)
+        self._passes += 1
+        self._fetched_in = {url: n for url, n in fetched_in.items() if url in listing}
+        self._fetched_in.update(dict.fromkeys(blocks, self._passes))
+        return blocks, failed
 
     def _fetch_from(self, remote: RemoteLogdir, url: str, st: ObjectStat) -> int | None:
         entry = self.reader.readers.get(url)
