@@ -103,3 +103,76 @@ def test_runs_writing_more_than_a_listing_fetches_do_not_starve_the_runs_listed_
             stop.set()
             writing.join()
         assert only_the_lister(gets), gets
+
+
+def forbid(monkeypatch, run: str | None, error: Exception) -> list[tuple[int, str]]:
+    """GETs of ``run``'s objects (every object's for None) fail with ``error``; (listing, run) of
+    each GET of every object."""
+    from gradwatch.events import remote
+
+    fetch = remote.RemoteObject._fetch
+    attempts: list[tuple[int, str]] = []
+
+    def forbidden(self, offset, size):
+        attempts.append((self.requests.lists, self.url.rsplit("/", 2)[1]))
+        if run is None or f"/{run}/" in self.url:
+            raise remote.RemoteError("AccessDenied: the object's KMS key") from error
+        return fetch(self, offset, size)
+
+    monkeypatch.setattr(remote.RemoteObject, "_fetch", forbidden)
+    return attempts
+
+
+def one_forbidden_object(tmp_path, monkeypatch, root: str, error: Exception) -> list[tuple[int, str]]:
+    """r0's and r1's objects change, r0's GET always fails with ``error``: r1's alert arrives, and
+    r0's failure is reported; (listing, run) of each GET."""
+    for run in ("r0", "r1"):
+        write_scalars("tensorboardX", str(tmp_path / run), [(TAG, 1, 10.0)])
+        write_scalars("tensorboardX", str(tmp_path / f"{run}-more"), [(TAG, 1, 10.0), (TAG, 2, SPIKE)])
+    with in_process(tmp_path, root) as (d, out, fs):
+        for run in ("r0", "r1"):
+            fs.put_file(event_files(str(tmp_path / run))[0], f"/{root}/logs/{run}/events.out.tfevents.1.h")
+        wait_for(lambda: d.points == 2, "both runs")
+        attempts = forbid(monkeypatch, "r0", error)
+        for run in ("r0", "r1"):
+            more = event_files(str(tmp_path / f"{run}-more"))[0]
+            fs.put_file(more, f"/{root}/logs/{run}/events.out.tfevents.1.h")
+        wait_for(lambda: "gradient_explosion run=r1 " in out.getvalue(), "the alert of the run listed after")
+        assert d.problems.counts.get("unreadable_file", 0) >= 1, d.problems.counts
+    assert "gradient_explosion run=r0 " not in out.getvalue()
+    return attempts
+
+
+def test_an_object_whose_get_always_fails_does_not_starve_the_objects_listed_after_it(tmp_path, monkeypatch):
+    """Found in review: the first failed GET ended every pass, always in listing order, so one
+    object the daemon may not read (a KMS key on that object only) muted every run after it. The
+    object that failed now goes last in the next pass (any failure still ends its pass)."""
+    attempts = one_forbidden_object(tmp_path, monkeypatch, "failing", OSError("timed out"))
+    first = attempts[0]
+    assert first[1] == "r0", attempts  # listing order at first, and the pass ended there
+    assert (first[0], "r1") not in attempts, attempts
+
+
+def test_a_get_refused_for_its_object_alone_does_not_end_the_pass(tmp_path, monkeypatch):
+    """Access denied (s3fs and gcsfs raise PermissionError for a 403) is that object's failure, not
+    the store's: the other objects are fetched in the same pass."""
+    attempts = one_forbidden_object(tmp_path, monkeypatch, "refused", PermissionError("AccessDenied"))
+    assert attempts[:2] == [(attempts[0][0], "r0"), (attempts[0][0], "r1")], attempts
+
+
+def test_gets_refused_for_every_object_cost_a_few_failed_gets_per_poll(tmp_path, monkeypatch):
+    """A bucket policy that denies every GET while the listing works: the pass ends after
+    REFUSED_PER_PASS refused GETs, not one per changed object per poll."""
+    from gradwatch.events.remote import REFUSED_PER_PASS
+
+    runs = [f"r{i}" for i in range(2 * REFUSED_PER_PASS)]
+    for run in runs:
+        write_scalars("tensorboardX", str(tmp_path / run), [(TAG, 1, 10.0)])
+    with in_process(tmp_path, "denied") as (d, _, fs):
+        attempts = forbid(monkeypatch, None, PermissionError("AccessDenied"))
+        for run in runs:
+            fs.put_file(event_files(str(tmp_path / run))[0], f"/denied/logs/{run}/events.out.tfevents.1.h")
+        wait_for(lambda: len({run for _, run in attempts}) == len(runs), "every object tried")
+        per_listing = [n for n, _ in attempts]
+        assert max(per_listing.count(n) for n in per_listing) == REFUSED_PER_PASS, attempts
+        assert d.points == 0

@@ -69,8 +69,9 @@ class Bucket:
         self.down = False  # the last listing failed (reported once per outage)
         # objects whose last block ended inside one record: the next block is this long
         self._longer: dict[str, int] = {}
-        # the lister's passes, and the pass that last fetched each object: least recently fetched
-        # first, so the bytes one listing may fetch never go to the same objects for ever
+        # the lister's passes, and the pass that last fetched (or failed to fetch) each object:
+        # least recently fetched first, so neither the bytes one listing may fetch nor an object
+        # whose GET always fails holds the objects listed after them back for ever
         self._passes = 0
         self._fetched_in: dict[str, int] = {}
 
@@ -91,8 +92,9 @@ class Bucket:
         wanted.sort(key=lambda w: fetched_in.get(w[0], -1))  # stable: listing order among equals
         blocks, failed = remote.fetch_blocks(listing, wanted, PREFETCH_BYTES)
         self._passes += 1
+        tried = [*blocks, failed[0]] if failed is not None else blocks
         self._fetched_in = {url: n for url, n in fetched_in.items() if url in listing}
-        self._fetched_in.update(dict.fromkeys(blocks, self._passes))
+        self._fetched_in.update(dict.fromkeys(tried, self._passes))
         return blocks, failed
 
     def _fetch_from(self, remote: RemoteLogdir, url: str, st: ObjectStat) -> int | None:
