@@ -48,6 +48,18 @@ def test_an_object_replaced_by_a_shorter_one_is_read_again_from_the_start(tmp_pa
     assert only_the_lister(gets), gets
 
 
+def test_an_object_replaced_by_a_shorter_one_longer_than_a_block_is_read_again(tmp_path, monkeypatch):
+    """The same when the shorter object holds more than a block (scaled down to 256 B): the
+    first block from 0 is read as the object shrunk, the rest comes with later blocks."""
+    import gradwatch.daemon.bucket as bucket
+
+    monkeypatch.setattr(bucket, "BLOCK_BYTES", 256)
+    first = [(TAG, s, 10.0) for s in range(1, 61)]
+    then = [*[(TAG, s, 10.0) for s in range(1, 30)], (TAG, 30, SPIKE)]
+    gets = replaced(tmp_path, monkeypatch, "shrink-long", first, then, "file_shrunk")
+    assert only_the_lister(gets), gets
+
+
 def test_an_object_rewritten_at_the_same_size_is_read_again_with_no_get_on_the_loop(tmp_path, monkeypatch):
     """Rewritten with other bytes at the same size: RecordTail finds the bytes before its offset
     changed and starts again at 0, before the block fetched ahead. Found in review: the loop then

@@ -129,8 +129,8 @@ class Bucket:
         offset = entry[1].offset
         if block[0] <= max(0, offset - CHECKED_BEFORE_OFFSET) and offset <= block[0] + len(block[1]):
             return True
-        if block[0] == 0 and len(block[1]) == remote.sizes.get(path) < offset:
-            return True  # the whole object, shorter than the offset: RecordTail sees it shrunk
+        if block[0] == 0 and remote.sizes.get(path, offset) < offset:
+            return True  # fetched from 0, listed shorter than the offset: RecordTail sees it shrunk
         # fetched for an offset the reader has left (the catch-up read on meanwhile): read as the
         # end of the object, it would look shrunk
         del remote.blocks[path]
