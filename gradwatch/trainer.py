@@ -42,6 +42,7 @@ which makes the sum a poor series to put a threshold on.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -75,6 +76,12 @@ def stop_file_path(logdir: str, run: str = ".", template: str = DEFAULT_STOP_FIL
 
 # What marks an escaped run name: "___" never occurs in a plain one (see run_file_name).
 ESCAPED_RUN_PREFIX = "___"
+# An escaped name longer than this is hashed: escaping lengthens a name ("%" triples), and a legal
+# run of up to 255 bytes would make a stop-file name over NAME_MAX (255) that cannot be written.
+# 200 leaves room for what a template adds around {run} (".json" and more).
+MAX_ESCAPED_NAME_BYTES = 200
+# What marks a hashed run name: "%H" never occurs in an escaped one, where every "%" is "%25" or "%2F".
+HASHED_RUN_PREFIX = ESCAPED_RUN_PREFIX + "%H"
 
 
 def run_file_name(run: str) -> str:
@@ -86,13 +93,23 @@ def run_file_name(run: str) -> str:
     another run's trainer. So it is kept only for runs it can be read back from: no
     "__", no "_" next to a "/", not "_root". In such a name every "__" is a "/" and no
     "___" occurs. Every other run is written as "___" followed by the run with "%" as
-    "%25" and "/" as "%2F", which reads back unambiguously too.
+    "%25" and "/" as "%2F", which reads back unambiguously too. An escaped name longer
+    than MAX_ESCAPED_NAME_BYTES is written as "___%H" and the first 32 hex digits of the
+    SHA-256 of the run's bytes instead, which fits any file system.
     """
     if run == ".":
         return "_root"
     if "__" in run or "_/" in run or "/_" in run or run == "_root":
-        return ESCAPED_RUN_PREFIX + run.replace("%", "%25").replace("/", "%2F")
+        escaped = ESCAPED_RUN_PREFIX + run.replace("%", "%25").replace("/", "%2F")
+        if len(_bytes(escaped)) <= MAX_ESCAPED_NAME_BYTES:
+            return escaped
+        return HASHED_RUN_PREFIX + hashlib.sha256(_bytes(run)).hexdigest()[:32]
     return run.replace("/", "__")
+
+
+def _bytes(name: str) -> bytes:
+    # as the file system holds it: os.listdir gives undecodable bytes as surrogates
+    return name.encode("utf-8", "surrogateescape")
 
 
 @dataclass(frozen=True)

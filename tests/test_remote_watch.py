@@ -465,10 +465,28 @@ def test_an_object_is_read_in_blocks_fetched_ahead_also_past_a_record_longer_tha
     (path,) = event_files(str(tmp_path / "r0"))
     with in_process(tmp_path, "blocks") as (d, out, fs):
         monkeypatch.setattr(bucket, "BLOCK_BYTES", 256)
+        gets = spy_on_gets(monkeypatch)
         fs.put_file(path, "/blocks/logs/r0/" + os.path.basename(path))
         wait_for(lambda: "gradient_explosion run=r0 " in out.getvalue(), "the alert at the last step")
         assert d.points == 40
         assert d.follower.remote.blocks == {}  # read: no bytes kept
+        # in blocks: several GETs, each on the lister (the loop would read it whole with its own)
+        assert len(gets) > 2 and {thread for thread, _, _ in gets} == {"gradwatch-lister"}, gets
+
+
+def spy_on_gets(monkeypatch) -> list[tuple[str, str, int]]:
+    """(thread, object URL, offset) of every GET made from now on."""
+    from gradwatch.events import remote
+
+    fetch = remote.RemoteObject._fetch
+    gets: list[tuple[str, str, int]] = []
+
+    def spy(self, offset, size):
+        gets.append((threading.current_thread().name, self.url, offset))
+        return fetch(self, offset, size)
+
+    monkeypatch.setattr(remote.RemoteObject, "_fetch", spy)
+    return gets
 
 
 def test_bytes_fetched_for_an_offset_the_catch_up_has_left_are_not_read(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ healthy ``a__b``. The names of runs that could not collide stay what trainers al
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import os
@@ -31,8 +32,12 @@ def _runs(alphabet: str, longest: int) -> list[str]:
     return out
 
 
+# legal runs (every part at most NAME_MAX, 255 bytes) whose escaped names would be longer than 200 bytes
+LONG_RUNS = ["x" * 246 + "__y", "%" * 99 + "__", "a_/" + "%" * 250, "é" * 126 + "__", "a/_" + "%" * 200]
+
+
 def test_no_two_runs_share_a_stop_file_name():
-    runs = [*_runs("a_/%", 6), "_root", "___", "___a", "%2F", "a%2Fb"]
+    runs = [*_runs("a_/%", 6), "_root", "___", "___a", "%2F", "a%2Fb", "___%H", "%H", "%" * 255, *LONG_RUNS]
     names: dict[str, str] = {}
     for run in runs:
         name = run_file_name(run)
@@ -54,29 +59,65 @@ def test_runs_that_could_collide_are_escaped_as_documented(run, name):
     assert run_file_name(run) == name
 
 
+@pytest.mark.parametrize("run", LONG_RUNS)
+def test_a_long_escaped_name_is_hashed_as_documented(run):
+    """Escaping lengthens a name ("%" triples): over 200 bytes it is "___%H" and 32 hex digits."""
+    digest = hashlib.sha256(run.encode()).hexdigest()[:32]
+    assert run_file_name(run) == "___%H" + digest
+
+
+def test_the_longest_escaped_name_kept_is_200_bytes():
+    run = "a__" + "b" * 194  # escaped: "___" and 197 bytes
+    assert run_file_name(run) == "___" + run
+    assert run_file_name(run + "b").startswith("___%H")
+
+
 def _write(logdir, run: str, step: int, value: float) -> None:
     with SummaryWriter(str(logdir / run), flush_secs=3600) as w:
         w.add_scalar("gradients/norm", value, step)
 
 
-def test_a_diverging_run_does_not_stop_the_run_whose_name_collided(tmp_path):
-    """The daemon writes the stop-file of ``a/b`` and the trainer of ``a__b``, checking the path
-    ``stop_file_path`` gives it, is not told to stop (and the other way round)."""
+def _daemon(tmp_path, runs: tuple[str, ...]) -> tuple[Daemon, dict[str, StopFile]]:
+    """A daemon writing stop-files to tmp_path/stop, caught up on ``runs``, and each run's trainer."""
     logdir = tmp_path / "logdir"
     (tmp_path / "stop").mkdir()
     template = str(tmp_path / "stop" / "{run}.json")
-    for run in ("a/b", "a__b"):
+    for run in runs:
         _write(logdir, run, 1, 1.0)
     config = Config(logdir=str(logdir), state_dir=str(tmp_path / "state"), listen=None, stop_file=template)
     d = Daemon(config, out=io.StringIO())
-    trainers = {run: StopFile(stop_file_path(str(logdir), run, template)) for run in ("a/b", "a__b")}
+    d.catch_up()
+    return d, {run: StopFile(stop_file_path(str(logdir), run, template)) for run in runs}
+
+
+def _diverge(tmp_path, d: Daemon, run: str) -> None:
+    _write(tmp_path / "logdir", run, 2, 1e9)
+    d.follower.rescan()
+    d.follower.handle(Changes(frozenset(d.reader.readers)))
+    assert d.checkpoint() is True
+
+
+def test_a_run_whose_escaped_name_is_too_long_for_a_file_name_is_stopped(tmp_path):
+    """Found in review: escaping made the legal run ``"x" * 246 + "__y"`` a 257-byte file name;
+    the daemon could not write its stop-file and the trainer was never stopped."""
+    run = "x" * 246 + "__y"
+    d, trainers = _daemon(tmp_path, (run,))
+    try:
+        _diverge(tmp_path, d, run)
+        reason = trainers[run].check()
+        assert reason is not None and reason.run == run
+        assert os.listdir(tmp_path / "stop") == [os.path.basename(trainers[run].path)]
+    finally:
+        d.shutdown()
+
+
+def test_a_diverging_run_does_not_stop_the_run_whose_name_collided(tmp_path):
+    """The daemon writes the stop-file of ``a/b`` and the trainer of ``a__b``, checking the path
+    ``stop_file_path`` gives it, is not told to stop (and the other way round)."""
+    d, trainers = _daemon(tmp_path, ("a/b", "a__b"))
     assert trainers["a/b"].path != trainers["a__b"].path
     try:
-        d.catch_up()
-        _write(logdir, "a/b", 2, 1e9)
-        d.follower.rescan()
-        d.follower.handle(Changes(frozenset(d.reader.readers)))
-        assert d.checkpoint() is True
+        _diverge(tmp_path, d, "a/b")
         reason = trainers["a/b"].check()
         assert reason is not None and reason.run == "a/b"
         assert trainers["a__b"].check() is None

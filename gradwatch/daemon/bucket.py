@@ -25,7 +25,15 @@ from gradwatch.daemon import sdnotify
 from gradwatch.daemon.listing import ListingPoller
 from gradwatch.daemon.reading import FileReads
 from gradwatch.events.logdir import UNREADABLE_DIRECTORY, LogdirReader, ProblemLog
-from gradwatch.events.remote import BLOCK_BYTES, Block, ObjectStat, RemoteError, RemoteLogdir, run_and_name
+from gradwatch.events.remote import (
+    BLOCK_BYTES,
+    PREFETCH_BYTES,
+    Block,
+    ObjectStat,
+    RemoteError,
+    RemoteLogdir,
+    run_and_name,
+)
 from gradwatch.events.shard import Shard
 
 log = logging.getLogger("gradwatch")
@@ -61,6 +69,11 @@ class Bucket:
         self.down = False  # the last listing failed (reported once per outage)
         # objects whose last block ended inside one record: the next block is this long
         self._longer: dict[str, int] = {}
+        # the lister's passes, and the pass that last fetched (or failed to fetch) each object:
+        # least recently fetched first, so neither the bytes one listing may fetch nor an object
+        # whose GET always fails holds the objects listed after them back for ever
+        self._passes = 0
+        self._fetched_in: dict[str, int] = {}
 
     # -- on the lister thread --------------------------------------------------
     def prefetch(
@@ -75,7 +88,14 @@ class Bucket:
             start = self._fetch_from(remote, url, st)
             if start is not None and start < st.st_size:
                 wanted.append((url, start, self._longer.get(url, BLOCK_BYTES)))
-        return remote.fetch_blocks(listing, wanted)
+        fetched_in = self._fetched_in
+        wanted.sort(key=lambda w: fetched_in.get(w[0], -1))  # stable: listing order among equals
+        blocks, failed = remote.fetch_blocks(listing, wanted, PREFETCH_BYTES)
+        self._passes += 1
+        tried = [*blocks, failed[0]] if failed is not None else blocks
+        self._fetched_in = {url: n for url, n in fetched_in.items() if url in listing}
+        self._fetched_in.update(dict.fromkeys(tried, self._passes))
+        return blocks, failed
 
     def _fetch_from(self, remote: RemoteLogdir, url: str, st: ObjectStat) -> int | None:
         entry = self.reader.readers.get(url)
@@ -85,7 +105,10 @@ class Bucket:
             return 0 if owned else None  # a new object: the loop follows it at this listing's rescan
         if self.reads.seen.get(url) == (st.st_size, st.st_mtime_ns):
             return None  # read as it is listed
-        return max(0, entry[1].offset - CHECKED_BEFORE_OFFSET)
+        offset = entry[1].offset
+        if st.st_size < offset:
+            return 0  # shrunk (replaced by a shorter object): RecordTail reads it again from 0
+        return max(0, offset - CHECKED_BEFORE_OFFSET)
 
     # -- on the loop -------------------------------------------------------------
     def waits(self, path: str) -> bool:
@@ -106,6 +129,8 @@ class Bucket:
         offset = entry[1].offset
         if block[0] <= max(0, offset - CHECKED_BEFORE_OFFSET) and offset <= block[0] + len(block[1]):
             return True
+        if block[0] == 0 and remote.sizes.get(path, offset) < offset:
+            return True  # fetched from 0, listed shorter than the offset: RecordTail sees it shrunk
         # fetched for an offset the reader has left (the catch-up read on meanwhile): read as the
         # end of the object, it would look shrunk
         del remote.blocks[path]
@@ -117,14 +142,21 @@ class Bucket:
         remote = self.remote
         if remote is None:
             return
+        block = remote.blocks.get(path)
+        entry = self.reader.readers.get(path)
+        if block is not None and entry is not None and entry[1].offset < block[0]:
+            # found rewritten, the reader starts again at 0, before the bytes fetched: the next
+            # listing fetches from there (the loop makes no GET of its own)
+            self.reads.seen.pop(path, None)
+            self._longer.pop(path, None)
+            return
         if not remote.short(path):
             self._longer.pop(path, None)
             return
         self.reads.seen.pop(path, None)  # so the lister and the next pass see it as changed
-        block_at, block = remote.blocks[path]
-        entry = self.reader.readers.get(path)
+        block_at, data = remote.blocks[path]
         if entry is not None and entry[1].offset <= block_at + CHECKED_BEFORE_OFFSET:
-            self._longer[path] = 2 * len(block)  # one record longer than the block
+            self._longer[path] = 2 * len(data)  # one record longer than the block
         else:
             self._longer.pop(path, None)
 

@@ -35,6 +35,10 @@ BLOCK_BYTES = 8 << 20
 # loop keeps of them meanwhile): a bound on memory, whatever a poll found written.
 PREFETCH_BYTES = 4 * BLOCK_BYTES
 
+# GETs refused with access denied that one pass of the lister passes over before it ends: a
+# policy that denies every GET (the listing still works) costs this many per poll, not one per object
+REFUSED_PER_PASS = 4
+
 # (offset of its first byte, the bytes) of an object, fetched ahead of the read that needs them
 Block = tuple[int, bytes]
 
@@ -173,11 +177,15 @@ class RemoteLogdir:
         self, listing: dict[str, ObjectStat], wanted: list[tuple[str, int, int]], budget: int = PREFETCH_BYTES
     ) -> tuple[dict[str, Block], tuple[str, RemoteError] | None]:
         """GET (url, offset, length) of each ``wanted`` object of ``listing`` until ``budget`` bytes
-        are fetched; the blocks, and the object and error of a GET that failed. Thread-safe.
+        are fetched; the blocks, and the object and error of the first GET that failed. Thread-safe.
 
-        The first failed GET ends the pass (each holds its thread for the SDK's retries); the
-        objects after it wait for the next listing."""
+        A GET refused for its object alone (access denied on that key) is passed over, up to
+        REFUSED_PER_PASS of them; any other failed GET ends the pass (each holds its thread for
+        the SDK's retries, and the store is likely down for all): the objects after it wait for
+        the next listing."""
         blocks: dict[str, Block] = {}
+        failed: tuple[str, RemoteError] | None = None
+        refused = 0
         spent = 0
         for url, offset, length in wanted:
             if spent >= budget:
@@ -188,10 +196,14 @@ class RemoteLogdir:
             except FileNotFoundError:
                 continue  # deleted since the listing: the next one says so
             except RemoteError as e:
-                return blocks, (url, e)
+                failed = failed or (url, e)
+                refused += 1
+                if isinstance(e.__cause__, PermissionError) and refused < REFUSED_PER_PASS:
+                    continue  # s3fs's AccessDenied: likely this object's (its KMS key), not all's
+                break
             blocks[url] = (obj._block_at, obj._block)
             spent += len(obj._block)
-        return blocks, None
+        return blocks, failed
 
     def keep_blocks(self, urls: set[str]) -> None:
         """Drop the blocks fetched ahead but those of ``urls`` (objects read on at the next turn)."""
@@ -263,6 +275,8 @@ class RemoteObject:
         self._pos = 0
         self._block = b""
         self._block_at = 0
+        # read from bytes fetched ahead only: never a GET of its own (the daemon's loop reads it)
+        self._ahead = block is not None
         if block is not None:
             # bytes fetched ahead: the object ends where they end for this read (no GET for the
             # rest, which comes with a later block)
@@ -306,6 +320,10 @@ class RemoteObject:
         if end <= offset:
             return b""
         if not self._block_at <= offset or end > self._block_at + len(self._block):
+            if self._ahead:
+                # before the bytes fetched ahead (RecordTail found them rewritten and starts
+                # again at 0): no more data now; a later block brings them (Bucket.after_read)
+                return b""
             self._fetch(offset, max(size, BLOCK_BYTES))
         at = offset - self._block_at
         return self._block[at : at + end - offset]
