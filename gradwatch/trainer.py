@@ -80,6 +80,8 @@ ESCAPED_RUN_PREFIX = "___"
 # run of up to 255 bytes would make a stop-file name over NAME_MAX (255) that cannot be written.
 # 200 leaves room for what a template adds around {run} (".json" and more).
 MAX_ESCAPED_NAME_BYTES = 200
+# a plain name up to 250 bytes was always written (with ".json", NAME_MAX is 255): kept as it was
+MAX_PLAIN_NAME_BYTES = 250
 # What marks a hashed run name: "%H" never occurs in an escaped one, where every "%" is "%25" or "%2F".
 HASHED_RUN_PREFIX = ESCAPED_RUN_PREFIX + "%H"
 
@@ -94,8 +96,10 @@ def run_file_name(run: str) -> str:
     "__", no "_" next to a "/", not "_root". In such a name every "__" is a "/" and no
     "___" occurs. Every other run is written as "___" followed by the run with "%" as
     "%25" and "/" as "%2F", which reads back unambiguously too. An escaped name longer
-    than MAX_ESCAPED_NAME_BYTES is written as "___%H" and the first 32 hex digits of the
-    SHA-256 of the run's bytes instead, which fits any file system.
+    than MAX_ESCAPED_NAME_BYTES, or a plain one longer than MAX_PLAIN_NAME_BYTES (a deep
+    run whose parts each fit a file name but whose joined name, with ".json", would not), is
+    written as "___%H" and the first 32 hex digits of the SHA-256 of the run's bytes
+    instead, which fits any file system.
     """
     if run == ".":
         return "_root"
@@ -103,8 +107,13 @@ def run_file_name(run: str) -> str:
         escaped = ESCAPED_RUN_PREFIX + run.replace("%", "%25").replace("/", "%2F")
         if len(_bytes(escaped)) <= MAX_ESCAPED_NAME_BYTES:
             return escaped
-        return HASHED_RUN_PREFIX + hashlib.sha256(_bytes(run)).hexdigest()[:32]
-    return run.replace("/", "__")
+        return _hashed(run)
+    plain = run.replace("/", "__")
+    return plain if len(_bytes(plain)) <= MAX_PLAIN_NAME_BYTES else _hashed(run)
+
+
+def _hashed(run: str) -> str:
+    return HASHED_RUN_PREFIX + hashlib.sha256(_bytes(run)).hexdigest()[:32]
 
 
 def _bytes(name: str) -> bytes:

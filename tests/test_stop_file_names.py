@@ -124,3 +124,23 @@ def test_a_diverging_run_does_not_stop_the_run_whose_name_collided(tmp_path):
         assert sorted(os.listdir(tmp_path / "stop")) == [os.path.basename(trainers["a/b"].path)]
     finally:
         d.shutdown()
+
+
+def test_a_deep_run_whose_plain_name_is_too_long_for_a_file_name_is_stopped(tmp_path):
+    """Each part of a run's path fits a file name, but "/" spelled "__" joins them into one: over
+    250 bytes (room for ".json" within NAME_MAX) the plain name could never be written, so it is
+    hashed too; a plain name of 250 bytes, which could, keeps its name."""
+    run = "/".join(["d" * 60] * 5)  # 5 x 60 bytes and 4 "__": 308 bytes
+    assert run_file_name(run) == "___%H" + hashlib.sha256(run.encode()).hexdigest()[:32]
+    deeper = "/".join(["e" * 49] * 5)  # 245 + 8 = 253 bytes
+    assert run_file_name(deeper).startswith("___%H")
+    fits = "e" * 242 + "/" + "e" * 6  # 242 + 2 + 6 = 250 bytes
+    assert run_file_name(fits) == fits.replace("/", "__")
+    d, trainers = _daemon(tmp_path, (run,))
+    try:
+        _diverge(tmp_path, d, run)
+        reason = trainers[run].check()
+        assert reason is not None and reason.run == run
+        assert os.listdir(tmp_path / "stop") == [os.path.basename(trainers[run].path)]
+    finally:
+        d.shutdown()
