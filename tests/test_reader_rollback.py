@@ -21,6 +21,7 @@ from test_records import Recorder, flip
 from test_scalars import load_bench
 from writers import event, file_version, metadata, simple, tensor, tensor_value, write_events
 
+from gradwatch.events import decoder as decoder_module
 from gradwatch.events import records, scalars
 from gradwatch.events.framing import frame
 from gradwatch.events.scalars import EventFileReader
@@ -238,6 +239,30 @@ def test_a_template_learnt_while_another_tag_was_elsewhere_is_not_used_once_it_i
     assert len([p for p in got if p[0] == "h"]) == 1 + 150
     columns = columns_points(EventFileReader(path).read_columns(final=True))
     assert by_tag(columns) == by_tag(got)
+
+
+def test_a_template_is_not_learnt_from_an_event_that_decides_another_tags_plugin(monkeypatch, tmp_path):
+    """Events of a scalar "a" and a tensor "h" whose metadata gives "h" to the histograms plugin
+    hold one point, "a"'s; a template would decode later copies without taking "h" away from
+    the scalars plugin again, so once "h" was given back in between, later metadata-less "h"
+    tensors would be points although a parse gives "h" to the histograms plugin."""
+    both = lambda s: event(  # noqa: E731
+        [tensor_value("h", tensor(float_val=[0.0]), metadata("histograms")), simple("a", float(s))],
+        step=s,
+        wall_time=WALL + s,
+    )
+    back = event([tensor_value("h", tensor(float_val=[5.0]), metadata("scalars"))], step=50, wall_time=WALL)
+    bare = [
+        event([tensor_value("h", tensor(float_val=[float(s)]))], step=s, wall_time=WALL + s) for s in (3, 4)
+    ]
+    path = write_events(str(tmp_path / "events.out.tfevents.1"), [both(0), both(1), back, both(2), *bare])
+    got = list(EventFileReader(path).read(final=True))
+    columns = columns_points(EventFileReader(path).read_columns(final=True))
+    monkeypatch.setattr(decoder_module, "MAX_TEMPLATES", 0)
+    parsed = list(EventFileReader(path).read(final=True))
+    assert [p[1] for p in parsed if p[0] == "h"] == [50]
+    assert got == parsed
+    assert by_tag(columns) == by_tag(parsed)
 
 
 # ---------------------------------------------------------------- bulk decoding in the framed bytes

@@ -133,8 +133,8 @@ class ScalarDecoder:
 
     __slots__ = (
         "_adopted",
-        "_leant_on_decision",
         "_more_templates",
+        "_no_template",
         "_shared",
         "_shared_seen",
         "_template_count",
@@ -159,9 +159,10 @@ class ScalarDecoder:
         self._shared_seen = 0
         # tags of shared templates taken (the file's own decisions stay in _tensor_tags)
         self._adopted: set[str] = set()
-        # the last parse dropped a metadata-less tensor because its tag was given to another
-        # plugin: its event decodes otherwise once the tag is a scalar again, so is no template
-        self._leant_on_decision = False
+        # the last parse's event is no template: it dropped a metadata-less tensor because its
+        # tag was given to another plugin (it decodes otherwise once the tag is a scalar again),
+        # or it decided the plugin of a tag other than its point's (which a template never does)
+        self._no_template = False
 
     def adopt_shared(self) -> None:
         """Take the shared templates learnt since the last call (called before each read).
@@ -191,7 +192,7 @@ class ScalarDecoder:
         if self.skips(payload):
             return []
         points = self._parse(payload)
-        if len(points) == 1 and self._template_count < MAX_TEMPLATES and not self._leant_on_decision:
+        if len(points) == 1 and self._template_count < MAX_TEMPLATES and not self._no_template:
             self._learn(payload, points[0])
         return points
 
@@ -224,11 +225,12 @@ class ScalarDecoder:
         except (DecodeError, RuntimeError) as e:
             raise NotAnEvent(str(e) or "undecodable protobuf") from None
         out: list[tuple[str, int, float, float]] = []
-        self._leant_on_decision = False
+        self._no_template = False
         if not ev.HasField("summary"):
             return out
         step = ev.step
         wall_time = ev.wall_time
+        decided = None  # the tag whose plugin this event decided (a template replays no decision)
         for v in ev.summary.value:
             kind = v.WhichOneof("value")
             if kind == "simple_value":
@@ -242,12 +244,21 @@ class ScalarDecoder:
                     self._tensor_tags[tag] = scalar
                     if not scalar and (was or (was is None and tag in self._adopted)):
                         self._forget_templates(tag)
+                    if decided is None:
+                        decided = tag
+                    elif decided != tag:
+                        self._no_template = True
                 elif not scalar:
-                    self._leant_on_decision = True
+                    self._no_template = True
                 if scalar:
                     value = tensor_scalar(v.tensor)
                     if value is not None:
                         out.append((tag, step, wall_time, value))
+        if decided is not None and len(out) == 1 and out[0][0] != decided:
+            # e.g. [h: histograms metadata, a: simple_value]: a template of "a" would decode its
+            # copies without giving "h" to the histograms plugin again (its point's own tag is
+            # fine: the template goes when that tag goes to another plugin, _forget_templates)
+            self._no_template = True
         return out
 
     def _forget_templates(self, tag: str) -> None:
