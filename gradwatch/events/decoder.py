@@ -133,6 +133,7 @@ class ScalarDecoder:
 
     __slots__ = (
         "_adopted",
+        "_decided_since",
         "_more_templates",
         "_no_template",
         "_shared",
@@ -163,6 +164,9 @@ class ScalarDecoder:
         # tag was given to another plugin (it decodes otherwise once the tag is a scalar again),
         # or it decided the plugin of a tag other than its point's (which a template never does)
         self._no_template = False
+        # tag -> its decision at the last checkpoint(), for the tags whose decision changed
+        # since: a rollback undoes these, and a checkpoint costs nothing per tag
+        self._decided_since: dict[str, bool | None] = {}
 
     def adopt_shared(self) -> None:
         """Take the shared templates learnt since the last call (called before each read).
@@ -242,6 +246,8 @@ class ScalarDecoder:
                     was = scalar
                     scalar = v.metadata.plugin_data.plugin_name in ("", "scalars")
                     self._tensor_tags[tag] = scalar
+                    if scalar is not was and tag not in self._decided_since:
+                        self._decided_since[tag] = was
                     if not scalar and (was or (was is None and tag in self._adopted)):
                         self._forget_templates(tag)
                     if decided is None:
@@ -260,6 +266,29 @@ class ScalarDecoder:
             # fine: the template goes when that tag goes to another plugin, _forget_templates)
             self._no_template = True
         return out
+
+    def checkpoint(self) -> None:
+        """Remember the per-tag plugin decisions as they are, for ``rollback`` (at every yield
+        of a columns read, so it only forgets what the decisions were before)."""
+        if self._decided_since:
+            self._decided_since = {}
+
+    def rollback(self) -> None:
+        """Go back to the decisions of the last ``checkpoint``, so that records read again are
+        decoded as they were the first time, not with decisions of the records after them.
+
+        A tag whose decision changed since may have templates learnt under the newer one:
+        they are forgotten (templates that decision forgot are not restored, only relearnt).
+        Shared templates (TemplateStore) decode the same whatever a file decided, so stay.
+        """
+        tensor_tags = self._tensor_tags
+        for tag, was in self._decided_since.items():
+            if was is None:
+                del tensor_tags[tag]
+            else:
+                tensor_tags[tag] = was
+            self._forget_templates(tag)
+        self._decided_since = {}
 
     def _forget_templates(self, tag: str) -> None:
         """A tag taken over by another plugin: its metadata-less tensors are no longer scalars."""
