@@ -21,9 +21,10 @@ from test_records import Recorder, flip
 from test_scalars import load_bench
 from writers import event, file_version, metadata, simple, tensor, tensor_value, write_events
 
+from gradwatch.events import decoder as decoder_module
 from gradwatch.events import records, scalars
 from gradwatch.events.framing import frame
-from gradwatch.events.scalars import EventFileReader
+from gradwatch.events.scalars import EventFileReader, ScalarDecoder
 from gradwatch.events.source import LocalFile
 
 WALL = 1_700_000_000.0
@@ -144,6 +145,69 @@ def test_a_failed_read_of_a_shrunk_file_counts_the_shrink_once(tmp_path):
     assert reader.offset == os.path.getsize(path)
 
 
+def reassigned_tag_file(tmp_path, first_plugin: str, later_plugin: str) -> str:
+    """A tensor tag "x" of ``first_plugin``, logged without metadata with a scalar between its
+    records (batches with points), then given to ``later_plugin`` by one record's metadata."""
+    payloads = [file_version()]
+    payloads.append(event([tensor_value("x", tensor(float_val=[0.0]), metadata(first_plugin))], step=0))
+    for i in range(1, 200):
+        payloads.append(event([tensor_value("x", tensor(float_val=[float(i)]))], step=i, wall_time=WALL + i))
+        payloads.append(event([simple("z", float(i))], step=i, wall_time=WALL + i))
+    payloads.append(event([tensor_value("x", tensor(float_val=[-1.0]), metadata(later_plugin))], step=200))
+    payloads += [event([simple("y", float(i))], step=i, wall_time=WALL + i) for i in range(300)]
+    return write_events(str(tmp_path / f"events.out.tfevents.{first_plugin}"), payloads)
+
+
+@pytest.mark.parametrize("batch_bytes", [1500, 2300, 6000])
+@pytest.mark.parametrize("plugins", [("scalars", "histograms"), ("histograms", "scalars")])
+def test_a_retried_read_decodes_the_replayed_records_with_their_own_decisions(
+    plugins, batch_bytes, monkeypatch, tmp_path
+):
+    """A read that fails after decoding, past its last yield, the record that gives "x" to
+    another plugin: the retry decodes the records before it as "x"'s earlier plugin says,
+    not as the later one (no point lost or invented)."""
+    monkeypatch.setattr(records, "CHUNK_BYTES", 2048)
+    monkeypatch.setattr(scalars, "_COLUMN_BATCH_BYTES", batch_bytes)
+    path = reassigned_tag_file(tmp_path, *plugins)
+    want = list(EventFileReader(path).read(final=True))
+    _, _, calls = clean_reading(path)
+    for fail_at in range(1, calls + 1):
+        FailingAt.calls, FailingAt.fail_at = 0, fail_at
+        reader = EventFileReader(path, on_problem=Recorder(), opener=FailingAt)
+        got = []
+        try:
+            for columns in reader.read_columns(final=True):
+                got += columns_points([columns])
+        except OSError:
+            got += columns_points(reader.read_columns(final=True))
+        assert by_tag(got) == by_tag(want), f"failing at call {fail_at}"
+
+
+def test_a_decoder_rolled_back_keeps_no_decision_nor_template_of_the_records_after_its_checkpoint():
+    """Past the checkpoint "x" is given back to the scalars plugin and a template of its
+    metadata-less tensors learnt; rolled back, "x" is the histograms plugin's again, and such
+    a tensor is no point (the template, if kept, would say it is)."""
+    decoder = ScalarDecoder()
+    x = lambda step, meta=None: event(  # noqa: E731
+        [tensor_value("x", tensor(float_val=[float(step)]), meta)], step=step, wall_time=WALL + step
+    )
+    decoder.decode(x(0, metadata("histograms")))
+    decoder.decode(event([tensor_value("y", tensor(float_val=[1.0]))], step=0))
+    decoder.checkpoint()
+    assert len(decoder.decode(x(1, metadata("scalars")))) == 1
+    assert [len(decoder.decode(x(s))) for s in range(2, 6)] == [1] * 4
+    assert decoder.by_template(x(6)) is not None  # learnt past the checkpoint
+    decoder.decode(event([tensor_value("y", tensor(float_val=[1.0]), metadata("images"))], step=1))
+    decoder.decode(event([tensor_value("y", tensor(float_val=[1.0]), metadata("pr_curves"))], step=1))
+    decoder.decode(event([tensor_value("y", tensor(float_val=[1.0]), metadata("scalars"))], step=1))
+    decoder.decode(event([tensor_value("w", tensor(float_val=[1.0]))], step=1))
+    decoder.rollback()  # "y" was a scalar at the checkpoint, whatever it was in between
+    assert decoder._tensor_tags == {"x": False, "y": True}
+    assert decoder.by_template(x(7)) is None
+    assert decoder.decode(x(7)) == []
+    assert len(decoder.decode(event([tensor_value("y", tensor(float_val=[2.0]))], step=2))) == 1
+
+
 # ---------------------------------------------------------------- batch sizes
 
 
@@ -238,6 +302,30 @@ def test_a_template_learnt_while_another_tag_was_elsewhere_is_not_used_once_it_i
     assert len([p for p in got if p[0] == "h"]) == 1 + 150
     columns = columns_points(EventFileReader(path).read_columns(final=True))
     assert by_tag(columns) == by_tag(got)
+
+
+def test_a_template_is_not_learnt_from_an_event_that_decides_another_tags_plugin(monkeypatch, tmp_path):
+    """Events of a scalar "a" and a tensor "h" whose metadata gives "h" to the histograms plugin
+    hold one point, "a"'s; a template would decode later copies without taking "h" away from
+    the scalars plugin again, so once "h" was given back in between, later metadata-less "h"
+    tensors would be points although a parse gives "h" to the histograms plugin."""
+    both = lambda s: event(  # noqa: E731
+        [tensor_value("h", tensor(float_val=[0.0]), metadata("histograms")), simple("a", float(s))],
+        step=s,
+        wall_time=WALL + s,
+    )
+    back = event([tensor_value("h", tensor(float_val=[5.0]), metadata("scalars"))], step=50, wall_time=WALL)
+    bare = [
+        event([tensor_value("h", tensor(float_val=[float(s)]))], step=s, wall_time=WALL + s) for s in (3, 4)
+    ]
+    path = write_events(str(tmp_path / "events.out.tfevents.1"), [both(0), both(1), back, both(2), *bare])
+    got = list(EventFileReader(path).read(final=True))
+    columns = columns_points(EventFileReader(path).read_columns(final=True))
+    monkeypatch.setattr(decoder_module, "MAX_TEMPLATES", 0)
+    parsed = list(EventFileReader(path).read(final=True))
+    assert [p[1] for p in parsed if p[0] == "h"] == [50]
+    assert got == parsed
+    assert by_tag(columns) == by_tag(parsed)
 
 
 # ---------------------------------------------------------------- bulk decoding in the framed bytes

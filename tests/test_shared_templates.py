@@ -231,3 +231,18 @@ def test_a_logdir_shares_a_bounded_number_of_templates(tmp_path):
     assert len(reader.templates.learnt) == scalars.MAX_SHARED_TEMPLATES
     b = reader.readers[paths[1]][1].decoder
     assert len(b._adopted) == scalars.MAX_SHARED_TEMPLATES and b._template_count == n
+
+
+def test_no_template_is_shared_from_an_event_that_decides_another_tags_plugin(tmp_path):
+    """Events of "a" and an "h" with histograms metadata are one point, "a"'s, in any file, but
+    parsing one also gives "h" to the histograms plugin: file b, which gave "h" to the scalars
+    plugin first, must take it away again at such an event, which a template never does."""
+    both = lambda s: at(s, ft("h", 0.0, metadata("histograms")), simple("a", s / 8))  # noqa: E731
+    pa = write_events(str(tmp_path / "a" / "events.out.tfevents.1.host"), [both(s) for s in range(1, 200)])
+    b = [at(1, ft("h", 5.0, metadata())), both(2), at(3, ft("h", 6.0))]
+    pb = write_events(str(tmp_path / "b" / "events.out.tfevents.1.host"), b)
+    assert [p[:2] for p in plain_points(pb)] == [("h", 1), ("a", 2)]
+    for columns in (False, True):
+        got = shared_points(str(tmp_path), [pa, pb], columns)
+        assert got[pa] == expected(plain_points(pa), columns)
+        assert got[pb] == expected(plain_points(pb), columns)

@@ -133,8 +133,9 @@ class ScalarDecoder:
 
     __slots__ = (
         "_adopted",
-        "_leant_on_decision",
+        "_decided_since",
         "_more_templates",
+        "_no_template",
         "_shared",
         "_shared_seen",
         "_template_count",
@@ -159,9 +160,13 @@ class ScalarDecoder:
         self._shared_seen = 0
         # tags of shared templates taken (the file's own decisions stay in _tensor_tags)
         self._adopted: set[str] = set()
-        # the last parse dropped a metadata-less tensor because its tag was given to another
-        # plugin: its event decodes otherwise once the tag is a scalar again, so is no template
-        self._leant_on_decision = False
+        # the last parse's event is no template: it dropped a metadata-less tensor because its
+        # tag was given to another plugin (it decodes otherwise once the tag is a scalar again),
+        # or it decided the plugin of a tag other than its point's (which a template never does)
+        self._no_template = False
+        # tag -> its decision at the last checkpoint(), for the tags whose decision changed
+        # since: a rollback undoes these, and a checkpoint costs nothing per tag
+        self._decided_since: dict[str, bool | None] = {}
 
     def adopt_shared(self) -> None:
         """Take the shared templates learnt since the last call (called before each read).
@@ -191,7 +196,7 @@ class ScalarDecoder:
         if self.skips(payload):
             return []
         points = self._parse(payload)
-        if len(points) == 1 and self._template_count < MAX_TEMPLATES and not self._leant_on_decision:
+        if len(points) == 1 and self._template_count < MAX_TEMPLATES and not self._no_template:
             self._learn(payload, points[0])
         return points
 
@@ -224,11 +229,12 @@ class ScalarDecoder:
         except (DecodeError, RuntimeError) as e:
             raise NotAnEvent(str(e) or "undecodable protobuf") from None
         out: list[tuple[str, int, float, float]] = []
-        self._leant_on_decision = False
+        self._no_template = False
         if not ev.HasField("summary"):
             return out
         step = ev.step
         wall_time = ev.wall_time
+        decided = None  # the tag whose plugin this event decided (a template replays no decision)
         for v in ev.summary.value:
             kind = v.WhichOneof("value")
             if kind == "simple_value":
@@ -240,15 +246,49 @@ class ScalarDecoder:
                     was = scalar
                     scalar = v.metadata.plugin_data.plugin_name in ("", "scalars")
                     self._tensor_tags[tag] = scalar
+                    if scalar is not was and tag not in self._decided_since:
+                        self._decided_since[tag] = was
                     if not scalar and (was or (was is None and tag in self._adopted)):
                         self._forget_templates(tag)
+                    if decided is None:
+                        decided = tag
+                    elif decided != tag:
+                        self._no_template = True
                 elif not scalar:
-                    self._leant_on_decision = True
+                    self._no_template = True
                 if scalar:
                     value = tensor_scalar(v.tensor)
                     if value is not None:
                         out.append((tag, step, wall_time, value))
+        if decided is not None and len(out) == 1 and out[0][0] != decided:
+            # e.g. [h: histograms metadata, a: simple_value]: a template of "a" would decode its
+            # copies without giving "h" to the histograms plugin again (its point's own tag is
+            # fine: the template goes when that tag goes to another plugin, _forget_templates)
+            self._no_template = True
         return out
+
+    def checkpoint(self) -> None:
+        """Remember the per-tag plugin decisions as they are, for ``rollback`` (at every yield
+        of a columns read, so it only forgets what the decisions were before)."""
+        if self._decided_since:
+            self._decided_since = {}
+
+    def rollback(self) -> None:
+        """Go back to the decisions of the last ``checkpoint``, so that records read again are
+        decoded as they were the first time, not with decisions of the records after them.
+
+        A tag whose decision changed since may have templates learnt under the newer one:
+        they are forgotten (templates that decision forgot are not restored, only relearnt).
+        Shared templates (TemplateStore) decode the same whatever a file decided, so stay.
+        """
+        tensor_tags = self._tensor_tags
+        for tag, was in self._decided_since.items():
+            if was is None:
+                del tensor_tags[tag]
+            else:
+                tensor_tags[tag] = was
+            self._forget_templates(tag)
+        self._decided_since = {}
 
     def _forget_templates(self, tag: str) -> None:
         """A tag taken over by another plugin: its metadata-less tensors are no longer scalars."""

@@ -105,10 +105,11 @@ class EventFileReader:
         before any): offset, problem counts and all, so a retry reads the rest
         once. The points are the ones ``read`` yields, decoded a batch of records at once.
         """
-        tail = self.tail
-        self.decoder.adopt_shared()
+        tail, decoder = self.tail, self.decoder
+        decoder.adopt_shared()
         out = ColumnsBuilder()
         handed = (tail.checkpoint(), self.undecodable)
+        decoder.checkpoint()
         try:
             for frames in tail.read_frames(final, budget, batch_bytes or _COLUMN_BATCH_BYTES):
                 self._decode_batch(out, frames)
@@ -116,9 +117,12 @@ class EventFileReader:
                     yield out.build()
                     out = ColumnsBuilder()
                     handed = (tail.checkpoint(), self.undecodable)
+                    decoder.checkpoint()
         except OSError:
             tail.rollback(handed[0])
             self.undecodable = handed[1]
+            # the records read again must decode with the per-tag plugin decisions they had
+            decoder.rollback()
             raise
         if out:
             yield out.build()
