@@ -24,7 +24,7 @@ from writers import event, file_version, metadata, simple, tensor, tensor_value,
 from gradwatch.events import decoder as decoder_module
 from gradwatch.events import records, scalars
 from gradwatch.events.framing import frame
-from gradwatch.events.scalars import EventFileReader, ScalarDecoder
+from gradwatch.events.scalars import EventFileReader, ScalarDecoder, TemplateStore
 from gradwatch.events.source import LocalFile
 
 WALL = 1_700_000_000.0
@@ -326,6 +326,47 @@ def test_a_template_is_not_learnt_from_an_event_that_decides_another_tags_plugin
     assert [p[1] for p in parsed if p[0] == "h"] == [50]
     assert got == parsed
     assert by_tag(columns) == by_tag(parsed)
+
+
+def test_a_template_is_not_learnt_from_an_event_that_gives_its_own_tag_away_after_its_point(
+    monkeypatch, tmp_path
+):
+    """Found in review: ``[x: scalars tensor, x: histograms tensor]`` holds one point, x's, and
+    leaves x with the histograms plugin. A template of it replays the point but not that
+    decision: in the file, once x was a scalar again, later copies left it one; in a logdir,
+    another file took the shared template and its metadata-less x tensors became points."""
+
+    def own_tag_away(s):
+        values = [
+            tensor_value("x", tensor(float_val=[float(s)]), metadata("scalars")),
+            tensor_value("x", tensor(float_val=[0.0]), metadata("histograms")),
+        ]
+        return event(values, step=s, wall_time=WALL + s)
+
+    def x(s, plugin=None):
+        meta = [metadata(plugin)] if plugin else []
+        return event([tensor_value("x", tensor(float_val=[s + 0.25]), *meta)], step=s, wall_time=WALL + s)
+
+    one = [file_version(), own_tag_away(1), own_tag_away(2), x(3, "scalars"), own_tag_away(4), x(5), x(6)]
+    name = str(tmp_path / "events.out.tfevents.1.")
+    a = write_events(name + "a", [file_version(), *map(own_tag_away, (1, 2, 3))])
+    b = write_events(name + "b", [file_version(), own_tag_away(10), x(11), x(12)])
+    f = write_events(name + "f", one)
+
+    def logdir_b():
+        store = TemplateStore()
+        list(EventFileReader(a, templates=store).read(final=True))
+        return list(EventFileReader(b, templates=store).read(final=True))
+
+    got_f = list(EventFileReader(f).read(final=True))
+    columns_f = columns_points(EventFileReader(f).read_columns(final=True))
+    got_b = logdir_b()
+    monkeypatch.setattr(decoder_module, "MAX_TEMPLATES", 0)
+    parsed_f = list(EventFileReader(f).read(final=True))
+    parsed_b = list(EventFileReader(b).read(final=True))
+    assert [p[1] for p in parsed_f] == [1, 2, 3, 4] and [p[1] for p in parsed_b] == [10]
+    assert got_f == parsed_f and by_tag(columns_f) == by_tag(parsed_f)
+    assert got_b == parsed_b
 
 
 # ---------------------------------------------------------------- bulk decoding in the framed bytes

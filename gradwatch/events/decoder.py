@@ -252,7 +252,7 @@ class ScalarDecoder:
                         self._forget_templates(tag)
                     if decided is None:
                         decided = tag
-                    elif decided != tag:
+                    else:  # a second decision: a template replays none of them
                         self._no_template = True
                 elif not scalar:
                     self._no_template = True
@@ -260,10 +260,11 @@ class ScalarDecoder:
                     value = tensor_scalar(v.tensor)
                     if value is not None:
                         out.append((tag, step, wall_time, value))
-        if decided is not None and len(out) == 1 and out[0][0] != decided:
+        if decided is not None and len(out) == 1 and (out[0][0] != decided or not self._tensor_tags[decided]):
             # e.g. [h: histograms metadata, a: simple_value]: a template of "a" would decode its
-            # copies without giving "h" to the histograms plugin again (its point's own tag is
-            # fine: the template goes when that tag goes to another plugin, _forget_templates)
+            # copies without giving "h" to the histograms plugin again; and [x: scalars, x:
+            # histograms] leaves its own point's tag elsewhere. Its point's own tag given to the
+            # scalars plugin is fine: the template goes when that tag goes elsewhere (_forget_templates)
             self._no_template = True
         return out
 
