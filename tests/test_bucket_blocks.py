@@ -118,16 +118,17 @@ def test_runs_writing_more_than_a_listing_fetches_do_not_starve_the_runs_listed_
 
 
 def forbid(monkeypatch, run: str | None, error: Exception) -> list[tuple[int, str]]:
-    """GETs of ``run``'s objects (every object's for None) fail with ``error``; (listing, run) of
-    each GET of every object."""
+    """GETs of the objects of the runs whose names start with ``run`` (every object's for None)
+    fail with ``error``; (listing, run) of each GET of every object."""
     from gradwatch.events import remote
 
     fetch = remote.RemoteObject._fetch
     attempts: list[tuple[int, str]] = []
 
     def forbidden(self, offset, size):
-        attempts.append((self.requests.lists, self.url.rsplit("/", 2)[1]))
-        if run is None or f"/{run}/" in self.url:
+        name = self.url.rsplit("/", 2)[1]
+        attempts.append((self.requests.lists, name))
+        if run is None or name.startswith(run):
             raise remote.RemoteError("AccessDenied: the object's KMS key") from error
         return fetch(self, offset, size)
 
@@ -188,3 +189,42 @@ def test_gets_refused_for_every_object_cost_a_few_failed_gets_per_poll(tmp_path,
         per_listing = [n for n, _ in attempts]
         assert max(per_listing.count(n) for n in per_listing) == REFUSED_PER_PASS, attempts
         assert d.points == 0
+
+
+def _record_ends(data: bytes) -> list[int]:
+    """Where each TFRecord of ``data`` ends (length, its CRC, the payload, its CRC)."""
+    ends, at = [], 0
+    while at < len(data):
+        at += 16 + int.from_bytes(data[at : at + 8], "little")
+        ends.append(at)
+    return ends
+
+
+def test_many_objects_refused_for_good_do_not_starve_a_run_that_changes(tmp_path, monkeypatch):
+    """Found in review: only the first failed GET of a pass went last, so with more objects refused
+    for good than REFUSED_PER_PASS, refused ones tried longer ago than a run's last read filled
+    every pass, and that run was fetched listings late when it grew (its alert with it). Every
+    object whose last GET failed now goes after every other object."""
+    from gradwatch.events.remote import REFUSED_PER_PASS
+
+    refused = [f"d{i:02}" for i in range(3 * REFUSED_PER_PASS)]
+    write_scalars("tensorboardX", str(tmp_path / "d"), [(TAG, 1, 10.0)])
+    write_scalars("tensorboardX", str(tmp_path / "zz"), [(TAG, 1, 10.0), (TAG, 2, 10.0), (TAG, 3, SPIKE)])
+    data = Path(event_files(str(tmp_path / "zz"))[0]).read_bytes()
+    ends = _record_ends(data)  # the file version, then one record a point
+    logs = "/many-refused/logs"
+    with in_process(tmp_path, "many-refused") as (d, out, fs):
+        fs.pipe_file(f"{logs}/zz/events.out.tfevents.1.h", data[: ends[1]])
+        wait_for(lambda: d.points == 1, "the run read once")
+        attempts = forbid(monkeypatch, "d", PermissionError("AccessDenied"))
+        for run in refused:
+            fs.put_file(event_files(str(tmp_path / "d"))[0], f"{logs}/{run}/events.out.tfevents.1.h")
+        wait_for(lambda: {run for _, run in attempts} >= set(refused), "every refused object tried")
+        # the run grows: read again, so fetched more recently than the refused objects were tried
+        fs.pipe_file(f"{logs}/zz/events.out.tfevents.1.h", data[: ends[2]])
+        wait_for(lambda: d.points == 2, "the run read again")
+        put_at = d.follower.watcher.lists
+        fs.pipe_file(f"{logs}/zz/events.out.tfevents.1.h", data)
+        wait_for(lambda: "gradient_explosion run=zz " in out.getvalue(), "the alert of the run that grew")
+        got_at = d.follower.watcher.lists
+    assert got_at <= put_at + 2, (put_at, got_at, attempts)

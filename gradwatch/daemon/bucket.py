@@ -74,6 +74,9 @@ class Bucket:
         # whose GET always fails holds the objects listed after them back for ever
         self._passes = 0
         self._fetched_in: dict[str, int] = {}
+        # objects whose last GET failed: after every other object, however long ago they were tried
+        # (more of them than a pass tries would otherwise fill every pass before a run that changed)
+        self._failing: set[str] = set()
 
     # -- on the lister thread --------------------------------------------------
     def prefetch(
@@ -88,13 +91,14 @@ class Bucket:
             start = self._fetch_from(remote, url, st)
             if start is not None and start < st.st_size:
                 wanted.append((url, start, self._longer.get(url, BLOCK_BYTES)))
-        fetched_in = self._fetched_in
-        wanted.sort(key=lambda w: fetched_in.get(w[0], -1))  # stable: listing order among equals
-        blocks, failed = remote.fetch_blocks(listing, wanted, PREFETCH_BYTES)
+        fetched_in, failing = self._fetched_in, self._failing
+        # stable: listing order among equals
+        wanted.sort(key=lambda w: (w[0] in failing, fetched_in.get(w[0], -1)))
+        blocks, failed, failed_urls = remote.fetch_blocks(listing, wanted, PREFETCH_BYTES)
         self._passes += 1
-        tried = [*blocks, failed[0]] if failed is not None else blocks
         self._fetched_in = {url: n for url, n in fetched_in.items() if url in listing}
-        self._fetched_in.update(dict.fromkeys(tried, self._passes))
+        self._fetched_in.update(dict.fromkeys([*blocks, *failed_urls], self._passes))
+        self._failing = {url for url in failing if url in listing and url not in blocks} | set(failed_urls)
         return blocks, failed
 
     def _fetch_from(self, remote: RemoteLogdir, url: str, st: ObjectStat) -> int | None:

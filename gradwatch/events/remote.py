@@ -175,9 +175,10 @@ class RemoteLogdir:
 
     def fetch_blocks(
         self, listing: dict[str, ObjectStat], wanted: list[tuple[str, int, int]], budget: int = PREFETCH_BYTES
-    ) -> tuple[dict[str, Block], tuple[str, RemoteError] | None]:
+    ) -> tuple[dict[str, Block], tuple[str, RemoteError] | None, list[str]]:
         """GET (url, offset, length) of each ``wanted`` object of ``listing`` until ``budget`` bytes
-        are fetched; the blocks, and the object and error of the first GET that failed. Thread-safe.
+        are fetched; the blocks, the object and error of the first GET that failed, and every
+        object whose GET failed. Thread-safe.
 
         A GET refused for its object alone (access denied on that key) is passed over, up to
         REFUSED_PER_PASS of them; any other failed GET ends the pass (each holds its thread for
@@ -185,6 +186,7 @@ class RemoteLogdir:
         the next listing."""
         blocks: dict[str, Block] = {}
         failed: tuple[str, RemoteError] | None = None
+        failed_urls: list[str] = []
         refused = 0
         spent = 0
         for url, offset, length in wanted:
@@ -197,13 +199,14 @@ class RemoteLogdir:
                 continue  # deleted since the listing: the next one says so
             except RemoteError as e:
                 failed = failed or (url, e)
+                failed_urls.append(url)
                 refused += 1
                 if isinstance(e.__cause__, PermissionError) and refused < REFUSED_PER_PASS:
                     continue  # s3fs's AccessDenied: likely this object's (its KMS key), not all's
                 break
             blocks[url] = (obj._block_at, obj._block)
             spent += len(obj._block)
-        return blocks, failed
+        return blocks, failed, failed_urls
 
     def keep_blocks(self, urls: set[str]) -> None:
         """Drop the blocks fetched ahead but those of ``urls`` (objects read on at the next turn)."""
