@@ -97,10 +97,8 @@ def _diverge(tmp_path, d: Daemon, run: str) -> None:
     assert d.checkpoint() is True
 
 
-def test_a_run_whose_escaped_name_is_too_long_for_a_file_name_is_stopped(tmp_path):
-    """Found in review: escaping made the legal run ``"x" * 246 + "__y"`` a 257-byte file name;
-    the daemon could not write its stop-file and the trainer was never stopped."""
-    run = "x" * 246 + "__y"
+def _stopped_alone(tmp_path, run: str) -> None:
+    """The daemon writes ``run``'s stop-file, and only that one, and the run's trainer reads it."""
     d, trainers = _daemon(tmp_path, (run,))
     try:
         _diverge(tmp_path, d, run)
@@ -109,6 +107,13 @@ def test_a_run_whose_escaped_name_is_too_long_for_a_file_name_is_stopped(tmp_pat
         assert os.listdir(tmp_path / "stop") == [os.path.basename(trainers[run].path)]
     finally:
         d.shutdown()
+
+
+def test_a_run_whose_escaped_name_is_too_long_for_a_file_name_is_stopped(tmp_path):
+    """Found in review: escaping made the legal run ``"x" * 246 + "__y"`` a 257-byte file name;
+    the daemon could not write its stop-file and the trainer was never stopped."""
+    run = "x" * 246 + "__y"
+    _stopped_alone(tmp_path, run)
 
 
 def test_a_diverging_run_does_not_stop_the_run_whose_name_collided(tmp_path):
@@ -136,11 +141,4 @@ def test_a_deep_run_whose_plain_name_is_too_long_for_a_file_name_is_stopped(tmp_
     assert run_file_name(deeper).startswith("___%H")
     fits = "e" * 242 + "/" + "e" * 6  # 242 + 2 + 6 = 250 bytes
     assert run_file_name(fits) == fits.replace("/", "__")
-    d, trainers = _daemon(tmp_path, (run,))
-    try:
-        _diverge(tmp_path, d, run)
-        reason = trainers[run].check()
-        assert reason is not None and reason.run == run
-        assert os.listdir(tmp_path / "stop") == [os.path.basename(trainers[run].path)]
-    finally:
-        d.shutdown()
+    _stopped_alone(tmp_path, run)
