@@ -60,6 +60,15 @@ class RequestCounts:
     errors: int = 0
 
 
+def refused_for_this_object(e: RemoteError) -> bool:
+    """Whether the store answered a GET with access denied (HTTP 403): s3fs raises PermissionError
+    for it, gcsfs a plain OSError whose message starts "Forbidden:" (gcsfs/retry.py)."""
+    cause = e.__cause__
+    if isinstance(cause, PermissionError):
+        return True
+    return type(cause) is OSError and str(cause).startswith("Forbidden:")
+
+
 def is_remote(logdir: str) -> bool:
     """Whether ``logdir`` is a URL of another filesystem than the local one."""
     scheme, sep, _ = logdir.partition("://")
@@ -201,8 +210,8 @@ class RemoteLogdir:
                 failed = failed or (url, e)
                 failed_urls.append(url)
                 refused += 1
-                if isinstance(e.__cause__, PermissionError) and refused < REFUSED_PER_PASS:
-                    continue  # s3fs's AccessDenied: likely this object's (its KMS key), not all's
+                if refused_for_this_object(e) and refused < REFUSED_PER_PASS:
+                    continue  # likely this object's (its KMS key), not all's
                 break
             blocks[url] = (obj._block_at, obj._block)
             spent += len(obj._block)
