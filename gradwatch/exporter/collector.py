@@ -4,7 +4,7 @@ API::
 
     metrics = Metrics(lambda: daemon.status)   # any callable returning a gradwatch.daemon.Status
     metrics.serve("127.0.0.1", 9723)           # background thread; port 0 = any free port; OSError if
-                                               # taken (gradwatch/exporter/http.py: /metrics rendered at
+                                               # taken (gradwatch/exporter/render.py: /metrics rendered at
                                                # most once a second, and again after each rare change)
     metrics.port                               # the bound port
     metrics.stop()                             # stops the HTTP server
