@@ -107,6 +107,30 @@ def test_series_with_a_point_per_step_decide_the_same(seed, cut):
     assert len(per_point[0]) > 50  # the series did alert
 
 
+def test_short_series_with_a_point_per_step_and_a_wide_window_decide_the_same():
+    """Every series shorter than the window (together longer): no point has a full window of
+    ``within`` points, so the range-minimum table has no row for one."""
+    rules = parse_rules(
+        {
+            "rules": [
+                {"name": "wide", "match": {"tags": ["t*"]}, "growth": {"within_steps": 600, "warning": 2}}
+            ]
+        },
+        "test",
+        [],
+    )
+    rng = np.random.default_rng(0)
+    batches = [
+        (f"t{k}", np.arange(n), np.zeros(n), rng.uniform(1, 100, n)) for k, n in enumerate([40, 300, 7, 500])
+    ]
+    e1, e2 = Engine(rules, Recorder()), Engine(rules, Recorder())
+    for tag, steps, _, values in batches:
+        for step, value in zip(steps.tolist(), values.tolist()):
+            e1.observe("run", tag, step, 0.0, value)
+    e2.observe_many([("run", *batch) for batch in batches])
+    assert e2.sink.calls == e1.sink.calls and state_of(e2) == state_of(e1)
+
+
 @pytest.mark.parametrize("cut", [True, False], ids=["cut", "whole"])
 @pytest.mark.parametrize("seed", range(3))
 def test_steps_too_far_apart_to_share_keys_decide_the_same(seed, cut):

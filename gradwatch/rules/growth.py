@@ -67,6 +67,11 @@ def growth_group(
     table = _SparseTable(w.values, max(min(_longest(count), MAX_GROWTH_WINDOW - 1), tails.longest))
     ratios = np.full(nf, np.nan)
     with np.errstate(over="ignore"):
+        full = count == w.trailing if 0 < w.trailing < MAX_GROWTH_WINDOW else None
+        if full is not None and full.any():
+            # one point per step: a full window is the last ``within`` entries, a slice of one row
+            np.divide(fvalues, table.trailing(w.trailing), out=ratios, where=full)
+            ok &= ~full
         ratios[ok] = fvalues[ok] / table.min(first[ok], before[ok])
     alerting = has_window & (fvalues > rule.min_value)
     with np.errstate(invalid="ignore"):  # NaN ratios (no window) are not alerting anyway
@@ -219,7 +224,10 @@ def _without(
 class _Windows:
     """The window array W of a group and where each finite point stands in it."""
 
-    __slots__ = ("before", "first", "positive", "steps", "values")
+    __slots__ = ("before", "first", "positive", "steps", "trailing", "values")
+
+    def __init__(self) -> None:
+        self.trailing = 0  # > 0: a point with that many entries before it has exactly the last ones
 
 
 def _windows(plan: _Plan, fsteps: np.ndarray, fvalues: np.ndarray, within: int) -> _Windows:
@@ -236,6 +244,7 @@ def _windows(plan: _Plan, fsteps: np.ndarray, fvalues: np.ndarray, within: int) 
         consecutive[plan.seg_starts[1:] - 1] = True  # a segment's first step follows nothing
         if consecutive.all():  # one point per step: the window is the last ``within`` points
             w.first = w.before - np.minimum(distance, within)
+            w.trailing = within
             return w
         keys = distance + plan.seg_offset[seg_id]
     else:
@@ -317,6 +326,16 @@ class _SparseTable:
                 np.minimum(table[e - 1, :width], table[e - 1, half : half + width], out=table[e, :width])
         self.table = table
 
+    def trailing(self, width: int) -> np.ndarray:
+        """min(values[j - width:j]) at every j >= width (the rest is not set): two slices of one
+        row, no gather (needs ``longest`` >= width)."""
+        m = self.table.shape[1]
+        out = np.empty(m)
+        if m > width:
+            row, half = self.table[width.bit_length() - 1], 1 << (width.bit_length() - 1)
+            np.minimum(row[: m - width], row[width - half : m - half], out=out[width:])
+        return out
+
     def min(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         """min(values[lo[k]:hi[k]]) for every k (each range non-empty)."""
         exponent = _FLOOR_LOG2[hi - lo]
@@ -379,8 +398,11 @@ def fill_segments(
     if defined.all():
         return values
     open_ = ~defined[starts]  # segments whose first point is not defined: it takes the initial value
-    values, defined = values.copy(), defined.copy()
+    values = values.copy()
     values[starts[open_]] = initials[open_]
+    if len(defined) - np.count_nonzero(defined) == np.count_nonzero(open_):
+        return values  # only first points were not defined (one point per step): nothing to carry
+    defined = defined.copy()
     defined[starts] = True
     last = np.where(defined, np.arange(len(values)), 0)
     np.maximum.accumulate(last, out=last)
