@@ -27,10 +27,11 @@ from gradwatch.rules import Rule, RuleBatch, Series, series_rules
 
 NAME_TOO_LONG = "name_too_long"
 
-# most points ``observe_many`` decides at once: the growth rules' range-minimum table holds about
-# ten floats per point of a group (~20 MB here), and past a few thousand points per numpy call the
-# per-call overhead this saves is gone anyway
-GROUP_POINTS = 1 << 18
+# Most points ``observe_many`` decides at once (check stops adding a file's batches past it). Past a
+# few thousand points per numpy call the per-call overhead a group saves is gone, and a group's
+# temporaries (the growth rules' range-minimum table: ~10 floats a point) should stay in cache:
+# bench/data/runs' rules took ~0.06 s at 2**15 to 2**17 points, ~0.09 s at 2**18, ~0.10 s at 2**19.
+GROUP_POINTS = 1 << 15
 
 # sink(series, rule index, rank, previous rank, step, wall_time, value)
 #

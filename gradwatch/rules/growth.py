@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from gradwatch.rules.growth_windows import Windows, windows_of
 from gradwatch.rules.modes import MAX_GROWTH_WINDOW
 from gradwatch.rules.outcome import RuleBatch, ranked
 
@@ -53,7 +54,7 @@ def growth_group(
     if isinstance(plan, list):  # some batch cannot go with the others: the rest without it
         return _without(rule, states, steps, values, bounds, plan)
     nf = len(fvalues)
-    w = _windows(plan, fsteps, fvalues, rule.within_steps)
+    w = windows_of(plan, fsteps, fvalues, rule.within_steps)
     first, before = w.first, w.before
     count = before - first  # the positive points within the window before each point
     has_window = count > 0
@@ -221,79 +222,6 @@ def _without(
     return out
 
 
-class _Windows:
-    """The window array W of a group and where each finite point stands in it."""
-
-    __slots__ = ("before", "first", "positive", "steps", "trailing", "values")
-
-    def __init__(self) -> None:
-        self.trailing = 0  # > 0: a point with that many entries before it has exactly the last ones
-
-
-def _windows(plan: _Plan, fsteps: np.ndarray, fvalues: np.ndarray, within: int) -> _Windows:
-    w = _Windows()
-    seg_id = np.repeat(np.arange(len(plan.seg_starts)), plan.seg_lens)
-    positive = fvalues > 0
-    w.positive = positive
-    within = min(within, 1 << 62)  # wider than any segment's span (< 2**61): the same window
-    distance = fsteps - plan.seg_base[seg_id]  # from the segment's first step (its carried window's)
-    if not len(plan.carried_steps) and positive.all():
-        # the common group: W is the points themselves, each point's entry its own index
-        w.before, w.steps, w.values = np.arange(len(fvalues)), fsteps, fvalues
-        consecutive = np.diff(fsteps) == 1
-        consecutive[plan.seg_starts[1:] - 1] = True  # a segment's first step follows nothing
-        if consecutive.all():  # one point per step: the window is the last ``within`` points
-            w.first = w.before - np.minimum(distance, within)
-            w.trailing = within
-            return w
-        keys = distance + plan.seg_offset[seg_id]
-    else:
-        keys = _with_carried(w, plan, seg_id, positive, distance, fsteps, fvalues)
-    # the oldest entry within the window: the first key at or after step - within, never before
-    # the segment's own first key
-    w.first = np.searchsorted(keys, np.maximum(distance - within, 0) + plan.seg_offset[seg_id], "left")
-    return w
-
-
-def _with_carried(
-    w: _Windows,
-    plan: _Plan,
-    seg_id: np.ndarray,
-    positive: np.ndarray,
-    distance: np.ndarray,
-    fsteps: np.ndarray,
-    fvalues: np.ndarray,
-) -> np.ndarray:
-    """W from the positive points and the carried windows before their segments; its keys (the
-    step's distance from its segment's first step + the segment's offset: they rise through W)."""
-    # W index of each point's first entry at or after it: the positive points and the carried
-    # entries (its segment's included) before it
-    carried_upto = np.cumsum(plan.seg_carried)
-    before = np.cumsum(positive, dtype=np.int64) - positive + carried_upto[seg_id]
-    w.before = before
-    size = int(before[-1] + positive[-1]) if len(before) else 0
-    keys = np.empty(size, dtype=np.int64)
-    w.steps = np.empty(size, dtype=np.int64)
-    w.values = np.empty(size, dtype=np.float64)
-    put = before[positive]
-    keys[put] = distance[positive] + plan.seg_offset[seg_id[positive]]
-    w.steps[put] = fsteps[positive]
-    w.values[put] = fvalues[positive]
-    n_carried = len(plan.carried_steps)
-    if n_carried:
-        opening = np.flatnonzero(plan.seg_carried)
-        counts = plan.seg_carried[opening]
-        # a segment's carried entries sit just before its first positive point's place
-        at_start = before[plan.seg_starts[opening]] - counts
-        put = np.repeat(at_start - (np.cumsum(counts) - counts), counts) + np.arange(n_carried)
-        keys[put] = (plan.carried_steps - np.repeat(plan.seg_base[opening], counts)) + np.repeat(
-            plan.seg_offset[opening], counts
-        )
-        w.steps[put] = plan.carried_steps
-        w.values[put] = plan.carried_values
-    return keys
-
-
 def _capped(count: np.ndarray, seg_starts: np.ndarray, seg_item: np.ndarray, k_count: int) -> np.ndarray:
     """Per batch: some point finds MAX_GROWTH_WINDOW or more in its window, so the deque would drop
     its oldest entry (the cap), not the minimum's rule: that batch goes point by point."""
@@ -355,7 +283,7 @@ class _Tails:
         self.end = np.repeat(hi, self.lengths)
         self.longest = _longest(self.lengths)
 
-    def final_windows(self, w: _Windows, table: _SparseTable) -> list[deque]:
+    def final_windows(self, w: Windows, table: _SparseTable) -> list[deque]:
         """The deques ``_remember`` leaves: an entry stays while every later one is larger, and of
         those at one step only the first was ever added."""
         index, end = self.index, self.end
