@@ -162,3 +162,24 @@ def test_a_window_wider_than_int64_is_every_point_before():
     e2.observe_many([("run", tag, steps, np.zeros(50), values) for tag in ("t1", "t2")])
     assert state_of(e2) == state_of(e1)
     assert e1.sink.calls == e2.sink.calls and e1.sink.calls  # the series grew x3 > x2: it alerted
+
+
+@pytest.mark.parametrize("group", [False, True], ids=["observe_batch", "observe_many"])
+def test_steps_near_the_lowest_int64_decide_the_same(group):
+    """step - within_steps would wrap around in int64 at the lowest steps: the window must still
+    hold the points before (the per-point deque reckons in Python ints)."""
+    rules = rules_of(["growth", "growth_long"], tag="t*")
+    low = -(2**63) + 5
+    steps = np.arange(low, low + 60, dtype=np.int64)
+    values = np.linspace(1, 40, 60)
+    tags = ("t1", "t2") if group else ("t1",)
+    e1, e2 = Engine(rules, Recorder()), Engine(rules, Recorder())
+    for tag in tags:
+        for step, value in zip(steps.tolist(), values.tolist()):
+            e1.observe("run", tag, step, 0.0, value)
+    if group:
+        e2.observe_many([("run", tag, steps, np.zeros(60), values) for tag in tags])
+    else:
+        e2.observe_batch("run", "t1", steps, np.zeros(60), values)
+    assert e2.sink.calls == e1.sink.calls and state_of(e2) == state_of(e1)
+    assert e1.sink.calls  # x40 within 20 steps: it alerted

@@ -18,6 +18,7 @@ carried window ``_remember`` could not have made.
 
 from __future__ import annotations
 
+import itertools
 import operator
 from collections import deque
 from typing import TYPE_CHECKING
@@ -133,6 +134,8 @@ class _Plan:
 def _plan(states: list[RuleState], fsteps: np.ndarray, fbounds: np.ndarray) -> _Plan | list[int]:
     """The segments, or the batches that cannot go with the others (their indices)."""
     k_count, nf = len(states), len(fsteps)
+    if k_count == 1 and nf:
+        return _plan_one(states[0], fsteps)
     item_starts = fbounds[:-1]
     nonempty = fbounds[1:] > item_starts
     back = np.flatnonzero(fsteps[1:] < fsteps[:-1]) + 1
@@ -172,6 +175,46 @@ def _plan(states: list[RuleState], fsteps: np.ndarray, fbounds: np.ndarray) -> _
         base[with_carried] = plan.carried_steps[
             np.cumsum(seg_carried)[with_carried] - seg_carried[with_carried]
         ]
+    return _with_keys(plan, fsteps, base, k_count)
+
+
+def _plan_one(state: RuleState, fsteps: np.ndarray) -> _Plan | list[int]:
+    """``_plan`` of one batch with finite points (the engine's ``observe_batch``, the daemon's
+    catch-up): the same plan, its few segments reckoned in Python ints instead of numpy calls."""
+    restarts = (np.flatnonzero(fsteps[1:] < fsteps[:-1]) + 1).tolist()
+    if len(restarts) > _MAX_RESTARTS:
+        return [0]
+    carried = _carried(state, int(fsteps[0]))
+    if carried is None:
+        return [0]
+    starts = [0, *restarts]
+    ends = [*restarts, len(fsteps)]
+    edges = fsteps[[*starts, *(e - 1 for e in ends)]].tolist()  # each segment's first and last step
+    base, top = edges[: len(starts)], edges[len(starts) :]
+    if carried[0]:
+        base[0] = carried[0][0]
+    spans = [t - b + 1 for b, t in zip(base, top)]
+    if sum(spans) >= _KEY_ROOM:
+        return [0]
+    plan = _Plan()
+    plan.nonempty = _ONE
+    plan.seg_starts = np.array(starts, dtype=np.int64)
+    plan.seg_lens = np.array([e - a for a, e in zip(starts, ends)], dtype=np.int64)
+    plan.seg_item = np.zeros(len(starts), dtype=np.int64)
+    plan.seg_carried = np.array([len(carried[0])] + [0] * len(restarts), dtype=np.int64)
+    plan.carried_steps = np.array(carried[0], dtype=np.int64)
+    plan.carried_values = np.array(carried[1], dtype=np.float64)
+    plan.seg_base = np.array(base, dtype=np.int64)
+    plan.seg_offset = np.array([0, *itertools.accumulate(spans[:-1])], dtype=np.int64)
+    return plan
+
+
+_ONE = np.ones(1, dtype=bool)
+
+
+def _with_keys(plan: _Plan, fsteps: np.ndarray, base: np.ndarray, k_count: int) -> _Plan | list[int]:
+    """The plan with each segment's first step and key offset: its keys run from its first step
+    (``base``) to its last, the segments end to end; or every batch (unfit) when they do not fit."""
     top = fsteps[plan.seg_starts + plan.seg_lens - 1]
     spans = top.astype(np.float64) - base.astype(np.float64) + 1
     if len(spans) and float(spans.sum()) >= _KEY_ROOM:
@@ -277,6 +320,10 @@ class _Tails:
 
     def __init__(self, lo: np.ndarray, hi: np.ndarray) -> None:
         self.lengths = hi - lo
+        if len(lo) == 1:  # one batch: final_windows reads W[lo:hi] itself
+            self.lo, self.hi = int(lo[0]), int(hi[0])
+            self.longest = 0
+            return
         self.index = np.repeat(lo - (np.cumsum(self.lengths) - self.lengths), self.lengths) + np.arange(
             int(self.lengths.sum())
         )
@@ -286,6 +333,8 @@ class _Tails:
     def final_windows(self, w: Windows, table: _SparseTable) -> list[deque]:
         """The deques ``_remember`` leaves: an entry stays while every later one is larger, and of
         those at one step only the first was ever added."""
+        if len(self.lengths) == 1:  # one batch (``observe_batch``): a suffix minimum, fewer calls
+            return [_final_window(w.steps[self.lo : self.hi], w.values[self.lo : self.hi])]
         index, end = self.index, self.end
         later_min = np.full(len(index), np.inf)
         inner = index + 1 < end
@@ -304,6 +353,19 @@ class _Tails:
             out.append(deque(zip(steps[a:b], values[a:b])))
             a = b
         return out
+
+
+def _final_window(steps: np.ndarray, values: np.ndarray) -> deque:
+    """``_Tails.final_windows`` of one tail: an entry stays while every later one is larger (a
+    reversed running minimum), and of those at one step only the first."""
+    later_min = np.empty_like(values)
+    later_min[-1:] = np.inf
+    later_min[:-1] = np.minimum.accumulate(values[:0:-1])[::-1]
+    stays = values < later_min
+    steps, values = steps[stays], values[stays]
+    first_at_step = np.ones(len(steps), dtype=bool)
+    first_at_step[1:] = steps[1:] != steps[:-1]
+    return deque(zip(steps[first_at_step].tolist(), values[first_at_step].tolist()))
 
 
 def _increasing(steps: tuple, values: tuple, next_step: int) -> bool:
