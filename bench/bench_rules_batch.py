@@ -10,7 +10,9 @@ defaults (gradwatch/default_rules/: thresholds, nonfinite, growth on ``grad.*nor
 * ``check, per point``: ``Engine.observe`` + ``SeriesStats.add`` per point into check's sink (what
   ``gradwatch check`` did before batches);
 * ``check, batch``: ``Engine.observe_batch`` + ``SeriesStats.add_batch`` per Columns, the sink's
-  ``many`` (what it does now);
+  ``many`` (what it did before groups);
+* ``check, groups``: ``Engine.observe_many`` over a file batch's Columns, up to ``GROUP_POINTS``
+  at a time (each rule decides many series at once), + ``SeriesStats.add_batch`` (what it does now);
 * ``daemon, per point`` / ``daemon, batch``: the same into the daemon's ``AlertBook`` while it
   catches up (transitions decided, no events emitted).
 """
@@ -27,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gradwatch.alerts import AlertBook
 from gradwatch.config.rulefiles import load_rules
-from gradwatch.engine import Engine
+from gradwatch.engine import GROUP_POINTS, Engine
 from gradwatch.events.logdir import LogdirReader
 from gradwatch.oneshot.check import FindingSink, SeriesStats
 
@@ -36,6 +38,12 @@ def read(dataset: str) -> list:
     reader = LogdirReader(dataset)
     reader.refresh()
     return [(run, c) for run, batch in reader.read_all_columns(final=True) for c in batch]
+
+
+def file_batches(dataset: str) -> list:
+    reader = LogdirReader(dataset)
+    reader.refresh()
+    return list(reader.read_all_columns(final=True))
 
 
 def check_per_point(rules, columns) -> None:
@@ -55,6 +63,22 @@ def check_batch(rules, columns) -> None:
     for run, c in columns:
         engine.observe_batch(run, c.tag, c.steps, c.wall_times, c.values)
         stats.setdefault((run, c.tag), SeriesStats()).add_batch(c.steps, c.values)
+
+
+def check_groups(rules, batches) -> None:
+    """As gradwatch/oneshot/check.py's _check_runs: a file batch's Columns wait until GROUP_POINTS."""
+    engine = Engine(rules, FindingSink())
+    stats: dict = {}
+    pending, points = [], 0
+    for run, batch in batches:
+        for c in batch:
+            stats.setdefault((run, c.tag), SeriesStats()).add_batch(c.steps, c.values)
+            pending.append((run, c.tag, c.steps, c.wall_times, c.values))
+            points += len(c)
+        if points >= GROUP_POINTS:
+            engine.observe_many(pending)
+            pending, points = [], 0
+    engine.observe_many(pending)
 
 
 def daemon_per_point(rules, columns) -> None:
@@ -80,6 +104,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     columns = read(args.dataset)
+    batches = file_batches(args.dataset)
     points = sum(len(c) for _, c in columns)
     rules = load_rules()  # no paths: the packaged defaults
     print(f"{args.dataset}: {points:,} points in {len(columns):,} columns")
@@ -87,13 +112,14 @@ def main() -> None:
     for name, work in [
         ("check, per point", check_per_point),
         ("check, batch", check_batch),
+        ("check, groups", check_groups),
         ("daemon, per point", daemon_per_point),
         ("daemon, batch", daemon_batch),
     ]:
         times = []
         for _ in range(args.repeat):
             t0 = time.process_time()
-            work(rules, columns)
+            work(rules, batches if work is check_groups else columns)
             times.append(time.process_time() - t0)
         print(f"| {name} | {statistics.median(times) * 1e6 / points:.3f} |")
 

@@ -101,16 +101,23 @@ def test_a_rise_that_just_fills_the_growth_window_goes_point_by_point():
     assert len(s.states[0].window) == MAX_GROWTH_WINDOW
 
 
-def test_a_restored_window_that_remember_could_not_have_made_goes_point_by_point():
+@pytest.mark.parametrize(
+    "window",
+    [[(0, 50.0), (1, 2.0), (2, 80.0)], [(0, 5.0), (1, 5.0)], [(0, 5.0), (0, 6.0)]],
+    ids=["falling", "equal values", "equal steps"],
+)
+def test_a_restored_window_that_remember_could_not_have_made_goes_point_by_point(window):
     """A window from a damaged state row (not increasing): its head is not its minimum, so the batch
-    must not treat it as one; fails if the batch takes the minimum of the window instead."""
+    must not treat it as one; fails if the batch takes the minimum of the window instead. With two
+    equal neighbours (``_remember`` keeps both strictly increasing) the batch's final window would
+    drop one where the deque keeps both: fails if ``_increasing`` accepts them (<= for <)."""
     rules = rules_of(["growth"])
     engines = Engine(rules, Recorder()), Engine(rules, Recorder())
     for engine in engines:
         engine.observe("run", "t", 0, 0.0, 1.0)
         (s,) = engine.all_series()
         s.states[0].window.clear()
-        s.states[0].window.extend([(0, 50.0), (1, 2.0), (2, 80.0)])
+        s.states[0].window.extend(window)
         s.states[0].last_step = 2
     steps, values = np.arange(3, 8), np.array([100.0, 120.0, 90.0, 300.0, 10.0])
     for step, value in zip(steps.tolist(), values.tolist()):

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
+
 from gradwatch.baseline import Verdict
-from gradwatch.engine import Engine
+from gradwatch.engine import GROUP_POINTS, Engine
 from gradwatch.events.columns import Columns
 from gradwatch.events.logdir import LogdirReader, ProblemLog, scan
 from gradwatch.events.parallel import fork_map, split_runs
@@ -102,19 +104,30 @@ def _check_runs(logdir: str, rules: list[Rule], runs: dict[str, list[str]]) -> C
         for path in paths:
             reader.reader(run, path)
     stats: dict[tuple[str, str], SeriesStats] = {}
-    observe_batch = engine.observe_batch
     engine_runs = engine.runs
     points = 0
+    # the batches of many series go to the engine together: each rule decides them all at once
+    pending: list[tuple[str, str, np.ndarray, np.ndarray, np.ndarray]] = []
+    pending_points = 0
     for run, batch in _references_first(reader, engine):
         for c in batch:
-            points += len(c)
-            observe_batch(run, c.tag, c.steps, c.wall_times, c.values)
-            series = engine_runs[run].get(c.tag)
+            n = len(c)
+            points += n
+            if not n:
+                continue
+            series = engine.series(run, c.tag)
             if series is not None and series.rules:  # not a baseline's reference that no rule watches
                 st = stats.get((run, c.tag))
                 if st is None:
                     st = stats[(run, c.tag)] = SeriesStats()
                 st.add_batch(c.steps, c.values)
+            if series is not None:
+                pending.append((run, c.tag, c.steps, c.wall_times, c.values))
+                pending_points += n
+        if pending_points >= GROUP_POINTS:
+            engine.observe_many(pending)
+            pending, pending_points = [], 0
+    engine.observe_many(pending)
     tags_seen = {tag for tags in engine_runs.values() for tag in tags}
     result = CheckResult(
         logdir, rules, sink.findings, stats, sorted(runs), points, dict(problems.counts), tags_seen

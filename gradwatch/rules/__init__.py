@@ -37,7 +37,7 @@ import numpy as np
 from gradwatch.anomaly import AnomalyState, Detector
 from gradwatch.baseline import Baseline, History, Verdict
 from gradwatch.match import Match
-from gradwatch.rules.batch import RuleBatch, evaluate_batch
+from gradwatch.rules.batch import RuleBatch, evaluate_batch, evaluate_group
 from gradwatch.rules.modes import (
     ABOVE,
     ABSENT,
@@ -156,6 +156,12 @@ class Rule:
     def evaluate_batch(self, state: RuleState, steps: np.ndarray, values: np.ndarray) -> RuleBatch | None:
         """``evaluate`` over a batch of points without touching ``state`` (gradwatch/rules/batch.py)."""
         return evaluate_batch(self, state, steps, values)
+
+    def evaluate_group(
+        self, states: list[RuleState], steps: np.ndarray, values: np.ndarray, bounds: np.ndarray
+    ) -> list[RuleBatch | None]:
+        """``evaluate_batch`` of many series' batches laid end to end (gradwatch/rules/batch.py)."""
+        return evaluate_group(self, states, steps, values, bounds)
 
     @property
     def direction(self) -> str:
