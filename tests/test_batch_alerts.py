@@ -1,7 +1,8 @@
-"""The daemon's AlertBook behind Engine.observe_batch emits exactly the events, in the same order, and
-ends in exactly the alert states it has behind observe point by point: random series, every rule
-kind and option (for, keep_firing_for, min_value, directions), live and catching up. The clock
-ticks at each reading, so a transition decided at another moment would show in its times."""
+"""The daemon's AlertBook behind Engine.observe_batch and observe_many emits exactly the events, in
+the same order, and ends in exactly the alert states it has behind observe point by point: random
+series, every rule kind and option (for, keep_firing_for, min_value, directions), live and catching
+up. The clock ticks at each reading, so a transition decided at another moment would show in its
+times."""
 
 from __future__ import annotations
 
@@ -35,27 +36,44 @@ def book_after(rules, feed, live: bool, suppress: bool) -> tuple[list[str], dict
     return events + summary, {k: a.to_dict() for k, a in book.alerts.items()}, book.take_changes()
 
 
+@pytest.mark.parametrize("feed", ["observe_batch", "observe_many"])
 @pytest.mark.parametrize("mode", ["live", "catchup", "oneshot"])
 @pytest.mark.parametrize("names", RULE_SETS, ids=lambda n: "+".join(n) if n else "all")
 @pytest.mark.parametrize("seed", range(3))
-def test_alerts_over_batches_are_those_point_by_point(seed, names, mode):
+def test_alerts_over_batches_are_those_point_by_point(seed, names, mode, feed):
     rng = random.Random(seed)
     tags = ("t", "u")
     series = {tag: random_series(rng, 3000) for tag in tags}
     cuts = {tag: splits(rng, series[tag][0], series[tag][2]) for tag in tags}
     rules = rules_of(names, tag="*")
 
+    # observe_batch takes one series after the other; observe_many (the daemon's catch-up and live
+    # reads: one call per batch of a file) each tag's next batch together, the tags interleaved
+    batches = [[(tag, a, b) for tag in tags for a, b in zip(cuts[tag], cuts[tag][1:])]]
+    if feed == "observe_many":
+        parts = [list(itertools.pairwise(cuts[tag])) for tag in tags]
+        batches = [
+            [(tag, *ab) for tag, ab in zip(tags, group) if ab is not None]
+            for group in itertools.zip_longest(*parts)
+        ]
+
     def per_point(engine):
-        for tag, (steps, walls, values) in series.items():
-            for point in zip(steps.tolist(), walls.tolist(), values.tolist()):
-                engine.observe("run", tag, *point)
+        for group in batches:
+            for tag, a, b in group:
+                steps, walls, values = (c[a:b] for c in series[tag])
+                for point in zip(steps.tolist(), walls.tolist(), values.tolist()):
+                    engine.observe("run", tag, *point)
                 yield
 
     def batched(engine):
-        for tag, (steps, walls, values) in series.items():
-            for a, b in zip(cuts[tag], cuts[tag][1:]):
-                engine.observe_batch("run", tag, steps[a:b], walls[a:b], values[a:b])
-                yield
+        for group in batches:
+            columns = [("run", tag, *(c[a:b] for c in series[tag])) for tag, a, b in group]
+            if feed == "observe_many":
+                engine.observe_many(columns)
+            else:
+                for batch in columns:
+                    engine.observe_batch(*batch)
+            yield
 
     live, suppress = mode == "live", mode == "catchup"
     expected = book_after(rules, per_point, live, suppress)

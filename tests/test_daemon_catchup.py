@@ -206,13 +206,13 @@ def test_the_catch_up_observes_batches_of_one_read_chunk(tmp_path, monkeypatch):
     per_record = (os.path.getsize(path) - 16) / n
     d = Daemon(Config(logdir=str(tmp_path / "logdir"), state_dir=str(tmp_path / "state"), listen=None))
     sizes: list[int] = []
-    observe_batch = d.engine.observe_batch
+    observe_many = d.engine.observe_many
 
-    def recording(run, tag, steps, wall_times, values):
-        sizes.append(len(steps))
-        observe_batch(run, tag, steps, wall_times, values)
+    def recording(batches):
+        sizes.extend(len(steps) for _, _, steps, _, _ in batches)
+        observe_many(batches)
 
-    monkeypatch.setattr(d.engine, "observe_batch", recording)
+    monkeypatch.setattr(d.engine, "observe_many", recording)
     try:
         assert d.catch_up()
     finally:

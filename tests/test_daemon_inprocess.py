@@ -218,13 +218,13 @@ def test_a_stop_in_the_middle_of_a_big_file_commits_nothing_half_read(tmp_path, 
     monkeypatch.setattr(scalars, "_COLUMN_BATCH_BYTES", 200)  # batches of a few records...
     monkeypatch.setattr(records, "CHUNK_BYTES", 256)  # ... read a few records at a time
     first = Daemon(config(tmp_path))
-    observe_batch = first.engine.observe_batch
+    observe_many = first.engine.observe_many
 
-    def observe_then_stop(*batch):
-        observe_batch(*batch)
+    def observe_then_stop(batches):
+        observe_many(batches)
         first.stop()  # SIGTERM arrives while the file is being read
 
-    first.engine.observe_batch = observe_then_stop
+    first.engine.observe_many = observe_then_stop
     assert first.catch_up() is False
     first.shutdown()
     assert 7 <= first.points < len(points)  # it stopped at the first look after 7 points, between batches

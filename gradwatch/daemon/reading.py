@@ -118,19 +118,19 @@ class FileReads:
         return n
 
     def _observe(self, run: str, path: str, batches: Iterator[list[Columns]]) -> None:
-        """The hot loop: every batch of a read pass into the engine, a series' points at a time;
+        """The hot loop: every batch of a read pass into the engine, the batch's series together;
         the count lands in ``_observed`` even when the reader fails halfway (what was observed is
         marked dirty). A stop is looked at between batches: a batch is observed whole or not at all."""
-        observe_batch = self.engine.observe_batch
+        observe_many = self.engine.observe_many
         n = 0
         check_at = BATCH_POINTS
         try:
             # a read that fails inside a batch leaves the reader as it was after the last batch it
             # handed over (read_columns rolls back itself): nothing to undo here
             for columns in batches:
-                for c in columns:
-                    observe_batch(run, c.tag, c.steps, c.wall_times, c.values)
-                    n += len(c)
+                # the batch's series decided together (Engine.observe_many): the same sink calls
+                observe_many([(run, c.tag, c.steps, c.wall_times, c.values) for c in columns])
+                n += sum(map(len, columns))
                 if n >= check_at:
                     # a long catch-up still answers systemd's watchdog and SIGTERM
                     check_at = n + BATCH_POINTS
