@@ -13,6 +13,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from gradwatch.events.framing import at_every_byte as _strided
+
 
 class Columns(NamedTuple):
     """The points of one tag in one batch of records, in file order."""
@@ -48,12 +50,6 @@ def _distinct(a: np.ndarray) -> list:
     without its first call's import of numpy.ma (about 28 ms, paid in each forked reader)."""
     a = np.sort(a)
     return a[np.concatenate(([True], a[1:] != a[:-1]))].tolist() if len(a) else []
-
-
-def _strided(buf: bytes, dtype: str) -> np.ndarray:
-    """A view of ``buf`` with one ``dtype`` item starting at every byte offset (no copy)."""
-    size = np.dtype(dtype).itemsize
-    return np.ndarray((len(buf) - size + 1,), dtype=dtype, buffer=buf, strides=(1,))
 
 
 class TemplateHits(NamedTuple):
@@ -180,9 +176,9 @@ class _Matched:
             for (tail, tag, _), members in _match_heads(buf, at[group], voff, heads):
                 size = length - voff - len(tail or b"")
                 members = group[members]
-                if tail is not None:
-                    tails = _strided(buf, f"V{len(tail)}")[at[members] + voff + size]
-                    members = members[tails == np.void(tail)]
+                if tail is not None and members.size:
+                    tails = _as_integers(buf, at[members] + voff + size, len(tail))
+                    members = members[_equal(tails, tail)]
                 if tag not in self._index:
                     self._index[tag] = len(self.names)
                     self.names.append(tag)
@@ -196,16 +192,39 @@ def _match_heads(buf: bytes, at: np.ndarray, voff: int, heads: dict) -> list[tup
     if voff == 0:
         template = heads.get(b"")
         return [] if template is None else [(template, np.arange(len(at)))]
-    got = _strided(buf, f"V{voff}")[at]
     if len(heads) <= _FEW_HEADS:
-        found = ((template, np.flatnonzero(got == np.void(head))) for head, template in heads.items())
+        got = _as_integers(buf, at, voff)
+        found = ((template, np.flatnonzero(_equal(got, head))) for head, template in heads.items())
         return [(template, members) for template, members in found if members.size]
+    got = _strided(buf, f"V{voff}")[at]
     known = sorted(heads)
     sorted_heads = np.frombuffer(b"".join(known), f"V{voff}")
     where = np.minimum(np.searchsorted(sorted_heads, got), len(known) - 1)
     matched = np.flatnonzero(sorted_heads[where] == got)
     where = where[matched]
     return [(heads[known[i]], matched[where == i]) for i in _distinct(where)]
+
+
+def _as_integers(buf: bytes, at: np.ndarray, width: int) -> list[tuple[int, np.ndarray]]:
+    """The ``width`` bytes at each of ``at`` (not none) as a few unsigned integers each, to
+    compare with _equal: (offset in the bytes, one integer per position) for overlapping
+    words that cover them. numpy compares void items a byte at a time, and the heads of
+    one summary length differ only late, in their tags (bench/data/runs: 40 ns a record
+    and head as void items, a few as integers)."""
+    got = _strided(buf, f"V{width}")[at]  # one gather; the words are views of it
+    size = 8 if width >= 8 else 4 if width >= 4 else 2 if width >= 2 else 1
+    offsets = sorted({*range(0, width - size + 1, size), width - size})
+    return [(o, np.ndarray((len(at),), f"<u{size}", buffer=got, offset=o, strides=(width,))) for o in offsets]
+
+
+def _equal(words: list[tuple[int, np.ndarray]], expected: bytes) -> np.ndarray:
+    """Per position of ``words`` (_as_integers), whether its bytes are ``expected``."""
+    (o, first), *rest = words
+    size = first.itemsize
+    equal = first == int.from_bytes(expected[o : o + size], "little")
+    for o, word in rest:
+        equal &= word == int.from_bytes(expected[o : o + size], "little")
+    return equal
 
 
 class ColumnsBuilder:
