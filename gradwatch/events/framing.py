@@ -191,22 +191,30 @@ def _run(buf: bytes, pos: int, pattern: list[int]) -> tuple[list[bytes], int, np
     """
     import numpy as np
 
-    count = min((len(buf) - pos) // (min(pattern) + HEADER_BYTES + FOOTER_BYTES), MAX_RUN_RECORDS)
-    reps = -(-count // len(pattern))
-    lengths = np.tile(np.array(pattern, np.int64), reps)[:count]
-    ends = pos + np.cumsum(lengths + (HEADER_BYTES + FOOTER_BYTES))
-    fits = int(np.searchsorted(ends, len(buf), side="right"))
-    starts = ends[:fits] - lengths[:fits] - (HEADER_BYTES + FOOTER_BYTES)
-    # a header is its length (8 bytes) and that length's masked checksum (4), compared as
-    # two integers: numpy compares 12-byte void items many times slower
-    checksums = np.tile(np.array([masked_crc32c(_LENGTH.pack(n)) for n in pattern], np.uint32), reps)[:fits]
-    wrong = at_every_byte(buf, "<i8")[starts] != lengths[:fits]
-    wrong |= at_every_byte(buf, "<u4")[starts + 8] != checksums
-    wrong = np.flatnonzero(wrong)
-    k = int(wrong[0]) if wrong.size else fits
+    # One repetition of the pattern (a block) is ``block`` bytes, so the headers of the
+    # records at one place in the pattern are ``block`` bytes apart: read through a
+    # strided view, compared without gathering them (numpy gathers unaligned items
+    # several times slower than it compares them in place).
+    p = len(pattern)
+    ends = list(itertools.accumulate((n + HEADER_BYTES + FOOTER_BYTES for n in pattern), initial=0))
+    block = ends[-1]
+    full, rest = divmod(len(buf) - pos, block)
+    fits = min(full * p + bisect.bisect_right(ends, rest) - 1, MAX_RUN_RECORDS)
+    k = fits
+    for j, n in enumerate(pattern[:fits]):
+        count = (fits - j + p - 1) // p  # records at place j among the first ``fits``
+        at = pos + ends[j]
+        # a header: its length (8 bytes) and that length's masked checksum (4)
+        wrong = np.ndarray((count,), "<i8", buffer=buf, offset=at, strides=(block,)) != n
+        checksum = masked_crc32c(_LENGTH.pack(n))
+        wrong |= np.ndarray((count,), "<u4", buffer=buf, offset=at + 8, strides=(block,)) != checksum
+        first = int(wrong.argmax())
+        if wrong[first]:
+            k = min(k, first * p + j)
+    lengths = np.tile(np.array(pattern, np.int64), -(-k // p))[:k]
     if not k:
-        return [], pos, lengths[:0]
-    return _payloads(buf, pos, pattern, k), int(ends[k - 1]), lengths[:k]
+        return [], pos, lengths
+    return _payloads(buf, pos, pattern, k), pos + k // p * block + ends[k % p], lengths
 
 
 def at_every_byte(buf: bytes, dtype: str) -> np.ndarray:
