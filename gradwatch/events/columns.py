@@ -70,16 +70,19 @@ def _steps(buf: bytes, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     reported as taking 0 bytes; the caller decodes those few one at a time.
     """
     words = _strided(buf, "<u8")[at]
-    ends = ~words & np.uint64(_CONT_BITS)  # the high bit of each byte that ends a varint
-    last = ends & (~ends + np.uint64(1))  # the first of them, alone
-    # last is 2**(8j + 7) for a varint of j + 1 bytes
-    bit = np.log2(np.maximum(last, 1).astype(np.float64)).astype(np.int64)
-    nbytes = np.where(last == 0, 0, (bit + 1) // 8)
-    # only the varint's own bytes: below the bit after its last byte (all of them for 8)
-    words &= np.where(last == 0, np.uint64(0), (last << np.uint64(1)) - np.uint64(1))
+    ends = ~words
+    ends &= np.uint64(_CONT_BITS)  # the high bit of each byte that ends a varint
+    last = np.negative(ends)
+    last &= ends  # the first of them, alone: 2**(8j + 7) for a varint of j + 1 bytes
+    mask = np.left_shift(last, np.uint64(1))
+    mask -= np.uint64(1)  # the varint's own bytes (all 64 bits for 8 bytes, and for none)
+    words &= mask
+    # last's float64 exponent (bits 52 to 62) is 1023 + 8j + 7: j + 1 = (exponent - 1022) >> 3
+    nbytes = ((last.astype(np.float64).view(np.int64) >> 52) - 1022) >> 3
+    nbytes[last == 0] = 0  # longer than 8 bytes
     steps = words & _LOW7
     for i in range(1, int(nbytes.max(initial=0))):
-        steps |= ((words >> np.uint64(8 * i)) & _LOW7) << np.uint64(7 * i)
+        steps |= (words >> np.uint64(i)) & np.uint64(0x7F << (7 * i))
     return steps.view(np.int64), nbytes
 
 
