@@ -225,21 +225,29 @@ def at_every_byte(buf: bytes, dtype: str) -> np.ndarray:
     return np.ndarray((len(buf) - size + 1,), dtype=dtype, buffer=buf, strides=(1,))
 
 
-_block_formats: dict[tuple[int, ...], struct.Struct] = {}
+_block_formats: dict[tuple[int, ...], tuple[struct.Struct, list[int]]] = {}
+# Records unpacked per struct call at least: the pattern is repeated to that many (a tuple
+# per unpack costs about as much as 3 records; 32 records: 32 -> 22 ns a record)
+_BLOCK_RECORDS = 32
 
 
 def _payloads(buf: bytes, pos: int, pattern: list[int], k: int) -> list[bytes]:
     """The payloads of the ``k`` records from ``pos`` whose lengths repeat ``pattern``:
-    one struct unpack per repetition of the pattern (a block of records), not a slice each."""
-    block = _block_formats.get(tuple(pattern))
-    if block is None:
+    one struct unpack per block of records (the pattern repeated), not a slice each."""
+    entry = _block_formats.get(tuple(pattern))
+    if entry is None:
         if len(_block_formats) > 64:
             _block_formats.clear()
-        block = _block_formats[tuple(pattern)] = struct.Struct("".join(f"12x{n}s4x" for n in pattern))
-    blocks = k // len(pattern)
+        lengths = pattern * -(-_BLOCK_RECORDS // len(pattern))
+        entry = _block_formats[tuple(pattern)] = (
+            struct.Struct("".join(f"12x{n}s4x" for n in lengths)),
+            lengths,
+        )
+    block, lengths = entry
+    blocks = k // len(lengths)
     stop = pos + blocks * block.size
     payloads = list(itertools.chain.from_iterable(block.iter_unpack(memoryview(buf)[pos:stop])))
-    for n in pattern[: k - blocks * len(pattern)]:  # the last, partial block
+    for n in lengths[: k - blocks * len(lengths)]:  # the last, partial block
         payloads.append(buf[stop + HEADER_BYTES : stop + HEADER_BYTES + n])
         stop += n + HEADER_BYTES + FOOTER_BYTES
     return payloads
