@@ -131,14 +131,19 @@ def _hits(
         entry = templates.get(length)
         if entry is not None:
             matched.add(buf, at, np.flatnonzero(summary_lens == length), length, entry, more_templates)
-    hit = np.flatnonzero(matched.tag_of >= 0)
-    value_at, double = matched.value_at[hit], matched.double[hit]
-    values = np.empty(len(hit), np.float64)
+    tag_of, value_at, double = matched.tag_of, matched.value_at, matched.double
+    hit = np.flatnonzero(tag_of >= 0)
+    if len(hit) < len(cand):  # else every candidate decoded (a file of scalars): nothing to take
+        cand, tag_of, value_at, double, steps = cand[hit], tag_of[hit], value_at[hit], double[hit], steps[hit]
     with np.errstate(invalid="ignore"):  # a signalling NaN is quieted, as struct's "<f" does
-        values[~double] = _strided(buf, "<f4")[value_at[~double]]
-    values[double] = _strided(buf, "<f8")[value_at[double]]
-    wall_times = _strided(buf, "<f8")[starts[cand[hit]] + 1]
-    return TemplateHits(cand[hit], matched.tag_of[hit], matched.names, steps[hit], wall_times, values)
+        if not double.any():  # one dtype: no masks
+            values = _strided(buf, "<f4")[value_at].astype(np.float64)
+        else:
+            values = np.empty(len(value_at), np.float64)
+            values[~double] = _strided(buf, "<f4")[value_at[~double]]
+            values[double] = _strided(buf, "<f8")[value_at[double]]
+    wall_times = _strided(buf, "<f8")[starts[cand] + 1]
+    return TemplateHits(cand, tag_of, matched.names, steps, wall_times, values)
 
 
 def _summaries(
