@@ -46,10 +46,16 @@ _FEW_HEADS = 8
 
 
 def _distinct(a: np.ndarray) -> list:
-    """The distinct values of ``a``, ascending, as Python numbers: ``np.unique(a).tolist()``
-    without its first call's import of numpy.ma (about 28 ms, paid in each forked reader)."""
+    """The distinct values of ``a`` (integers), ascending, as Python numbers: ``np.unique(a).tolist()``
+    without its first call's import of numpy.ma (about 28 ms, paid in each forked reader),
+    counted in one pass when they span a few thousand values (summary lengths) instead of sorted."""
+    if not len(a):
+        return []
+    low, high = int(a.min()), int(a.max())
+    if high - low < 1 << 12:
+        return (np.flatnonzero(np.bincount(a - low, minlength=high - low + 1)) + low).tolist()
     a = np.sort(a)
-    return a[np.concatenate(([True], a[1:] != a[:-1]))].tolist() if len(a) else []
+    return a[np.concatenate(([True], a[1:] != a[:-1]))].tolist()
 
 
 class TemplateHits(NamedTuple):
@@ -124,9 +130,8 @@ def _hits(
     buf: bytes, starts: np.ndarray, lens: np.ndarray, templates: dict, more_templates: dict, step_of
 ) -> TemplateHits:
     """template_hits of records none of which is too long for a template."""
-    cand, steps, at = _summaries(buf, lens, starts, step_of)
+    cand, starts, steps, at, summary_lens = _summaries(buf, lens, starts, step_of)
     matched = _Matched(len(cand))
-    summary_lens = lens[cand] - (at - starts[cand])
     for length in _distinct(summary_lens):
         entry = templates.get(length)
         if entry is not None:
@@ -134,7 +139,14 @@ def _hits(
     tag_of, value_at, double = matched.tag_of, matched.value_at, matched.double
     hit = np.flatnonzero(tag_of >= 0)
     if len(hit) < len(cand):  # else every candidate decoded (a file of scalars): nothing to take
-        cand, tag_of, value_at, double, steps = cand[hit], tag_of[hit], value_at[hit], double[hit], steps[hit]
+        cand, starts, tag_of, value_at, double, steps = (
+            cand[hit],
+            starts[hit],
+            tag_of[hit],
+            value_at[hit],
+            double[hit],
+            steps[hit],
+        )
     with np.errstate(invalid="ignore"):  # a signalling NaN is quieted, as struct's "<f" does
         if not double.any():  # one dtype: no masks
             values = _strided(buf, "<f4")[value_at].astype(np.float64)
@@ -142,25 +154,32 @@ def _hits(
             values = np.empty(len(value_at), np.float64)
             values[~double] = _strided(buf, "<f4")[value_at[~double]]
             values[double] = _strided(buf, "<f8")[value_at[double]]
-    wall_times = _strided(buf, "<f8")[starts[cand] + 1]
+    wall_times = _strided(buf, "<f8")[starts + 1]
     return TemplateHits(cand, tag_of, matched.names, steps, wall_times, values)
 
 
 def _summaries(
     buf: bytes, lens: np.ndarray, starts: np.ndarray, step_of
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The records laid out as the fast path reads them (wall_time, then step): their
-    indexes, steps and where each one's summary starts in ``buf``."""
+    indexes, starts in ``buf``, steps, where each one's summary starts in ``buf`` and
+    its length."""
     u8 = np.frombuffer(buf, np.uint8)
-    cand = np.flatnonzero((lens >= 11) & (u8[starts] == 9) & (u8[starts + 9] == 16))
-    steps, nbytes = _steps(buf, starts[cand] + 10)
+    laid_out = (lens >= 11) & (u8[starts] == 9) & (u8[starts + 9] == 16)
+    if laid_out.all():  # a file of scalars: nothing to take by index
+        cand = np.arange(len(lens))
+    else:
+        cand = np.flatnonzero(laid_out)
+        starts, lens = starts[cand], lens[cand]
+    steps, nbytes = _steps(buf, starts + 10)
     for i in np.flatnonzero(nbytes == 0).tolist():  # long varints: one at a time
         try:
             steps[i], s = step_of(int(cand[i]))
             nbytes[i] = s - 10
         except IndexError:
-            nbytes[i] = lens[cand[i]]  # not a varint within the record: no summary left
-    return cand, steps, starts[cand] + 10 + nbytes
+            nbytes[i] = lens[i]  # not a varint within the record: no summary left
+    nbytes += 10
+    return cand, starts, steps, starts + nbytes, lens - nbytes
 
 
 class _Matched:
@@ -177,8 +196,9 @@ class _Matched:
     def add(self, buf: bytes, at: np.ndarray, group: np.ndarray, length: int, entry, more_templates) -> None:
         """Match the records ``group`` (summaries of ``length`` bytes starting at ``at``)
         against the templates of that length, the main entry first."""
-        for voff, heads in (entry, *more_templates.get(length, ())):
-            group = group[self.tag_of[group] < 0]
+        for n, (voff, heads) in enumerate((entry, *more_templates.get(length, ()))):
+            if n:  # lengths' groups are disjoint: only this length's earlier entries matched some
+                group = group[self.tag_of[group] < 0]
             if not group.size or not heads:
                 continue
             for (tail, tag, _), members in _match_heads(buf, at[group], voff, heads):
@@ -279,23 +299,25 @@ class ColumnsBuilder:
         self._first += records
 
     def build(self) -> list[Columns]:
-        parts = list(self._parts)
+        # file order: the bulk parts are in it (each after the last), so are the points
+        # decoded one at a time (a few records where a batch was cut); a record's points
+        # come all from one or the other, in order
+        columns = [np.concatenate(column) for column in zip(*self._parts)] if self._parts else None
         if self._points:
             records, tags, steps, wall_times, values = zip(*self._points)
-            parts.append(
-                (
-                    np.array(records, np.int64),
-                    np.array(tags, np.int64),
-                    np.array(steps, np.int64),
-                    np.array(wall_times, np.float64),
-                    np.array(values, np.float64),
-                )
+            one_at_a_time = (
+                np.array(records, np.int64),
+                np.array(tags, np.int64),
+                np.array(steps, np.int64),
+                np.array(wall_times, np.float64),
+                np.array(values, np.float64),
             )
-        records, tags, steps, wall_times, values = (np.concatenate(column) for column in zip(*parts))
-        if len(parts) > 1:
-            # file order; a record's points were added in order and stay so (stable)
-            order = np.argsort(records, kind="stable")
-            tags, steps, wall_times, values = tags[order], steps[order], wall_times[order], values[order]
+            if columns is None:
+                columns = one_at_a_time
+            else:  # merged in: not sorted again
+                where = np.searchsorted(columns[0], one_at_a_time[0])
+                columns = [np.insert(bulk, where, few) for bulk, few in zip(columns, one_at_a_time)]
+        _, tags, steps, wall_times, values = columns
         names = list(self._names)
         if len(names) == 1:
             return [Columns(names[int(tags[0])], steps, wall_times, values)]
