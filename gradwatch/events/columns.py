@@ -117,10 +117,10 @@ def template_hits(
     # Only records short enough to hold a template's summary are looked at (histograms
     # and images never are): a summary starts 11 to 20 bytes into its Event. The varint
     # read takes 8 bytes from the 11th: a record too close to the end of ``buf`` for that
-    # is left to the one-at-a-time path.
-    looked_at = (lens <= max(templates) + 20) & (starts <= len(buf) - _READ_AHEAD)
-    if looked_at.all():
+    # is left to the one-at-a-time path. Records in file order: the last start is the nearest the end.
+    if not len(lens) or (lens.max() <= max(templates) + 20 and starts[-1] <= len(buf) - _READ_AHEAD):
         return _hits(buf, starts, lens, templates, more_templates, step_of)
+    looked_at = (lens <= max(templates) + 20) & (starts <= len(buf) - _READ_AHEAD)
     some = np.flatnonzero(looked_at)
     hits = _hits(buf, starts[some], lens[some], templates, more_templates, lambda i: step_of(int(some[i])))
     return hits._replace(records=some[hits.records])
