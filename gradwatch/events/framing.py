@@ -88,15 +88,18 @@ def _verified_numpy(buf: bytes, first: int, batch: list[bytes], lengths=None) ->
 
     k = len(batch)
     crcs = np.fromiter(map(_crc32c, batch), np.uint32, count=k)
-    masked = ((crcs >> 15) | (crcs << 17)) + np.uint32(0xA282EAD8)  # uint32: wraps like & 0xFFFFFFFF
+    masked = crcs >> 15  # masked in place: uint32 wraps like & 0xFFFFFFFF
+    crcs <<= 17
+    masked |= crcs
+    masked += np.uint32(0xA282EAD8)
     footers = (payload_lengths(batch) if lengths is None else lengths) + (HEADER_BYTES + FOOTER_BYTES)
     np.cumsum(footers, out=footers)
     footers += first - FOOTER_BYTES
     # every footer at once: a view with a uint32 at each byte offset, indexed by where they are
     footer_at = np.ndarray((len(buf) - FOOTER_BYTES + 1,), "<u4", buffer=buf, strides=(1,))
-    stored = footer_at[footers]
-    bad = np.flatnonzero(masked != stored)
-    return int(bad[0]) if bad.size else k
+    wrong = masked != footer_at[footers]
+    first_wrong = int(wrong.argmax())
+    return first_wrong if wrong[first_wrong] else k
 
 
 def verified_prefix(buf: bytes, first: int, batch: list[bytes], lengths=None) -> int:
