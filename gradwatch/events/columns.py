@@ -233,20 +233,30 @@ def _match_heads(buf: bytes, at: np.ndarray, voff: int, heads: dict) -> list[tup
     return [(heads[known[i]], matched[where == i]) for i in _distinct(where)]
 
 
-def _as_integers(buf: bytes, at: np.ndarray, width: int) -> list[tuple[int, np.ndarray]]:
-    """The ``width`` bytes at each of ``at`` (not none) as a few unsigned integers each, to
-    compare with _equal: (offset in the bytes, one integer per position) for overlapping
-    words that cover them. numpy compares void items a byte at a time, and the heads of
-    one summary length differ only late, in their tags (bench/data/runs: 40 ns a record
-    and head as void items, a few as integers)."""
+# Groups of at least this many records compare their bytes as integers (_as_integers); smaller
+# ones as void items, one numpy call per template instead of two per word: numpy's fixed cost
+# per call is more than void items cost there (bench/data/mixed: groups of tens of records).
+_INTEGERS_FROM = 256
+
+
+def _as_integers(buf: bytes, at: np.ndarray, width: int) -> np.ndarray | list[tuple[int, np.ndarray]]:
+    """The ``width`` bytes at each of ``at`` (not empty), to compare with _equal: for
+    _INTEGERS_FROM positions or more, a few unsigned integers each, as (offset in the
+    bytes, one integer per position) for overlapping words that cover them. numpy compares
+    void items a byte at a time, and the heads of one summary length differ only late, in
+    their tags (bench/data/runs: 40 ns a record and head as void items, a few as integers)."""
     got = _strided(buf, f"V{width}")[at]  # one gather; the words are views of it
+    if len(at) < _INTEGERS_FROM:
+        return got
     size = 8 if width >= 8 else 4 if width >= 4 else 2 if width >= 2 else 1
     offsets = sorted({*range(0, width - size + 1, size), width - size})
     return [(o, np.ndarray((len(at),), f"<u{size}", buffer=got, offset=o, strides=(width,))) for o in offsets]
 
 
-def _equal(words: list[tuple[int, np.ndarray]], expected: bytes) -> np.ndarray:
+def _equal(words: np.ndarray | list[tuple[int, np.ndarray]], expected: bytes) -> np.ndarray:
     """Per position of ``words`` (_as_integers), whether its bytes are ``expected``."""
+    if isinstance(words, np.ndarray):  # void items
+        return words == np.void(expected)
     (o, first), *rest = words
     size = first.itemsize
     equal = first == int.from_bytes(expected[o : o + size], "little")
