@@ -13,6 +13,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from gradwatch.events.framing import at_every_byte as _strided
+
 
 class Columns(NamedTuple):
     """The points of one tag in one batch of records, in file order."""
@@ -44,16 +46,16 @@ _FEW_HEADS = 8
 
 
 def _distinct(a: np.ndarray) -> list:
-    """The distinct values of ``a``, ascending, as Python numbers: ``np.unique(a).tolist()``
-    without its first call's import of numpy.ma (about 28 ms, paid in each forked reader)."""
+    """The distinct values of ``a`` (integers), ascending, as Python numbers: ``np.unique(a).tolist()``
+    without its first call's import of numpy.ma (about 28 ms, paid in each forked reader),
+    counted in one pass when they span a few thousand values (summary lengths) instead of sorted."""
+    if not len(a):
+        return []
+    low, high = int(a.min()), int(a.max())
+    if high - low < 1 << 12:
+        return (np.flatnonzero(np.bincount(a - low, minlength=high - low + 1)) + low).tolist()
     a = np.sort(a)
-    return a[np.concatenate(([True], a[1:] != a[:-1]))].tolist() if len(a) else []
-
-
-def _strided(buf: bytes, dtype: str) -> np.ndarray:
-    """A view of ``buf`` with one ``dtype`` item starting at every byte offset (no copy)."""
-    size = np.dtype(dtype).itemsize
-    return np.ndarray((len(buf) - size + 1,), dtype=dtype, buffer=buf, strides=(1,))
+    return a[np.concatenate(([True], a[1:] != a[:-1]))].tolist()
 
 
 class TemplateHits(NamedTuple):
@@ -74,16 +76,19 @@ def _steps(buf: bytes, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     reported as taking 0 bytes; the caller decodes those few one at a time.
     """
     words = _strided(buf, "<u8")[at]
-    ends = ~words & np.uint64(_CONT_BITS)  # the high bit of each byte that ends a varint
-    last = ends & (~ends + np.uint64(1))  # the first of them, alone
-    # last is 2**(8j + 7) for a varint of j + 1 bytes
-    bit = np.log2(np.maximum(last, 1).astype(np.float64)).astype(np.int64)
-    nbytes = np.where(last == 0, 0, (bit + 1) // 8)
-    # only the varint's own bytes: below the bit after its last byte (all of them for 8)
-    words &= np.where(last == 0, np.uint64(0), (last << np.uint64(1)) - np.uint64(1))
+    ends = ~words
+    ends &= np.uint64(_CONT_BITS)  # the high bit of each byte that ends a varint
+    last = np.negative(ends)
+    last &= ends  # the first of them, alone: 2**(8j + 7) for a varint of j + 1 bytes
+    mask = np.left_shift(last, np.uint64(1))
+    mask -= np.uint64(1)  # the varint's own bytes (all 64 bits for 8 bytes, and for none)
+    words &= mask
+    # last's float64 exponent (bits 52 to 62) is 1023 + 8j + 7: j + 1 = (exponent - 1022) >> 3
+    nbytes = ((last.astype(np.float64).view(np.int64) >> 52) - 1022) >> 3
+    nbytes[last == 0] = 0  # longer than 8 bytes
     steps = words & _LOW7
     for i in range(1, int(nbytes.max(initial=0))):
-        steps |= ((words >> np.uint64(8 * i)) & _LOW7) << np.uint64(7 * i)
+        steps |= (words >> np.uint64(i)) & np.uint64(0x7F << (7 * i))
     return steps.view(np.int64), nbytes
 
 
@@ -112,10 +117,10 @@ def template_hits(
     # Only records short enough to hold a template's summary are looked at (histograms
     # and images never are): a summary starts 11 to 20 bytes into its Event. The varint
     # read takes 8 bytes from the 11th: a record too close to the end of ``buf`` for that
-    # is left to the one-at-a-time path.
-    looked_at = (lens <= max(templates) + 20) & (starts <= len(buf) - _READ_AHEAD)
-    if looked_at.all():
+    # is left to the one-at-a-time path. Records in file order: the last start is the nearest the end.
+    if not len(lens) or (lens.max() <= max(templates) + 20 and starts[-1] <= len(buf) - _READ_AHEAD):
         return _hits(buf, starts, lens, templates, more_templates, step_of)
+    looked_at = (lens <= max(templates) + 20) & (starts <= len(buf) - _READ_AHEAD)
     some = np.flatnonzero(looked_at)
     hits = _hits(buf, starts[some], lens[some], templates, more_templates, lambda i: step_of(int(some[i])))
     return hits._replace(records=some[hits.records])
@@ -125,38 +130,56 @@ def _hits(
     buf: bytes, starts: np.ndarray, lens: np.ndarray, templates: dict, more_templates: dict, step_of
 ) -> TemplateHits:
     """template_hits of records none of which is too long for a template."""
-    cand, steps, at = _summaries(buf, lens, starts, step_of)
+    cand, starts, steps, at, summary_lens = _summaries(buf, lens, starts, step_of)
     matched = _Matched(len(cand))
-    summary_lens = lens[cand] - (at - starts[cand])
     for length in _distinct(summary_lens):
         entry = templates.get(length)
         if entry is not None:
             matched.add(buf, at, np.flatnonzero(summary_lens == length), length, entry, more_templates)
-    hit = np.flatnonzero(matched.tag_of >= 0)
-    value_at, double = matched.value_at[hit], matched.double[hit]
-    values = np.empty(len(hit), np.float64)
+    tag_of, value_at, double = matched.tag_of, matched.value_at, matched.double
+    hit = np.flatnonzero(tag_of >= 0)
+    if len(hit) < len(cand):  # else every candidate decoded (a file of scalars): nothing to take
+        cand, starts, tag_of, value_at, double, steps = (
+            cand[hit],
+            starts[hit],
+            tag_of[hit],
+            value_at[hit],
+            double[hit],
+            steps[hit],
+        )
     with np.errstate(invalid="ignore"):  # a signalling NaN is quieted, as struct's "<f" does
-        values[~double] = _strided(buf, "<f4")[value_at[~double]]
-    values[double] = _strided(buf, "<f8")[value_at[double]]
-    wall_times = _strided(buf, "<f8")[starts[cand[hit]] + 1]
-    return TemplateHits(cand[hit], matched.tag_of[hit], matched.names, steps[hit], wall_times, values)
+        if not double.any():  # one dtype: no masks
+            values = _strided(buf, "<f4")[value_at].astype(np.float64)
+        else:
+            values = np.empty(len(value_at), np.float64)
+            values[~double] = _strided(buf, "<f4")[value_at[~double]]
+            values[double] = _strided(buf, "<f8")[value_at[double]]
+    wall_times = _strided(buf, "<f8")[starts + 1]
+    return TemplateHits(cand, tag_of, matched.names, steps, wall_times, values)
 
 
 def _summaries(
     buf: bytes, lens: np.ndarray, starts: np.ndarray, step_of
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The records laid out as the fast path reads them (wall_time, then step): their
-    indexes, steps and where each one's summary starts in ``buf``."""
+    indexes, starts in ``buf``, steps, where each one's summary starts in ``buf`` and
+    its length."""
     u8 = np.frombuffer(buf, np.uint8)
-    cand = np.flatnonzero((lens >= 11) & (u8[starts] == 9) & (u8[starts + 9] == 16))
-    steps, nbytes = _steps(buf, starts[cand] + 10)
+    laid_out = (lens >= 11) & (u8[starts] == 9) & (u8[starts + 9] == 16)
+    if laid_out.all():  # a file of scalars: nothing to take by index
+        cand = np.arange(len(lens))
+    else:
+        cand = np.flatnonzero(laid_out)
+        starts, lens = starts[cand], lens[cand]
+    steps, nbytes = _steps(buf, starts + 10)
     for i in np.flatnonzero(nbytes == 0).tolist():  # long varints: one at a time
         try:
             steps[i], s = step_of(int(cand[i]))
             nbytes[i] = s - 10
         except IndexError:
-            nbytes[i] = lens[cand[i]]  # not a varint within the record: no summary left
-    return cand, steps, starts[cand] + 10 + nbytes
+            nbytes[i] = lens[i]  # not a varint within the record: no summary left
+    nbytes += 10
+    return cand, starts, steps, starts + nbytes, lens - nbytes
 
 
 class _Matched:
@@ -173,16 +196,17 @@ class _Matched:
     def add(self, buf: bytes, at: np.ndarray, group: np.ndarray, length: int, entry, more_templates) -> None:
         """Match the records ``group`` (summaries of ``length`` bytes starting at ``at``)
         against the templates of that length, the main entry first."""
-        for voff, heads in (entry, *more_templates.get(length, ())):
-            group = group[self.tag_of[group] < 0]
+        for n, (voff, heads) in enumerate((entry, *more_templates.get(length, ()))):
+            if n:  # lengths' groups are disjoint: only this length's earlier entries matched some
+                group = group[self.tag_of[group] < 0]
             if not group.size or not heads:
                 continue
             for (tail, tag, _), members in _match_heads(buf, at[group], voff, heads):
                 size = length - voff - len(tail or b"")
                 members = group[members]
-                if tail is not None:
-                    tails = _strided(buf, f"V{len(tail)}")[at[members] + voff + size]
-                    members = members[tails == np.void(tail)]
+                if tail is not None and members.size:
+                    tails = _as_integers(buf, at[members] + voff + size, len(tail))
+                    members = members[_equal(tails, tail)]
                 if tag not in self._index:
                     self._index[tag] = len(self.names)
                     self.names.append(tag)
@@ -196,16 +220,49 @@ def _match_heads(buf: bytes, at: np.ndarray, voff: int, heads: dict) -> list[tup
     if voff == 0:
         template = heads.get(b"")
         return [] if template is None else [(template, np.arange(len(at)))]
-    got = _strided(buf, f"V{voff}")[at]
     if len(heads) <= _FEW_HEADS:
-        found = ((template, np.flatnonzero(got == np.void(head))) for head, template in heads.items())
+        got = _as_integers(buf, at, voff)
+        found = ((template, np.flatnonzero(_equal(got, head))) for head, template in heads.items())
         return [(template, members) for template, members in found if members.size]
+    got = _strided(buf, f"V{voff}")[at]
     known = sorted(heads)
     sorted_heads = np.frombuffer(b"".join(known), f"V{voff}")
     where = np.minimum(np.searchsorted(sorted_heads, got), len(known) - 1)
     matched = np.flatnonzero(sorted_heads[where] == got)
     where = where[matched]
     return [(heads[known[i]], matched[where == i]) for i in _distinct(where)]
+
+
+# Groups of at least this many records compare their bytes as integers (_as_integers); smaller
+# ones as void items, one numpy call per template instead of two per word: numpy's fixed cost
+# per call is more than void items cost there (bench/data/mixed: groups of tens of records).
+_INTEGERS_FROM = 256
+
+
+def _as_integers(buf: bytes, at: np.ndarray, width: int) -> np.ndarray | list[tuple[int, np.ndarray]]:
+    """The ``width`` bytes at each of ``at`` (not empty), to compare with _equal: for
+    _INTEGERS_FROM positions or more, a few unsigned integers each, as (offset in the
+    bytes, one integer per position) for overlapping words that cover them. numpy compares
+    void items a byte at a time, and the heads of one summary length differ only late, in
+    their tags (bench/data/runs: 40 ns a record and head as void items, a few as integers)."""
+    got = _strided(buf, f"V{width}")[at]  # one gather; the words are views of it
+    if len(at) < _INTEGERS_FROM:
+        return got
+    size = 8 if width >= 8 else 4 if width >= 4 else 2 if width >= 2 else 1
+    offsets = sorted({*range(0, width - size + 1, size), width - size})
+    return [(o, np.ndarray((len(at),), f"<u{size}", buffer=got, offset=o, strides=(width,))) for o in offsets]
+
+
+def _equal(words: np.ndarray | list[tuple[int, np.ndarray]], expected: bytes) -> np.ndarray:
+    """Per position of ``words`` (_as_integers), whether its bytes are ``expected``."""
+    if isinstance(words, np.ndarray):  # void items
+        return words == np.void(expected)
+    (o, first), *rest = words
+    size = first.itemsize
+    equal = first == int.from_bytes(expected[o : o + size], "little")
+    for o, word in rest:
+        equal &= word == int.from_bytes(expected[o : o + size], "little")
+    return equal
 
 
 class ColumnsBuilder:
@@ -252,23 +309,25 @@ class ColumnsBuilder:
         self._first += records
 
     def build(self) -> list[Columns]:
-        parts = list(self._parts)
+        # file order: the bulk parts are in it (each after the last), so are the points
+        # decoded one at a time (a few records where a batch was cut); a record's points
+        # come all from one or the other, in order
+        columns = [np.concatenate(column) for column in zip(*self._parts)] if self._parts else None
         if self._points:
             records, tags, steps, wall_times, values = zip(*self._points)
-            parts.append(
-                (
-                    np.array(records, np.int64),
-                    np.array(tags, np.int64),
-                    np.array(steps, np.int64),
-                    np.array(wall_times, np.float64),
-                    np.array(values, np.float64),
-                )
+            one_at_a_time = (
+                np.array(records, np.int64),
+                np.array(tags, np.int64),
+                np.array(steps, np.int64),
+                np.array(wall_times, np.float64),
+                np.array(values, np.float64),
             )
-        records, tags, steps, wall_times, values = (np.concatenate(column) for column in zip(*parts))
-        if len(parts) > 1:
-            # file order; a record's points were added in order and stay so (stable)
-            order = np.argsort(records, kind="stable")
-            tags, steps, wall_times, values = tags[order], steps[order], wall_times[order], values[order]
+            if columns is None:
+                columns = one_at_a_time
+            else:  # merged in: not sorted again
+                where = np.searchsorted(columns[0], one_at_a_time[0])
+                columns = [np.insert(bulk, where, few) for bulk, few in zip(columns, one_at_a_time)]
+        _, tags, steps, wall_times, values = columns
         names = list(self._names)
         if len(names) == 1:
             return [Columns(names[int(tags[0])], steps, wall_times, values)]

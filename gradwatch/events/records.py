@@ -290,7 +290,9 @@ class RecordTail(FileBytes):
         walk = _WALK_BEFORE_RUN  # records walked one at a time before a repeating run is tried
         misses = 0  # runs tried that took fewer records than were walked before them
         base = self.offset  # file offset of buf[0]
-        buf = self._read(f, CHUNK_BYTES)
+        # no more than the file holds: a read asks the allocator for all it may return, and
+        # a 1 MiB buffer for a 300 KB file costs page faults (bench/data/runs: 0.03 s of 0.6)
+        buf = self._read(f, min(CHUNK_BYTES, max(f.size() - base, 0)))
         pos = 0
         cut = None if batch_bytes is None else base + batch_bytes  # where the batch ends at the latest
         while True:

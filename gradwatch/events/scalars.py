@@ -138,9 +138,10 @@ class EventFileReader:
         else:
             if lens is None:
                 lens = np.fromiter(map(len, batch), np.int64, count=len(batch))
-            framed = np.cumsum(lens + 16)  # where each record ends, from the first's start
-            ends = framed + first
-            starts = framed - lens - 4 + frames.at  # each payload's start in frames.buf
+            ends = np.cumsum(lens + 16)  # where each record ends, from the first's start
+            starts = ends - lens
+            starts += frames.at - 4  # each payload's start in frames.buf
+            ends += first  # and in the file
             templates, more = self.decoder._templates, self.decoder._more_templates
             i = matches = 0
             while i < len(batch):
@@ -159,6 +160,8 @@ class EventFileReader:
         """Decode one at a time the records from ``first`` that no template decoded, until
         the templates changed so that ``hits`` may be wrong (one was forgotten) or matching
         the rest again pays (new ones learnt); returns where to match again."""
+        if len(hits.records) == len(batch) - first:  # every record decoded in bulk
+            return len(batch)
         decoder = self.decoder
         missed = np.ones(len(batch) - first, bool)
         missed[hits.records] = False
