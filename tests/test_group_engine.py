@@ -7,6 +7,7 @@ interleaved, a series' later batches carrying its window into the next group."""
 from __future__ import annotations
 
 import itertools
+import json
 import random
 
 import numpy as np
@@ -17,6 +18,7 @@ from test_batch_engine import Recorder, state_of
 from gradwatch import engine as engine_module
 from gradwatch.config.rulefiles import parse_rules
 from gradwatch.engine import Engine
+from gradwatch.store import restore_series
 
 
 def interleaved_batches(rng: random.Random, series: dict[str, tuple]) -> list[tuple]:
@@ -183,3 +185,85 @@ def test_steps_near_the_lowest_int64_decide_the_same(group):
         e2.observe_batch("run", "t1", steps, np.zeros(60), values)
     assert e2.sink.calls == e1.sink.calls and state_of(e2) == state_of(e1)
     assert e1.sink.calls  # x40 within 20 steps: it alerted
+
+
+def resumed_batches(rng: random.Random, restart: bool) -> list[tuple]:
+    """Dense series (one point per step, all positive) whose every later batch starts at the step
+    the one before ended on: a trainer resumed from a checkpoint logs that step again. With
+    ``restart`` each batch then logs its last steps again (steps go back: a second segment)."""
+    out = []
+    for tag, (steps, walls, values) in dense_series(rng).items():
+        n = len(steps)
+        cuts = sorted(rng.sample(range(1, n - 1), min(6, n - 2)))
+        for i, (a, b) in enumerate(itertools.pairwise([0, *cuts, n - 1])):
+            # every other batch 9x the one before: the carried entries are the window's minimum
+            s, w, v = steps[a : b + 1], walls[a : b + 1], values[a : b + 1] * 9.0 ** (i % 2)
+            if restart:  # its last steps again: it still ends where the next batch starts
+                back = rng.randint(1, len(s))
+                s = np.concatenate((s, s[-back:]))
+                w, v = np.concatenate((w, w[-back:])), np.concatenate((v, v[-back:] * 7))
+            out.append((tag, s, w, v))
+    rng.shuffle(out)
+    out.sort(key=lambda batch: batch[0])  # each series' batches in order, the series one after another
+    return [b for _, b in sorted(enumerate(out), key=lambda kb: (kb[0] % 5, kb[0]))]
+
+
+@pytest.mark.parametrize("how", ["observe_batch", "observe_many"])
+@pytest.mark.parametrize("restart", [False, True], ids=["resumed", "resumed_and_back"])
+@pytest.mark.parametrize("seed", range(8))
+def test_a_batch_that_logs_the_carried_step_again_decides_the_same(seed, restart, how):
+    """The carried window's last entry at the batch's first step s: the point at s + within_steps
+    still has it in its window (both ends of the window count). The one-point-per-step shortcut
+    missed it (the ratio and rank wrong at that point, a spurious 'resolved' in the daemon)."""
+    batches = resumed_batches(random.Random(seed), restart)
+    rules = rules_of(["growth", "growth_min", "growth_long"], tag="t*")
+    e1, e2 = point_by_point_and(how, batches, lambda: Engine(rules, Recorder()))
+    assert e2.sink.calls == e1.sink.calls and state_of(e2) == state_of(e1)
+    assert e1.sink.calls  # the series did alert
+
+
+def point_by_point_and(how: str, batches: list[tuple], engine) -> tuple[Engine, Engine]:
+    """Two new engines (``engine()``) after the (tag, steps, wall_times, values) ``batches`` of run
+    "run": one fed point by point, the other with ``how`` (observe_batch each, or observe_many)."""
+    e1, e2 = engine(), engine()
+    for tag, steps, walls, values in batches:
+        for step, wall, value in zip(steps.tolist(), walls.tolist(), values.tolist()):
+            e1.observe("run", tag, step, wall, value)
+    if how == "observe_many":
+        e2.observe_many([("run", *batch) for batch in batches])
+    else:
+        for batch in batches:
+            e2.observe_batch("run", *batch)
+    return e1, e2
+
+
+@pytest.mark.parametrize("how", ["observe_batch", "observe_many"])
+@pytest.mark.parametrize(
+    "window, last_step",
+    [
+        ([[-(2**70), 1.0]], None),  # a step below int64 (a JSON int, as a damaged row may hold)
+        ([[-(2**63) - 1, 1.0]], None),  # one past int64's lowest
+        ([[10, 1.0]], 5),  # an entry after the batch's first step
+        ([[1, 2.0], [2, 1.0]], 2),  # values not rising: its head is not the minimum
+        ([[1, -1.0]], 1),  # a value _remember never keeps
+    ],
+    ids=["below_int64", "just_below_int64", "entry_after_first_step", "not_rising", "negative"],
+)
+def test_a_damaged_restored_window_decides_as_point_by_point(window, last_step, how):
+    """A restored state (store/documents.py accepts any JSON number) whose growth window
+    ``_remember`` could not have made: the batch goes point by point, never raises."""
+    saved = json.dumps(
+        {"rules": {"g": {"rank": 0, "state": {"streaks": [0], "window": window, "last_step": last_step}}}}
+    )
+    growth = {"within_steps": 2**64, "warning": 5}
+    rules = parse_rules({"rules": [{"name": "g", "match": {"tags": ["t*"]}, "growth": growth}]}, "test", [])
+    low = -(2**63)
+    batches = [
+        (tag, np.array(steps, dtype=np.int64), np.zeros(len(steps)), np.array([10.0, 11.0, 60.0]))
+        for tag, steps in [("t1", [7, 8, 9]), ("t2", [low, low + 1, low + 2])]
+    ]
+    e1, e2 = point_by_point_and(
+        how, batches, lambda: Engine(rules, Recorder(), on_new_series=lambda s: restore_series(s, saved))
+    )
+    assert e2.sink.calls == e1.sink.calls and state_of(e2) == state_of(e1)
+    assert e1.sink.calls  # x60 against the window's head or the first point: it alerted

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 _MAX_RESTARTS = 16
 # the keys of a group's segments, end to end, stay below this (no int64 overflow anywhere)
 _KEY_ROOM = 2.0**61
+_LOWEST_STEP = -(2**63)
 
 
 def growth_group(
@@ -370,12 +371,14 @@ def _final_window(steps: np.ndarray, values: np.ndarray) -> deque:
 
 def _increasing(steps: tuple, values: tuple, next_step: int) -> bool:
     """A carried window as ``_remember`` keeps it: steps and positive values strictly increasing,
-    none after the batch's first step. Only then is its head the minimum of its values."""
+    none after the batch's first step. Only then is its head the minimum of its values. Its steps
+    must be int64s too, as every step read is (a restored row may hold any JSON int)."""
     lt = operator.lt
     return (
         all(map(lt, steps, steps[1:]))
         and all(map(lt, values, values[1:]))
         and values[0] > 0
+        and steps[0] >= _LOWEST_STEP
         and steps[-1] <= next_step
     )
 

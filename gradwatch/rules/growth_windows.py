@@ -99,9 +99,10 @@ def _one_segment(plan: Segments, fsteps: np.ndarray, fvalues: np.ndarray, within
 def _reach_carried(
     w: Windows, plan: Segments, seg_id: np.ndarray, local: np.ndarray, distance: np.ndarray, within: int
 ) -> None:
-    """One point per step: a segment's first ``within`` points reach back past its first point, into
-    its carried entries whose step is within reach (a search of the carried keys alone)."""
-    near = np.flatnonzero((local < within) & (plan.seg_carried[seg_id] > 0))
+    """One point per step: a segment's points at its first step s up to s + within (both ends of a
+    window count) reach back past its first point, into its carried entries whose step is within
+    reach (a search of the carried keys alone): at s + within, a carried entry at s still counts."""
+    near = np.flatnonzero((local <= within) & (plan.seg_carried[seg_id] > 0))
     if not len(near):
         return
     counts = plan.seg_carried[plan.seg_carried > 0]
