@@ -129,6 +129,24 @@ def test_a_file_ending_inside_a_record_frames_the_same(cut, tmp_path, monkeypatc
     assert reads[0][0][0] + reads[0][1] == P
 
 
+@pytest.mark.parametrize("pattern", [(30,), (30, 41), PATTERN], ids=["period1", "period2", "period5"])
+def test_a_bad_header_in_the_last_row_of_a_run_is_no_record(pattern, tmp_path, monkeypatch):
+    """A run's headers are compared a place in the pattern at a time; the last record at each place
+    (a full last row, or a partial one: 301 records) must be compared too. Its length checksum
+    flipped, payload and footer intact: not a record, reported once at its offset."""
+    payloads = payloads_of(301, pattern)[:301]
+    at = records_at(payloads)
+    good = b"".join(map(frame, payloads))
+    for back in range(1, len(pattern) + 1):
+        path = tmp_path / f"events.out.tfevents.{back}"
+        path.write_bytes(flip(good, at[-back] + 9))
+        with_runs, walked = read_with_and_without_runs(str(path), True, monkeypatch)
+        assert with_runs == walked
+        got, _, reports, _ = with_runs
+        assert [(kind, offset) for kind, _, offset, _ in reports] == [("corrupt_record", at[-back])]
+        assert got == payloads[:-back] + payloads[len(payloads) - back + 1 :]
+
+
 def test_runs_are_taken_on_a_repeating_file():
     """The fast path is taken: every record of a repeating buffer in one call."""
     taken, end = repeating_run(GOOD, AT[5], [len(p) for p in P[5:10]])
