@@ -19,6 +19,11 @@ from typing import Any
 from gradwatch.fmt import escape, json_dumps, rfc3339  # rfc3339: re-exported (actions)
 
 TEXT_FORMAT = "gradwatch: %(levelname)s: %(message)s"
+# another library's record (watchdog, urllib3, the object-store clients) names its logger
+OTHERS_TEXT_FORMAT = "gradwatch: %(levelname)s: %(name)s: %(message)s"
+# watchdog (>= 6) logs this ERROR when an inotify event arrives while its observer stops: on
+# shutdown, a reload, a fall-back to polling. That event is one the next rescan finds anyway.
+WATCHDOG_STOP_RACE = "InotifyEmitter.queue_events() called when the thread is inactive"
 
 
 class _Escaped:
@@ -116,6 +121,17 @@ class JsonFormatter(logging.Formatter):
         return json_dumps(doc)
 
 
+class OthersHandler(logging.StreamHandler):
+    """Other libraries' warnings and errors on stderr, in gradwatch's format and escaped. Without
+    a handler Python's last resort prints them raw: a line a JSON log collector cannot parse, and
+    a path from the logdir in it could forge a line or act on the terminal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("watchdog") and record.msg == WATCHDOG_STOP_RACE:
+            return False
+        return super().filter(record)
+
+
 def setup_logging(verbose: bool = False, quiet: bool = False, fmt: str = "text") -> None:
     level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
@@ -125,3 +141,9 @@ def setup_logging(verbose: bool = False, quiet: bool = False, fmt: str = "text")
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    others = OthersHandler(sys.stderr)
+    others.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(OTHERS_TEXT_FORMAT))
+    others.setLevel(logging.ERROR if quiet else logging.WARNING)
+    # added beside what else is there (pytest's capture), in place of an earlier call's
+    top = logging.getLogger()
+    top.handlers[:] = [h for h in top.handlers if not isinstance(h, OthersHandler)] + [others]

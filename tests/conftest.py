@@ -20,12 +20,16 @@ PACKAGES = {
 
 @pytest.fixture(autouse=True)
 def keep_logging():
-    # cli.main (called in-process by many tests) configures the "gradwatch" logger:
-    # give the next test the logger it had, so caplog and handlers do not leak across tests
-    logger = logging.getLogger("gradwatch")
+    # cli.main (called in-process by many tests) configures the "gradwatch" logger and adds a
+    # handler for other libraries' records to the root logger: give the next test the loggers it
+    # had, so caplog and handlers (holding a finished test's captured stderr) do not leak
+    logger, top = logging.getLogger("gradwatch"), logging.getLogger()
     saved = (logger.handlers[:], logger.level, logger.propagate)
+    saved_top = (top.handlers[:], top.level)
     yield
     logger.handlers[:], logger.level, logger.propagate = saved
+    top.handlers[:] = saved_top[0]
+    top.setLevel(saved_top[1])
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -1,0 +1,73 @@
+"""Other libraries' log records (watchdog, urllib3, botocore, gcsfs) go to stderr the way
+gradwatch's own do: in the chosen format, escaped, at WARNING and above (ERROR with --quiet).
+Before, Python's last resort printed them raw: a line a JSON log collector could not parse,
+and a logdir path in one could forge a line. watchdog's stop race (an ERROR it logs when an
+inotify event arrives while the daemon stops its observer) is not shown at all. (conftest's
+keep_logging puts the loggers back after each test.)"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+
+import pytest
+
+from gradwatch.logjson import OthersHandler, setup_logging
+
+FORGED = "r0\ngradwatch: CRITICAL: forged \x1b[31mred"
+SHOWN = "r0\\x0agradwatch: CRITICAL: forged \\x1b[31mred"  # one line, the ESC shown, not sent
+
+
+def test_another_librarys_warning_is_one_escaped_json_line(capsys):
+    setup_logging(fmt="json")
+    logging.getLogger("urllib3.connectionpool").warning("Connection pool is full, discarding %s", FORGED)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    doc = json.loads(lines[0])
+    assert doc["level"] == "warning" and doc["logger"] == "urllib3.connectionpool"
+    assert doc["message"] == f"Connection pool is full, discarding {SHOWN}"
+
+
+def test_another_librarys_warning_in_text_names_its_logger(capsys):
+    setup_logging()
+    logging.getLogger("botocore.credentials").warning(FORGED)
+    assert capsys.readouterr().err == f"gradwatch: WARNING: botocore.credentials: {SHOWN}\n"
+
+
+def test_other_libraries_info_is_not_shown_and_quiet_keeps_only_errors(capsys):
+    setup_logging(verbose=True)  # gradwatch's own debug lines, not every library's
+    logging.getLogger().setLevel(logging.DEBUG)  # as a caller or pytest may set it
+    logging.getLogger("urllib3.connectionpool").debug("Starting new HTTP connection")
+    logging.getLogger("gcsfs").info("listing")
+    assert capsys.readouterr().err == ""
+    setup_logging(quiet=True)
+    logging.getLogger("s3fs").warning("retrying")
+    logging.getLogger("s3fs").error("gave up")
+    assert capsys.readouterr().err == "gradwatch: ERROR: s3fs: gave up\n"
+
+
+def test_gradwatch_lines_are_written_once(capsys):
+    setup_logging()
+    setup_logging()  # a reload or a second call replaces the handlers, never adds one
+    logging.getLogger("gradwatch").warning("state cannot be saved")
+    logging.getLogger("watchdog.observers").warning("a watch failed")
+    assert capsys.readouterr().err.splitlines() == [
+        "gradwatch: WARNING: state cannot be saved",
+        "gradwatch: WARNING: watchdog.observers: a watch failed",
+    ]
+    assert sum(isinstance(h, OthersHandler) for h in logging.getLogger().handlers) == 1
+
+
+def test_watchdogs_stop_race_is_not_shown_its_other_errors_are(tmp_path, capsys):
+    """watchdog's own code path: an inotify emitter asked for events while it is not running."""
+    pytest.importorskip("watchdog.observers.inotify")  # Linux
+    from watchdog.observers.api import ObservedWatch
+    from watchdog.observers.inotify import InotifyEmitter
+
+    setup_logging()
+    emitter = InotifyEmitter(queue.Queue(), ObservedWatch(str(tmp_path), recursive=True))
+    emitter.queue_events(0.01)  # not started: watchdog logs its stop-race ERROR
+    logging.getLogger("watchdog.observers.inotify").error("Inotify watch limit reached")
+    shown = capsys.readouterr().err
+    assert shown == "gradwatch: ERROR: watchdog.observers.inotify: Inotify watch limit reached\n"
