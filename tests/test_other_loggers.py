@@ -21,11 +21,12 @@ SHOWN = "r0\\x0agradwatch: CRITICAL: forged \\x1b[31mred"  # one line, the ESC s
 
 def test_another_librarys_warning_is_one_escaped_json_line(capsys):
     setup_logging(fmt="json")
-    logging.getLogger("urllib3.connectionpool").warning("Connection pool is full, discarding %s", FORGED)
+    # not urllib3's loggers: secrets other tests registered are scrubbed from those (config/secrets.py)
+    logging.getLogger("botocore.endpoint").warning("Connection pool is full, discarding %s", FORGED)
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1, lines
     doc = json.loads(lines[0])
-    assert doc["level"] == "warning" and doc["logger"] == "urllib3.connectionpool"
+    assert doc["level"] == "warning" and doc["logger"] == "botocore.endpoint"
     assert doc["message"] == f"Connection pool is full, discarding {SHOWN}"
 
 
@@ -71,3 +72,17 @@ def test_watchdogs_stop_race_is_not_shown_its_other_errors_are(tmp_path, capsys)
     logging.getLogger("watchdog.observers.inotify").error("Inotify watch limit reached")
     shown = capsys.readouterr().err
     assert shown == "gradwatch: ERROR: watchdog.observers.inotify: Inotify watch limit reached\n"
+
+
+def test_urllib3s_warning_is_shown_with_the_webhook_token_scrubbed(capsys):
+    """urllib3 quotes request paths at WARNING (retries); its loggers scrub every registered secret
+    (config/secrets.py) before this handler formats the line."""
+    from gradwatch.config.secrets import secret_url
+
+    secret_url("https://hooks.slack.com/services/T000/B000/XXXXXXXXXXXXXXXXXXXXXXXX")
+    setup_logging(fmt="json")
+    logging.getLogger("urllib3.connectionpool").warning(
+        "Retrying after connection broken: /services/T000/B000/XXXXXXXXXXXXXXXXXXXXXXXX"
+    )
+    (line,) = capsys.readouterr().err.splitlines()
+    assert json.loads(line)["message"] == "Retrying after connection broken: ***"
