@@ -59,7 +59,7 @@ def escaped_message(record: logging.LogRecord) -> str:
         escaped = tuple(_escape_arg(a) for a in args)
     try:
         return str(record.msg) % escaped
-    except (TypeError, ValueError):  # a call site's format mistake: show it rather than lose the line
+    except (TypeError, ValueError, KeyError):  # a call site's format mistake: show it, not lose the line
         return escape(f"{record.msg} {args!r}")
 
 
@@ -92,12 +92,18 @@ class TextFormatter(logging.Formatter):
         super().__init__(fmt)
 
     def format(self, record: logging.LogRecord) -> str:
-        record.exc_text = None  # another handler may have cached its own, unescaped traceback
-        return super().format(record)
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = escaped_message(record)
-        return super().formatMessage(record)
+        # not logging.Formatter.format: it calls record.getMessage() first, which raises on a call
+        # site's format mistake (escaped_message shows those), and it would cache an unescaped
+        # traceback in record.exc_text (another handler may have cached its own: ignored here)
+        values = dict(vars(record), message=escaped_message(record), name=escape(record.name))
+        if self.usesTime():
+            values["asctime"] = self.formatTime(record, self.datefmt)
+        text = self._fmt % values  # type: ignore[operator]
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        if record.stack_info:
+            text += "\n" + self.formatStack(record.stack_info)
+        return text
 
     def formatException(self, ei) -> str:
         return format_exception(ei)

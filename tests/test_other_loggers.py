@@ -88,3 +88,28 @@ def test_urllib3s_warning_is_shown_with_the_webhook_token_scrubbed(capsys):
     # how much of the path goes depends on the secrets other tests registered; the token always
     assert message.startswith("Retrying: broken: ") and message.endswith("***"), message
     assert token[:4] not in message
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+@pytest.mark.parametrize(
+    "msg, args",
+    [("retries: %d", ("x",)), ("%(host)s failed", ({"url": "u"},)), ("%s and %s", ("one",))],
+    ids=["wrong_type", "missing_key", "too_few"],
+)
+def test_a_librarys_format_mistake_is_shown_not_a_logging_error(msg, args, fmt, capsys):
+    """logging would print a 'Logging error' traceback block (non-JSON lines) and lose the record."""
+    setup_logging(fmt=fmt)
+    # pytest's capture handlers raise on such a record: gradwatch's handler alone, as in the daemon
+    top = logging.getLogger()
+    top.handlers[:] = [h for h in top.handlers if isinstance(h, OthersHandler)]
+    logging.getLogger("botocore.endpoint").warning(msg, *args)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    shown = json.loads(lines[0])["message"] if fmt == "json" else lines[0]
+    assert msg in shown
+
+
+def test_a_logger_name_is_escaped_in_text_lines(capsys):
+    setup_logging()
+    logging.getLogger(FORGED).warning("hi")
+    assert capsys.readouterr().err == f"gradwatch: WARNING: {SHOWN}: hi\n"
