@@ -5,6 +5,10 @@ import shutil
 import pytest
 
 IN_CI = os.environ.get("CI") == "true"
+# gcsfs reads this once, at its first import: on (its default), it probes each bucket over gRPC,
+# which hangs against the GCS emulator (tests/objectstores.py). Set before any test imports it, so
+# no test order can leave it on (the daemons the tests start get it from GcsEmulator.env too).
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 # the Debian package of each system binary the tests use
 PACKAGES = {
     "prometheus": "prometheus",

@@ -167,11 +167,9 @@ def test_an_object_whose_get_always_fails_does_not_starve_the_objects_listed_aft
     assert (first[0], "r1") not in attempts, attempts
 
 
-def _gcsfs_forbidden(monkeypatch) -> OSError:
+def _gcsfs_forbidden() -> OSError:
     """What gcsfs raises for a GET answered 403: its own response check, given that answer."""
-    # gcsfs decides at its first import whether to probe buckets over gRPC, which hangs against
-    # the emulator later tests in this process use (tests/objectstores.py GcsEmulator.env)
-    monkeypatch.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+    # (conftest.py turns off gcsfs's gRPC bucket probe before this first import of gcsfs)
     from gcsfs.retry import validate_response  # installed by .ci/run with the object-store tests
 
     try:
@@ -185,7 +183,7 @@ def _gcsfs_forbidden(monkeypatch) -> OSError:
 def test_a_get_refused_for_its_object_alone_does_not_end_the_pass(tmp_path, monkeypatch, store):
     """Access denied (s3fs raises PermissionError for a 403, gcsfs an OSError "Forbidden: ...") is
     that object's failure, not the store's: the other objects are fetched in the same pass."""
-    error = PermissionError("AccessDenied") if store == "s3fs" else _gcsfs_forbidden(monkeypatch)
+    error = PermissionError("AccessDenied") if store == "s3fs" else _gcsfs_forbidden()
     attempts = one_forbidden_object(tmp_path, monkeypatch, f"refused-{store}", error)
     assert attempts[:2] == [(attempts[0][0], "r0"), (attempts[0][0], "r1")], attempts
 
