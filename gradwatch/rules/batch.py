@@ -14,7 +14,7 @@ import numpy as np
 
 from gradwatch.rules.growth import growth_group
 from gradwatch.rules.modes import ABSOLUTE, BELOW, GROWTH, NONFINITE
-from gradwatch.rules.outcome import RuleBatch, ranked
+from gradwatch.rules.outcome import RuleBatch, fill_segments, ranked
 
 __all__ = ["RuleBatch", "evaluate_batch", "evaluate_group"]
 
@@ -97,7 +97,7 @@ def _for_batch(rule: Rule, b: RuleBatch, evidence: np.ndarray | None, state: Rul
     ranks = np.zeros(len(raws), dtype=np.int64)  # type: ignore[arg-type]
     ranks[at] = best
     if evidence is not None:
-        ranks = _forward_fill(ranks, evidence, rule._held(state))
+        ranks = _held(ranks, evidence, rule._held(state))
     b.raws, b.ranks, b.streaks = raws, ranks, streaks
     return b
 
@@ -118,15 +118,10 @@ def _all_within(values: np.ndarray, lo: float, hi: float) -> bool:
     return bool(lo <= values.min() and values.max() <= hi)
 
 
-def _forward_fill(values: np.ndarray, defined: np.ndarray, initial: float | int) -> np.ndarray:
-    """values[j] where defined[j], else the last defined value before j, else ``initial``."""
-    if defined.all():
-        return values
-    last = np.where(defined, np.arange(len(values)), -1)
-    np.maximum.accumulate(last, out=last)
-    return np.where(last >= 0, values[last], initial)
+_ONE_SEGMENT = np.zeros(1, dtype=np.int64)
 
 
-def _held(ranks: np.ndarray, finite: np.ndarray, raw: int) -> np.ndarray:
-    """A non-finite point is not evidence: it holds the rank of the last finite point."""
-    return _forward_fill(ranks, finite, raw)
+def _held(ranks: np.ndarray, evidence: np.ndarray, raw: int) -> np.ndarray:
+    """A point that is not evidence (a non-finite one) holds the rank of the last one that is,
+    or ``raw``, the rank before the batch."""
+    return fill_segments(ranks, evidence, np.array([raw], dtype=ranks.dtype), _ONE_SEGMENT)

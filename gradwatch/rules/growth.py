@@ -27,7 +27,7 @@ import numpy as np
 
 from gradwatch.rules.growth_windows import Windows, windows_of
 from gradwatch.rules.modes import MAX_GROWTH_WINDOW
-from gradwatch.rules.outcome import RuleBatch, ranked
+from gradwatch.rules.outcome import RuleBatch, fill_segments, ranked
 
 if TYPE_CHECKING:
     from gradwatch.rules import Rule, RuleState
@@ -381,22 +381,3 @@ def _increasing(steps: tuple, values: tuple, next_step: int) -> bool:
         and steps[0] >= _LOWEST_STEP
         and steps[-1] <= next_step
     )
-
-
-def fill_segments(
-    values: np.ndarray, defined: np.ndarray, initials: np.ndarray, starts: np.ndarray
-) -> np.ndarray:
-    """Per segment (each starts at one of ``starts``, the first at 0): values[j] where defined[j],
-    else the last defined value before j in its segment, else the segment's initial value."""
-    if defined.all():
-        return values
-    open_ = ~defined[starts]  # segments whose first point is not defined: it takes the initial value
-    values = values.copy()
-    values[starts[open_]] = initials[open_]
-    if len(defined) - np.count_nonzero(defined) == np.count_nonzero(open_):
-        return values  # only first points were not defined (one point per step): nothing to carry
-    defined = defined.copy()
-    defined[starts] = True
-    last = np.where(defined, np.arange(len(values)), 0)
-    np.maximum.accumulate(last, out=last)
-    return values[last]

@@ -1,5 +1,6 @@
 """What a rule decides on a batch of one series' points (``RuleBatch``), shared by the batch paths
-(gradwatch/rules/batch.py, gradwatch/rules/growth.py), and the ranking of level conditions."""
+(gradwatch/rules/batch.py, gradwatch/rules/growth.py): the ranking of level conditions, and what a
+point that is no evidence holds (``fill_segments``)."""
 
 from __future__ import annotations
 
@@ -69,3 +70,22 @@ def ranked(conditions: list[tuple[int, np.ndarray]], n: int) -> np.ndarray:
     for rank, holds in sorted(conditions, key=lambda c: c[0]):  # lowest first: a higher rank overwrites
         ranks[holds] = rank
     return ranks
+
+
+def fill_segments(
+    values: np.ndarray, defined: np.ndarray, initials: np.ndarray, starts: np.ndarray
+) -> np.ndarray:
+    """Per segment (each starts at one of ``starts``, the first at 0): values[j] where defined[j],
+    else the last defined value before j in its segment, else the segment's initial value."""
+    if defined.all():
+        return values
+    open_ = ~defined[starts]  # segments whose first point is not defined: it takes the initial value
+    values = values.copy()
+    values[starts[open_]] = initials[open_]
+    if len(defined) - np.count_nonzero(defined) == np.count_nonzero(open_):
+        return values  # only first points were not defined (one point per step): nothing to carry
+    defined = defined.copy()
+    defined[starts] = True
+    last = np.where(defined, np.arange(len(values)), 0)
+    np.maximum.accumulate(last, out=last)
+    return values[last]
