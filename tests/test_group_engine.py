@@ -27,6 +27,11 @@ def interleaved_batches(rng: random.Random, series: dict[str, tuple]) -> list[tu
     for tag, (steps, walls, values) in series.items():
         bounds = splits(rng, steps, values)
         queues[tag] = [(tag, steps[a:b], walls[a:b], values[a:b]) for a, b in itertools.pairwise(bounds)]
+    return interleave(rng, queues)
+
+
+def interleave(rng: random.Random, queues: dict[str, list[tuple]]) -> list[tuple]:
+    """The batches of every queue (one per series, in order) in a random interleaving."""
     out = []
     while queues:
         tag = rng.choice(sorted(queues))
@@ -206,13 +211,7 @@ def resumed_batches(rng: random.Random, restart: bool) -> list[tuple]:
                 s = np.concatenate((s, s[-back:]))
                 w, v = np.concatenate((w, w[-back:])), np.concatenate((v, v[-back:] * 7))
             queues[tag].append((tag, s, w, v))
-    out = []
-    while queues:
-        tag = rng.choice(sorted(queues))
-        out.append(queues[tag].pop(0))
-        if not queues[tag]:
-            del queues[tag]
-    return out
+    return interleave(rng, queues)
 
 
 @pytest.mark.parametrize("how", ["observe_batch", "observe_many"])
