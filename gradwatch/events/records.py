@@ -51,15 +51,9 @@ from gradwatch.events.framing import (
     scan_for_record,
     verified_prefix,
 )
-from gradwatch.events.framing import (
-    FOUND as _FOUND,
-)
-from gradwatch.events.framing import (
-    NONE as _NONE,
-)
-from gradwatch.events.framing import (
-    PARTIAL as _PARTIAL,
-)
+from gradwatch.events.framing import FOUND as _FOUND
+from gradwatch.events.framing import NONE as _NONE
+from gradwatch.events.framing import PARTIAL as _PARTIAL
 from gradwatch.events.problems import (  # re-exported: where callers have always found them
     CORRUPT,
     REPLACED,
@@ -254,14 +248,15 @@ class RecordTail(FileBytes):
         first), whatever was read at once.
         """
         with self._open(self.path) as f:
-            self._check_rewritten(f)
+            size = self._check_rewritten(f)
             f.seek(self.offset)
             self.pending = False
             self._budget_left = budget
             self._call_start = self.offset
-            yield from self._batches(f, final, batch_bytes)
+            yield from self._batches(f, final, batch_bytes, size)
 
-    def _check_rewritten(self, f: ByteSource) -> None:
+    def _check_rewritten(self, f: ByteSource) -> int:
+        """Start again from 0 when the file shrank or was rewritten; returns its size."""
         size = f.size()
         if size < self.offset:
             self._restart(SHRUNK, f"file is now {size} bytes; reading it again from the start")
@@ -269,6 +264,7 @@ class RecordTail(FileBytes):
             # Same size or larger but other bytes where our last record ended:
             # replaced or rewritten, not appended to (an rsync'd copy keeps them).
             self._restart(REPLACED, "bytes already read have changed; reading it again from the start")
+        return size
 
     def _restart(self, kind: str, detail: str) -> None:
         self.report_problem(kind, self.offset, detail)
@@ -280,7 +276,7 @@ class RecordTail(FileBytes):
 
     # measured hot path (bench/bench_reader.py): one function keeps the loop's state in locals
     def _batches(  # noqa: C901, PLR0915
-        self, f: ByteSource, final: bool, batch_bytes: int | None
+        self, f: ByteSource, final: bool, batch_bytes: int | None, size: int
     ) -> Iterator[Frames]:
         # The hot loop keeps everything in locals; ``offset`` is exact at every
         # yield and at every return, never set by a ``finally`` (a consumer
@@ -290,9 +286,9 @@ class RecordTail(FileBytes):
         walk = _WALK_BEFORE_RUN  # records walked one at a time before a repeating run is tried
         misses = 0  # runs tried that took fewer records than were walked before them
         base = self.offset  # file offset of buf[0]
-        # no more than the file holds: a read asks the allocator for all it may return, and
-        # a 1 MiB buffer for a 300 KB file costs page faults (bench/data/runs: 0.03 s of 0.6)
-        buf = self._read(f, min(CHUNK_BYTES, max(f.size() - base, 0)))
+        # no more than the file held (``size``; more is read on): a read allocates all it may return,
+        # and a 1 MiB buffer for a 300 KB file costs page faults (bench/data/runs: 0.03 s of 0.6)
+        buf = self._read(f, min(CHUNK_BYTES, max(size - base, 0)))
         pos = 0
         cut = None if batch_bytes is None else base + batch_bytes  # where the batch ends at the latest
         while True:
