@@ -14,7 +14,10 @@ defaults (gradwatch/default_rules/: thresholds, nonfinite, growth on ``grad.*nor
 * ``check, groups``: ``Engine.observe_many`` over a file batch's Columns, up to ``GROUP_POINTS``
   at a time (each rule decides many series at once), + ``SeriesStats.add_batch`` (what it does now);
 * ``daemon, per point`` / ``daemon, batch``: the same into the daemon's ``AlertBook`` while it
-  catches up (transitions decided, no events emitted).
+  catches up (transitions decided, no events emitted);
+* ``daemon, file groups``: ``Engine.observe_many`` over each file batch's Columns (what the daemon
+  does now, gradwatch/daemon/reading.py); ``daemon, 8-file groups``: over 8 file batches at a time
+  (whether the catch-up would gain from grouping across files).
 """
 
 from __future__ import annotations
@@ -81,21 +84,35 @@ def check_groups(rules, batches) -> None:
     engine.observe_many(pending)
 
 
-def daemon_per_point(rules, columns) -> None:
+def _catching_up(rules) -> Engine:
     book = AlertBook(rules, live=False)
     book.suppress = True
-    engine = Engine(rules, book)
+    return Engine(rules, book)
+
+
+def daemon_per_point(rules, columns) -> None:
+    engine = _catching_up(rules)
     for run, c in columns:
         for step, wall_time, value in c.points():
             engine.observe(run, c.tag, step, wall_time, value)
 
 
 def daemon_batch(rules, columns) -> None:
-    book = AlertBook(rules, live=False)
-    book.suppress = True
-    engine = Engine(rules, book)
+    engine = _catching_up(rules)
     for run, c in columns:
         engine.observe_batch(run, c.tag, c.steps, c.wall_times, c.values)
+
+
+def daemon_file_groups(rules, batches, files: int = 1) -> None:
+    engine = _catching_up(rules)
+    for i in range(0, len(batches), files):
+        engine.observe_many(
+            [(run, c.tag, c.steps, c.wall_times, c.values) for run, b in batches[i : i + files] for c in b]
+        )
+
+
+def daemon_8_file_groups(rules, batches) -> None:
+    daemon_file_groups(rules, batches, 8)
 
 
 def main() -> None:
@@ -115,11 +132,14 @@ def main() -> None:
         ("check, groups", check_groups),
         ("daemon, per point", daemon_per_point),
         ("daemon, batch", daemon_batch),
+        ("daemon, file groups", daemon_file_groups),
+        ("daemon, 8-file groups", daemon_8_file_groups),
     ]:
         times = []
+        by_file = work in (check_groups, daemon_file_groups, daemon_8_file_groups)
         for _ in range(args.repeat):
             t0 = time.process_time()
-            work(rules, batches if work is check_groups else columns)
+            work(rules, batches if by_file else columns)
             times.append(time.process_time() - t0)
         print(f"| {name} | {statistics.median(times) * 1e6 / points:.3f} |")
 
