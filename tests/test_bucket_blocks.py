@@ -120,17 +120,21 @@ def test_runs_writing_more_than_a_listing_fetches_do_not_starve_the_runs_listed_
 
 def forbid(monkeypatch, run: str | None, error: Exception) -> list[tuple[int, str]]:
     """GETs of the objects of the runs whose names start with ``run`` (every object's for None)
-    fail with ``error``; (listing, run) of each GET of every object."""
+    fail with the SDK's ``error``, translated as every SDK error is (RemoteObject._call); (listing,
+    run) of each GET of every object."""
     from gradwatch.events import remote
 
     fetch = remote.RemoteObject._fetch
     attempts: list[tuple[int, str]] = []
 
+    def sdk_fails():
+        raise error
+
     def forbidden(self, offset, size):
         name = self.url.rsplit("/", 2)[1]
         attempts.append((self.requests.lists, name))
         if run is None or name.startswith(run):
-            raise remote.RemoteError("AccessDenied: the object's KMS key") from error
+            self._call(sdk_fails)
         return fetch(self, offset, size)
 
     monkeypatch.setattr(remote.RemoteObject, "_fetch", forbidden)

@@ -60,13 +60,14 @@ class RequestCounts:
     errors: int = 0
 
 
-def refused_for_this_object(e: RemoteError) -> bool:
-    """Whether the store answered a GET with access denied (HTTP 403): s3fs raises PermissionError
-    for it, gcsfs a plain OSError whose message starts "Forbidden:" (gcsfs/retry.py)."""
-    cause = e.__cause__
-    if isinstance(cause, PermissionError):
-        return True
-    return type(cause) is OSError and str(cause).startswith("Forbidden:")
+class RemoteRefused(RemoteError):
+    """The store answered access denied (HTTP 403): often that object's alone (its KMS key)."""
+
+
+def _refused(e: Exception) -> bool:
+    """Whether an SDK's exception is an access denied: s3fs raises PermissionError for a 403,
+    gcsfs a plain OSError whose message starts "Forbidden:" (gcsfs/retry.py)."""
+    return isinstance(e, PermissionError) or (type(e) is OSError and str(e).startswith("Forbidden:"))
 
 
 def is_remote(logdir: str) -> bool:
@@ -210,7 +211,7 @@ class RemoteLogdir:
                 failed = failed or (url, e)
                 failed_urls.append(url)
                 refused += 1
-                if refused_for_this_object(e) and refused < REFUSED_PER_PASS:
+                if isinstance(e, RemoteRefused) and refused < REFUSED_PER_PASS:
                     continue  # likely this object's (its KMS key), not all's
                 break
             blocks[url] = (obj._block_at, obj._block)
@@ -308,7 +309,7 @@ class RemoteObject:
             raise  # the object is gone: the reader counts a vanished file
         except Exception as e:  # fsspec backends raise their SDK's types: one OSError with the reason
             self.requests.errors += 1
-            raise RemoteError(_reason(e)) from e
+            raise (RemoteRefused if _refused(e) else RemoteError)(_reason(e)) from e
 
     def __enter__(self) -> RemoteObject:
         return self
